@@ -1,0 +1,72 @@
+"""The machine's trace: every register access, status change and interrupt, in virtual-time order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Kind(Enum):
+    CONFIG_READ = "config_read"
+    CONFIG_WRITE = "config_write"
+    BAR_READ = "bar_read"
+    BAR_WRITE = "bar_write"
+    STATUS = "status"  # the device status a device now presents
+    INTERRUPT = "interrupt"
+    RESET = "reset"
+    QUEUE = "queue"  # queue enabled / reset / error
+    VIOLATION = "violation"  # a guest broke a normative rule; the device gave the spec's answer
+    PM = "pm"  # power-management step (machine or guest)
+    DEVICE = "device"  # device-specific event (gpu command, resource destroyed, ...)
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    t: int
+    kind: Kind
+    src: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        det = " ".join(f"{k}={v:#x}" if isinstance(v, int) else f"{k}={v}" for k, v in self.detail.items())
+        return f"{self.t:>14} {self.kind.value:<12} {self.src:<10} {det}"
+
+
+class Trace:
+    """Append-only list of :class:`TraceEvent`. ``register_accesses=False`` keeps only the coarse kinds."""
+
+    def __init__(self, clock: Any, *, register_accesses: bool = True) -> None:
+        self._clock = clock
+        self.events: list[TraceEvent] = []
+        self.register_accesses = register_accesses
+
+    def record(self, kind: Kind, src: str, **detail: Any) -> None:
+        if not self.register_accesses and kind in _REGISTER_KINDS:
+            return
+        self.events.append(TraceEvent(self._clock.now, kind, src, detail))
+
+    def __iter__(self) -> Iterator[TraceEvent]:
+        return iter(self.events)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def select(self, kind: Kind | None = None, src: str | None = None) -> list[TraceEvent]:
+        return [e for e in self.events if (kind is None or e.kind is kind) and (src is None or e.src == src)]
+
+    def status_sequence(self, src: str) -> list[int]:
+        """The device-status values ``src`` presented, in order, without consecutive repeats."""
+        out: list[int] = []
+        for e in self.select(Kind.STATUS, src):
+            v = int(e.detail["status"])
+            if not out or out[-1] != v:
+                out.append(v)
+        return out
+
+    def violations(self, src: str | None = None) -> list[TraceEvent]:
+        return self.select(Kind.VIOLATION, src)
+
+
+_REGISTER_KINDS = frozenset({Kind.CONFIG_READ, Kind.CONFIG_WRITE, Kind.BAR_READ, Kind.BAR_WRITE})
