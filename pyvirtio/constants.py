@@ -324,6 +324,21 @@ class DescFlag(IntFlag):
 VIRTQ_AVAIL_F_NO_INTERRUPT = 1
 VIRTQ_USED_F_NO_NOTIFY = 1
 
+# Split-ring field offsets (virtio 1.4 §2.7.6 / §2.7.8): both rings start with le16 flags, le16 idx, then ring[]
+VIRTQ_RING_FLAGS = 0
+VIRTQ_RING_IDX = 2
+VIRTQ_RING_ENTRIES = 4
+VIRTQ_AVAIL_ELEM_SIZE = 2  # le16 head index
+VIRTQ_RING_HEADER_SIZE = 6  # flags + idx + used_event/avail_event
+#: Ring indices are free-running le16 values (wrap at 65536).
+VIRTQ_IDX_MASK = 0xFFFF
+#: ``len`` is le32.
+VIRTQ_DESC_LEN_MAX = 0xFFFFFFFF
+#: Largest indirect table a device accepts: ``len / 16`` must fit the le16 ``next`` field (rust-vmm).
+VIRTQ_MAX_INDIRECT_ENTRIES = 0xFFFF
+#: Queue Align of the legacy (transitional) contiguous layout on PCI.
+VIRTQ_LEGACY_ALIGN = 4096
+
 # §3.2 packed ring (masks; Linux defines shift counts 7 and 15)
 VIRTQ_PACKED_DESC_F_AVAIL = 1 << 7
 VIRTQ_PACKED_DESC_F_USED = 1 << 15

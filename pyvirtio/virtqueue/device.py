@@ -1,0 +1,481 @@
+"""Device side of a split virtqueue (virtio 1.4 §2.7), modelled on rust-vmm ``virtio-queue`` ``Queue``.
+
+Everything the driver writes is untrusted. Ring-level violations (available index moved by more than Queue
+Size, a head index out of range, a ring outside guest memory) raise :class:`~pyvirtio.errors.QueueError`,
+which the device core turns into DEVICE_NEEDS_RESET. Chain-level violations do not raise: the chain is
+consumed and comes back with :attr:`DescriptorChain.error` set, so the device can return it with len 0 and go
+on. Every guest access goes through :class:`~pyvirtio.memory.GuestMemory` after the address was checked, so
+nothing outside guest RAM is ever touched.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pyvirtio.constants import (
+    VIRTQ_AVAIL_ELEM_SIZE,
+    VIRTQ_AVAIL_F_NO_INTERRUPT,
+    VIRTQ_DESC_LEN_MAX,
+    VIRTQ_DESC_SIZE,
+    VIRTQ_IDX_MASK,
+    VIRTQ_MAX_CHAIN_BYTES,
+    VIRTQ_MAX_INDIRECT_ENTRIES,
+    VIRTQ_RING_ENTRIES,
+    VIRTQ_RING_FLAGS,
+    VIRTQ_RING_IDX,
+    VIRTQ_USED_ELEM_SIZE,
+    VIRTQ_USED_F_NO_NOTIFY,
+    DescFlag,
+)
+from pyvirtio.errors import GuestMemoryError, InvalidStateError, QueueError
+from pyvirtio.memory import GuestMemory
+from pyvirtio.virtqueue.chain import DESC_STRUCT, DescriptorChain, Segment
+from pyvirtio.virtqueue.layout import RingLayout, avail_event_offset, is_valid_queue_size, used_event_offset
+from pyvirtio.virtqueue.state import QueueState
+
+__all__ = ["DeviceQueue"]
+
+_U16 = struct.Struct("<H")
+_USED_ELEM = struct.Struct("<II")
+_ADDR_LIMIT = 1 << 64
+
+_F_NEXT = int(DescFlag.NEXT)
+_F_WRITE = int(DescFlag.WRITE)
+_F_INDIRECT = int(DescFlag.INDIRECT)
+_M = VIRTQ_IDX_MASK
+
+
+class DeviceQueue:
+    """One split virtqueue as the device sees it.
+
+    The transport configures ``size`` (:meth:`set_size`), ``desc_table``, ``avail_ring``, ``used_ring``,
+    ``event_idx`` and ``indirect`` while the queue is not ready, then calls :meth:`activate` (or sets
+    ``ready = True``). Changing the configuration of a ready queue raises :class:`InvalidStateError`; call
+    :meth:`reset` first (§4.1.4.3: the driver MUST NOT change a queue's addresses after enabling it).
+    """
+
+    def __init__(self, mem: GuestMemory, max_size: int) -> None:
+        if not is_valid_queue_size(max_size):
+            raise ValueError(f"max_size {max_size} is not a power of 2 in 1..32768")
+        self.mem = mem
+        self._max_size = max_size
+        self.reset()
+
+    # -- configuration
+
+    def reset(self) -> None:
+        """Back to the state after device reset (§2.4): size = max_size, addresses 0, not ready, indices 0."""
+        self._size = self._max_size
+        self._desc = 0
+        self._avail = 0
+        self._used = 0
+        self._event_idx = False
+        self._indirect = False
+        self._ready = False
+        self._next_avail = 0
+        self._next_used = 0
+        self._signalled_used = 0
+        self._num_added = 0  # used entries pushed since the last needs_notification(); may exceed 0xFFFF
+        self._shadow_avail = 0  # last avail.idx read from the ring
+        self._notify = True
+        self._cache()
+
+    def _cache(self) -> None:
+        n = self._size
+        self._mask = n - 1 if n else 0
+        self._avail_idx_addr = self._avail + VIRTQ_RING_IDX
+        self._avail_entries = self._avail + VIRTQ_RING_ENTRIES
+        self._used_idx_addr = self._used + VIRTQ_RING_IDX
+        self._used_entries = self._used + VIRTQ_RING_ENTRIES
+        self._used_event_addr = self._avail + used_event_offset(n)
+        self._avail_event_addr = self._used + avail_event_offset(n)
+
+    def _check_configurable(self, what: str) -> None:
+        if self._ready:
+            raise InvalidStateError(f"cannot change {what} of a ready queue; reset it first")
+
+    @property
+    def max_size(self) -> int:
+        return self._max_size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def set_size(self, n: int) -> bool:
+        """Set Queue Size; False (and unchanged) unless 0 or a power of 2 <= max_size, or if ready (§2.7)."""
+        if self._ready or not (n == 0 or (is_valid_queue_size(n) and n <= self._max_size)):
+            return False
+        self._size = n
+        return True
+
+    def _set_addr(self, what: str, value: int) -> int:
+        self._check_configurable(what)
+        if not 0 <= value < _ADDR_LIMIT:
+            raise ValueError(f"{what} {value:#x} is not a 64-bit guest address")
+        return value
+
+    @property
+    def desc_table(self) -> int:
+        return self._desc
+
+    @desc_table.setter
+    def desc_table(self, value: int) -> None:
+        self._desc = self._set_addr("desc_table", value)
+
+    @property
+    def avail_ring(self) -> int:
+        return self._avail
+
+    @avail_ring.setter
+    def avail_ring(self, value: int) -> None:
+        self._avail = self._set_addr("avail_ring", value)
+
+    @property
+    def used_ring(self) -> int:
+        return self._used
+
+    @used_ring.setter
+    def used_ring(self, value: int) -> None:
+        self._used = self._set_addr("used_ring", value)
+
+    @property
+    def event_idx(self) -> bool:
+        """VIRTIO_F_EVENT_IDX negotiated (§2.7.7, §2.7.10)."""
+        return self._event_idx
+
+    @event_idx.setter
+    def event_idx(self, value: bool) -> None:
+        self._check_configurable("event_idx")
+        self._event_idx = bool(value)
+
+    @property
+    def indirect(self) -> bool:
+        """VIRTIO_F_INDIRECT_DESC negotiated (§2.7.5.3)."""
+        return self._indirect
+
+    @indirect.setter
+    def indirect(self, value: bool) -> None:
+        self._check_configurable("indirect")
+        self._indirect = bool(value)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        if value:
+            self.activate()
+        else:
+            self._ready = False
+
+    @property
+    def layout(self) -> RingLayout:
+        return RingLayout(self._size, self._desc, self._avail, self._used)
+
+    def activate(self) -> None:
+        """Validate size and ring addresses (§2.7: alignment 16/2/4, inside guest memory) and set ready.
+
+        Raises :class:`QueueError` and stays not ready if the configuration is unusable.
+        """
+        if self._size == 0:
+            raise QueueError("queue size is 0 (queue not available)")
+        problem = self.layout.problem(self.mem)
+        if problem is not None:
+            raise QueueError(problem[1])
+        self._cache()
+        self._shadow_avail = self._next_avail
+        self._ready = True
+
+    # -- indices
+
+    @property
+    def next_avail(self) -> int:
+        """Index of the next available-ring entry the device will read (free-running u16)."""
+        return self._next_avail
+
+    @property
+    def next_used(self) -> int:
+        """Index of the next used-ring entry the device will write (free-running u16) = used.idx."""
+        return self._next_used
+
+    @property
+    def in_flight(self) -> int:
+        """Chains popped but not yet pushed."""
+        return (self._next_avail - self._next_used) & _M
+
+    # -- runtime
+
+    def _read_avail_idx(self) -> int:
+        idx: int = self.mem.unpack_from(_U16, self._avail_idx_addr)[0]
+        if (idx - self._next_avail) & _M > self._size:
+            raise QueueError(
+                f"available idx {idx} is {(idx - self._next_avail) & _M} ahead of next_avail "
+                f"{self._next_avail}, more than queue size {self._size} (§2.7.6)"
+            )
+        self._shadow_avail = idx
+        return idx
+
+    def avail_pending(self) -> int:
+        """Chains the driver made available that the device has not popped (re-reads avail.idx)."""
+        if not self._ready:
+            return 0
+        try:
+            return (self._read_avail_idx() - self._next_avail) & _M
+        except GuestMemoryError as e:  # pragma: no cover - ring addresses were validated in activate()
+            raise QueueError(str(e)) from e
+
+    def pop(self) -> DescriptorChain | None:
+        """Take the next available chain (§2.7.13), or None if there is none (or the queue is not ready).
+
+        Raises :class:`QueueError` for ring-level errors; chain-level errors come back in ``chain.error``.
+        """
+        if not self._ready:
+            return None
+        mem = self.mem
+        na = self._next_avail
+        try:
+            if na == self._shadow_avail and self._read_avail_idx() == na:
+                return None
+            head: int = mem.unpack_from(
+                _U16, self._avail_entries + VIRTQ_AVAIL_ELEM_SIZE * (na & self._mask)
+            )[0]
+            if head >= self._size:
+                raise QueueError(f"available ring entry {na} names head {head} >= queue size {self._size}")
+            na = (na + 1) & _M
+            self._next_avail = na
+            if self._event_idx and self._notify:
+                # §2.7.10: ask for a kick once the driver passes what we have consumed (QEMU virtqueue_pop)
+                mem.pack_into(_U16, self._avail_event_addr, na)
+            return self._walk(head)
+        except GuestMemoryError as e:  # pragma: no cover - every address is checked before it is used
+            raise QueueError(str(e)) from e
+
+    def _walk(self, head: int) -> DescriptorChain:
+        """Follow the chain at ``head`` applying every MUST of §2.7.4-§2.7.5.3."""
+        mem = self.mem
+        unpack = mem.unpack_from
+        contains = mem.contains
+        desc_base = self._desc
+        size = self._size
+        readable: list[Segment] = []
+        writable: list[Segment] = []
+        i = head
+        hops = 0
+        while True:
+            addr, ln, flags, nxt = unpack(DESC_STRUCT, desc_base + VIRTQ_DESC_SIZE * i)
+            if flags & _F_INDIRECT:
+                err = self._walk_indirect(addr, ln, flags, readable, writable)
+                if err is not None:
+                    return DescriptorChain(head, error=err)
+                break
+            if not contains(addr, ln):
+                return DescriptorChain(
+                    head, error=f"descriptor {i} [{addr:#x}, +{ln:#x}) is outside guest memory"
+                )
+            if flags & _F_WRITE:
+                writable.append((addr, ln))
+            elif writable:
+                return DescriptorChain(
+                    head, error=f"device-readable descriptor {i} after a device-writable one"
+                )
+            else:
+                readable.append((addr, ln))
+            if not flags & _F_NEXT:
+                break
+            if nxt >= size:
+                return DescriptorChain(head, error=f"descriptor {i} next {nxt} >= queue size {size}")
+            hops += 1
+            if hops >= size:
+                return DescriptorChain(
+                    head, error=f"descriptor chain at head {head} loops (> {size} descriptors)"
+                )
+            i = nxt
+        count = len(readable) + len(writable)
+        if count > size:
+            return DescriptorChain(
+                head, error=f"chain of {count} descriptors is longer than queue size {size}"
+            )
+        total = sum(n for _, n in readable) + sum(n for _, n in writable)
+        if total > VIRTQ_MAX_CHAIN_BYTES:
+            return DescriptorChain(head, error=f"chain of {total} bytes is longer than 2^32 bytes")
+        return DescriptorChain(head, readable, writable)
+
+    def _walk_indirect(
+        self, table: int, table_len: int, flags: int, readable: list[Segment], writable: list[Segment]
+    ) -> str | None:
+        """Append the segments of the indirect table at ``table``; return an error string on a violation."""
+        if not self._indirect:
+            return "INDIRECT descriptor without VIRTIO_F_INDIRECT_DESC (§2.7.5.3.1)"
+        if flags & _F_NEXT:
+            return "descriptor has both INDIRECT and NEXT (§2.7.5.3.1)"
+        if table_len == 0 or table_len % VIRTQ_DESC_SIZE:
+            return f"indirect table length {table_len} is not a non-zero multiple of {VIRTQ_DESC_SIZE}"
+        n = table_len // VIRTQ_DESC_SIZE
+        if n > VIRTQ_MAX_INDIRECT_ENTRIES:
+            return f"indirect table of {n} entries exceeds {VIRTQ_MAX_INDIRECT_ENTRIES}"
+        if not self.mem.contains(table, table_len):
+            return f"indirect table [{table:#x}, +{table_len:#x}) is outside guest memory"
+        raw = self.mem.read(table, table_len)  # one copy; the driver cannot change it under our feet
+        unpack_from = DESC_STRUCT.unpack_from
+        contains = self.mem.contains
+        j = 0
+        hops = 0
+        while True:
+            addr, ln, f, nxt = unpack_from(raw, VIRTQ_DESC_SIZE * j)
+            if f & _F_INDIRECT:
+                return f"INDIRECT flag inside indirect table entry {j} (§2.7.5.3.1)"
+            if not contains(addr, ln):
+                return f"indirect entry {j} [{addr:#x}, +{ln:#x}) is outside guest memory"
+            if f & _F_WRITE:
+                writable.append((addr, ln))
+            elif writable:
+                return f"device-readable indirect entry {j} after a device-writable descriptor"
+            else:
+                readable.append((addr, ln))
+            if not f & _F_NEXT:
+                return None
+            if nxt >= n:
+                return f"indirect entry {j} next {nxt} >= table size {n}"
+            hops += 1
+            if hops >= n:
+                return f"indirect table at {table:#x} loops (> {n} descriptors)"
+            j = nxt
+
+    def push(self, head: int, written: int) -> None:
+        """Return chain ``head`` with ``written`` bytes written to its device-writable part (§2.7.8, §2.7.14).
+
+        Writes the used element, then bumps used.idx. Raises :class:`QueueError` on a device-side misuse
+        (queue not ready, head out of range, nothing in flight, ``written`` not a u32).
+        """
+        if not self._ready:
+            raise QueueError("push on a queue that is not ready")
+        if not 0 <= head < self._size:
+            raise QueueError(f"push of head {head} outside queue size {self._size}")
+        if not 0 <= written <= VIRTQ_DESC_LEN_MAX:
+            raise QueueError(f"used length {written} is not a 32-bit value")
+        nu = self._next_used
+        if nu == self._next_avail:
+            raise QueueError("push without a popped chain in flight")
+        mem = self.mem
+        try:
+            mem.pack_into(
+                _USED_ELEM, self._used_entries + VIRTQ_USED_ELEM_SIZE * (nu & self._mask), head, written
+            )
+            nu = (nu + 1) & _M
+            mem.pack_into(_U16, self._used_idx_addr, nu)  # §2.7.8: len is set before idx
+        except GuestMemoryError as e:  # pragma: no cover
+            raise QueueError(str(e)) from e
+        self._next_used = nu
+        self._num_added += 1
+
+    def needs_notification(self) -> bool:
+        """Whether the pushes since the last call need a used buffer notification (§2.7.7).
+
+        Without EVENT_IDX: unless avail.flags has VIRTQ_AVAIL_F_NO_INTERRUPT. With EVENT_IDX: if the batch
+        wrote the entry at ``used_event`` (``vring_need_event``). Marks the current used.idx as signalled.
+        False if nothing was pushed since the last call.
+        """
+        if not self._ready:
+            return False
+        nu = self._next_used
+        old = self._signalled_used
+        added = self._num_added
+        self._signalled_used = nu
+        self._num_added = 0
+        if added == 0:
+            return False
+        try:
+            if self._event_idx:
+                if added > _M:  # u16 arithmetic cannot tell; spurious notifications are allowed
+                    return True
+                event: int = self.mem.unpack_from(_U16, self._used_event_addr)[0]
+                return ((nu - event - 1) & _M) < ((nu - old) & _M)
+            flags: int = self.mem.unpack_from(_U16, self._avail)[0]
+        except GuestMemoryError as e:  # pragma: no cover
+            raise QueueError(str(e)) from e
+        return not flags & VIRTQ_AVAIL_F_NO_INTERRUPT
+
+    def set_notification(self, enabled: bool) -> None:
+        """Ask the driver for (or to stop) available buffer notifications (§2.7.10).
+
+        Without EVENT_IDX this sets/clears VIRTQ_USED_F_NO_NOTIFY in used.flags. With EVENT_IDX, enabling
+        writes avail_event = the driver's current avail.idx (kick on the next buffer), and ``pop`` keeps it at
+        next_avail; disabling parks avail_event just behind next_avail, which the driver cannot reach without
+        the device consuming. Callers re-check :meth:`avail_pending` after enabling (the usual race).
+        """
+        self._notify = bool(enabled)
+        if not self._ready:
+            return
+        mem = self.mem
+        try:
+            if self._event_idx:
+                if enabled:
+                    idx: int = mem.unpack_from(_U16, self._avail_idx_addr)[0]
+                    mem.pack_into(_U16, self._avail_event_addr, idx)
+                else:
+                    mem.pack_into(_U16, self._avail_event_addr, (self._next_avail - 1) & _M)
+            else:
+                flags: int = mem.unpack_from(_U16, self._used + VIRTQ_RING_FLAGS)[0]
+                flags = flags & ~VIRTQ_USED_F_NO_NOTIFY if enabled else flags | VIRTQ_USED_F_NO_NOTIFY
+                mem.pack_into(_U16, self._used + VIRTQ_RING_FLAGS, flags)
+        except GuestMemoryError as e:  # pragma: no cover
+            raise QueueError(str(e)) from e
+
+    @property
+    def notification_enabled(self) -> bool:
+        return self._notify
+
+    def rewind(self, n: int) -> None:
+        """Un-pop the last ``n`` popped (and not pushed) chains, as Firecracker does before a snapshot.
+
+        They are popped again, from the avail ring, after resume. Raises ValueError if fewer than ``n`` chains
+        are in flight.
+        """
+        if not 0 <= n <= self.in_flight:
+            raise ValueError(f"cannot rewind {n} chains: {self.in_flight} in flight")
+        self._next_avail = (self._next_avail - n) & _M
+        self._shadow_avail = self._next_avail
+
+    # -- snapshot
+
+    def state(self) -> QueueState:
+        """Plain-data snapshot (see :class:`QueueState`)."""
+        return QueueState(
+            max_size=self._max_size,
+            size=self._size,
+            ready=self._ready,
+            desc_table=self._desc,
+            avail_ring=self._avail,
+            used_ring=self._used,
+            next_avail=self._next_avail,
+            next_used=self._next_used,
+            event_idx=self._event_idx,
+            indirect=self._indirect,
+            signalled_used=self._signalled_used,
+        )
+
+    @classmethod
+    def from_state(cls, mem: GuestMemory, state: QueueState) -> DeviceQueue:
+        """Rebuild a queue from untrusted ``state``; :class:`InvalidStateError` names the bad field."""
+        state.validate(mem)
+        q = cls(mem, state.max_size)
+        q._size = state.size
+        q._desc = state.desc_table
+        q._avail = state.avail_ring
+        q._used = state.used_ring
+        q._event_idx = state.event_idx
+        q._indirect = state.indirect
+        q._next_avail = state.next_avail
+        q._next_used = state.next_used
+        q._signalled_used = state.signalled_used
+        q._num_added = (state.next_used - state.signalled_used) & _M
+        q._cache()
+        q._shadow_avail = state.next_avail
+        if state.ready:
+            q._ready = True
+            if not state.event_idx:
+                flags: int = mem.unpack_from(_U16, q._used + VIRTQ_RING_FLAGS)[0]
+                q._notify = not flags & VIRTQ_USED_F_NO_NOTIFY
+        return q

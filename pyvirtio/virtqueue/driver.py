@@ -1,0 +1,364 @@
+"""Driver side of a split virtqueue, with Linux ``drivers/virtio/virtio_ring.c`` semantics.
+
+Used by the guest-driver model and as the test mock (rust-vmm ``MockSplitQueue`` style): it writes real rings
+into :class:`~pyvirtio.memory.GuestMemory`. Per-descriptor bookkeeping (free list, tokens, lengths) is kept on
+the Python side, like Linux's ``desc_extra``/``desc_state``, so nothing the device writes can corrupt it; what
+the device does write (used ring) is validated, and garbage marks the queue ``broken`` (Linux ``BAD_RING``).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+from pyvirtio.constants import (
+    VIRTQ_AVAIL_ELEM_SIZE,
+    VIRTQ_AVAIL_F_NO_INTERRUPT,
+    VIRTQ_DESC_ALIGN,
+    VIRTQ_DESC_LEN_MAX,
+    VIRTQ_DESC_SIZE,
+    VIRTQ_IDX_MASK,
+    VIRTQ_RING_ENTRIES,
+    VIRTQ_RING_FLAGS,
+    VIRTQ_RING_IDX,
+    VIRTQ_USED_ELEM_SIZE,
+    VIRTQ_USED_F_NO_NOTIFY,
+    DescFlag,
+)
+from pyvirtio.dma import GuestAllocator
+from pyvirtio.errors import QueueError
+from pyvirtio.memory import GuestMemory
+from pyvirtio.virtqueue.chain import DESC_STRUCT
+from pyvirtio.virtqueue.layout import (
+    RingLayout,
+    avail_event_offset,
+    avail_ring_size,
+    desc_table_size,
+    used_event_offset,
+    used_ring_size,
+)
+
+__all__ = ["DriverQueue", "QueueFull"]
+
+_U16 = struct.Struct("<H")
+_USED_ELEM = struct.Struct("<II")
+_ADDR_LIMIT = 1 << 64
+_M = VIRTQ_IDX_MASK
+_F_NEXT = int(DescFlag.NEXT)
+_F_WRITE = int(DescFlag.WRITE)
+_F_INDIRECT = int(DescFlag.INDIRECT)
+_NO_TABLE = -1
+
+
+class QueueFull(QueueError):
+    """Not enough free descriptors for the buffer (Linux ``virtqueue_add`` returning -ENOSPC)."""
+
+
+class DriverQueue:
+    """One split virtqueue as the guest driver sees it.
+
+    ``add`` publishes a buffer at once (descriptors, avail ring entry, avail.idx); ``kick_prepare`` says
+    whether the device wants a notification; ``get_used`` reclaims completed buffers as ``(token, len)``.
+    """
+
+    def __init__(
+        self,
+        mem: GuestMemory,
+        layout: RingLayout,
+        *,
+        event_idx: bool = False,
+        indirect: bool = False,
+        alloc: GuestAllocator | None = None,
+    ) -> None:
+        problem = layout.problem(mem)
+        if problem is not None:
+            raise QueueError(problem[1])
+        if indirect and alloc is None:
+            raise ValueError("indirect descriptors need a GuestAllocator for the tables")
+        self.mem = mem
+        self.layout = layout
+        self.event_idx = event_idx
+        self.indirect = indirect
+        self.alloc = alloc
+        n = layout.size
+        self._n = n
+        self._mask = n - 1
+        self._desc = layout.desc
+        self._avail_flags_addr = layout.avail + VIRTQ_RING_FLAGS
+        self._avail_idx_addr = layout.avail + VIRTQ_RING_IDX
+        self._avail_entries = layout.avail + VIRTQ_RING_ENTRIES
+        self._used_event_addr = layout.avail + used_event_offset(n)
+        self._used_flags_addr = layout.used + VIRTQ_RING_FLAGS
+        self._used_idx_addr = layout.used + VIRTQ_RING_IDX
+        self._used_entries = layout.used + VIRTQ_RING_ENTRIES
+        self._avail_event_addr = layout.used + avail_event_offset(n)
+        self._init_rings()
+
+    def _init_rings(self) -> None:
+        """Zero the three parts (§2.7.10: the driver MUST initialise used.flags to 0) and the bookkeeping."""
+        lay, n = self.layout, self._n
+        self.mem.fill(lay.desc, desc_table_size(n))
+        self.mem.fill(lay.avail, avail_ring_size(n))
+        self.mem.fill(lay.used, used_ring_size(n))
+        self._free_next = [*range(1, n), 0]  # Linux desc_extra[].next: free list, then chain links
+        self._free_head = 0
+        self._num_free = n
+        self._data: list[object | None] = [None] * n
+        self._ndesc = [0] * n
+        self._table = [_NO_TABLE] * n
+        self._in_len = [0] * n
+        self._avail_idx = 0
+        self._num_added = 0
+        self._last_used = 0
+        self._shadow_used = 0
+        self._in_flight = 0
+        self._cb_enabled = True
+        self.broken = False
+
+    # -- properties
+
+    @property
+    def num_free(self) -> int:
+        return self._num_free
+
+    @property
+    def num_max(self) -> int:
+        return self._n
+
+    @property
+    def in_flight(self) -> int:
+        """Buffers added and not yet reclaimed."""
+        return self._in_flight
+
+    @property
+    def avail_idx(self) -> int:
+        """The driver's avail.idx (free-running u16)."""
+        return self._avail_idx
+
+    @property
+    def last_used(self) -> int:
+        """Index of the next used-ring entry to reclaim (free-running u16)."""
+        return self._last_used
+
+    @property
+    def callbacks_enabled(self) -> bool:
+        return self._cb_enabled
+
+    # -- supplying buffers (§2.7.13)
+
+    def add(self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]], token: object) -> int:
+        """Expose a buffer: ``out`` device-readable then ``in_`` device-writable segments; returns the head.
+
+        Uses one indirect table when negotiated and the buffer has more than one segment (Linux
+        ``virtqueue_use_indirect``), falling back to direct descriptors if the allocator is exhausted.
+        Raises :class:`QueueFull` when descriptors run out, :class:`QueueError` when broken or when the chain
+        would be longer than the Queue Size (§2.7.5.3.1), ValueError for a None token or a bad segment.
+        """
+        if self.broken:
+            raise QueueError("virtqueue is broken")
+        if token is None:
+            raise ValueError("token must not be None")
+        n_out = len(out)
+        total = n_out + len(in_)
+        if total == 0:
+            raise ValueError("a buffer needs at least one segment")
+        if total > self._n:
+            raise QueueError(f"chain of {total} descriptors is longer than queue size {self._n} (§2.7.5.3.1)")
+        in_len = 0
+        for k, (addr, ln) in enumerate((*out, *in_)):
+            if not (0 <= addr < _ADDR_LIMIT and 0 <= ln <= VIRTQ_DESC_LEN_MAX):
+                raise ValueError(f"segment ({addr:#x}, {ln:#x}) is not a 64-bit address and 32-bit length")
+            if k >= n_out:
+                in_len += ln
+        table = _NO_TABLE
+        if self.indirect and total > 1 and self._num_free and self.alloc is not None:
+            try:
+                table = self.alloc.alloc(VIRTQ_DESC_SIZE * total, VIRTQ_DESC_ALIGN)
+            except MemoryError:
+                table = _NO_TABLE
+        needed = 1 if table != _NO_TABLE else total
+        if self._num_free < needed:
+            raise QueueFull(f"{needed} descriptors needed, {self._num_free} free")
+        mem = self.mem
+        pack_into = mem.pack_into
+        free_next = self._free_next
+        head = self._free_head
+        desc = self._desc
+        if table != _NO_TABLE:
+            buf = bytearray(VIRTQ_DESC_SIZE * total)
+            last = total - 1
+            for j, (addr, ln) in enumerate((*out, *in_)):
+                flags = (_F_WRITE if j >= n_out else 0) | (_F_NEXT if j < last else 0)
+                DESC_STRUCT.pack_into(buf, VIRTQ_DESC_SIZE * j, addr, ln, flags, j + 1)
+            mem.write(table, buf)
+            nxt = free_next[head]
+            pack_into(
+                DESC_STRUCT, desc + VIRTQ_DESC_SIZE * head, table, VIRTQ_DESC_SIZE * total, _F_INDIRECT, nxt
+            )
+            self._free_head = nxt
+        else:
+            i = head
+            j = 0
+            for addr, ln in out:
+                j += 1
+                nxt = free_next[i]
+                pack_into(DESC_STRUCT, desc + VIRTQ_DESC_SIZE * i, addr, ln, _F_NEXT if j < total else 0, nxt)
+                i = nxt
+            for addr, ln in in_:
+                j += 1
+                nxt = free_next[i]
+                flags = _F_WRITE | _F_NEXT if j < total else _F_WRITE
+                pack_into(DESC_STRUCT, desc + VIRTQ_DESC_SIZE * i, addr, ln, flags, nxt)
+                i = nxt
+            self._free_head = i
+        self._num_free -= needed
+        self._data[head] = token
+        self._ndesc[head] = needed
+        self._table[head] = table
+        self._in_len[head] = in_len
+        # §2.7.13.2-3: ring entry first, then idx
+        ai = self._avail_idx
+        pack_into(_U16, self._avail_entries + VIRTQ_AVAIL_ELEM_SIZE * (ai & self._mask), head)
+        ai = (ai + 1) & _M
+        pack_into(_U16, self._avail_idx_addr, ai)
+        self._avail_idx = ai
+        self._num_added += 1
+        self._in_flight += 1
+        return head
+
+    def kick_prepare(self) -> bool:
+        """Whether to notify the device about the buffers added since the last call (§2.7.10).
+
+        Without EVENT_IDX: unless used.flags has VIRTQ_USED_F_NO_NOTIFY. With EVENT_IDX: if the batch wrote
+        the avail entry at ``avail_event`` (``vring_need_event``). False when nothing was added.
+        """
+        added = self._num_added
+        self._num_added = 0
+        if added == 0:
+            return False
+        new = self._avail_idx
+        if self.event_idx:
+            if added > _M:  # u16 arithmetic cannot tell; a spurious kick is allowed (§2.7.10)
+                return True
+            event: int = self.mem.unpack_from(_U16, self._avail_event_addr)[0]
+            return ((new - event - 1) & _M) < (added & _M)
+        flags: int = self.mem.unpack_from(_U16, self._used_flags_addr)[0]
+        return not flags & VIRTQ_USED_F_NO_NOTIFY
+
+    # -- receiving used buffers (§2.7.14)
+
+    def _bad_ring(self, why: str) -> QueueError:
+        self.broken = True
+        return QueueError(f"broken ring: {why}")
+
+    def get_used(self) -> tuple[object, int] | None:
+        """Reclaim the next used buffer as ``(token, len)``, or None if the device has returned nothing new.
+
+        The device-written used.idx, id and len are validated; garbage marks the queue broken and raises
+        :class:`QueueError`.
+        """
+        if self.broken:
+            raise QueueError("virtqueue is broken")
+        mem = self.mem
+        lu = self._last_used
+        if lu == self._shadow_used:
+            idx: int = mem.unpack_from(_U16, self._used_idx_addr)[0]
+            if (idx - lu) & _M > self._in_flight:
+                raise self._bad_ring(
+                    f"used idx {idx} is {(idx - lu) & _M} ahead, {self._in_flight} in flight"
+                )
+            self._shadow_used = idx
+            if idx == lu:
+                return None
+        head, ln = mem.unpack_from(_USED_ELEM, self._used_entries + VIRTQ_USED_ELEM_SIZE * (lu & self._mask))
+        if head >= self._n or self._data[head] is None:
+            raise self._bad_ring(f"used id {head} is not a head in flight")
+        if ln > self._in_len[head]:
+            raise self._bad_ring(
+                f"used len {ln} exceeds the {self._in_len[head]} device-writable bytes of {head}"
+            )
+        token = self._data[head]
+        self._detach(head)
+        lu = (lu + 1) & _M
+        self._last_used = lu
+        if self.event_idx and self._cb_enabled:
+            # Linux virtqueue_get_buf_ctx_split: interrupt me when the next entry is written
+            mem.pack_into(_U16, self._used_event_addr, lu)
+        return token, ln
+
+    def drain_used(self) -> list[tuple[object, int]]:
+        """Reclaim every used buffer available now."""
+        out: list[tuple[object, int]] = []
+        while (item := self.get_used()) is not None:
+            out.append(item)
+        return out
+
+    def _detach(self, head: int) -> None:
+        nd = self._ndesc[head]
+        free_next = self._free_next
+        tail = head
+        for _ in range(nd - 1):
+            tail = free_next[tail]
+        free_next[tail] = self._free_head
+        self._free_head = head
+        self._num_free += nd
+        self._data[head] = None
+        table = self._table[head]
+        if table != _NO_TABLE:
+            self._table[head] = _NO_TABLE
+            assert self.alloc is not None
+            self.alloc.free(table)
+        self._in_flight -= 1
+
+    # -- used buffer notification suppression (§2.7.7)
+
+    def disable_cb(self) -> None:
+        """Ask the device not to interrupt: avail.flags NO_INTERRUPT, or with EVENT_IDX park used_event
+        just behind last_used (Linux writes 0 there as a self-declared hack)."""
+        if not self._cb_enabled:
+            return
+        self._cb_enabled = False
+        if self.event_idx:
+            self.mem.pack_into(_U16, self._used_event_addr, (self._last_used - 1) & _M)
+        else:
+            self.mem.pack_into(_U16, self._avail_flags_addr, VIRTQ_AVAIL_F_NO_INTERRUPT)
+
+    def enable_cb(self) -> bool:
+        """Re-enable used buffer notifications; False if used entries are already pending (process them).
+
+        Linux ``virtqueue_enable_cb``: clear NO_INTERRUPT (or set used_event = last_used), then poll.
+        """
+        self._cb_enabled = True
+        if self.event_idx:
+            self.mem.pack_into(_U16, self._used_event_addr, self._last_used)
+        else:
+            self.mem.pack_into(_U16, self._avail_flags_addr, 0)
+        idx: int = self.mem.unpack_from(_U16, self._used_idx_addr)[0]
+        return idx == self._last_used
+
+    # -- reset
+
+    def detach_unused(self) -> list[object]:
+        """After a device reset, reclaim every outstanding token (Linux ``virtqueue_detach_unused_buf``).
+
+        Like Linux, each detached buffer also takes avail.idx back by one.
+        """
+        tokens: list[object] = []
+        for head in range(self._n):
+            token = self._data[head]
+            if token is not None:
+                tokens.append(token)
+                self._detach(head)
+                self._avail_idx = (self._avail_idx - 1) & _M
+        if tokens:
+            self.mem.pack_into(_U16, self._avail_idx_addr, self._avail_idx)
+        return tokens
+
+    def reinit(self) -> None:
+        """Re-initialise the rings for a device that was reset (Linux ``virtqueue_reinit_split``).
+
+        Every token must have been reclaimed (:meth:`detach_unused`) first. Clears ``broken``.
+        """
+        if self._in_flight:
+            raise QueueError(f"{self._in_flight} buffers still outstanding; detach_unused() first")
+        self._init_rings()
