@@ -61,6 +61,7 @@ def info(machine_type: str, devices: tuple[str, ...], pcie_port: bool, no_soft_r
     console.print(f"[bold]machine[/] {machine_type}, {m.memory.size >> 20} MiB guest RAM, {len(m.functions)} functions")
     for slot, fn in enumerate(m.functions):
         t = PciTransport(fn, m, fn.name)
+        t.enable_device()  # memory decoding on, as a driver would, so the BAR structures answer
         vid, did = fn.config_read(0, 2), fn.config_read(2, 2)
         cls = fn.config_read(8, 4) >> 8
         console.print(f"\n[bold cyan]00:{slot + 2:02x}.0 {fn.name}[/]  {vid:04x}:{did:04x} rev {fn.config_read(8, 1)} "

@@ -54,7 +54,8 @@ class RngDriver(VirtioDriver):
         if not self.vqs:
             return
         for token, length in self.vqs[0].drain_used():
-            assert isinstance(token, RngRequest)
+            if not isinstance(token, RngRequest):
+                continue  # a buffer somebody else put on our queue (tests do)
             token.data = self.alloc.mem.read(token.addr, min(length, token.size))
             token.done = True
             self.alloc.free(token.addr)

@@ -153,6 +153,7 @@ class VirtioPciFunction:
         self.bar_flags = [0] * PCI_NUM_BARS
         self.msix_table = bytearray(self.nvectors * PCI_MSIX_ENTRY_SIZE)
         self.msix_pending = [False] * self.nvectors
+        self._mask_all_entries()
         self._build_config_space()
         self._reset_transport()
 
@@ -231,6 +232,11 @@ class VirtioPciFunction:
         if flags & PCI_BAR_MEM64:
             self.cfg.set_wmask(off + 4, 4, 0xFFFFFFFF)
 
+    def _mask_all_entries(self) -> None:
+        """PCI 3.0: after reset every MSI-X table entry is zero with its Mask bit set."""
+        for v in range(self.nvectors):
+            struct.pack_into("<IIII", self.msix_table, v * PCI_MSIX_ENTRY_SIZE, 0, 0, 0, PCI_MSIX_ENTRY_CTRL_MASKBIT)
+
     # -- transport state --------------------------------------------------------------------------------------
 
     def _reset_transport(self) -> None:
@@ -282,8 +288,7 @@ class VirtioPciFunction:
                     self.cfg.set(PCI_BAR0 + 4 * i + 4, 4, 0)
         flags = self.cfg.get(self.msix_cap + PCI_MSIX_FLAGS, 2)
         self.cfg.set(self.msix_cap + PCI_MSIX_FLAGS, 2, flags & ~(PCI_MSIX_FLAGS_ENABLE | PCI_MSIX_FLAGS_MASKALL))
-        for v in range(self.nvectors):
-            struct.pack_into("<IIII", self.msix_table, v * PCI_MSIX_ENTRY_SIZE, 0, 0, 0, PCI_MSIX_ENTRY_CTRL_MASKBIT)
+        self._mask_all_entries()
         self.msix_pending = [False] * self.nvectors
         if self.pm_cap:
             pmcsr = self.cfg.get(self.pm_cap + PCI_PM_CTRL, 2)
