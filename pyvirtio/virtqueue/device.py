@@ -30,7 +30,13 @@ from pyvirtio.constants import (
 from pyvirtio.errors import GuestMemoryError, InvalidStateError, QueueError
 from pyvirtio.memory import GuestMemory
 from pyvirtio.virtqueue.chain import DESC_STRUCT, DescriptorChain, Segment
-from pyvirtio.virtqueue.layout import RingLayout, avail_event_offset, is_valid_queue_size, used_event_offset
+from pyvirtio.virtqueue.layout import (
+    RingLayout,
+    avail_event_offset,
+    is_valid_queue_size,
+    used_event_offset,
+    vring_need_event,
+)
 from pyvirtio.virtqueue.state import QueueState
 
 __all__ = ["DeviceQueue"]
@@ -391,7 +397,7 @@ class DeviceQueue:
                 if added > _M:  # u16 arithmetic cannot tell; spurious notifications are allowed
                     return True
                 event: int = self.mem.unpack_from(_U16, self._used_event_addr)[0]
-                return ((nu - event - 1) & _M) < ((nu - old) & _M)
+                return vring_need_event(event, nu, old)
             flags: int = self.mem.unpack_from(_U16, self._avail)[0]
         except GuestMemoryError as e:  # pragma: no cover
             raise QueueError(str(e)) from e

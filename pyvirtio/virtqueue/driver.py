@@ -36,6 +36,7 @@ from pyvirtio.virtqueue.layout import (
     desc_table_size,
     used_event_offset,
     used_ring_size,
+    vring_need_event,
 )
 
 __all__ = ["DriverQueue", "QueueFull"]
@@ -241,7 +242,7 @@ class DriverQueue:
             if added > _M:  # u16 arithmetic cannot tell; a spurious kick is allowed (§2.7.10)
                 return True
             event: int = self.mem.unpack_from(_U16, self._avail_event_addr)[0]
-            return ((new - event - 1) & _M) < (added & _M)
+            return vring_need_event(event, new, (new - added) & _M)
         flags: int = self.mem.unpack_from(_U16, self._used_flags_addr)[0]
         return not flags & VIRTQ_USED_F_NO_NOTIFY
 

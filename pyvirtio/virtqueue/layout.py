@@ -19,6 +19,7 @@ from pyvirtio.constants import (
     VIRTQ_AVAIL_ELEM_SIZE,
     VIRTQ_DESC_ALIGN,
     VIRTQ_DESC_SIZE,
+    VIRTQ_IDX_MASK,
     VIRTQ_LEGACY_ALIGN,
     VIRTQ_MAX_SIZE,
     VIRTQ_RING_ENTRIES,
@@ -34,6 +35,7 @@ __all__ = [
     "desc_table_size",
     "is_valid_queue_size",
     "used_ring_size",
+    "vring_need_event",
 ]
 
 
@@ -65,6 +67,15 @@ def used_event_offset(n: int) -> int:
 def avail_event_offset(n: int) -> int:
     """Offset of ``avail_event`` inside the Used Ring (4 + 8*n)."""
     return VIRTQ_RING_ENTRIES + VIRTQ_USED_ELEM_SIZE * n
+
+
+def vring_need_event(event: int, new: int, old: int) -> bool:
+    """EVENT_IDX test for a batch (§2.7.7, §2.7.10; Linux/QEMU ``vring_need_event``).
+
+    True if moving an index from ``old`` to ``new`` (u16, at most 65535 steps) wrote the entry at ``event``,
+    i.e. if ``event`` lies in ``[old, new)`` modulo 2^16.
+    """
+    return ((new - event - 1) & VIRTQ_IDX_MASK) < ((new - old) & VIRTQ_IDX_MASK)
 
 
 def _align_up(x: int, a: int) -> int:
