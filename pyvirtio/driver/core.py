@@ -96,6 +96,7 @@ class VirtioDriver:
         self.setup()
         self.device_ready()
         self.config_enable()
+        self.start_submissions()
         self.probed = True
 
     def _features_ok(self) -> None:
@@ -245,6 +246,7 @@ class VirtioDriver:
         if not t.get_status() & Status.DRIVER_OK:
             self.device_ready()
         self.config_enable()
+        self.start_submissions()
 
     def stop_submissions(self) -> None:
         """Hook: stop making buffers available (before SUSPEND)."""
