@@ -16,11 +16,13 @@ console = Console()
 
 
 def build_machine(machine_type: str, devices: tuple[str, ...], pcie_port: bool, no_soft_reset: bool):  # type: ignore[no-untyped-def]
+    from pyvirtio.device.core import VirtioDevice
     from pyvirtio.devices import Rng, TestDevice
     from pyvirtio.machine import Machine
 
     m = Machine(machine_type=machine_type)
     for name in devices:
+        dev: VirtioDevice
         if name == "rng":
             dev = Rng()
         elif name == "test":
@@ -89,7 +91,7 @@ def info(machine_type: str, devices: tuple[str, ...], pcie_port: bool, no_soft_r
         console.print(f"features {feats:#018x}: " + ", ".join(feature_names(t.device_id, feats)))
         qs = [t.queue_max_size(i) for i in range(t.num_queues())]
         console.print(f"queues {len(qs)} (max sizes {qs}), MSI-X vectors {t.msix_table_size()}, "
-                      f"PM {'D%d' % t.power_state() if t.pm_cap else 'none'}"
+                      f"PM {f'D{int(t.power_state())}' if t.pm_cap else 'none'}"
                       f"{', No_Soft_Reset' if t.supports_pm_no_reset() else ''}")
 
 

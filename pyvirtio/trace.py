@@ -42,7 +42,7 @@ class Trace:
         self.events: list[TraceEvent] = []
         self.register_accesses = register_accesses
 
-    def record(self, kind: Kind, src: str, **detail: Any) -> None:
+    def record(self, kind: Kind, src: str, /, **detail: Any) -> None:
         if not self.register_accesses and kind in _REGISTER_KINDS:
             return
         self.events.append(TraceEvent(self._clock.now, kind, src, detail))

@@ -7,6 +7,7 @@ SUSPEND tests see requests complete before SUSPEND shows.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from pyvirtio.clock import US
@@ -57,7 +58,7 @@ class Rng(VirtioDevice):
                 return
             n = min(chain.writable_len, self.MAX_CHUNK)
             delay = self.latency + (n * US) // self.bytes_per_us
-            self.after(delay, lambda c=chain, n=n: self._fill(c, n), label="rng-fill")
+            self.after(delay, functools.partial(self._fill, chain, n), label="rng-fill")
 
     def _fill(self, chain: DescriptorChain, n: int) -> None:
         if self.faults.quiesce_never_completes and self.suspending:

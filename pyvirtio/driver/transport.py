@@ -34,7 +34,6 @@ from pyvirtio.constants import (
     PCI_VENDOR_ID,
     VIRTIO_MSI_NO_VECTOR,
     VIRTIO_PCI_CAP_BAR,
-    VIRTIO_PCI_CAP_CFG_TYPE,
     VIRTIO_PCI_CAP_LENGTH,
     VIRTIO_PCI_CAP_OFFSET,
     VIRTIO_PCI_MODERN_DEVICE_ID_BASE,
@@ -294,7 +293,7 @@ class PciTransport:
 
     def config_read(self, offset: int, size: int) -> int:
         if self.device_cfg is None or offset + size > self.device_cfg.length:
-            raise DriverError(f"{self.name}: device config read beyond its {0 if not self.device_cfg else self.device_cfg.length} bytes")
+            raise DriverError(f"{self.name}: device config read beyond the structure")
         return self.fn.bar_read(self.device_cfg.bar, self.device_cfg.offset + offset, size)
 
     def config_write(self, offset: int, size: int, value: int) -> None:

@@ -31,7 +31,6 @@ from pyvirtio.constants import (
     PCI_DEVICE_ID,
     PCI_HEADER_TYPE,
     PCI_INTERRUPT_PIN,
-    PCI_MSIX_BIR_MASK,
     PCI_MSIX_CAP_SIZE,
     PCI_MSIX_ENTRY_CTRL_MASKBIT,
     PCI_MSIX_ENTRY_SIZE,
@@ -397,7 +396,7 @@ class VirtioPciFunction:
         """QEMU ``pci_pm_update``: no D1/D2 (PMC does not offer them), no D3hot -> D1/D2; no reset on D3->D0."""
         reg = self.pm_cap + PCI_PM_CTRL
         new = self.cfg.get(reg, 2)
-        old_state, new_state = old & Pmcsr.STATE_MASK, new & Pmcsr.STATE_MASK
+        old_state, new_state = int(old & Pmcsr.STATE_MASK), int(new & Pmcsr.STATE_MASK)
         if new_state in (PowerState.D1, PowerState.D2):
             self.trace.record(Kind.VIOLATION, self.name, rule="PCI PM: D1/D2 not supported (PMC)", state=new_state)
             self.cfg.set(reg, 2, (new & ~Pmcsr.STATE_MASK) | old_state)
@@ -637,7 +636,7 @@ class VirtioPciFunction:
                 if dq.ready:
                     d.violation("§4.1.4.3.2 queue addresses written while the queue is enabled", queue=q)
                     return
-                attr = {CommonCfg.QUEUE_DESC_LO: "desc_table", CommonCfg.QUEUE_DESC_HI: "desc_table",
+                attr = {int(CommonCfg.QUEUE_DESC_LO): "desc_table", CommonCfg.QUEUE_DESC_HI: "desc_table",
                         CommonCfg.QUEUE_DRIVER_LO: "avail_ring", CommonCfg.QUEUE_DRIVER_HI: "avail_ring",
                         CommonCfg.QUEUE_DEVICE_LO: "used_ring", CommonCfg.QUEUE_DEVICE_HI: "used_ring"}[off]
                 cur = getattr(dq, attr)

@@ -55,7 +55,7 @@ def test_view_is_zero_copy() -> None:
 def test_access_inside_or_refused(addr: int, n: int) -> None:
     """Property: an access either lies inside one region or raises GuestMemoryError — never anything else."""
     mem = GuestMemory.from_ranges([(0, 0x1000), (0x2000, 0x800)])
-    inside = (0 <= addr and addr + n <= 0x1000) or (0x2000 <= addr and addr + n <= 0x2800)
+    inside = (addr >= 0 and addr + n <= 0x1000) or (addr >= 0x2000 and addr + n <= 0x2800)
     try:
         assert len(mem.read(addr, n)) == n
         assert inside

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install everything the tests need and run all of them (the README's test command; .ci/run calls it).
+#   1. the Python package with its test tools;
+#   2. QEMU and the Debian guest kernel for the real-VM tests (`pyvirtio vm provision`: apt, as root);
+#   3. ruff, mypy --strict, then pytest: every test, the real-VM ones included (never skipped).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+python3 -m pip install --quiet --root-user-action=ignore -e '.[test]'
+if python3 -c 'import pyvirtio.vm' 2>/dev/null; then
+    pyvirtio vm provision
+fi
+ruff check .
+mypy --strict pyvirtio
+exec python3 -m pytest -p no:cacheprovider "$@"
