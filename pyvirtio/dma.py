@@ -93,3 +93,36 @@ class GuestAllocator:
         self._free_starts = [self.base]
         self._free_sizes = [self.size]
         self._allocated.clear()
+
+    # -- guest-kernel state for the S4 image ---------------------------------------------------------------------
+
+    def save_state(self) -> dict[str, object]:
+        return {"base": self.base, "size": self.size, "allocated": sorted(self._allocated.items())}
+
+    @classmethod
+    def from_state(cls, mem: GuestMemory, state: dict[str, object]) -> GuestAllocator:
+        """Rebuild an allocator from :meth:`save_state` output, re-validating every block (untrusted input)."""
+        base, size, allocated = state.get("base"), state.get("size"), state.get("allocated")
+        if not isinstance(base, int) or not isinstance(size, int) or not isinstance(allocated, list):
+            raise ValueError("malformed allocator state")
+        a = cls(mem, base, size)
+        cursor = base
+        starts: list[int] = []
+        sizes: list[int] = []
+        for item in allocated:
+            if not (isinstance(item, (list, tuple)) and len(item) == 2
+                    and all(isinstance(v, int) for v in item)):
+                raise ValueError("malformed allocator block")
+            addr, n = item
+            if n <= 0 or addr < cursor or addr + n > base + size:
+                raise ValueError(f"allocator block [{addr:#x}, +{n:#x}) overlaps or leaves the window")
+            if addr > cursor:
+                starts.append(cursor)
+                sizes.append(addr - cursor)
+            a._allocated[addr] = n
+            cursor = addr + n
+        if cursor < base + size:
+            starts.append(cursor)
+            sizes.append(base + size - cursor)
+        a._free_starts, a._free_sizes = starts, sizes
+        return a

@@ -72,6 +72,10 @@ class VirtioDevice:
         self._epoch = 0  # bumps on reset: stale completions are dropped
         self._deferred_config: list[Callable[[], None]] = []
         self._kicked_while_suspended: set[int] = set()
+        #: transport-level bits an extension adds to the offer (e.g. the freeze_mode proposal's bit)
+        self.extra_features = 0
+        #: while set, a reset keeps device-type state (the 2023 FREEZING / freeze_mode proposals)
+        self.retain_state_on_reset = False
 
     # -- wiring -----------------------------------------------------------------------------------------------
 
@@ -126,6 +130,10 @@ class VirtioDevice:
     def on_features_ok(self) -> None:
         """FEATURES_OK was latched; ``driver_features`` is final."""
 
+    def state_bytes(self) -> int:
+        """How many bytes of device-type state a freeze must preserve (gpu: resource memory)."""
+        return 0
+
     def quiesced(self) -> bool:
         """Device-specific work (fences, pending commands) finished; the core also waits for in-flight chains."""
         return True
@@ -137,7 +145,7 @@ class VirtioDevice:
         feats |= bit(Feature.INDIRECT_DESC) | bit(Feature.RING_RESET)
         if self.offer_suspend:
             feats |= bit(Feature.SUSPEND)
-        return feats
+        return feats | self.extra_features
 
     def negotiated(self, feature: int) -> bool:
         return bool(self.status & Status.FEATURES_OK) and bool(self.driver_features & bit(feature))

@@ -58,6 +58,8 @@ class VirtioDriver:
         if self.device_id and self.t.device_id != self.device_id:
             raise DriverError(f"{name}: device id {self.t.device_id} is not {self.device_id}")
         self.use_msix = use_msix
+        #: transport-level bits a kernel extension understands (e.g. the freeze_mode proposal's bit)
+        self.extra_features = 0
         self.accept_suspend = accept_suspend
         self.features = 0
         self.vqs: list[DriverQueue] = []
@@ -87,7 +89,7 @@ class VirtioDriver:
         if not offered & bit(Feature.VERSION_1):
             t.add_status(Status.FAILED)
             raise DriverError(f"{self.name}: device does not offer VERSION_1")
-        want = self.wanted_features | TRANSPORT_FEATURES
+        want = self.wanted_features | TRANSPORT_FEATURES | self.extra_features
         if self.accept_suspend:
             want |= bit(Feature.SUSPEND)
         self.features = offered & want
@@ -219,6 +221,21 @@ class VirtioDriver:
 
     def vq_callback(self, index: int) -> None:
         """A used-buffer notification for queue ``index``."""
+
+    # -- guest-side state, for the S4 image --------------------------------------------------------------------
+
+    def save_state(self) -> dict[str, object]:
+        """Guest-kernel state of this driver that lives in guest RAM (written into the hibernation image)."""
+        return {"features": self.features, "failed": self.failed,
+                "config_change_pending": self.config_change_pending}
+
+    def load_state(self, state: dict[str, object]) -> None:
+        """Re-create this driver's state from an image (the image kernel's copy of the driver)."""
+        features, failed, pending = state["features"], state["failed"], state["config_change_pending"]
+        if not isinstance(features, int) or not isinstance(failed, bool) or not isinstance(pending, bool):
+            raise DriverError(f"{self.name}: malformed driver state in image")
+        self.features, self.failed, self.config_change_pending = features, failed, pending
+        self.probed = True
 
     # -- power management (Linux semantics) -------------------------------------------------------------------
 
