@@ -470,3 +470,71 @@ GPU_RESP_EDID_SIZE = 1056
 GPU_EDID_MAX = 1024
 GPU_CURSOR_SIZE = 64
 GPU_STATUS_FREEZING_SIZE = 28
+
+# -- virtio-gpu: sizes of every wire struct (reference §4.4; hdr = 24 bytes) --------------------------------------
+GPU_GET_EDID_SIZE = 32
+GPU_RESOURCE_CREATE_2D_SIZE = 40
+GPU_RESOURCE_UNREF_SIZE = 32
+GPU_SET_SCANOUT_SIZE = 48
+GPU_RESOURCE_FLUSH_SIZE = 48
+GPU_TRANSFER_TO_HOST_2D_SIZE = 56
+GPU_RESOURCE_ATTACH_BACKING_SIZE = 32  # followed by nr_entries mem entries
+GPU_RESOURCE_DETACH_BACKING_SIZE = 32
+GPU_GET_CAPSET_INFO_SIZE = 32
+GPU_RESP_CAPSET_INFO_SIZE = 40
+GPU_GET_CAPSET_SIZE = 32
+GPU_RESOURCE_ASSIGN_UUID_SIZE = 32
+GPU_RESP_RESOURCE_UUID_SIZE = 40
+GPU_RESOURCE_CREATE_BLOB_SIZE = 56  # followed by nr_entries mem entries
+GPU_SET_SCANOUT_BLOB_SIZE = 96
+GPU_CTX_CREATE_SIZE = 96
+GPU_CTX_DESTROY_SIZE = 24
+GPU_CTX_RESOURCE_SIZE = 32
+GPU_RESOURCE_CREATE_3D_SIZE = 72
+GPU_TRANSFER_HOST_3D_SIZE = 72
+GPU_CMD_SUBMIT_SIZE = 32  # followed by ``size`` bytes of command stream
+GPU_RESOURCE_MAP_BLOB_SIZE = 40
+GPU_RESP_MAP_INFO_SIZE = 32
+GPU_RESOURCE_UNMAP_BLOB_SIZE = 32
+GPU_UPDATE_CURSOR_SIZE = 56
+GPU_CTX_DEBUG_NAME_MAX = 64
+GPU_CONTEXT_INIT_CAPSET_ID_MASK = 0xFF
+GPU_RING_IDX_MAX = 63
+
+
+class GpuCapset(IntEnum):
+    """Capability-set ids (spec listing; older Linux uapi lacks 3 and 5)."""
+
+    VIRGL = 1
+    VIRGL2 = 2
+    GFXSTREAM = 3
+    VENUS = 4
+    CROSS_DOMAIN = 5
+
+
+class GpuMapCache(IntEnum):
+    MASK = 0x0F
+    NONE = 0x00
+    CACHED = 0x01
+    UNCACHED = 0x02
+    WC = 0x03
+
+
+GPU_SHM_ID_UNDEFINED = 0
+GPU_SHM_ID_HOST_VISIBLE = 1
+GPU_RESOURCE_FLAG_Y_0_TOP = 1 << 0
+#: Every virtio-gpu 2D format is 32 bits per pixel.
+GPU_BYTES_PER_PIXEL = 4
+#: QEMU ``virtio_gpu_create_mapping_iov``: more entries than this answer ERR_UNSPEC.
+GPU_MAX_MEM_ENTRIES = 16384
+#: pyvirtio's cap on resource width/height (0 or larger answers ERR_INVALID_PARAMETER); QEMU has no such cap.
+GPU_MAX_DIMENSION = 16384
+#: QEMU ``virtio_gpu_check_scanout_bounds``: a scanout rect narrower or lower than this is refused.
+GPU_MIN_SCANOUT_SIZE = 16
+#: An EDID 1.4 base block; its detailed timing descriptor holds 12-bit active sizes.
+GPU_EDID_BLOCK_SIZE = 128
+GPU_EDID_MAX_MODE = 4095
+#: QEMU ``VIRTIO_GPU_MAX_CMD_SUBMIT_SIZE``: SUBMIT_3D streams beyond this are refused.
+GPU_MAX_SUBMIT_SIZE = 4 << 20
+#: Default host-memory budget for resources (QEMU ``max_hostmem`` defaults to 256 MiB).
+GPU_DEFAULT_HOST_MEMORY = 256 << 20

@@ -1,5 +1,6 @@
 """Device models."""
 
+from pyvirtio.devices.gpu import Gpu as Gpu
 from pyvirtio.devices.rng import Rng
 from pyvirtio.devices.testdev import TestDevice
 

@@ -69,7 +69,9 @@ class System:
         return self.guest.drivers
 
 
-def _plug(profile: Profile, cfg: ScenarioConfig, machine: Machine) -> tuple[Any, Any, Any, Any, FreezeModeDevice | None]:
+def _plug(
+    profile: Profile, cfg: ScenarioConfig, machine: Machine
+) -> tuple[Any, Any, Any, Any, FreezeModeDevice | None]:
     from pyvirtio.devices import Rng
 
     gdev = gpu.make_device(profile, cfg)
@@ -87,7 +89,7 @@ def build_system(profile: Profile, cfg: ScenarioConfig) -> System:
 
     cfg.validate()
     machine = Machine(cfg.memory_size(), seed=cfg.seed, machine_type=cfg.machine_type)
-    gdev, gfn, rdev, rfn, fm = _plug(profile, cfg, machine)
+    gdev, gfn, _rdev, rfn, fm = _plug(profile, cfg, machine)
     guest = Guest(machine, profile.kernel)
     gdrv = gpu.make_driver(profile, machine, gfn, guest.alloc)
     guest.bind(gdrv)
@@ -147,7 +149,7 @@ def boot_from_image(path: str | Path) -> System:
     except (KeyError, TypeError) as e:
         raise UserInputError(f"S4 image {path}: malformed header ({e})") from None
     machine = Machine(cfg.memory_size(), seed=cfg.seed + 1, machine_type=cfg.machine_type)
-    gdev, gfn, rdev, rfn, fm = _plug(profile, cfg, machine)
+    gdev, gfn, _rdev, rfn, fm = _plug(profile, cfg, machine)
     # The boot kernel: a normal boot that probes every device, then quiesces them before jumping to the image.
     from pyvirtio.drivers.rng import RngDriver
 
