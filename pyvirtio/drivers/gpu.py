@@ -63,6 +63,9 @@ __all__ = [
     "GpuObjectList",
     "GpuRequest",
     "ObjectKind",
+    "arrow_cursor",
+    "driver_class",
+    "register_driver_class",
 ]
 
 RGBA = npt.NDArray[np.uint8]
@@ -273,6 +276,7 @@ class GpuDriver(VirtioDriver):
         self.objects = GpuObjectList()
         self.framebuffers: dict[int, GpuObject] = {}
         self.cursors: dict[int, GpuObject] = {}
+        self.cursor_positions: dict[int, tuple[int, int]] = {}
         self.contexts: set[int] = set()
         self.errors: list[tuple[int, int]] = []  # (command, error response) pairs
         self.display_events_handled = 0
@@ -413,9 +417,9 @@ class GpuDriver(VirtioDriver):
 
     # -- waiting ----------------------------------------------------------------------------------------------
 
-    def wait(self, req: GpuRequest, *, check: bool = True) -> GpuRequest:
+    def wait(self, req: GpuRequest, *, check: bool = True, timeout: int | None = None) -> GpuRequest:
         """Run the machine until ``req`` is answered; raise :class:`GpuCommandError` on an error response."""
-        if not self.platform.run_until(lambda: req.done, self.TIMEOUT):
+        if not self.platform.run_until(lambda: req.done, timeout or self.TIMEOUT):
             raise DriverTimeout(f"{self.name}: no response to {protocol.command_name(req.cmd)}")
         if check and not req.ok:
             raise GpuCommandError(req.cmd, req.resp_type)
@@ -425,6 +429,13 @@ class GpuDriver(VirtioDriver):
         """Wait until fence ``fence_id`` (and so every earlier one) is signalled."""
         if not self.platform.run_until(lambda: self.last_fence >= fence_id, self.TIMEOUT):
             raise DriverTimeout(f"{self.name}: fence {fence_id} not signalled")
+
+    def probe_alive(self, timeout: int | None = None) -> bool:
+        """Whether the device still answers the control queue (a GET_DISPLAY_INFO round trip)."""
+        if not self.vqs:
+            return False
+        req = self.cmd_get_display_info()
+        return self.platform.run_until(lambda: req.done, timeout or self.TIMEOUT) and req.ok
 
     def wait_idle(self) -> None:
         """Wait until every submitted command is answered."""
@@ -625,10 +636,13 @@ class GpuDriver(VirtioDriver):
         if pos < n:
             raise ValueError("write beyond the object's backing")
 
-    def draw(self, scanout: int, image: RGBA | Callable[[int, int], RGBA], at: tuple[int, int] = (0, 0)) -> None:
+    def draw(self, scanout: int, image: RGBA | Callable[[int, int], RGBA], at: tuple[int, int] = (0, 0), *,
+             timeout: int | None = None) -> None:
         """Draw on ``scanout``'s framebuffer: pixels into guest memory, TRANSFER_TO_HOST_2D + RESOURCE_FLUSH
         (both fenced), and wait for the flush fence. ``image`` is RGBA ``(h, w, 4)`` or ``f(width, height)``."""
-        fb = self.framebuffers[scanout]
+        fb = self.framebuffers.get(scanout)
+        if fb is None:
+            raise DriverError(f"{self.name}: scanout {scanout} has no framebuffer")
         img = image(fb.width, fb.height) if callable(image) else image
         img = np.asarray(img, dtype=np.uint8)
         x, y = at
@@ -636,7 +650,7 @@ class GpuDriver(VirtioDriver):
         rect = (x, y, img.shape[1], img.shape[0])
         self.transfer_to_host_2d(fb, rect)
         flush = self.resource_flush(fb, rect)
-        self.wait(flush)
+        self.wait(flush, timeout=timeout)
 
     # -- cursor (§5.7.6.6, §5.7.6.10) -------------------------------------------------------------------------
 
@@ -644,9 +658,13 @@ class GpuDriver(VirtioDriver):
         body = protocol.CURSOR_BODY.pack(scanout, x & 0xFFFFFFFF, y & 0xFFFFFFFF, 0, rid, hot_x, hot_y, 0)
         return self.submit(cmd, body, queue=GPU_CURSORQ)
 
-    def set_cursor(self, scanout: int, rgba: RGBA, *, hot: tuple[int, int] = (0, 0),
-                   pos: tuple[int, int] = (0, 0)) -> GpuObject:
-        """Create/fill the 64x64 cursor resource (fenced transfer, waited for), then UPDATE_CURSOR."""
+    def set_cursor(self, scanout: int, x: int = 0, y: int = 0, *, image: RGBA | None = None,
+                   hot: tuple[int, int] = (0, 0)) -> GpuObject:
+        """Create/fill the 64x64 cursor resource (fenced transfer, waited for), then UPDATE_CURSOR at (x, y).
+
+        ``image`` is 64x64 RGBA; default :func:`arrow_cursor`.
+        """
+        rgba = arrow_cursor() if image is None else image
         obj = self.cursors.get(scanout)
         if obj is None:
             obj = self.create_resource_2d(GPU_CURSOR_SIZE, GPU_CURSOR_SIZE, self.CURSOR_FORMAT,
@@ -654,7 +672,8 @@ class GpuDriver(VirtioDriver):
             self.cursors[scanout] = obj
         self.write_pixels(obj, rgba)
         self.transfer_to_host_2d(obj, (0, 0, GPU_CURSOR_SIZE, GPU_CURSOR_SIZE), wait=True)
-        self.wait(self._cursor_cmd(GpuCmd.UPDATE_CURSOR, scanout, *pos, obj.id, *hot))
+        self.wait(self._cursor_cmd(GpuCmd.UPDATE_CURSOR, scanout, x, y, obj.id, *hot))
+        self.cursor_positions[scanout] = (x, y)
         for o in self.objects:
             o.cursor_scanouts.discard(scanout)
         obj.cursor_scanouts.add(scanout)
@@ -663,6 +682,11 @@ class GpuDriver(VirtioDriver):
     def move_cursor(self, scanout: int, x: int, y: int) -> None:
         obj = self.cursors.get(scanout)
         self.wait(self._cursor_cmd(GpuCmd.MOVE_CURSOR, scanout, x, y, obj.id if obj else 0, 0, 0))
+        self.cursor_positions[scanout] = (x, y)
+
+    def cursor_position(self, scanout: int = 0) -> tuple[int, int]:
+        """Where the driver last put the cursor of ``scanout`` (its hotspot)."""
+        return self.cursor_positions.get(scanout, (0, 0))
 
     def hide_cursor(self, scanout: int) -> None:
         self.wait(self._cursor_cmd(GpuCmd.UPDATE_CURSOR, scanout, 0, 0, 0, 0, 0))
@@ -768,3 +792,32 @@ class GpuDriver(VirtioDriver):
                           fence=fence, ring_idx=ring_idx, extra=stream or None)
         return self._finish(req, wait)
 
+
+
+def arrow_cursor() -> RGBA:
+    """A 64x64 RGBA arrow: white, black outline, transparent elsewhere; hotspot (0, 0)."""
+    img = np.zeros((GPU_CURSOR_SIZE, GPU_CURSOR_SIZE, 4), dtype=np.uint8)
+    size = 20
+    yy, xx = np.mgrid[0:GPU_CURSOR_SIZE, 0:GPU_CURSOR_SIZE]
+    inside = (xx <= yy) & (yy < size)
+    edge = inside & ((xx == 0) | (xx == yy) | (yy == size - 1))
+    img[inside] = (255, 255, 255, 255)
+    img[edge] = (0, 0, 0, 255)
+    return img
+
+
+#: Driver classes by kind (``pyvirtio.pm.profiles.GpuDriverKind`` values). Only the Linux <= 7.2 driver lives
+#: here; power-management variants register themselves with :func:`register_driver_class`.
+_DRIVER_CLASSES: dict[str, type[GpuDriver]] = {"no-hooks": GpuDriver}
+
+
+def register_driver_class(kind: str, cls: type[GpuDriver]) -> None:
+    _DRIVER_CLASSES[kind] = cls
+
+
+def driver_class(kind: str = "no-hooks") -> type[GpuDriver]:
+    """The driver class for ``kind``; KeyError names the kinds that are registered."""
+    try:
+        return _DRIVER_CLASSES[kind]
+    except KeyError:
+        raise KeyError(f"no virtio-gpu driver of kind {kind!r} (registered: {sorted(_DRIVER_CLASSES)})") from None

@@ -153,8 +153,9 @@ class Gpu(VirtioDevice):
         edid: bool = True,
         resource_uuid: bool = True,
         resource_blob: bool = True,
-        blob_alignment: bool | None = None,
-        freezing: bool = False,
+        enabled_scanouts: int | None = None,
+        offer_blob_alignment: bool | None = None,
+        offer_freezing: bool = False,
         blob_alignment_bytes: int = 4096,
         host_memory_limit: int = GPU_DEFAULT_HOST_MEMORY,
         bytes_per_us: int = 4000,
@@ -168,11 +169,11 @@ class Gpu(VirtioDevice):
         _check_mode(width, height)
         if context_init and not virgl:
             raise ValueError("VIRTIO_GPU_F_CONTEXT_INIT requires VIRTIO_GPU_F_VIRGL (§5.7.3)")
-        if blob_alignment and freezing:
+        if offer_blob_alignment and offer_freezing:
             raise ValueError("BLOB_ALIGNMENT and the abandoned FREEZING are both feature bit 5: offer one")
-        if blob_alignment is None:
-            blob_alignment = resource_blob and not freezing
-        if blob_alignment and not resource_blob:
+        if offer_blob_alignment is None:
+            offer_blob_alignment = resource_blob and not offer_freezing
+        if offer_blob_alignment and not resource_blob:
             raise ValueError("VIRTIO_GPU_F_BLOB_ALIGNMENT requires VIRTIO_GPU_F_RESOURCE_BLOB (§5.7.3)")
         if not (0 < blob_alignment_bytes <= 1 << 31) or blob_alignment_bytes & (blob_alignment_bytes - 1):
             raise ValueError(f"blob_alignment must be a power of two up to 2^31, not {blob_alignment_bytes}")
@@ -182,14 +183,18 @@ class Gpu(VirtioDevice):
         self.offer_edid = edid
         self.offer_resource_uuid = resource_uuid
         self.offer_resource_blob = resource_blob
-        self.offer_blob_alignment = blob_alignment
-        self.offer_freezing = freezing
+        self.offer_blob_alignment = offer_blob_alignment
+        self.offer_freezing = offer_freezing
         self.blob_alignment = blob_alignment_bytes
         self.host_memory_limit = host_memory_limit
         self.bytes_per_us = max(1, bytes_per_us)
         self.command_latency = command_latency
         self.num_capsets = 0
-        self.displays = [Display(True, width, height) for _ in range(num_scanouts)]
+        if enabled_scanouts is None:
+            enabled_scanouts = num_scanouts
+        if not 0 <= enabled_scanouts <= num_scanouts:
+            raise ValueError(f"enabled_scanouts must be 0..{num_scanouts}, not {enabled_scanouts}")
+        self.displays = [Display(i < enabled_scanouts, width, height) for i in range(num_scanouts)]
         self.events_read = 0
         self.resources: dict[int, Resource] = {}
         self.contexts: dict[int, Context] = {}
@@ -315,6 +320,13 @@ class Gpu(VirtioDevice):
         if img is None:
             raise ValueError(f"{self.name}: scanout {index} is disabled (no signal)")
         write_png(img, path)
+
+    def scanout_width(self, index: int) -> int:
+        """Width of the rectangle scanout ``index`` shows (0 when disabled)."""
+        return self.scanouts[index].rect.width
+
+    def scanout_height(self, index: int) -> int:
+        return self.scanouts[index].rect.height
 
     def resource_rgba(self, resource_id: int) -> Image | None:
         """The host image of a 2D resource as RGBA (alpha kept), or None."""

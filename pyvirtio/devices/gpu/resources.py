@@ -63,6 +63,10 @@ class Resource:
     _starts: list[int] = field(default_factory=list, repr=False)
 
     @property
+    def resource_id(self) -> int:
+        return self.id
+
+    @property
     def stride(self) -> int:
         return self.width * GPU_BYTES_PER_PIXEL
 
