@@ -1,0 +1,183 @@
+"""One QEMU process: its command line, serial console, QMP connection, trace log and clean shutdown."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from pyvirtio.vm.errors import GuestTimeout, VmError
+from pyvirtio.vm.initramfs import INIT_INSMOD_FAILED, INIT_READY, INIT_RESUME_FAILED, RESUME_ARG
+from pyvirtio.vm.provision import GuestAssets
+from pyvirtio.vm.qmp import Qmp
+from pyvirtio.vm.serial import SerialConsole, open_log, pump
+
+MACHINE_TYPES = ("pc", "q35")
+#: Per machine type: the property that keeps S3 enabled in the ACPI tables.
+S3_GLOBALS = {"pc": "PIIX4_PM.disable_s3=0", "q35": "ICH9-LPC.disable_s3=0"}
+#: QOM ids the harness gives its devices, by report name.
+DEVICE_IDS = {"gpu": "gpu0", "blk": "blk0", "rng": "rng0", "input": "kbd0"}
+TRACE_EVENTS = ("virtio_set_status", "virtio_gpu_cmd_*", "virtio_blk_req_complete", "virtio_rng_pushed",
+                "system_wakeup_request", "guest_cpu_reset", "qmp_enter_x_query_virtio")
+MEMORY_MB = 512
+DISK_MB = 160
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    """Per-boot paths inside a run: logs in ``logs``, sockets in ``scratch`` (short path)."""
+
+    serial_log: Path
+    trace_log: Path
+    stderr_log: Path
+    qmp_socket: Path
+
+    @classmethod
+    def for_boot(cls, logs: Path, scratch: Path, boot: int) -> BootFiles:
+        return cls(logs / f"serial-{boot}.log", logs / f"trace-{boot}.log", logs / f"qemu-{boot}.stderr",
+                   scratch / f"qmp-{boot}.sock")
+
+
+def qemu_argv(assets: GuestAssets, machine_type: str, disk: Path, files: BootFiles, *,
+              resume: bool = False) -> list[str]:
+    """The QEMU command line: TCG, S3 enabled, the four virtio devices with ids, serial on stdio, QMP, trace."""
+    if machine_type not in MACHINE_TYPES:
+        raise ValueError(f"machine type {machine_type!r}")
+    fw, fh = assets.frame_size
+    append = "console=ttyS0 quiet panic=-1" + (f" {RESUME_ARG}=vda" if resume else "")
+    argv = [
+        str(assets.qemu), "-machine", f"{machine_type},accel=tcg", "-m", str(MEMORY_MB), "-smp", "1",
+        "-nodefaults", "-display", "none", "-no-reboot", "-no-user-config",
+        "-global", S3_GLOBALS[machine_type],
+        "-kernel", str(assets.kernel), "-initrd", str(assets.initrd), "-append", append,
+        "-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0",
+        "-qmp", f"unix:{files.qmp_socket},server=on,wait=off",
+        "-device", f"virtio-gpu-pci,id={DEVICE_IDS['gpu']},xres={fw},yres={fh}",
+        "-drive", f"file={disk},if=none,id=disk0,format=raw,cache=writeback",
+        "-device", f"virtio-blk-pci,id={DEVICE_IDS['blk']},drive=disk0",
+        "-object", "rng-random,id=rngsrc0,filename=/dev/urandom",
+        "-device", f"virtio-rng-pci,id={DEVICE_IDS['rng']},rng=rngsrc0",
+        "-device", f"virtio-keyboard-pci,id={DEVICE_IDS['input']}",
+        "-D", str(files.trace_log),
+    ]
+    for ev in TRACE_EVENTS:
+        argv += ["-trace", ev]
+    return argv
+
+
+def create_disk(path: Path, size_mb: int = DISK_MB) -> None:
+    """A sparse raw disk image."""
+    with open(path, "wb") as f:
+        f.truncate(size_mb * 1024 * 1024)
+
+
+class Machine:
+    """A running QEMU (its own process group) with serial console and QMP."""
+
+    def __init__(self, assets: GuestAssets, machine_type: str, disk: Path, files: BootFiles, *,
+                 resume: bool = False) -> None:
+        self.assets = assets
+        self.machine_type = machine_type
+        self.files = files
+        self.argv = qemu_argv(assets, machine_type, disk, files, resume=resume)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.qmp: Qmp | None = None
+        self._serial_log: BinaryIO | None = None
+        self.console = SerialConsole(self._write, describe=self._where)
+        self.started_at = 0.0
+
+    def _where(self) -> str:
+        f = self.files
+        return f" (logs: {f.serial_log}, {f.stderr_log}, {f.trace_log})"
+
+    def _write(self, data: bytes) -> None:
+        if self.proc is None or self.proc.stdin is None:
+            raise VmError("QEMU is not running")
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            raise VmError(f"QEMU exited; cannot type on its serial console{self._where()}") from None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, qmp_timeout: float = 30.0) -> None:
+        """Start QEMU and connect QMP (stale sockets are removed first)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.files.qmp_socket.unlink()
+        self.files.serial_log.parent.mkdir(parents=True, exist_ok=True)
+        self._serial_log = open_log(self.files.serial_log)
+        self.console.set_log(self._serial_log)
+        (self.files.serial_log.parent / (self.files.serial_log.stem + ".cmdline")).write_text(
+            " ".join(self.argv) + "\n")
+        with open(self.files.stderr_log, "wb") as err:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                         start_new_session=True)
+        self.started_at = time.monotonic()
+        assert self.proc.stdout is not None
+        pump(self.proc.stdout, self.console)  # type: ignore[arg-type]
+        self.qmp = Qmp(f"pyvirtio-vm-{os.getpid()}")
+        try:
+            self.qmp.connect(self.files.qmp_socket, qmp_timeout, self.alive)
+        except VmError as e:
+            raise VmError(f"{e}; QEMU said: {self.stderr_tail()}{self._where()}") from None
+
+    def stderr_tail(self) -> str:
+        try:
+            lines = [ln for ln in self.files.stderr_log.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        return " | ".join(lines[-3:])
+
+    def wait_ready(self, timeout: float) -> float:
+        """Wait for ``/init``'s ready line; returns seconds since start. Fails if a module did not load."""
+        m = self.console.expect(INIT_READY.encode(), timeout, what="the guest's shell (boot)")
+        text = self.console.text(0)
+        if INIT_INSMOD_FAILED in text:
+            bad = [ln for ln in text.splitlines() if INIT_INSMOD_FAILED in ln]
+            raise VmError(f"guest could not load a module: {bad[0].strip()}{self._where()}")
+        del m
+        return time.monotonic() - self.started_at
+
+    def expect_resume(self) -> bytes:
+        """Pattern that shows a failed S4 resume (``/init`` went on to boot a fresh shell)."""
+        return INIT_RESUME_FAILED.encode()
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for QEMU to exit by itself; returns its exit status."""
+        if self.proc is None:
+            return 0
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise GuestTimeout(f"QEMU did not exit within {timeout:.0f} s; last output: "
+                               f"{self.console.tail()}{self._where()}") from None
+
+    def stop(self, graceful: bool = True) -> None:
+        """Quit QEMU (QMP ``quit`` if asked, then SIGKILL to the process group); close everything."""
+        if self.proc is not None and self.proc.poll() is None and graceful and self.qmp is not None:
+            self.qmp.quit(timeout=5.0)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5.0)
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10.0)
+        if self.qmp is not None:
+            self.qmp.close()
+            self.qmp = None
+        if self.proc is not None and self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        if self._serial_log is not None:
+            self.console.set_log(None)
+            self._serial_log.close()
+            self._serial_log = None
+        with contextlib.suppress(FileNotFoundError):
+            self.files.qmp_socket.unlink()

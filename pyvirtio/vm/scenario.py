@@ -1,0 +1,508 @@
+"""Run one sleep cell (S3, s2idle or S4 on pc or q35) on a real QEMU + Linux guest and fill a ``CellResult``.
+
+Timings are wall clock: ``suspend_ms`` runs from the guest command to the moment the host sees the guest
+asleep (QMP ``SUSPEND`` for S3; every device quiesced in the status trace for s2idle; QEMU exited for S4),
+``resume_ms`` from the wake-up (``system_wakeup``; the first serial newline; the second QEMU's start) to the
+guest's shell finishing the sleep command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyvirtio.constants import Status
+from pyvirtio.report import CellResult, DeviceOutcome, Report
+from pyvirtio.vm import image, statustrace
+from pyvirtio.vm.errors import GuestTimeout, VmError
+from pyvirtio.vm.machine import DEVICE_IDS, MACHINE_TYPES, BootFiles, Machine, create_disk
+from pyvirtio.vm.probes import SWAP_KB, DeviceState, Guest, ProbeResult, device_state
+from pyvirtio.vm.provision import GuestAssets
+from pyvirtio.vm.serial import Pending
+
+SLEEP_STATES = ("S3", "s2idle", "S4")
+DEVICES = ("gpu", "blk", "rng", "input")
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class Timeouts:
+    """Seconds. Generous for TCG on 2 shared cores; every wait polls and returns as soon as it can."""
+
+    boot: float = 120.0
+    command: float = 30.0
+    suspend: float = 60.0
+    resume: float = 120.0
+    first_frame: float = 15.0  # frame drawn before sleep must show up (else the run is broken)
+    new_frame: float = 4.0  # frame drawn after resume: how long to wait before calling it lost
+    restore: float = 1.5  # how long the pre-sleep picture may take to come back after resume
+
+
+@dataclass
+class _Cycle:
+    """What one sleep cycle measured."""
+
+    index: int
+    slept: bool = False
+    suspend_ms: float | None = None
+    resume_ms: float | None = None
+    display_restored: bool | None = None
+    new_frame: bool | None = None
+    before: dict[str, DeviceState] = field(default_factory=dict)
+    asleep: dict[str, DeviceState] = field(default_factory=dict)
+    after: dict[str, DeviceState] = field(default_factory=dict)
+    after_probe: dict[str, DeviceState] = field(default_factory=dict)
+    probes: dict[str, ProbeResult] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def cell_name(sleep: str, machine_type: str) -> str:
+    return f"{sleep}-{machine_type}"
+
+
+class CellRun:
+    """One cell: boots the VM, probes, sleeps ``cycles`` times, probes again, collects trace and images."""
+
+    def __init__(self, assets: GuestAssets, sleep: str, machine_type: str, *, cycles: int = 1,
+                 out_dir: Path | None = None, timeouts: Timeouts | None = None,
+                 progress: Progress = _quiet) -> None:
+        if sleep not in SLEEP_STATES:
+            raise ValueError(f"sleep state {sleep!r} (want one of {', '.join(SLEEP_STATES)})")
+        if machine_type not in MACHINE_TYPES:
+            raise ValueError(f"machine type {machine_type!r} (want one of {', '.join(MACHINE_TYPES)})")
+        if cycles < 1:
+            raise ValueError("cycles must be >= 1")
+        self.assets, self.sleep, self.machine_type, self.cycles = assets, sleep, machine_type, cycles
+        self.t = timeouts or Timeouts()
+        self.progress = progress
+        self.scratch = Path(tempfile.mkdtemp(prefix="pyvirtio-vm-"))
+        self.logs = (out_dir / cell_name(sleep, machine_type)) if out_dir else self.scratch / "logs"
+        if self.logs.exists():
+            shutil.rmtree(self.logs)
+        self.logs.mkdir(parents=True)
+        self.disk = self.scratch / "disk.img"
+        self.boot = 0
+        self.machine: Machine | None = None
+        self.guest: Guest | None = None
+        self.paths: dict[str, str] = {}
+        self.trace_windows: list[tuple[Path, int | None, int | None]] = []  # (log, start marker, end marker)
+        self._markers = 0
+        self._window_start: int | None = None
+        self.result = CellResult(source="real-vm", profile="baseline", sleep=sleep, machine_type=machine_type)
+        self.images: dict[str, image.RGB] = {}
+
+    # -- plumbing ---------------------------------------------------------------------------------------------
+
+    @property
+    def m(self) -> Machine:
+        if self.machine is None:
+            raise VmError("no QEMU running")
+        return self.machine
+
+    @property
+    def g(self) -> Guest:
+        if self.guest is None:
+            raise VmError("guest not set up")
+        return self.guest
+
+    def _log_hint(self) -> str:
+        return f" (logs in {self.logs})"
+
+    def _start_machine(self, *, resume: bool = False) -> Machine:
+        self.boot += 1
+        files = BootFiles.for_boot(self.logs, self.scratch, self.boot)
+        self.machine = Machine(self.assets, self.machine_type, self.disk, files, resume=resume)
+        self.progress(f"boot {self.boot}: starting QEMU ({self.machine_type}, TCG)")
+        self.m.start()
+        self._markers = 0
+        return self.m
+
+    def _discover(self) -> None:
+        assert self.m.qmp is not None
+        found = {v["path"] for v in self.m.qmp.execute("x-query-virtio")}
+        self._markers += 1
+        for name, dev_id in DEVICE_IDS.items():
+            path = f"/machine/peripheral/{dev_id}/virtio-backend"
+            if path not in found:
+                raise VmError(f"QEMU has no virtio device at {path} (found: {', '.join(sorted(found))})")
+            self.paths[name] = path
+
+    def _mark(self) -> int:
+        """Put a marker in the trace log (an ``x-query-virtio`` call); returns its ordinal in this boot."""
+        assert self.m.qmp is not None
+        self.m.qmp.execute("x-query-virtio")
+        self._markers += 1
+        return self._markers - 1
+
+    def _states(self) -> dict[str, DeviceState]:
+        assert self.m.qmp is not None
+        return {name: device_state(self.m.qmp, path) for name, path in self.paths.items()}
+
+    def _screendump(self, name: str) -> image.RGB:
+        assert self.m.qmp is not None
+        ppm = self.scratch / f"{name}.ppm"
+        self.m.qmp.execute("screendump", {"filename": str(ppm), "device": DEVICE_IDS["gpu"]})
+        rgb = image.read_ppm(ppm)
+        ppm.unlink()
+        return rgb
+
+    def _wait_screen(self, want: image.RGB, timeout: float, name: str) -> tuple[bool, image.RGB]:
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self._screendump(name)
+            if image.same_image(got, want) or time.monotonic() >= deadline:
+                return image.same_image(got, want), got
+            time.sleep(0.1)
+
+    def _keep_image(self, key: str, rgb: image.RGB) -> None:
+        path = self.logs / f"{key}.png"
+        image.save_png(rgb, path)
+        self.result.images[key] = str(path)
+        self.images[key] = rgb
+
+    # -- phases -----------------------------------------------------------------------------------------------
+
+    def _boot_first(self) -> None:
+        create_disk(self.disk)
+        self._start_machine()
+        secs = self.m.wait_ready(self.t.boot)
+        self.progress(f"boot {self.boot}: guest shell after {secs:.1f} s")
+        self.result.notes.append(f"boot to shell: {secs:.1f} s")
+        self._discover()
+        self.guest = Guest(self.m.console, self.assets.blk_pattern_md5, self.t.command)
+        self.g.setup()
+        geom = self.g.fb_geometry()
+        fw, fh = self.assets.frame_size
+        if not geom.startswith(f"{fw},{fh}"):
+            raise VmError(f"guest framebuffer is {geom}, expected {fw},{fh}{self._log_hint()}")
+        if self.sleep == "S4":
+            self.g.sh(f"mkswap /dev/vda {SWAP_KB} >/dev/null && swapon /dev/vda && "
+                      "echo shutdown > /sys/power/disk")
+        if self.sleep == "s2idle":
+            # The console UART is the wake-up source; its wakeup flag is off by default.
+            self.g.sh("echo enabled > /sys/class/tty/ttyS0/power/wakeup")
+
+    def _probe(self, cyc: _Cycle, phase: str) -> dict[str, ProbeResult]:
+        assert self.m.qmp is not None
+        res = {"blk": self.g.blk_probe(self.disk), "rng": self.g.rng_probe(),
+               "input": self.g.input_probe(self.m.qmp)}
+        for name, r in res.items():
+            cyc.notes.append(f"{phase} {name} probe: {'ok' if r.ok else 'FAILED'}: {r.detail}")
+        return res
+
+    def _before(self, cyc: _Cycle) -> None:
+        self.progress(f"cycle {cyc.index}: drawing frame A, probing devices")
+        frame_a = image.make_frame("a")
+        self.g.draw("a")
+        timeout = self.t.first_frame if cyc.index == 1 else self.t.restore
+        shown, rgb = self._wait_screen(frame_a, timeout, "before")
+        if cyc.index == 1 and not shown:
+            self._keep_image("before", rgb)
+            raise VmError(f"frame drawn before sleep never reached the screen{self._log_hint()}")
+        self._keep_image("before" if cyc.index == 1 else f"before-{cyc.index}", rgb)
+        if cyc.index > 1:
+            cyc.before = self._states()
+            return
+        pre = self._states()
+        probes = self._probe(cyc, "before")
+        bad = [n for n, r in probes.items() if not r.ok]
+        if bad:
+            raise VmError(f"probe(s) {', '.join(bad)} failed before sleep: "
+                          f"{'; '.join(probes[n].detail for n in bad)}{self._log_hint()}")
+        cyc.before = self._states()
+        for name in DEVICES:
+            cyc.notes.append(f"before {name}: {cyc.before[name].summary()}")
+            if name != "gpu" and not cyc.before[name].queues[0].progressed_since(pre[name].queues[0]):
+                raise VmError(f"{name} queue 0 made no progress during its probe before sleep{self._log_hint()}")
+
+    def _sleep_s3(self, cyc: _Cycle) -> Pending:
+        assert self.m.qmp is not None
+        n = self.m.qmp.event_count()
+        pending = self.m.console.start("echo mem > /sys/power/state")
+        ev = self.m.qmp.wait_event("SUSPEND", self.t.suspend, n, alive=self.m.alive)
+        cyc.suspend_ms = (ev.at - pending.sent_at) * 1000
+        status = self.m.qmp.execute("query-status")["status"]
+        cyc.notes.append(f"asleep: QMP SUSPEND, run state {status}")
+        cyc.asleep = self._states()
+        before = self.images.get("before" if cyc.index == 1 else f"before-{cyc.index}")
+        cyc.notes.append(f"screen while asleep equals before: "
+                         f"{image.same_image(self._screendump('asleep'), before)}")
+        t0 = time.monotonic()
+        self.m.qmp.execute("system_wakeup")
+        res = self.m.console.wait(pending, self.t.resume)
+        cyc.resume_ms = (res.finished_at - t0) * 1000
+        cyc.slept = res.rc == 0
+        if res.rc != 0:
+            cyc.notes.append(f"'echo mem' returned {res.rc}")
+        return pending
+
+    def _sleep_s2idle(self, cyc: _Cycle) -> Pending:
+        trace = self.m.files.trace_log
+        start = trace.stat().st_size
+        pending = self.m.console.start("echo freeze > /sys/power/state")
+        mapping = statustrace.identify_devices(statustrace.parse_trace(trace.read_text()), DEVICES)
+        deadline = time.monotonic() + self.t.suspend
+        quiesced_at = None
+        while time.monotonic() < deadline and quiesced_at is None:
+            recs = statustrace.parse_trace(trace.read_text()[start:])
+            seqs = statustrace.status_sequences(recs, mapping, with_initial=False)
+            if len(seqs) == len(DEVICES) and all(s and not s[-1] & Status.DRIVER_OK for s in seqs.values()):
+                quiesced_at = time.monotonic()
+                break
+            with contextlib.suppress(GuestTimeout):
+                res = self.m.console.wait(pending, 0.02)
+                raise VmError(f"'echo freeze' returned {res.rc} before the devices were suspended"
+                              f"{self._log_hint()}")
+        if quiesced_at is None:
+            raise GuestTimeout(f"s2idle: devices not quiesced within {self.t.suspend:.0f} s{self._log_hint()}")
+        cyc.suspend_ms = (quiesced_at - pending.sent_at) * 1000
+        cyc.asleep = self._states()
+        time.sleep(0.3)  # let the guest finish the noirq phase and idle
+        t0 = time.monotonic()
+        deadline = t0 + self.t.resume
+        newlines = 0
+        while True:
+            self.m.console.send("\n")
+            newlines += 1
+            try:
+                res = self.m.console.wait(pending, 1.0)
+                break
+            except GuestTimeout:
+                if time.monotonic() > deadline:
+                    raise
+        cyc.resume_ms = (res.finished_at - t0) * 1000
+        cyc.slept = res.rc == 0
+        cyc.notes.append(f"woken by serial newline ({newlines} sent)")
+        stats = self.g.sh("cat /sys/power/suspend_stats/success /sys/power/suspend_stats/fail").split()
+        cyc.notes.append(f"suspend_stats success={stats[0]} fail={stats[1]}")
+        if res.rc != 0:
+            cyc.notes.append(f"'echo freeze' returned {res.rc}")
+        return pending
+
+    def _sleep_s4(self, cyc: _Cycle) -> Pending:
+        old = self.m
+        pending = old.console.start("echo disk > /sys/power/state")
+        deadline = time.monotonic() + self.t.suspend
+        while old.alive():
+            if time.monotonic() > deadline:
+                raise GuestTimeout(f"S4: QEMU still running {self.t.suspend:.0f} s after 'echo disk'; "
+                                   f"last output: {old.console.tail()}{self._log_hint()}")
+            with contextlib.suppress(GuestTimeout):
+                res = old.console.wait(pending, 0.05)
+                cyc.notes.append(f"'echo disk' returned {res.rc} without powering off")
+                cyc.slept = False
+                return pending
+        exited = time.monotonic()
+        cyc.suspend_ms = (exited - pending.sent_at) * 1000
+        cyc.notes.append(f"asleep: QEMU exited with status {old.proc.returncode if old.proc else '?'}")
+        self.trace_windows.append((old.files.trace_log, self._window_start, None))
+        old.stop(graceful=False)
+        new = self._start_machine(resume=True)
+        started = new.started_at
+        con = new.console
+        deadline = time.monotonic() + self.t.resume
+        while True:
+            with contextlib.suppress(GuestTimeout):
+                res = con.wait(pending, 0.2, start=0)
+                break
+            text = con.text()
+            if "PVINIT-READY" in text or "PVINIT-RESUME-FAILED" in text:
+                raise VmError(f"S4: the second boot did not resume the hibernated kernel; it booted afresh "
+                              f"(last output: {con.tail()}){self._log_hint()}")
+            if not new.alive():
+                raise VmError(f"S4: QEMU exited during resume (last output: {con.tail()}){self._log_hint()}")
+            if time.monotonic() > deadline:
+                raise GuestTimeout(f"S4: no resume within {self.t.resume:.0f} s (last output: {con.tail()})"
+                                   f"{self._log_hint()}")
+        cyc.resume_ms = (res.finished_at - started) * 1000
+        cyc.slept = res.rc == 0
+        self.g.console = con
+        self._discover()
+        self._window_start = None  # the whole second trace belongs to the window
+        return pending
+
+    def _after(self, cyc: _Cycle) -> None:
+        self.progress(f"cycle {cyc.index}: resumed; checking display, queues, probes")
+        before_key = "before" if cyc.index == 1 else f"before-{cyc.index}"
+        restored, rgb = self._wait_screen(self.images[before_key], self.t.restore, "after")
+        cyc.display_restored = restored
+        self._keep_image("after" if cyc.index == 1 else f"after-{cyc.index}", rgb)
+        info = image.describe(rgb)
+        if info.placeholder:
+            cyc.notes.append("screen after resume: QEMU's 'Display output is not active.' placeholder")
+        cyc.after = self._states()
+        frame_b = image.make_frame("b")
+        self.g.draw("b")
+        cyc.new_frame, rgb_b = self._wait_screen(frame_b, self.t.new_frame, "new")
+        self._keep_image("new-frame" if cyc.index == 1 else f"new-frame-{cyc.index}", rgb_b)
+        cyc.probes = self._probe(cyc, "after")
+        cyc.after_probe = self._states()
+        for name in DEVICES:
+            cyc.notes.append(f"after {name}: {cyc.after[name].summary()}")
+
+    # -- result -----------------------------------------------------------------------------------------------
+
+    def _queues_alive(self, cyc: _Cycle, name: str) -> bool:
+        before, after, probed = cyc.before[name], cyc.after[name], cyc.after_probe[name]
+        set_up = [q.index for q in before.queues if q.configured]
+        configured = all(after.queues[i].configured and probed.queues[i].configured for i in set_up)
+        progress = probed.queues[0].progressed_since(after.queues[0])
+        return configured and progress
+
+    def _finish(self, cycles: list[_Cycle]) -> CellResult:
+        r = self.result
+        r.suspend_ms = cycles[0].suspend_ms
+        r.resume_ms = cycles[0].resume_ms
+        if len(cycles) > 1:
+            r.notes.append("cycles: " + "; ".join(
+                f"#{c.index} suspend {c.suspend_ms or 0:.0f} ms resume {c.resume_ms or 0:.0f} ms" for c in cycles))
+        slept = all(c.slept for c in cycles)
+        r.outcome = "ok" if slept else "aborted"
+        r.display_restored = all(bool(c.display_restored) for c in cycles)
+        r.new_frame_after_resume = all(bool(c.new_frame) for c in cycles)
+        seqs, gpu_cmds_after, resets = self._sequences()
+        for name in DEVICES:
+            alive = all(self._queues_alive(c, name) for c in cycles)
+            functional = r.new_frame_after_resume if name == "gpu" else all(c.probes[name].ok for c in cycles)
+            notes = [f"cycle {c.index}: {n}" for c in cycles for n in c.notes
+                     if n.split(":", 1)[0].endswith(f" {name}") or n.split(":", 1)[0].endswith(f" {name} probe")]
+            if name == "gpu":
+                notes.append(f"virtio_gpu_cmd_* in trace after resume: {gpu_cmds_after}")
+            r.devices[name] = DeviceOutcome(name=name, status_sequence=seqs.get(name, []), queues_alive=alive,
+                                            functional_after=functional, notes=notes)
+        r.queues_alive = all(d.queues_alive for d in r.devices.values())
+        r.resources = self._resources(seqs.get("gpu", []), gpu_cmds_after, resets)
+        for c in cycles:
+            r.notes.extend(f"cycle {c.index}: {n}" for n in c.notes
+                           if not n.startswith(("before ", "after ")))
+        r.notes.append(f"logs: {self.logs}")
+        return r
+
+    def _sequences(self) -> tuple[dict[str, list[int]], int, bool]:
+        """Status sequences over every trace window; gpu commands after the last resume; gpu reset seen."""
+        seqs: dict[str, list[int]] = {n: [] for n in DEVICES}
+        gpu_after = 0
+        gpu_reset = False
+        for k, (log, start_m, end_m) in enumerate(self.trace_windows):
+            recs = statustrace.parse_trace(log.read_text(errors="replace"))
+            mapping = statustrace.identify_devices(recs, DEVICES)
+            missing = set(DEVICES) - set(mapping.values())
+            if missing:
+                self.result.notes.append(f"{log.name}: could not identify {', '.join(sorted(missing))} "
+                                         "in the trace")
+            marks = statustrace.marker_indices(recs)
+            start = marks[start_m] if start_m is not None and start_m < len(marks) else 0
+            end = marks[end_m] if end_m is not None and end_m < len(marks) else None
+            part = statustrace.status_sequences(recs, mapping, start, end, with_initial=(k == 0))
+            for name, seq in part.items():
+                seqs[name] = statustrace.dedup(seqs[name] + seq)
+                if k > 0:
+                    self.result.notes.append(f"{name} status in boot {k + 1} ({log.name}): "
+                                             f"{statustrace.format_sequence(seq)}")
+            gpu_ptrs = {p for p, n in mapping.items() if n == "gpu"}
+            window = recs[start:end]
+            if any(x.event == "virtio_set_status" and x.vdev in gpu_ptrs and x.value == 0 for x in window):
+                gpu_reset = True
+            if k == len(self.trace_windows) - 1:
+                restored = self._last_gpu_restore(recs, mapping, start, end)
+                gpu_after = len(statustrace.events_between(recs, "virtio_gpu_cmd_", restored + 1, end))
+        return seqs, gpu_after, gpu_reset
+
+    @staticmethod
+    def _last_gpu_restore(recs: list[statustrace.TraceRecord], mapping: dict[str, str], start: int,
+                          end: int | None) -> int:
+        """Index of the gpu's last DRIVER_OK in the window (the restore), else ``start``."""
+        gpu = {p for p, n in mapping.items() if n == "gpu"}
+        idx = start
+        for i in range(start, len(recs) if end is None else end):
+            r = recs[i]
+            if r.event == "virtio_set_status" and r.vdev in gpu and r.value is not None \
+                    and r.value & Status.DRIVER_OK:
+                idx = i
+        return idx
+
+    @staticmethod
+    def _resources(gpu_seq: list[int], cmds_after: int, reset: bool) -> str:
+        if not reset:
+            return "kept"
+        return "re-created" if cmds_after > 0 else "lost"
+
+    # -- driver -----------------------------------------------------------------------------------------------
+
+    def run(self) -> CellResult:
+        """Boot, measure, sleep ``cycles`` times, measure; always stops QEMU and removes scratch files."""
+        t0 = time.monotonic()
+        try:
+            self._boot_first()
+            cycles: list[_Cycle] = []
+            for k in range(1, self.cycles + 1):
+                cyc = _Cycle(k)
+                cycles.append(cyc)
+                self._before(cyc)
+                if k == 1:
+                    self._window_start = self._mark()
+                self.progress(f"cycle {k}: {self.sleep}")
+                {"S3": self._sleep_s3, "s2idle": self._sleep_s2idle, "S4": self._sleep_s4}[self.sleep](cyc)
+                if not cyc.slept:
+                    break
+                self._after(cyc)
+            end = self._mark()
+            self.trace_windows.append((self.m.files.trace_log, self._window_start, end))
+            with contextlib.suppress(VmError):
+                (self.logs / "dmesg.txt").write_text(self.g.sh("dmesg", 60) + "\n")
+            self.m.stop()
+            result = self._finish(cycles)
+            result.notes.append(f"wall time {time.monotonic() - t0:.1f} s")
+            return result
+        except VmError as e:
+            msg = str(e)
+            if str(self.logs) not in msg:
+                msg += self._log_hint()
+            raise type(e)(msg) from None
+        finally:
+            if self.machine is not None:
+                self.machine.stop(graceful=False)
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def run_cell(assets: GuestAssets, sleep: str, machine_type: str, *, cycles: int = 1,
+             out_dir: Path | None = None, timeouts: Timeouts | None = None,
+             progress: Progress = _quiet) -> CellResult:
+    """Run one cell on the real VM and return its ``CellResult`` (source ``real-vm``, profile ``baseline``).
+
+    Raises :class:`VmError` (with the log directory in the message) if the VM could not be driven.
+    """
+    return CellRun(assets, sleep, machine_type, cycles=cycles, out_dir=out_dir, timeouts=timeouts,
+                   progress=progress).run()
+
+
+def run_matrix(assets: GuestAssets, out_dir: Path, *, sleeps: tuple[str, ...] = SLEEP_STATES,
+               machines: tuple[str, ...] = MACHINE_TYPES, cycles: int = 1, timeouts: Timeouts | None = None,
+               progress: Progress = _quiet) -> Report:
+    """Every (sleep, machine) cell; a cell that fails is recorded with outcome ``error`` and its message."""
+    report = Report(meta={"source": "real-vm", **assets.versions(), "cycles": cycles})
+    for sleep in sleeps:
+        for mt in machines:
+            name = cell_name(sleep, mt)
+            progress(f"{name}: start")
+
+            def cell_progress(msg: str, name: str = name) -> None:
+                progress(f"{name}: {msg}")
+
+            try:
+                cell = run_cell(assets, sleep, mt, cycles=cycles, out_dir=out_dir, timeouts=timeouts,
+                                progress=cell_progress)
+            except VmError as e:
+                cell = CellResult(source="real-vm", profile="baseline", sleep=sleep, machine_type=mt,
+                                  outcome="error", notes=[str(e)])
+            report.cells.append(cell)
+    return report
