@@ -316,7 +316,7 @@ class DeviceQueue:
             return "INDIRECT descriptor without VIRTIO_F_INDIRECT_DESC (§2.7.5.3.1)"
         if flags & _F_NEXT:
             return "descriptor has both INDIRECT and NEXT (§2.7.5.3.1)"
-        if table_len == 0:
+        if table_len == 0 or table_len % VIRTQ_DESC_SIZE:
             return f"indirect table length {table_len} is not a non-zero multiple of {VIRTQ_DESC_SIZE}"
         n = table_len // VIRTQ_DESC_SIZE
         if n > VIRTQ_MAX_INDIRECT_ENTRIES:
