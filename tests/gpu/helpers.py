@@ -181,7 +181,7 @@ def make_rig(*, memory: int = 64 << 20, probe: bool = True, dev_kw: dict[str, An
     m = Machine(memory, seed=7)
     dev = Gpu(**(dev_kw or {}))
     fn = m.plug(dev)
-    alloc = GuestAllocator(m.memory, *HEAP)
+    alloc = GuestAllocator(m.memory, HEAP[0], min(HEAP[1], memory - HEAP[0] - (1 << 20)))
     drv = RawGpuDriver(m, fn, alloc, **drv_kw)
     if probe:
         drv.probe()
