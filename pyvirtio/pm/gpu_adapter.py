@@ -20,14 +20,15 @@ if TYPE_CHECKING:
 
 
 def make_device(profile: Profile, cfg: ScenarioConfig) -> Any:
-    from pyvirtio.devices.gpu import Gpu
+    from pyvirtio.pm.gpu_pm import PmGpu
 
     # One scanout more than the desktop uses: it is hot-plugged while the guest sleeps.
-    return Gpu("gpu", num_scanouts=cfg.scanouts + 1, width=cfg.width, height=cfg.height,
+    return PmGpu("gpu", num_scanouts=cfg.scanouts + 1, width=cfg.width, height=cfg.height,
                enabled_scanouts=cfg.scanouts, offer_freezing=profile.gpu_offers_freezing)
 
 
 def make_driver(profile: Profile, machine: Machine, fn: VirtioPciFunction, alloc: GuestAllocator) -> Any:
+    import pyvirtio.pm.gpu_pm  # noqa: F401  (registers the PM driver flavours)
     from pyvirtio.drivers.gpu import driver_class
 
     cls = driver_class(profile.gpu_driver.value)
@@ -55,8 +56,10 @@ def populate(drv: Any, cfg: ScenarioConfig) -> None:
     """Draw the desktop on every scanout, create the extra resources and show the cursor."""
     for i in range(cfg.scanouts):
         drv.draw(i, test_pattern(cfg.width, cfg.height, i))
+    width = 256
+    height = max(1, cfg.resource_size // (width * 4))
     for _ in range(cfg.resources):
-        drv.create_resource_bytes(cfg.resource_size)
+        drv.create_resource_2d(width, height)
     drv.set_cursor(0, cfg.width // 2, cfg.height // 2)
 
 
@@ -66,7 +69,14 @@ def scanout_image(dev: Any, index: int) -> np.ndarray | None:
 
 
 def save_png(dev: Any, index: int, path: Path) -> str:
-    dev.save_png(index, path)
+    """The scanout as PNG; a disabled scanout is drawn as a black "no signal" frame (what a monitor shows)."""
+    from pyvirtio.devices.gpu.display import write_png
+
+    img = dev.scanout_image(index)
+    if img is None:
+        img = np.zeros((dev.scanout_height(index) or 200, dev.scanout_width(index) or 320, 4), np.uint8)
+        img[..., 3] = 255
+    write_png(img, path)
     return str(path)
 
 

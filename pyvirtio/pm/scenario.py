@@ -179,11 +179,12 @@ def _hibernate_and_resume(system: System, cell: CellResult, workdir: Path | None
 
 def _object_ids(system: System) -> set[int]:
     """ids of the mutable objects reachable from a system (bounded walk), to prove two systems share nothing."""
+    import enum
     import gc
 
     seen: set[int] = set()
     stack: list[object] = [system.machine, system.guest, system.gpu_dev, system.gpu_drv, system.rng_drv]
-    immutable = (int, float, str, bytes, bool, type(None), tuple, frozenset, type)
+    immutable = (int, float, str, bytes, bool, type(None), tuple, frozenset, type, enum.Enum)
     while stack and len(seen) < 200_000:
         obj = stack.pop()
         if id(obj) in seen or isinstance(obj, immutable) or (callable(obj) and not hasattr(obj, "__dict__")):
