@@ -15,7 +15,7 @@ from pyvirtio.pm.profiles import DEFAULT_PROFILES, DESCRIPTIONS, parse_profile
 from pyvirtio.pm.scenario import SLEEP_STATES, run_cell
 from pyvirtio.pm.system import ScenarioConfig
 
-console = Console()
+console = Console(width=None if Console().is_terminal else 160)
 
 
 def _size(value: str) -> int:

@@ -123,6 +123,7 @@ class BasicHooksGpuDriver(GpuDriver):
         for scanout, obj in sorted(self.cursors.items()):
             x, y = self.cursor_positions.get(scanout, (0, 0))
             try:
+                self.transfer_to_host_2d(obj, (0, 0, obj.width, obj.height), wait=True)
                 self.wait(self._cursor_cmd(GpuCmd.UPDATE_CURSOR, scanout, x, y, obj.id, 0, 0))
             except DriverError:
                 continue

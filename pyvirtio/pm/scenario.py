@@ -182,6 +182,16 @@ def _object_ids(system: System) -> set[int]:
     import enum
     import gc
 
+    import sys
+
+    # module-level constants (default values shared by design) are not machine state
+    module_level: set[int] = set()
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("pyvirtio"):
+            for v in vars(mod).values():
+                module_level.add(id(v))
+                if isinstance(v, type):  # class-level defaults are shared by design too
+                    module_level.update(id(x) for x in vars(v).values())
     seen: set[int] = set()
     stack: list[object] = [system.machine, system.guest, system.gpu_dev, system.gpu_drv, system.rng_drv]
     immutable = (int, float, str, bytes, bool, type(None), tuple, frozenset, type, enum.Enum)
@@ -190,7 +200,8 @@ def _object_ids(system: System) -> set[int]:
         if id(obj) in seen or isinstance(obj, immutable) or (callable(obj) and not hasattr(obj, "__dict__")):
             continue
         mod = type(obj).__module__
-        if not (mod.startswith("pyvirtio") or isinstance(obj, (list, dict, set, bytearray))):
+        stateful = mod.startswith("pyvirtio") and hasattr(obj, "__dict__")
+        if not (stateful or isinstance(obj, (list, dict, set, bytearray))):
             continue
         seen.add(id(obj))
         stack.extend(gc.get_referents(obj))
