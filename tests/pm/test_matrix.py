@@ -1,0 +1,102 @@
+"""What each mechanism really achieves, cell by cell (the behaviour `pyvirtio pm matrix` reports)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pyvirtio.cli import main
+from pyvirtio.pm.profiles import parse_profile
+from pyvirtio.pm.scenario import run_cell
+
+
+@pytest.mark.parametrize("sleep", ["S3", "s2idle", "S4"])
+def test_baseline_shows_the_black_screen(sleep: str) -> None:
+    """baseline: control ring never re-created (queues dead), display lost, new frames never arrive."""
+    c = run_cell(parse_profile("baseline"), sleep)
+    assert c.outcome == "ok"
+    assert c.display_restored is False and c.new_frame_after_resume is False
+    assert c.resources == "lost" and c.queues_alive is False
+
+
+@pytest.mark.parametrize("profile", ["no-soft-reset", "suspend-bit", "no-soft-reset+s4-replay"])
+@pytest.mark.parametrize("sleep", ["S3", "s2idle"])
+def test_s3_keepers(profile: str, sleep: str) -> None:
+    """No_Soft_Reset and SUSPEND keep everything across S3/s2idle; the hot-plug is delivered exactly once."""
+    c = run_cell(parse_profile(profile), sleep)
+    assert (c.display_restored, c.new_frame_after_resume, c.resources, c.queues_alive) == (True, True, "kept", True)
+    assert c.inflight_completed is True
+    assert c.config_events_after_resume == 1
+    assert c.violations == []
+
+
+def test_suspend_bit_uses_the_status_bit() -> None:
+    c = run_cell(parse_profile("suspend-bit"), "S3")
+    assert "gpu: suspended by suspend-bit" in c.notes
+    assert [0x0F, 0x1F, 0x1B, 0x1F, 0x0F] == c.devices["gpu"].status_sequence[-5:]
+
+
+@pytest.mark.parametrize("profile", ["gpu-freezing", "freeze-mode"])
+def test_2023_proposals_survive_s3_but_not_s4(profile: str) -> None:
+    s3 = run_cell(parse_profile(profile), "S3")
+    assert (s3.display_restored, s3.resources) == (True, "kept")
+    s4 = run_cell(parse_profile(profile), "S4")
+    assert s4.display_restored is False and s4.resources != "kept"
+
+
+@pytest.mark.parametrize("profile", ["no-soft-reset", "suspend-bit"])
+def test_s3_only_mechanisms_lose_everything_in_s4(profile: str) -> None:
+    c = run_cell(parse_profile(profile), "S4")
+    assert (c.display_restored, c.new_frame_after_resume, c.resources) == (False, False, "lost")
+
+
+def test_s4_replay_recreates_after_hibernation_but_alone_loses_s3() -> None:
+    s4 = run_cell(parse_profile("s4-replay"), "S4")
+    assert (s4.display_restored, s4.new_frame_after_resume, s4.resources) == (True, True, "re-created")
+    assert any("no shared objects" in n for n in s4.notes)
+    s3 = run_cell(parse_profile("s4-replay"), "S3")
+    assert s3.display_restored is False
+
+
+def test_s4_refused_while_virgl_objects_exist() -> None:
+    """Fault: the Linux 7.3 PM notifier refuses hibernation while virgl objects exist; the guest stays up."""
+    from pyvirtio.pm.guest import PmEvent, SleepRefused
+    from pyvirtio.pm.system import ScenarioConfig, build_system
+
+    system = build_system(parse_profile("s4-replay"), ScenarioConfig(resources=0))
+    system.gpu_drv.objects.add(type(next(iter(system.gpu_drv.objects)))(9999, kind=__import__(
+        "pyvirtio.drivers.gpu", fromlist=["ObjectKind"]).ObjectKind.VIRGL))
+    with pytest.raises(SleepRefused, match="virgl"):
+        system.guest.notify(PmEvent.HIBERNATION_PREPARE)
+    assert system.gpu_drv.probe_alive()
+
+
+def test_drain_timeout_aborts_the_freeze() -> None:
+    """Fault: a gpu command that never completes: freeze drains with a time-out (ETIMEDOUT) and the guest stays
+    awake with a working display."""
+    from pyvirtio.pm.guest import SleepRefused
+    from pyvirtio.pm.system import ScenarioConfig, build_system
+
+    system = build_system(parse_profile("s4-replay"), ScenarioConfig(resources=0))
+    system.gpu_dev.faults.quiesce_never_completes = True
+    system.gpu_dev.suspending = True  # the backend hangs on the next command
+    system.gpu_drv.submit(0x0100, b"", fence=True)
+    system.machine.run_for(1_000_000)
+    with pytest.raises(SleepRefused, match="ETIMEDOUT"):
+        system.guest.freeze_all()
+
+
+def test_matrix_cli_writes_report_and_pictures(tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, ["pm", "matrix", "--out", str(tmp_path), "--profile", "baseline",
+                                  "--profile", "suspend-bit", "--resources", "1"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "report.json").exists()
+    assert len(list((tmp_path / "images").glob("*.png"))) == 12
+    assert "suspend-bit" in r.output
+
+
+def test_cli_bad_profile_is_one_line_error() -> None:
+    r = CliRunner().invoke(main, ["pm", "run", "--profile", "nope", "--sleep", "S3"])
+    assert r.exit_code == 2 and "unknown profile" in r.output
