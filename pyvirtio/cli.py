@@ -28,7 +28,7 @@ def build_machine(machine_type: str, devices: tuple[str, ...], pcie_port: bool, 
         elif name == "test":
             dev = TestDevice()
         elif name == "gpu":
-            from pyvirtio.devices import Gpu  # type: ignore[attr-defined]
+            from pyvirtio.devices import Gpu
 
             dev = Gpu()
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -32,7 +33,7 @@ def _size(value: str) -> int:
     return n
 
 
-def scenario_options(f):  # type: ignore[no-untyped-def]
+def scenario_options(f: Callable[..., None]) -> Callable[..., None]:
     f = click.option("--resources", type=click.IntRange(0, 4096), default=4, show_default=True,
                      help="Extra GPU resources besides framebuffers and cursor.")(f)
     f = click.option("--resource-size", default="256K", show_default=True,

@@ -17,6 +17,7 @@ Every flavour saves its guest-side state (object list, framebuffer and cursor bi
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import uuid
 from dataclasses import asdict
@@ -193,10 +194,8 @@ class S4ReplayGpuDriver(BasicHooksGpuDriver):
         if self.hibernation:
             # unref on the host first, so a failed host-side hibernation leaves no duplicates (v7)
             for obj in list(self.objects.restorable()):
-                try:
+                with contextlib.suppress(DriverError):
                     self.wait(self.submit(GpuCmd.RESOURCE_UNREF, gpu_protocol.RESOURCE_ID_BODY.pack(obj.id, 0)))
-                except DriverError:
-                    pass
                 obj.attached = False
         super().driver_freeze()
 

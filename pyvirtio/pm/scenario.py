@@ -181,14 +181,13 @@ def _object_ids(system: System) -> set[int]:
     """ids of the mutable objects reachable from a system (bounded walk), to prove two systems share nothing."""
     import enum
     import gc
-
     import sys
 
     # module-level constants (default values shared by design) are not machine state
     module_level: set[int] = set()
-    for name, mod in list(sys.modules.items()):
-        if name.startswith("pyvirtio"):
-            for v in vars(mod).values():
+    for modname, module in list(sys.modules.items()):
+        if modname.startswith("pyvirtio"):
+            for v in vars(module).values():
                 module_level.add(id(v))
                 if isinstance(v, type):  # class-level defaults are shared by design too
                     module_level.update(id(x) for x in vars(v).values())
@@ -199,8 +198,8 @@ def _object_ids(system: System) -> set[int]:
         obj = stack.pop()
         if id(obj) in seen or isinstance(obj, immutable) or (callable(obj) and not hasattr(obj, "__dict__")):
             continue
-        mod = type(obj).__module__
-        stateful = mod.startswith("pyvirtio") and hasattr(obj, "__dict__")
+        owner = type(obj).__module__
+        stateful = owner.startswith("pyvirtio") and hasattr(obj, "__dict__")
         if not (stateful or isinstance(obj, (list, dict, set, bytearray))):
             continue
         seen.add(id(obj))

@@ -35,7 +35,7 @@ def test_s3_keepers(profile: str, sleep: str) -> None:
 def test_suspend_bit_uses_the_status_bit() -> None:
     c = run_cell(parse_profile("suspend-bit"), "S3")
     assert "gpu: suspended by suspend-bit" in c.notes
-    assert [0x0F, 0x1F, 0x1B, 0x1F, 0x0F] == c.devices["gpu"].status_sequence[-5:]
+    assert c.devices["gpu"].status_sequence[-5:] == [0x0F, 0x1F, 0x1B, 0x1F, 0x0F]
 
 
 @pytest.mark.parametrize("profile", ["gpu-freezing", "freeze-mode"])
