@@ -42,7 +42,6 @@ from pyvirtio.constants import (
     GpuCfg,
     GpuCmd,
     GpuFeature,
-    GpuFlag,
     GpuFormat,
     GpuResp,
     bit,
@@ -346,19 +345,17 @@ class GpuDriver(VirtioDriver):
         flags = 0
         fence_id = 0
         if fence:
-            flags |= GpuFlag.FENCE
+            flags |= protocol.FLAG_FENCE
             fence_id = self._next_fence
             self._next_fence += 1
         if ring_idx is not None:
-            flags |= GpuFlag.INFO_RING_IDX
+            flags |= protocol.FLAG_INFO_RING_IDX
         req_bytes = protocol.HDR.pack(cmd, flags, fence_id, ctx_id, ring_idx or 0) + body
         if queue == GPU_CURSORQ:
             resp_len = 0
         block = self.alloc.alloc(len(req_bytes) + resp_len, 8)
-        self.alloc.mem.write(block, req_bytes)
+        self.alloc.mem.write(block, req_bytes + bytes(resp_len))  # request, then a zeroed response buffer
         resp_addr = block + len(req_bytes)
-        if resp_len:
-            self.alloc.mem.fill(resp_addr, resp_len, 0)
         out = [(block, len(req_bytes))]
         extra_addr = None
         if extra:
@@ -401,7 +398,7 @@ class GpuDriver(VirtioDriver):
             h = protocol.CtrlHdr.unpack(req.response)
             req.resp_type, req.resp_flags = h.type, h.flags
             req.resp_fence_id, req.resp_ctx_id, req.resp_ring_idx = h.fence_id, h.ctx_id, h.ring_idx
-            if h.flags & GpuFlag.FENCE:
+            if h.flags & protocol.FLAG_FENCE:
                 self.last_fence = max(self.last_fence, h.fence_id)
         elif req.queue == GPU_CONTROLQ:
             req.resp_type = GpuResp.ERR_UNSPEC  # no response header at all

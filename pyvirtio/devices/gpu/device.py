@@ -49,7 +49,6 @@ from pyvirtio.constants import (
     GpuCfg,
     GpuCmd,
     GpuFeature,
-    GpuFlag,
     GpuFormat,
     GpuResp,
     PciClass,
@@ -437,7 +436,7 @@ class Gpu(VirtioDevice):
         if len(p.raw) < size:
             raise GpuError(GpuResp.ERR_INVALID_PARAMETER, "§5.7.6.8 request shorter than its command struct",
                            length=len(p.raw), expected=size)
-        if p.hdr.flags & GpuFlag.INFO_RING_IDX:
+        if p.hdr.flags & protocol.FLAG_INFO_RING_IDX:
             if not self.negotiated(GpuFeature.CONTEXT_INIT):
                 self.violation("§5.7.6.7 INFO_RING_IDX without VIRTIO_GPU_F_CONTEXT_INIT")
             elif p.hdr.ring_idx > GPU_RING_IDX_MAX:
@@ -448,11 +447,11 @@ class Gpu(VirtioDevice):
         """Write the response into the chain's writable part (QEMU ``virtio_gpu_ctrl_response``)."""
         flags = fence_id = ctx_id = ring_idx = 0
         hdr = p.hdr
-        if hdr is not None and hdr.flags & GpuFlag.FENCE:
+        if hdr is not None and hdr.flags & protocol.FLAG_FENCE:
             # §5.7.6.7: the device MUST set FENCE and copy fence_id; it answers only now, when done
-            flags, fence_id, ctx_id = int(GpuFlag.FENCE), hdr.fence_id, hdr.ctx_id
-            if hdr.flags & GpuFlag.INFO_RING_IDX and self.negotiated(GpuFeature.CONTEXT_INIT):
-                flags |= GpuFlag.INFO_RING_IDX
+            flags, fence_id, ctx_id = protocol.FLAG_FENCE, hdr.fence_id, hdr.ctx_id
+            if hdr.flags & protocol.FLAG_INFO_RING_IDX and self.negotiated(GpuFeature.CONTEXT_INIT):
+                flags |= protocol.FLAG_INFO_RING_IDX
                 ring_idx = hdr.ring_idx
         data = protocol.HDR.pack(resp, flags, fence_id, ctx_id, ring_idx) + payload
         chain = p.chain

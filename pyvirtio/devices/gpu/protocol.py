@@ -45,6 +45,7 @@ from pyvirtio.constants import (
     GPU_TRANSFER_TO_HOST_2D_SIZE,
     GPU_UPDATE_CURSOR_SIZE,
     GpuCmd,
+    GpuFlag,
     GpuResp,
 )
 
@@ -184,11 +185,14 @@ class CtrlHdr:
         return HDR.pack(self.type, self.flags, self.fence_id, self.ctx_id, self.ring_idx)
 
 
+_NAMES: dict[int, str] = {int(c): c.name for c in GpuResp} | {int(c): c.name for c in GpuCmd}
+
+#: Flag bits as plain ints (IntFlag arithmetic is slow on the per-command path).
+FLAG_FENCE = int(GpuFlag.FENCE)
+FLAG_INFO_RING_IDX = int(GpuFlag.INFO_RING_IDX)
+
+
 def command_name(code: int) -> str:
     """``GET_DISPLAY_INFO`` etc. for a command or response code, else its hex value."""
-    for enum in (GpuCmd, GpuResp):
-        try:
-            return enum(code).name
-        except ValueError:
-            continue
-    return f"{code:#x}"
+    name = _NAMES.get(code)
+    return name if name is not None else f"{code:#x}"
