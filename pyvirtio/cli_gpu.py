@@ -14,7 +14,7 @@ from pyvirtio.constants import GPU_EDID_MAX_MODE, GPU_MAX_SCANOUTS, GPU_MIN_SCAN
 BARS = ((192, 192, 192), (192, 192, 0), (0, 192, 192), (0, 192, 0), (192, 0, 192), (192, 0, 0), (0, 0, 192))
 
 
-def test_pattern(width: int, height: int, index: int) -> npt.NDArray[np.uint8]:
+def demo_pattern(width: int, height: int, index: int) -> npt.NDArray[np.uint8]:
     """Colour bars over the top two thirds, a grey ramp below, a white 1-pixel border, ``index`` in binary dots."""
     img = np.zeros((height, width, 4), dtype=np.uint8)
     img[..., 3] = 255
@@ -48,7 +48,7 @@ def run_demo(out: Path, scanouts: int, width: int, height: int) -> list[Path]:
     drv.probe()
     paths = []
     for i in range(scanouts):
-        drv.draw(i, test_pattern(width, height, i))
+        drv.draw(i, demo_pattern(width, height, i))
         drv.set_cursor(i, width // 2, height // 2)
         path = out / f"scanout-{i}.png"
         dev.save_png(i, path)
@@ -70,7 +70,5 @@ def gpu() -> None:
               type=click.IntRange(GPU_MIN_SCANOUT_SIZE, GPU_EDID_MAX_MODE))
 def demo(out: Path, scanouts: int, width: int, height: int) -> None:
     """Draw a test pattern and the cursor on each scanout through the guest driver; write their PNGs."""
-    if out.exists() and not out.is_dir():
-        raise click.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
     for path in run_demo(out, scanouts, width, height):
         click.echo(str(path))
