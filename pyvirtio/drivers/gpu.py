@@ -55,6 +55,7 @@ from pyvirtio.virtqueue.driver import QueueFull
 __all__ = [
     "BackingRange",
     "BlobParams",
+    "CursorBinding",
     "DisplayMode",
     "GpuCommandError",
     "GpuDriver",
@@ -62,6 +63,7 @@ __all__ = [
     "GpuObjectList",
     "GpuRequest",
     "ObjectKind",
+    "ScanoutBinding",
     "arrow_cursor",
     "driver_class",
     "register_driver_class",
@@ -106,6 +108,24 @@ class BlobParams:
     size: int
 
 
+@dataclass(frozen=True, slots=True)
+class ScanoutBinding:
+    """How an object is shown on a scanout: the rect, and for a blob the SET_SCANOUT_BLOB layout."""
+
+    rect: Rect
+    blob_layout: tuple[int, int, int, int, int] | None = None  # width, height, format, stride, offsets[0]
+
+
+@dataclass(frozen=True, slots=True)
+class CursorBinding:
+    """An object used as the cursor image of a scanout."""
+
+    x: int
+    y: int
+    hot_x: int
+    hot_y: int
+
+
 @dataclass
 class GpuObject:
     """A host object this driver created, with what it takes to create it again (Linux ``virtio_gpu_object``)."""
@@ -119,8 +139,8 @@ class GpuObject:
     backing: list[BackingRange] = field(default_factory=list)
     attached: bool = False  # backing attached on the host
     blob: BlobParams | None = None
-    scanouts: set[int] = field(default_factory=set)  # scanouts showing it
-    cursor_scanouts: set[int] = field(default_factory=set)  # scanouts using it as cursor image
+    scanouts: dict[int, ScanoutBinding] = field(default_factory=dict)  # scanout id -> how it is shown
+    cursor_scanouts: dict[int, CursorBinding] = field(default_factory=dict)  # scanout id -> cursor position
     uuid: uuid.UUID | None = None
     ctx_ids: set[int] = field(default_factory=set)
     params_3d: dict[str, int] | None = None
@@ -200,6 +220,7 @@ class GpuRequest:
     resp_ring_idx: int = 0
     response: bytes = b""
     written: int = 0
+    lost: bool = False  # reclaimed unanswered after a reset
 
     @property
     def ok(self) -> bool:
@@ -278,6 +299,7 @@ class GpuDriver(VirtioDriver):
         self.cursor_positions: dict[int, tuple[int, int]] = {}
         self.contexts: set[int] = set()
         self.errors: list[tuple[int, int]] = []  # (command, error response) pairs
+        self.lost: list[GpuRequest] = []  # requests reclaimed unanswered by driver_freeze
         self.display_events_handled = 0
         self.last_fence = 0
         self._next_fence = 1
@@ -579,13 +601,13 @@ class GpuDriver(VirtioDriver):
         if rect is None:
             rect = (0, 0, obj.width, obj.height) if obj is not None else (0, 0, 0, 0)
         self.wait(self.submit(GpuCmd.SET_SCANOUT, protocol.SET_SCANOUT_BODY.pack(*rect, scanout, rid)))
-        self._bind_scanout(scanout, obj)
+        self._bind_scanout(scanout, obj, ScanoutBinding(rect))
 
-    def _bind_scanout(self, scanout: int, obj: GpuObject | None) -> None:
+    def _bind_scanout(self, scanout: int, obj: GpuObject | None, binding: ScanoutBinding) -> None:
         for o in self.objects:
-            o.scanouts.discard(scanout)
+            o.scanouts.pop(scanout, None)
         if obj is not None:
-            obj.scanouts.add(scanout)
+            obj.scanouts[scanout] = binding
 
     def transfer_to_host_2d(self, obj: GpuObject, rect: Rect, offset: int | None = None, *,
                             fence: bool = True, wait: bool = False) -> GpuRequest:
@@ -672,14 +694,17 @@ class GpuDriver(VirtioDriver):
         self.wait(self._cursor_cmd(GpuCmd.UPDATE_CURSOR, scanout, x, y, obj.id, *hot))
         self.cursor_positions[scanout] = (x, y)
         for o in self.objects:
-            o.cursor_scanouts.discard(scanout)
-        obj.cursor_scanouts.add(scanout)
+            o.cursor_scanouts.pop(scanout, None)
+        obj.cursor_scanouts[scanout] = CursorBinding(x, y, *hot)
         return obj
 
     def move_cursor(self, scanout: int, x: int, y: int) -> None:
         obj = self.cursors.get(scanout)
         self.wait(self._cursor_cmd(GpuCmd.MOVE_CURSOR, scanout, x, y, obj.id if obj else 0, 0, 0))
         self.cursor_positions[scanout] = (x, y)
+        if obj is not None and scanout in obj.cursor_scanouts:
+            b = obj.cursor_scanouts[scanout]
+            obj.cursor_scanouts[scanout] = CursorBinding(x, y, b.hot_x, b.hot_y)
 
     def cursor_position(self, scanout: int = 0) -> tuple[int, int]:
         """Where the driver last put the cursor of ``scanout`` (its hotspot)."""
@@ -688,7 +713,7 @@ class GpuDriver(VirtioDriver):
     def hide_cursor(self, scanout: int) -> None:
         self.wait(self._cursor_cmd(GpuCmd.UPDATE_CURSOR, scanout, 0, 0, 0, 0, 0))
         for o in self.objects:
-            o.cursor_scanouts.discard(scanout)
+            o.cursor_scanouts.pop(scanout, None)
 
     # -- blobs (§5.7.6.8 RESOURCE_CREATE_BLOB / SET_SCANOUT_BLOB) ---------------------------------------------
 
@@ -726,7 +751,7 @@ class GpuDriver(VirtioDriver):
                                                    stride, 0, 0, 0, offset, 0, 0, 0)
         self.wait(self.submit(GpuCmd.SET_SCANOUT_BLOB, body))
         obj.format, obj.width, obj.height, obj.stride = fmt, width, height, stride
-        self._bind_scanout(scanout, obj)
+        self._bind_scanout(scanout, obj, ScanoutBinding(rect, (width, height, fmt, stride, offset)))
 
     def show_blob(self, scanout: int, rgba: RGBA, fmt: int = GpuFormat.B8G8R8X8_UNORM) -> GpuObject:
         """Put an RGBA image on ``scanout`` through a guest blob: create, fill, SET_SCANOUT_BLOB, flush."""
@@ -789,6 +814,68 @@ class GpuDriver(VirtioDriver):
                           fence=fence, ring_idx=ring_idx, extra=stream or None)
         return self._finish(req, wait)
 
+
+
+    # -- building blocks for freeze/restore (a subclass with has_pm_hooks = True uses them) -------------------
+
+    def driver_freeze(self) -> None:
+        """``.freeze`` recipe: reset, reclaim every request still in a queue (guest memory freed, request marked
+        ``lost``), delete the queues. Host objects are gone after the reset; ``objects`` keeps their metadata."""
+        self.t.reset()
+        for vq in self.vqs:
+            for token in vq.detach_unused():
+                if isinstance(token, GpuRequest):
+                    self._abandon(token)
+        self.del_vqs()
+        for obj in self.objects:
+            obj.attached = False
+
+    def _abandon(self, req: GpuRequest) -> None:
+        self.alloc.free(req.block)
+        if req.extra is not None:
+            self.alloc.free(req.extra)
+        req.lost = req.done = True
+        self._pending.discard(req)
+        self.lost.append(req)
+
+    def driver_restore(self) -> None:
+        """``.restore`` default: re-read the config and re-create the queues. A restoring subclass then calls
+        :meth:`device_ready`, :meth:`recreate` for each restorable object and :meth:`replay_modeset`."""
+        self.setup()
+
+    def recreate(self, obj: GpuObject) -> None:
+        """Create ``obj`` on the host again from its metadata: same id, format, size and guest backing
+        (Linux 7.3 ``virtio_gpu_object_restore_all``). Virgl objects cannot be: ValueError."""
+        if not obj.restorable:
+            raise ValueError(f"object {obj.id} ({obj.kind.value}) cannot be re-created from guest metadata")
+        if obj.blob is not None:
+            b = obj.blob
+            body = protocol.CREATE_BLOB_BODY.pack(obj.id, b.blob_mem, b.blob_flags, len(obj.backing), b.blob_id,
+                                                  b.size)
+            self.wait(self.submit(GpuCmd.RESOURCE_CREATE_BLOB, body, fence=True,
+                                  extra=self._entries(obj.backing) or None))
+        else:
+            body = protocol.CREATE_2D_BODY.pack(obj.id, obj.format, obj.width, obj.height)
+            self.wait(self.submit(GpuCmd.RESOURCE_CREATE_2D, body, fence=True))
+            if obj.backing:
+                self.attach_backing(obj)
+        obj.attached = bool(obj.backing)
+
+    def replay_modeset(self) -> None:
+        """Show everything again (``drm_mode_config_helper_resume``): every scanout binding with a full
+        transfer + flush, every cursor with its image and position."""
+        for obj in self.objects:
+            for sid, b in sorted(obj.scanouts.items()):
+                if b.blob_layout is not None:
+                    w, h, fmt, stride, offset = b.blob_layout
+                    self.set_scanout_blob(sid, obj, w, h, fmt, stride, offset, b.rect)
+                else:
+                    self.set_scanout(sid, obj, b.rect)
+                    self.transfer_to_host_2d(obj, (0, 0, obj.width, obj.height))
+                self.resource_flush(obj, b.rect, wait=True)
+            for sid, c in sorted(obj.cursor_scanouts.items()):
+                self.transfer_to_host_2d(obj, (0, 0, obj.width, obj.height), wait=True)
+                self.wait(self._cursor_cmd(GpuCmd.UPDATE_CURSOR, sid, c.x, c.y, obj.id, c.hot_x, c.hot_y))
 
 
 def arrow_cursor() -> RGBA:

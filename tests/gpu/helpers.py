@@ -177,12 +177,13 @@ class Rig:
 
 
 def make_rig(*, memory: int = 64 << 20, probe: bool = True, dev_kw: dict[str, Any] | None = None,
-             **drv_kw: Any) -> Rig:
+             driver_cls: type[GpuDriver] | None = None, **drv_kw: Any) -> Rig:
     m = Machine(memory, seed=7)
     dev = Gpu(**(dev_kw or {}))
     fn = m.plug(dev)
     alloc = GuestAllocator(m.memory, HEAP[0], min(HEAP[1], memory - HEAP[0] - (1 << 20)))
-    drv = RawGpuDriver(m, fn, alloc, **drv_kw)
+    cls = RawGpuDriver if driver_cls is None else type("Raw" + driver_cls.__name__, (RawGpuDriver, driver_cls), {})
+    drv = cls(m, fn, alloc, **drv_kw)
     if probe:
         drv.probe()
     return Rig(m, dev, drv, alloc)

@@ -11,12 +11,16 @@ from pyvirtio.constants import GpuBlobMem, GpuFormat
 from pyvirtio.devices.gpu.device import Gpu, Pending
 from pyvirtio.drivers.gpu import (
     BackingRange,
+    CursorBinding,
     GpuCommandError,
     GpuDriver,
+    GpuObject,
     ObjectKind,
+    ScanoutBinding,
     driver_class,
     register_driver_class,
 )
+from pyvirtio.errors import DriverTimeout
 
 from .helpers import Rig, make_rig
 
@@ -49,7 +53,7 @@ def test_probe_queries_display_and_edid_then_sets_up_framebuffers(rig: Rig) -> N
         assert (fb.kind, fb.format, fb.width, fb.height) == (ObjectKind.TWO_D, GpuFormat.B8G8R8X8_UNORM, 320, 200)
         assert res.format == GpuFormat.B8G8R8X8_UNORM
         assert [(r.addr, r.length) for r in fb.backing] == [(e.addr, e.length) for e in res.backing or []]
-        assert fb.scanouts == {sid} and res.scanouts == {sid} and fb.attached
+        assert fb.scanouts == {sid: ScanoutBinding((0, 0, 320, 200))} and res.scanouts == {sid} and fb.attached
     assert not drv.errors
 
 
@@ -73,12 +77,16 @@ def test_object_list_records_every_object(rig: Rig) -> None:
     fbs = {fb.id for fb in drv.framebuffers.values()}
     assert set(drv.objects.ids()) == fbs
     cur = drv.set_cursor(1, 5, 5, hot=(2, 3))
-    assert cur.kind is ObjectKind.CURSOR and cur.cursor_scanouts == {1} and (cur.width, cur.height) == (64, 64)
+    assert cur.kind is ObjectKind.CURSOR and (cur.width, cur.height) == (64, 64)
+    assert cur.cursor_scanouts == {1: CursorBinding(5, 5, 2, 3)}
+    drv.move_cursor(1, 7, 8)
+    assert cur.cursor_scanouts == {1: CursorBinding(7, 8, 2, 3)}
     assert cur.format == GpuFormat.B8G8R8A8_UNORM
     blob = drv.show_blob(0, np.zeros((32, 32, 4), np.uint8))
     assert blob.kind is ObjectKind.BLOB and blob.blob is not None
     assert (blob.blob.blob_mem, blob.blob.size) == (GpuBlobMem.GUEST, 4096)
-    assert blob.scanouts == {0} and not drv.framebuffers[0].scanouts  # the scanout moved to the blob
+    assert blob.scanouts == {0: ScanoutBinding((0, 0, 32, 32), (32, 32, GpuFormat.B8G8R8X8_UNORM, 128, 0))}
+    assert not drv.framebuffers[0].scanouts  # the scanout moved to the blob
     u = drv.assign_uuid(blob)
     assert drv.objects[blob.id].uuid == u == rig.dev.resources[blob.id].uuid
     extra = drv.create_resource_2d(100, 10, GpuFormat.R8G8B8A8_UNORM)
@@ -166,3 +174,62 @@ def test_config_change_in_probe_is_replayed(rig: Rig) -> None:
 def test_without_edid_feature_no_get_edid() -> None:
     r = make_rig(want_edid=False)
     assert r.dev.commands["GET_EDID"] == 0 and r.drv.edids == {}
+
+
+class ReplayDriver(GpuDriver):
+    """What a Linux 7.3-style S4 driver does with the object list: re-create, then replay the modeset."""
+
+    has_pm_hooks = True
+
+    def driver_restore(self) -> None:
+        super().driver_restore()
+        self.device_ready()
+        for obj in self.objects.restorable():
+            self.recreate(obj)
+        self.replay_modeset()
+
+
+def desktop(rig: Rig) -> list[np.ndarray | None]:
+    rng = np.random.default_rng(3)
+    rig.drv.draw(0, rng.integers(0, 256, (200, 320, 4), dtype=np.uint8))
+    rig.drv.show_blob(1, rng.integers(0, 256, (200, 320, 4), dtype=np.uint8))
+    rig.drv.set_cursor(0, 100, 50, hot=(3, 3))
+    return [rig.dev.scanout_image(i) for i in range(2)]
+
+
+def test_object_list_is_enough_to_restore_after_a_reset() -> None:
+    """The object list carries what a restore needs: after freeze (reset: QEMU destroys everything) and restore,
+    re-creating the restorable objects and replaying the modeset gives back the same screens."""
+    rig = make_rig(dev_kw={"num_scanouts": 2, "width": 320, "height": 200}, driver_cls=ReplayDriver)
+    before = desktop(rig)
+    ids = sorted(rig.dev.resources)
+    rig.drv.freeze()
+    assert rig.dev.resources == {} and rig.dev.scanout_image(0) is None
+    rig.drv.restore()
+    assert sorted(rig.dev.resources) == ids
+    after = [rig.dev.scanout_image(i) for i in range(2)]
+    assert all(a is not None and b is not None and np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert rig.drv.probe_alive()
+
+
+def test_without_pm_hooks_the_screen_stays_black_after_restore(rig: Rig) -> None:
+    """Linux <= 7.2: the core resets and sets DRIVER_OK, the driver never re-creates queues or resources."""
+    desktop(rig)
+    rig.drv.freeze()
+    rig.drv.t.reset()  # the S3 wake-up reset (QEMU pc_machine_wakeup)
+    rig.drv.restore()
+    assert rig.dev.resources == {} and rig.dev.scanout_image(0) is None
+    with pytest.raises(DriverTimeout):
+        rig.drv.draw(0, np.zeros((200, 320, 4), np.uint8), timeout=50_000_000)
+
+
+def test_freeze_reclaims_requests_in_flight() -> None:
+    rig = make_rig(dev_kw={"width": 320, "height": 200}, driver_cls=ReplayDriver)
+    fb = rig.drv.framebuffers[0]
+    req = rig.drv.transfer_to_host_2d(fb, (0, 0, 320, 200))
+    used = rig.alloc.allocated_bytes
+    rig.drv.freeze()
+    assert req.lost and req in rig.drv.lost and rig.drv.pending == 0
+    assert rig.alloc.allocated_bytes < used
+    with pytest.raises(ValueError, match="cannot be re-created"):
+        rig.drv.recreate(GpuObject(99, ObjectKind.VIRGL))
