@@ -139,8 +139,10 @@ class GpuObject:
     backing: list[BackingRange] = field(default_factory=list)
     attached: bool = False  # backing attached on the host
     blob: BlobParams | None = None
-    scanouts: dict[int, ScanoutBinding] = field(default_factory=dict)  # scanout id -> how it is shown
-    cursor_scanouts: dict[int, CursorBinding] = field(default_factory=dict)  # scanout id -> cursor position
+    scanouts: set[int] = field(default_factory=set)  # scanouts showing it
+    cursor_scanouts: set[int] = field(default_factory=set)  # scanouts using it as cursor image
+    scanout_bindings: dict[int, ScanoutBinding] = field(default_factory=dict)  # how it is shown, per scanout
+    cursor_bindings: dict[int, CursorBinding] = field(default_factory=dict)  # cursor position + hotspot
     uuid: uuid.UUID | None = None
     ctx_ids: set[int] = field(default_factory=set)
     params_3d: dict[str, int] | None = None
@@ -605,9 +607,11 @@ class GpuDriver(VirtioDriver):
 
     def _bind_scanout(self, scanout: int, obj: GpuObject | None, binding: ScanoutBinding) -> None:
         for o in self.objects:
-            o.scanouts.pop(scanout, None)
+            o.scanouts.discard(scanout)
+            o.scanout_bindings.pop(scanout, None)
         if obj is not None:
-            obj.scanouts[scanout] = binding
+            obj.scanouts.add(scanout)
+            obj.scanout_bindings[scanout] = binding
 
     def transfer_to_host_2d(self, obj: GpuObject, rect: Rect, offset: int | None = None, *,
                             fence: bool = True, wait: bool = False) -> GpuRequest:
@@ -693,18 +697,23 @@ class GpuDriver(VirtioDriver):
         self.transfer_to_host_2d(obj, (0, 0, GPU_CURSOR_SIZE, GPU_CURSOR_SIZE), wait=True)
         self.wait(self._cursor_cmd(GpuCmd.UPDATE_CURSOR, scanout, x, y, obj.id, *hot))
         self.cursor_positions[scanout] = (x, y)
-        for o in self.objects:
-            o.cursor_scanouts.pop(scanout, None)
-        obj.cursor_scanouts[scanout] = CursorBinding(x, y, *hot)
+        self._unbind_cursor(scanout)
+        obj.cursor_scanouts.add(scanout)
+        obj.cursor_bindings[scanout] = CursorBinding(x, y, *hot)
         return obj
+
+    def _unbind_cursor(self, scanout: int) -> None:
+        for o in self.objects:
+            o.cursor_scanouts.discard(scanout)
+            o.cursor_bindings.pop(scanout, None)
 
     def move_cursor(self, scanout: int, x: int, y: int) -> None:
         obj = self.cursors.get(scanout)
         self.wait(self._cursor_cmd(GpuCmd.MOVE_CURSOR, scanout, x, y, obj.id if obj else 0, 0, 0))
         self.cursor_positions[scanout] = (x, y)
-        if obj is not None and scanout in obj.cursor_scanouts:
-            b = obj.cursor_scanouts[scanout]
-            obj.cursor_scanouts[scanout] = CursorBinding(x, y, b.hot_x, b.hot_y)
+        b = obj.cursor_bindings.get(scanout) if obj is not None else None
+        if obj is not None and b is not None:
+            obj.cursor_bindings[scanout] = CursorBinding(x, y, b.hot_x, b.hot_y)
 
     def cursor_position(self, scanout: int = 0) -> tuple[int, int]:
         """Where the driver last put the cursor of ``scanout`` (its hotspot)."""
@@ -712,8 +721,7 @@ class GpuDriver(VirtioDriver):
 
     def hide_cursor(self, scanout: int) -> None:
         self.wait(self._cursor_cmd(GpuCmd.UPDATE_CURSOR, scanout, 0, 0, 0, 0, 0))
-        for o in self.objects:
-            o.cursor_scanouts.pop(scanout, None)
+        self._unbind_cursor(scanout)
 
     # -- blobs (§5.7.6.8 RESOURCE_CREATE_BLOB / SET_SCANOUT_BLOB) ---------------------------------------------
 
@@ -865,7 +873,8 @@ class GpuDriver(VirtioDriver):
         """Show everything again (``drm_mode_config_helper_resume``): every scanout binding with a full
         transfer + flush, every cursor with its image and position."""
         for obj in self.objects:
-            for sid, b in sorted(obj.scanouts.items()):
+            for sid in sorted(obj.scanouts):
+                b = obj.scanout_bindings.get(sid) or ScanoutBinding((0, 0, obj.width, obj.height))
                 if b.blob_layout is not None:
                     w, h, fmt, stride, offset = b.blob_layout
                     self.set_scanout_blob(sid, obj, w, h, fmt, stride, offset, b.rect)
@@ -873,7 +882,8 @@ class GpuDriver(VirtioDriver):
                     self.set_scanout(sid, obj, b.rect)
                     self.transfer_to_host_2d(obj, (0, 0, obj.width, obj.height))
                 self.resource_flush(obj, b.rect, wait=True)
-            for sid, c in sorted(obj.cursor_scanouts.items()):
+            for sid in sorted(obj.cursor_scanouts):
+                c = obj.cursor_bindings.get(sid) or CursorBinding(*self.cursor_position(sid), 0, 0)
                 self.transfer_to_host_2d(obj, (0, 0, obj.width, obj.height), wait=True)
                 self.wait(self._cursor_cmd(GpuCmd.UPDATE_CURSOR, sid, c.x, c.y, obj.id, c.hot_x, c.hot_y))
 

@@ -53,7 +53,8 @@ def test_probe_queries_display_and_edid_then_sets_up_framebuffers(rig: Rig) -> N
         assert (fb.kind, fb.format, fb.width, fb.height) == (ObjectKind.TWO_D, GpuFormat.B8G8R8X8_UNORM, 320, 200)
         assert res.format == GpuFormat.B8G8R8X8_UNORM
         assert [(r.addr, r.length) for r in fb.backing] == [(e.addr, e.length) for e in res.backing or []]
-        assert fb.scanouts == {sid: ScanoutBinding((0, 0, 320, 200))} and res.scanouts == {sid} and fb.attached
+        assert fb.scanouts == {sid} and res.scanouts == {sid} and fb.attached
+        assert fb.scanout_bindings == {sid: ScanoutBinding((0, 0, 320, 200))}
     assert not drv.errors
 
 
@@ -78,14 +79,15 @@ def test_object_list_records_every_object(rig: Rig) -> None:
     assert set(drv.objects.ids()) == fbs
     cur = drv.set_cursor(1, 5, 5, hot=(2, 3))
     assert cur.kind is ObjectKind.CURSOR and (cur.width, cur.height) == (64, 64)
-    assert cur.cursor_scanouts == {1: CursorBinding(5, 5, 2, 3)}
+    assert cur.cursor_scanouts == {1} and cur.cursor_bindings == {1: CursorBinding(5, 5, 2, 3)}
     drv.move_cursor(1, 7, 8)
-    assert cur.cursor_scanouts == {1: CursorBinding(7, 8, 2, 3)}
+    assert cur.cursor_bindings == {1: CursorBinding(7, 8, 2, 3)}
     assert cur.format == GpuFormat.B8G8R8A8_UNORM
     blob = drv.show_blob(0, np.zeros((32, 32, 4), np.uint8))
     assert blob.kind is ObjectKind.BLOB and blob.blob is not None
     assert (blob.blob.blob_mem, blob.blob.size) == (GpuBlobMem.GUEST, 4096)
-    assert blob.scanouts == {0: ScanoutBinding((0, 0, 32, 32), (32, 32, GpuFormat.B8G8R8X8_UNORM, 128, 0))}
+    assert blob.scanouts == {0}
+    assert blob.scanout_bindings == {0: ScanoutBinding((0, 0, 32, 32), (32, 32, GpuFormat.B8G8R8X8_UNORM, 128, 0))}
     assert not drv.framebuffers[0].scanouts  # the scanout moved to the blob
     u = drv.assign_uuid(blob)
     assert drv.objects[blob.id].uuid == u == rig.dev.resources[blob.id].uuid
