@@ -661,8 +661,9 @@ class GpuDriver(VirtioDriver):
 
     def draw(self, scanout: int, image: RGBA | Callable[[int, int], RGBA], at: tuple[int, int] = (0, 0), *,
              timeout: int | None = None) -> None:
-        """Draw on ``scanout``'s framebuffer: pixels into guest memory, TRANSFER_TO_HOST_2D + RESOURCE_FLUSH
-        (both fenced), and wait for the flush fence. ``image`` is RGBA ``(h, w, 4)`` or ``f(width, height)``."""
+        """Draw on ``scanout``'s framebuffer: pixels into guest memory, TRANSFER_TO_HOST_2D, then a fenced
+        RESOURCE_FLUSH, and wait for that fence (Linux ``virtio_gpu_primary_plane_update``: the transfer is not
+        fenced; commands complete in order). ``image`` is RGBA ``(h, w, 4)`` or ``f(width, height)``."""
         fb = self.framebuffers.get(scanout)
         if fb is None:
             raise DriverError(f"{self.name}: scanout {scanout} has no framebuffer")
@@ -671,7 +672,7 @@ class GpuDriver(VirtioDriver):
         x, y = at
         self.write_pixels(fb, img, x, y)
         rect = (x, y, img.shape[1], img.shape[0])
-        self.transfer_to_host_2d(fb, rect)
+        self.transfer_to_host_2d(fb, rect, fence=False)
         flush = self.resource_flush(fb, rect)
         self.wait(flush, timeout=timeout)
 

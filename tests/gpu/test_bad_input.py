@@ -280,7 +280,8 @@ def test_bad_cursor_requests_are_ignored(g: Rig) -> None:
 
 def test_blob_errors(g: Rig) -> None:
     """§5.7.6.8: blob_mem MUST be non-zero and HOST3D needs VIRGL; size MUST be aligned to blob_alignment;
-    the backing must cover the size; SET_SCANOUT/SET_SCANOUT_BLOB only for their kind of resource."""
+    the backing must cover the size; SET_SCANOUT_BLOB "format MUST be one of enum virtio_gpu_formats";
+    SET_SCANOUT/SET_SCANOUT_BLOB only for their kind of resource."""
     a = g.alloc.alloc(16384, 4096)
     assert resp_type(g.drv.call(create_blob(1, 0, 0, [(a, 4096)], 0, 4096))) == ERR_PARAM
     assert resp_type(g.drv.call(create_blob(1, BLOB_MEM_HOST3D, 0, [], 0, 4096))) == ERR_PARAM

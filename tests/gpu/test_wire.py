@@ -90,6 +90,14 @@ def test_events_clear_write_one_to_clear_5_7_4_1() -> None:
     assert r.drv.t.config_read(0, 4) == 0
 
 
+def test_pci_identity_5_7_1_and_5_7_7() -> None:
+    """§5.7.1 device id 16 -> PCI device 0x1050; §5.7.7: without VGA the class SHOULD be DISPLAY_OTHER (0x0380)."""
+    r = make_rig(probe=False)
+    fn = r.machine.functions[0]
+    assert fn.config_read(0x00, 2) == 0x1AF4 and fn.config_read(0x02, 2) == 0x1040 + 16
+    assert fn.config_read(0x08, 4) >> 8 == 0x038000
+
+
 def test_feature_bits_5_7_3() -> None:
     """§5.7.3: EDID=1, RESOURCE_UUID=2, RESOURCE_BLOB=3, BLOB_ALIGNMENT=5 by default; VIRGL=0/CONTEXT_INIT=4 opt."""
     r = make_rig(probe=False)
@@ -288,7 +296,8 @@ def test_fence_ring_idx_with_context_init(virgl: Rig) -> None:
 
 
 def test_3d_commands_layout(virgl: Rig) -> None:
-    """CTX_CREATE: nlen @24, context_init @28, debug_name @32 (96 bytes); CTX_DESTROY: header (ctx_id @16);
+    """§5.7.6.9 "MUST create a context for the given ctx_id in the hdr".
+    CTX_CREATE: nlen @24, context_init @28, debug_name @32 (96 bytes); CTX_DESTROY: header (ctx_id @16);
     CTX_ATTACH/DETACH_RESOURCE: resource_id @24; RESOURCE_CREATE_3D (72): resource_id @24 ... flags @64;
     TRANSFER_*_HOST_3D (72): resource_id @56; SUBMIT_3D: size @24 then the stream."""
     name = b"glxgears"
