@@ -78,7 +78,7 @@ def bench(width: int, height: int, frames: int, repeats: int) -> tuple[float, fl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=30, help="frames per timed run")
-    ap.add_argument("--repeats", type=int, default=5, help="interleaved runs; the best of each is kept")
+    ap.add_argument("--repeats", type=int, default=7, help="interleaved runs; the best of each is kept")
     args = ap.parse_args()
     print(f"{'frame':>10} {'MiB':>6} {'gpu fps':>9} {'numpy copies/s':>15} {'ratio':>6}")
     for w, h in SIZES:
