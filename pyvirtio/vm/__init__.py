@@ -1,0 +1,17 @@
+"""The real VM: Debian's QEMU 7.2 with a Debian Linux 6.1 guest under TCG, driven through S3, s2idle and S4.
+
+Typical use::
+
+    from pyvirtio.vm import provision, run_cell
+    assets = provision()                      # idempotent; installs QEMU (root) and builds the guest
+    cell = run_cell(assets, "S3", "q35", out_dir=Path("out"))   # -> pyvirtio.report.CellResult
+"""
+
+from __future__ import annotations
+
+from pyvirtio.vm.errors import GuestTimeout, ProvisionError, VmError
+from pyvirtio.vm.provision import GuestAssets, default_cache_dir, load_assets, provision
+from pyvirtio.vm.scenario import SLEEP_STATES, Timeouts, run_cell, run_matrix
+
+__all__ = ["SLEEP_STATES", "GuestAssets", "GuestTimeout", "ProvisionError", "Timeouts", "VmError",
+           "default_cache_dir", "load_assets", "provision", "run_cell", "run_matrix"]

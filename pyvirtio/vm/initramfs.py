@@ -23,7 +23,7 @@ WANTED_MODULES: tuple[str, ...] = ("virtio_pci", "virtio_gpu", "virtio_blk", "vi
 INIT_READY = "PVINIT-READY"
 INIT_RESUME_FAILED = "PVINIT-RESUME-FAILED"
 INIT_INSMOD_FAILED = "PVINIT-INSMOD-FAILED"
-#: Kernel command-line key naming the block device (``vda``) whose swap holds a hibernation image.
+#: Kernel command-line key naming the block device (``vda1``) whose swap holds a hibernation image.
 RESUME_ARG = "pyvirtio.resume"
 
 _MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
@@ -137,8 +137,8 @@ mkdir -p /tmp /dev/pts
 dev=$(sed -n 's/.*{RESUME_ARG}=\\([a-z0-9]*\\).*/\\1/p' /proc/cmdline)
 if [ -n "$dev" ]; then
   i=0
-  while [ ! -e /sys/block/$dev/dev ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-  cat /sys/block/$dev/dev > /sys/power/resume
+  while [ ! -e /sys/class/block/$dev/dev ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+  cat /sys/class/block/$dev/dev > /sys/power/resume
   echo {INIT_RESUME_FAILED} $dev
 fi
 echo 4 4 1 4 > /proc/sys/kernel/printk

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from pyvirtio.vm.disk import SWAP_DEV
 from pyvirtio.vm.errors import GuestTimeout, VmError
 from pyvirtio.vm.initramfs import INIT_INSMOD_FAILED, INIT_READY, INIT_RESUME_FAILED, RESUME_ARG
 from pyvirtio.vm.provision import GuestAssets
@@ -25,7 +26,6 @@ DEVICE_IDS = {"gpu": "gpu0", "blk": "blk0", "rng": "rng0", "input": "kbd0"}
 TRACE_EVENTS = ("virtio_set_status", "virtio_gpu_cmd_*", "virtio_blk_req_complete", "virtio_rng_pushed",
                 "system_wakeup_request", "guest_cpu_reset", "qmp_enter_x_query_virtio")
 MEMORY_MB = 512
-DISK_MB = 160
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def qemu_argv(assets: GuestAssets, machine_type: str, disk: Path, files: BootFil
     if machine_type not in MACHINE_TYPES:
         raise ValueError(f"machine type {machine_type!r}")
     fw, fh = assets.frame_size
-    append = "console=ttyS0 quiet panic=-1" + (f" {RESUME_ARG}=vda" if resume else "")
+    append = "console=ttyS0 quiet panic=-1" + (f" {RESUME_ARG}={SWAP_DEV}" if resume else "")
     argv = [
         str(assets.qemu), "-machine", f"{machine_type},accel=tcg", "-m", str(MEMORY_MB), "-smp", "1",
         "-nodefaults", "-display", "none", "-no-reboot", "-no-user-config",
@@ -68,12 +68,6 @@ def qemu_argv(assets: GuestAssets, machine_type: str, disk: Path, files: BootFil
     for ev in TRACE_EVENTS:
         argv += ["-trace", ev]
     return argv
-
-
-def create_disk(path: Path, size_mb: int = DISK_MB) -> None:
-    """A sparse raw disk image."""
-    with open(path, "wb") as f:
-        f.truncate(size_mb * 1024 * 1024)
 
 
 class Machine:

@@ -10,6 +10,7 @@ from typing import Any
 
 from pyvirtio.constants import Status
 from pyvirtio.vm import image
+from pyvirtio.vm.disk import SCRATCH, SCRATCH_DEV
 from pyvirtio.vm.errors import VmError
 from pyvirtio.vm.qmp import Qmp
 from pyvirtio.vm.serial import SerialConsole
@@ -23,9 +24,6 @@ _STATUS_NAMES = {
     "VIRTIO_CONFIG_S_NEEDS_RESET": Status.DEVICE_NEEDS_RESET,
     "VIRTIO_CONFIG_S_FAILED": Status.FAILED,
 }
-#: Where the blk probe writes: past the swap area (S4), one 64 KiB slot per probe.
-SWAP_KB = 128 * 1024
-SCRATCH_OFFSET = 136 * 1024 * 1024
 
 
 def decode_status(raw: Any) -> int:
@@ -116,15 +114,16 @@ class Guest:
         self.sh(f"zcat /data/frame-{frame}.gz | dd of=/dev/fb0 bs=65536 2>/dev/null")
 
     def blk_probe(self, disk: Path | None) -> ProbeResult:
-        """Write the known pattern to a fresh scratch slot with O_DIRECT, read it back, compare checksums.
+        """Write the known pattern to a fresh slot of the scratch partition (O_DIRECT), read it back, compare.
 
         With ``disk`` (the host image) the host also checks the bytes landed there.
         """
-        slot = SCRATCH_OFFSET // 65536 + self._slot
+        slot = self._slot
         self._slot += 1
+        dev = f"/dev/{SCRATCH_DEV}"
         res = self.console.run(
-            f"dd if=/data/blk-pattern.bin of=/dev/vda bs=65536 seek={slot} oflag=direct conv=fsync "
-            f"2>/dev/null && dd if=/dev/vda bs=65536 skip={slot} count=1 iflag=direct 2>/dev/null | md5sum",
+            f"dd if=/data/blk-pattern.bin of={dev} bs=65536 seek={slot} oflag=direct conv=fsync "
+            f"2>/dev/null && dd if={dev} bs=65536 skip={slot} count=1 iflag=direct 2>/dev/null | md5sum",
             self.timeout)
         got = res.output.split()[0] if res.rc == 0 and res.output.split() else ""
         if got != self.pattern_md5:
@@ -133,7 +132,7 @@ class Guest:
         detail = f"slot {slot}: write+read O_DIRECT md5 ok"
         if disk is not None:
             with open(disk, "rb") as f:
-                f.seek(slot * 65536)
+                f.seek(SCRATCH.offset + slot * 65536)
                 host = hashlib.md5(f.read(image.BLK_PATTERN_SIZE)).hexdigest()
             if host != self.pattern_md5:
                 return ProbeResult(False, f"{detail}, but the host image holds {host}")

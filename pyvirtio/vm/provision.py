@@ -28,7 +28,7 @@ from pyvirtio.vm.errors import ProvisionError
 from pyvirtio.vm.initramfs import WANTED_MODULES, build_initramfs, parse_modules_dep, resolve_load_order
 
 #: Bump when the guest's layout or /init changes, so old caches are rebuilt.
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 CACHE_ENV = "PYVIRTIO_VM_CACHE"
 QEMU_BINARY = "qemu-system-x86_64"
 QEMU_PACKAGE = "qemu-system-x86"

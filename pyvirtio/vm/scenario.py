@@ -19,9 +19,10 @@ from pathlib import Path
 from pyvirtio.constants import Status
 from pyvirtio.report import CellResult, DeviceOutcome, Report
 from pyvirtio.vm import image, statustrace
+from pyvirtio.vm.disk import SWAP_DEV, create_disk
 from pyvirtio.vm.errors import GuestTimeout, VmError
-from pyvirtio.vm.machine import DEVICE_IDS, MACHINE_TYPES, BootFiles, Machine, create_disk
-from pyvirtio.vm.probes import SWAP_KB, DeviceState, Guest, ProbeResult, device_state
+from pyvirtio.vm.machine import DEVICE_IDS, MACHINE_TYPES, BootFiles, Machine
+from pyvirtio.vm.probes import DeviceState, Guest, ProbeResult, device_state
 from pyvirtio.vm.provision import GuestAssets
 from pyvirtio.vm.serial import Pending
 
@@ -185,7 +186,7 @@ class CellRun:
         if not geom.startswith(f"{fw},{fh}"):
             raise VmError(f"guest framebuffer is {geom}, expected {fw},{fh}{self._log_hint()}")
         if self.sleep == "S4":
-            self.g.sh(f"mkswap /dev/vda {SWAP_KB} >/dev/null && swapon /dev/vda && "
+            self.g.sh(f"mkswap /dev/{SWAP_DEV} >/dev/null && swapon /dev/{SWAP_DEV} && "
                       "echo shutdown > /sys/power/disk")
         if self.sleep == "s2idle":
             # The console UART is the wake-up source; its wakeup flag is off by default.
@@ -228,7 +229,23 @@ class CellRun:
         assert self.m.qmp is not None
         n = self.m.qmp.event_count()
         pending = self.m.console.start("echo mem > /sys/power/state")
-        ev = self.m.qmp.wait_event("SUSPEND", self.t.suspend, n, alive=self.m.alive)
+        deadline = time.monotonic() + self.t.suspend
+        while True:
+            try:
+                ev = self.m.qmp.wait_event("SUSPEND", 0.1, n, alive=self.m.alive)
+                break
+            except GuestTimeout:
+                pass
+            with contextlib.suppress(GuestTimeout):
+                res = self.m.console.wait(pending, 0)
+                cyc.notes.append(f"aborted: 'echo mem' returned {res.rc} after "
+                                 f"{(res.finished_at - pending.sent_at) * 1000:.0f} ms and QEMU never saw S3 "
+                                 "(no QMP SUSPEND)")
+                cyc.slept = False
+                return pending
+            if time.monotonic() > deadline:
+                raise GuestTimeout(f"no QMP SUSPEND within {self.t.suspend:.0f} s after 'echo mem'; last output: "
+                                   f"{self.m.console.tail()}{self._log_hint()}")
         cyc.suspend_ms = (ev.at - pending.sent_at) * 1000
         status = self.m.qmp.execute("query-status")["status"]
         cyc.notes.append(f"asleep: QMP SUSPEND, run state {status}")
@@ -260,8 +277,9 @@ class CellRun:
                 break
             with contextlib.suppress(GuestTimeout):
                 res = self.m.console.wait(pending, 0.02)
-                raise VmError(f"'echo freeze' returned {res.rc} before the devices were suspended"
-                              f"{self._log_hint()}")
+                cyc.notes.append(f"aborted: 'echo freeze' returned {res.rc} before every device was suspended")
+                cyc.slept = False
+                return pending
         if quiesced_at is None:
             raise GuestTimeout(f"s2idle: devices not quiesced within {self.t.suspend:.0f} s{self._log_hint()}")
         cyc.suspend_ms = (quiesced_at - pending.sent_at) * 1000
@@ -292,15 +310,22 @@ class CellRun:
         old = self.m
         pending = old.console.start("echo disk > /sys/power/state")
         deadline = time.monotonic() + self.t.suspend
-        while old.alive():
+        while old.alive() and not old.console.eof:
             if time.monotonic() > deadline:
                 raise GuestTimeout(f"S4: QEMU still running {self.t.suspend:.0f} s after 'echo disk'; "
                                    f"last output: {old.console.tail()}{self._log_hint()}")
-            with contextlib.suppress(GuestTimeout):
+            try:
                 res = old.console.wait(pending, 0.05)
-                cyc.notes.append(f"'echo disk' returned {res.rc} without powering off")
-                cyc.slept = False
-                return pending
+            except GuestTimeout:
+                continue
+            except VmError:
+                if old.console.eof:
+                    break
+                raise
+            cyc.notes.append(f"'echo disk' returned {res.rc} without powering off")
+            cyc.slept = False
+            return pending
+        old.wait_exit(self.t.suspend)
         exited = time.monotonic()
         cyc.suspend_ms = (exited - pending.sent_at) * 1000
         cyc.notes.append(f"asleep: QEMU exited with status {old.proc.returncode if old.proc else '?'}")
@@ -360,36 +385,47 @@ class CellRun:
 
     def _finish(self, cycles: list[_Cycle]) -> CellResult:
         r = self.result
-        r.suspend_ms = cycles[0].suspend_ms
-        r.resume_ms = cycles[0].resume_ms
+        done = [c for c in cycles if c.slept]
+        r.outcome = "ok" if len(done) == len(cycles) else "aborted"
         if len(cycles) > 1:
-            r.notes.append("cycles: " + "; ".join(
-                f"#{c.index} suspend {c.suspend_ms or 0:.0f} ms resume {c.resume_ms or 0:.0f} ms" for c in cycles))
-        slept = all(c.slept for c in cycles)
-        r.outcome = "ok" if slept else "aborted"
-        r.display_restored = all(bool(c.display_restored) for c in cycles)
-        r.new_frame_after_resume = all(bool(c.new_frame) for c in cycles)
-        seqs, gpu_cmds_after, resets = self._sequences()
+            r.notes.append(f"{len(done)} of {len(cycles)} cycles slept: " + "; ".join(
+                f"#{c.index} suspend {c.suspend_ms or 0:.0f} ms resume {c.resume_ms or 0:.0f} ms" if c.slept
+                else f"#{c.index} aborted" for c in cycles))
+        seqs, raw, gpu_cmds_after, resets = self._sequences()
+        if done:
+            r.suspend_ms = done[0].suspend_ms
+            r.resume_ms = done[0].resume_ms
+            r.display_restored = all(bool(c.display_restored) for c in done)
+            r.new_frame_after_resume = all(bool(c.new_frame) for c in done)
+            r.resources = "kept" if not resets else ("re-created" if gpu_cmds_after > 0 else "lost")
         for name in DEVICES:
-            alive = all(self._queues_alive(c, name) for c in cycles)
-            functional = r.new_frame_after_resume if name == "gpu" else all(c.probes[name].ok for c in cycles)
+            alive = all(self._queues_alive(c, name) for c in done) if done else None
+            if not done:
+                functional = None
+            elif name == "gpu":
+                functional = r.new_frame_after_resume
+            else:
+                functional = all(c.probes[name].ok for c in done)
             notes = [f"cycle {c.index}: {n}" for c in cycles for n in c.notes
-                     if n.split(":", 1)[0].endswith(f" {name}") or n.split(":", 1)[0].endswith(f" {name} probe")]
+                     if n.split(":", 1)[0].endswith((f" {name}", f" {name} probe"))]
+            notes.append(f"status trace (raw): {raw.get(name, '')}")
             if name == "gpu":
-                notes.append(f"virtio_gpu_cmd_* in trace after resume: {gpu_cmds_after}")
+                notes.append(f"virtio_gpu_cmd_* in trace after the last restore: {gpu_cmds_after}")
             r.devices[name] = DeviceOutcome(name=name, status_sequence=seqs.get(name, []), queues_alive=alive,
                                             functional_after=functional, notes=notes)
-        r.queues_alive = all(d.queues_alive for d in r.devices.values())
-        r.resources = self._resources(seqs.get("gpu", []), gpu_cmds_after, resets)
+        if done:
+            r.queues_alive = all(bool(d.queues_alive) for d in r.devices.values())
         for c in cycles:
             r.notes.extend(f"cycle {c.index}: {n}" for n in c.notes
                            if not n.startswith(("before ", "after ")))
         r.notes.append(f"logs: {self.logs}")
         return r
 
-    def _sequences(self) -> tuple[dict[str, list[int]], int, bool]:
-        """Status sequences over every trace window; gpu commands after the last resume; gpu reset seen."""
+    def _sequences(self) -> tuple[dict[str, list[int]], dict[str, str], int, bool]:
+        """Status sequences over every trace window (deduplicated and raw), gpu commands after the gpu's
+        last DRIVER_OK, and whether the gpu was reset in the window."""
         seqs: dict[str, list[int]] = {n: [] for n in DEVICES}
+        raw: dict[str, list[str]] = {n: [] for n in DEVICES}
         gpu_after = 0
         gpu_reset = False
         for k, (log, start_m, end_m) in enumerate(self.trace_windows):
@@ -403,11 +439,10 @@ class CellRun:
             start = marks[start_m] if start_m is not None and start_m < len(marks) else 0
             end = marks[end_m] if end_m is not None and end_m < len(marks) else None
             part = statustrace.status_sequences(recs, mapping, start, end, with_initial=(k == 0))
+            ann = statustrace.annotated_sequences(recs, mapping, start, end)
             for name, seq in part.items():
                 seqs[name] = statustrace.dedup(seqs[name] + seq)
-                if k > 0:
-                    self.result.notes.append(f"{name} status in boot {k + 1} ({log.name}): "
-                                             f"{statustrace.format_sequence(seq)}")
+                raw[name].append((f"[boot {k + 1}] " if len(self.trace_windows) > 1 else "") + ann.get(name, ""))
             gpu_ptrs = {p for p, n in mapping.items() if n == "gpu"}
             window = recs[start:end]
             if any(x.event == "virtio_set_status" and x.vdev in gpu_ptrs and x.value == 0 for x in window):
@@ -415,7 +450,7 @@ class CellRun:
             if k == len(self.trace_windows) - 1:
                 restored = self._last_gpu_restore(recs, mapping, start, end)
                 gpu_after = len(statustrace.events_between(recs, "virtio_gpu_cmd_", restored + 1, end))
-        return seqs, gpu_after, gpu_reset
+        return seqs, {n: " ".join(v) for n, v in raw.items()}, gpu_after, gpu_reset
 
     @staticmethod
     def _last_gpu_restore(recs: list[statustrace.TraceRecord], mapping: dict[str, str], start: int,
@@ -429,12 +464,6 @@ class CellRun:
                     and r.value & Status.DRIVER_OK:
                 idx = i
         return idx
-
-    @staticmethod
-    def _resources(gpu_seq: list[int], cmds_after: int, reset: bool) -> str:
-        if not reset:
-            return "kept"
-        return "re-created" if cmds_after > 0 else "lost"
 
     # -- driver -----------------------------------------------------------------------------------------------
 
@@ -452,9 +481,8 @@ class CellRun:
                     self._window_start = self._mark()
                 self.progress(f"cycle {k}: {self.sleep}")
                 {"S3": self._sleep_s3, "s2idle": self._sleep_s2idle, "S4": self._sleep_s4}[self.sleep](cyc)
-                if not cyc.slept:
-                    break
-                self._after(cyc)
+                if cyc.slept:
+                    self._after(cyc)
             end = self._mark()
             self.trace_windows.append((self.m.files.trace_log, self._window_start, end))
             with contextlib.suppress(VmError):

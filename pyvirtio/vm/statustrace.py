@@ -136,6 +136,23 @@ def status_sequences(records: Sequence[TraceRecord], mapping: dict[str, str], st
     return {k: dedup(v) for k, v in seqs.items()}
 
 
+#: Machine events shown in annotated sequences.
+_ANNOTATE = {"system_wakeup_request": "[wake]", "guest_cpu_reset": None}
+
+
+def annotated_sequences(records: Sequence[TraceRecord], mapping: dict[str, str], start: int = 0,
+                        end: int | None = None) -> dict[str, str]:
+    """Per device, every status write in the window (repeats kept) with ``[wake]`` where QEMU woke from S3."""
+    out: dict[str, list[str]] = {name: [] for name in mapping.values()}
+    for rec in records[start:end]:
+        if rec.event == "virtio_set_status" and rec.vdev in mapping and rec.value is not None:
+            out[mapping[rec.vdev]].append(f"{rec.value:#04x}")
+        elif _ANNOTATE.get(rec.event):
+            for seq in out.values():
+                seq.append(str(_ANNOTATE[rec.event]))
+    return {k: " ".join(v) for k, v in out.items()}
+
+
 def events_between(records: Sequence[TraceRecord], prefix: str, start: int = 0,
                    end: int | None = None) -> list[str]:
     """Names of events starting with ``prefix`` in ``records[start:end]`` (e.g. ``virtio_gpu_cmd_``)."""
