@@ -244,9 +244,7 @@ class DeviceQueue:
         try:
             if na == self._shadow_avail and self._read_avail_idx() == na:
                 return None
-            head: int = mem.unpack_from(
-                _U16, self._avail_entries + VIRTQ_AVAIL_ELEM_SIZE * (na & self._mask)
-            )[0]
+            head: int = mem.unpack_from(_U16, self._avail_entries + VIRTQ_AVAIL_ELEM_SIZE * (na & self._mask))[0]
             if head >= self._size:
                 raise QueueError(f"available ring entry {na} names head {head} >= queue size {self._size}")
             na = (na + 1) & _M
@@ -277,15 +275,11 @@ class DeviceQueue:
                     return DescriptorChain(head, error=err)
                 break
             if not contains(addr, ln):
-                return DescriptorChain(
-                    head, error=f"descriptor {i} [{addr:#x}, +{ln:#x}) is outside guest memory"
-                )
+                return DescriptorChain(head, error=f"descriptor {i} [{addr:#x}, +{ln:#x}) is outside guest memory")
             if flags & _F_WRITE:
                 writable.append((addr, ln))
             elif writable:
-                return DescriptorChain(
-                    head, error=f"device-readable descriptor {i} after a device-writable one"
-                )
+                return DescriptorChain(head, error=f"device-readable descriptor {i} after a device-writable one")
             else:
                 readable.append((addr, ln))
             if not flags & _F_NEXT:
@@ -294,15 +288,11 @@ class DeviceQueue:
                 return DescriptorChain(head, error=f"descriptor {i} next {nxt} >= queue size {size}")
             hops += 1
             if hops >= size:
-                return DescriptorChain(
-                    head, error=f"descriptor chain at head {head} loops (> {size} descriptors)"
-                )
+                return DescriptorChain(head, error=f"descriptor chain at head {head} loops (> {size} descriptors)")
             i = nxt
         count = len(readable) + len(writable)
         if count > size:
-            return DescriptorChain(
-                head, error=f"chain of {count} descriptors is longer than queue size {size}"
-            )
+            return DescriptorChain(head, error=f"chain of {count} descriptors is longer than queue size {size}")
         total = sum(n for _, n in readable) + sum(n for _, n in writable)
         if total > VIRTQ_MAX_CHAIN_BYTES:
             return DescriptorChain(head, error=f"chain of {total} bytes is longer than 2^32 bytes")
@@ -366,9 +356,7 @@ class DeviceQueue:
             raise QueueError("push without a popped chain in flight")
         mem = self.mem
         try:
-            mem.pack_into(
-                _USED_ELEM, self._used_entries + VIRTQ_USED_ELEM_SIZE * (nu & self._mask), head, written
-            )
+            mem.pack_into(_USED_ELEM, self._used_entries + VIRTQ_USED_ELEM_SIZE * (nu & self._mask), head, written)
             nu = (nu + 1) & _M
             mem.pack_into(_U16, self._used_idx_addr, nu)  # §2.7.8: len is set before idx
         except GuestMemoryError as e:  # pragma: no cover

@@ -193,9 +193,7 @@ class DriverQueue:
                 DESC_STRUCT.pack_into(buf, VIRTQ_DESC_SIZE * j, addr, ln, flags, j + 1)
             mem.write(table, buf)
             nxt = free_next[head]
-            pack_into(
-                DESC_STRUCT, desc + VIRTQ_DESC_SIZE * head, table, VIRTQ_DESC_SIZE * total, _F_INDIRECT, nxt
-            )
+            pack_into(DESC_STRUCT, desc + VIRTQ_DESC_SIZE * head, table, VIRTQ_DESC_SIZE * total, _F_INDIRECT, nxt)
             self._free_head = nxt
         else:
             i = head
@@ -265,9 +263,7 @@ class DriverQueue:
         if lu == self._shadow_used:
             idx: int = mem.unpack_from(_U16, self._used_idx_addr)[0]
             if (idx - lu) & _M > self._in_flight:
-                raise self._bad_ring(
-                    f"used idx {idx} is {(idx - lu) & _M} ahead, {self._in_flight} in flight"
-                )
+                raise self._bad_ring(f"used idx {idx} is {(idx - lu) & _M} ahead, {self._in_flight} in flight")
             self._shadow_used = idx
             if idx == lu:
                 return None
@@ -275,9 +271,7 @@ class DriverQueue:
         if head >= self._n or self._data[head] is None:
             raise self._bad_ring(f"used id {head} is not a head in flight")
         if ln > self._in_len[head]:
-            raise self._bad_ring(
-                f"used len {ln} exceeds the {self._in_len[head]} device-writable bytes of {head}"
-            )
+            raise self._bad_ring(f"used len {ln} exceeds the {self._in_len[head]} device-writable bytes of {head}")
         token = self._data[head]
         self._detach(head)
         lu = (lu + 1) & _M

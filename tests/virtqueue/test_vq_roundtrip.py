@@ -217,8 +217,13 @@ def test_configuration_locked_while_ready_and_reset(make_rig):
     the device model refuses, and reset() (§2.4) returns every field to its default."""
     rig = make_rig(8, event_idx=True)
     dev = rig.dev
-    for attr, value in (("desc_table", 0x2000), ("avail_ring", 0x2000), ("used_ring", 0x2000),
-                        ("event_idx", False), ("indirect", True)):
+    for attr, value in (
+        ("desc_table", 0x2000),
+        ("avail_ring", 0x2000),
+        ("used_ring", 0x2000),
+        ("event_idx", False),
+        ("indirect", True),
+    ):
         with pytest.raises(InvalidStateError):
             setattr(dev, attr, value)
     assert dev.set_size(4) is False and dev.size == 8
