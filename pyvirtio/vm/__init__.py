@@ -10,7 +10,7 @@ Typical use::
 from __future__ import annotations
 
 from pyvirtio.vm.errors import GuestTimeout, ProvisionError, VmError
-from pyvirtio.vm.provision import GuestAssets, default_cache_dir, load_assets, provision
+from pyvirtio.vm.provisioning import GuestAssets, default_cache_dir, load_assets, provision
 from pyvirtio.vm.scenario import SLEEP_STATES, Timeouts, run_cell, run_matrix
 
 __all__ = ["SLEEP_STATES", "GuestAssets", "GuestTimeout", "ProvisionError", "Timeouts", "VmError",

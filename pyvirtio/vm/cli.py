@@ -14,7 +14,7 @@ from rich.table import Table
 from pyvirtio.errors import PyvirtioError
 from pyvirtio.report import CellResult, Report
 from pyvirtio.vm.machine import MACHINE_TYPES
-from pyvirtio.vm.provision import GuestAssets, default_cache_dir, provision
+from pyvirtio.vm.provisioning import GuestAssets, default_cache_dir, provision
 from pyvirtio.vm.scenario import SLEEP_STATES, run_cell, run_matrix
 from pyvirtio.vm.statustrace import format_sequence
 

@@ -14,7 +14,7 @@ from typing import BinaryIO
 from pyvirtio.vm.disk import SWAP_DEV
 from pyvirtio.vm.errors import GuestTimeout, VmError
 from pyvirtio.vm.initramfs import INIT_INSMOD_FAILED, INIT_READY, INIT_RESUME_FAILED, RESUME_ARG
-from pyvirtio.vm.provision import GuestAssets
+from pyvirtio.vm.provisioning import GuestAssets
 from pyvirtio.vm.qmp import Qmp
 from pyvirtio.vm.serial import SerialConsole, open_log, pump
 

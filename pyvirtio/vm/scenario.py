@@ -23,7 +23,7 @@ from pyvirtio.vm.disk import SWAP_DEV, create_disk
 from pyvirtio.vm.errors import GuestTimeout, VmError
 from pyvirtio.vm.machine import DEVICE_IDS, MACHINE_TYPES, BootFiles, Machine
 from pyvirtio.vm.probes import DeviceState, Guest, ProbeResult, device_state
-from pyvirtio.vm.provision import GuestAssets
+from pyvirtio.vm.provisioning import GuestAssets
 from pyvirtio.vm.serial import Pending
 
 SLEEP_STATES = ("S3", "s2idle", "S4")
@@ -49,7 +49,7 @@ class Timeouts:
 
 
 @dataclass
-class _Cycle:
+class CycleData:
     """What one sleep cycle measured."""
 
     index: int
@@ -100,6 +100,7 @@ class CellRun:
         self._window_start: int | None = None
         self.result = CellResult(source="real-vm", profile="baseline", sleep=sleep, machine_type=machine_type)
         self.images: dict[str, image.RGB] = {}
+        self.cycle_data: list[CycleData] = []  # per-cycle measurements, for callers that want more than the report
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
@@ -192,7 +193,7 @@ class CellRun:
             # The console UART is the wake-up source; its wakeup flag is off by default.
             self.g.sh("echo enabled > /sys/class/tty/ttyS0/power/wakeup")
 
-    def _probe(self, cyc: _Cycle, phase: str) -> dict[str, ProbeResult]:
+    def _probe(self, cyc: CycleData, phase: str) -> dict[str, ProbeResult]:
         assert self.m.qmp is not None
         res = {"blk": self.g.blk_probe(self.disk), "rng": self.g.rng_probe(),
                "input": self.g.input_probe(self.m.qmp)}
@@ -200,7 +201,7 @@ class CellRun:
             cyc.notes.append(f"{phase} {name} probe: {'ok' if r.ok else 'FAILED'}: {r.detail}")
         return res
 
-    def _before(self, cyc: _Cycle) -> None:
+    def _before(self, cyc: CycleData) -> None:
         self.progress(f"cycle {cyc.index}: drawing frame A, probing devices")
         frame_a = image.make_frame("a")
         self.g.draw("a")
@@ -225,7 +226,7 @@ class CellRun:
             if name != "gpu" and not cyc.before[name].queues[0].progressed_since(pre[name].queues[0]):
                 raise VmError(f"{name} queue 0 made no progress during its probe before sleep{self._log_hint()}")
 
-    def _sleep_s3(self, cyc: _Cycle) -> Pending:
+    def _sleep_s3(self, cyc: CycleData) -> Pending:
         assert self.m.qmp is not None
         n = self.m.qmp.event_count()
         pending = self.m.console.start("echo mem > /sys/power/state")
@@ -262,7 +263,7 @@ class CellRun:
             cyc.notes.append(f"'echo mem' returned {res.rc}")
         return pending
 
-    def _sleep_s2idle(self, cyc: _Cycle) -> Pending:
+    def _sleep_s2idle(self, cyc: CycleData) -> Pending:
         trace = self.m.files.trace_log
         start = trace.stat().st_size
         pending = self.m.console.start("echo freeze > /sys/power/state")
@@ -306,7 +307,7 @@ class CellRun:
             cyc.notes.append(f"'echo freeze' returned {res.rc}")
         return pending
 
-    def _sleep_s4(self, cyc: _Cycle) -> Pending:
+    def _sleep_s4(self, cyc: CycleData) -> Pending:
         old = self.m
         pending = old.console.start("echo disk > /sys/power/state")
         deadline = time.monotonic() + self.t.suspend
@@ -355,7 +356,7 @@ class CellRun:
         self._window_start = None  # the whole second trace belongs to the window
         return pending
 
-    def _after(self, cyc: _Cycle) -> None:
+    def _after(self, cyc: CycleData) -> None:
         self.progress(f"cycle {cyc.index}: resumed; checking display, queues, probes")
         before_key = "before" if cyc.index == 1 else f"before-{cyc.index}"
         restored, rgb = self._wait_screen(self.images[before_key], self.t.restore, "after")
@@ -376,14 +377,14 @@ class CellRun:
 
     # -- result -----------------------------------------------------------------------------------------------
 
-    def _queues_alive(self, cyc: _Cycle, name: str) -> bool:
+    def _queues_alive(self, cyc: CycleData, name: str) -> bool:
         before, after, probed = cyc.before[name], cyc.after[name], cyc.after_probe[name]
         set_up = [q.index for q in before.queues if q.configured]
         configured = all(after.queues[i].configured and probed.queues[i].configured for i in set_up)
         progress = probed.queues[0].progressed_since(after.queues[0])
         return configured and progress
 
-    def _finish(self, cycles: list[_Cycle]) -> CellResult:
+    def _finish(self, cycles: list[CycleData]) -> CellResult:
         r = self.result
         done = [c for c in cycles if c.slept]
         r.outcome = "ok" if len(done) == len(cycles) else "aborted"
@@ -472,9 +473,9 @@ class CellRun:
         t0 = time.monotonic()
         try:
             self._boot_first()
-            cycles: list[_Cycle] = []
+            cycles = self.cycle_data
             for k in range(1, self.cycles + 1):
-                cyc = _Cycle(k)
+                cyc = CycleData(k)
                 cycles.append(cyc)
                 self._before(cyc)
                 if k == 1:
