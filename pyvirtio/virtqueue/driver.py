@@ -166,11 +166,12 @@ class DriverQueue:
         if total > self._n:
             raise QueueError(f"chain of {total} descriptors is longer than queue size {self._n} (§2.7.5.3.1)")
         in_len = 0
-        for k, (addr, ln) in enumerate((*out, *in_)):
-            if not (0 <= addr < _ADDR_LIMIT and 0 <= ln <= VIRTQ_DESC_LEN_MAX):
-                raise ValueError(f"segment ({addr:#x}, {ln:#x}) is not a 64-bit address and 32-bit length")
-            if k >= n_out:
-                in_len += ln
+        for writable, segs in ((False, out), (True, in_)):
+            for addr, ln in segs:
+                if not (0 <= addr < _ADDR_LIMIT and 0 <= ln <= VIRTQ_DESC_LEN_MAX):
+                    raise ValueError(f"segment ({addr:#x}, {ln:#x}) is not a 64-bit address and 32-bit length")
+                if writable:
+                    in_len += ln
         table = _NO_TABLE
         if self.indirect and total > 1 and self._num_free and self.alloc is not None:
             try:

@@ -252,3 +252,16 @@ def test_driver_rejects_bad_layout():
             DriverQueue(rig.mem, RingLayout.contiguous(0x1000, 8), indirect=True)
     finally:
         rig.mem.close()
+
+
+def test_same_list_as_out_and_in(make_rig):
+    """virtio 1.4 §2.7.8: the used len is bounded by the device-writable part only — also when the caller
+    passes one list object as both the readable and the writable segments."""
+    rig = make_rig(8)
+    segs = [(rig.buf(8), 8)]
+    rig.drv.add(segs, segs, "t")
+    chain = rig.dev.pop()
+    assert chain is not None and chain.readable_len == chain.writable_len == 8
+    rig.dev.push(chain.head, 9)
+    with pytest.raises(QueueError, match="exceeds the 8 device-writable bytes"):
+        rig.drv.get_used()
