@@ -193,6 +193,8 @@ class DeviceQueue:
         self._cache()
         self._shadow_avail = self._next_avail
         self._ready = True
+        if not self._notify:  # set_notification(False) before the queue was enabled
+            self.set_notification(False)
 
     # -- indices
 
@@ -397,7 +399,8 @@ class DeviceQueue:
         Without EVENT_IDX this sets/clears VIRTQ_USED_F_NO_NOTIFY in used.flags. With EVENT_IDX, enabling
         writes avail_event = the driver's current avail.idx (kick on the next buffer), and ``pop`` keeps it at
         next_avail; disabling parks avail_event just behind next_avail, which the driver cannot reach without
-        the device consuming. Callers re-check :meth:`avail_pending` after enabling (the usual race).
+        the device consuming. Callers re-check :meth:`avail_pending` after enabling (the usual race). On a
+        queue that is not ready the wish is remembered and applied by :meth:`activate`.
         """
         self._notify = bool(enabled)
         if not self._ready:

@@ -241,3 +241,17 @@ def test_vring_need_event_matches_definition(event, old, added):
     batch = range(old, old + added)  # the indices written, before reduction mod 2^16
     expected = event in batch or event + 0x10000 in batch
     assert vring_need_event(event, new, old) is expected
+
+
+def test_notification_wish_before_enable(make_rig):
+    """virtio 1.4 §2.7.10.2: a device that asked for no kicks before the queue was enabled gets
+    VIRTQ_USED_F_NO_NOTIFY written when it is enabled, and the driver then does not kick."""
+    rig = make_rig(8)
+    q = DeviceQueue(rig.mem, 8)
+    q.set_notification(False)
+    q.desc_table, q.avail_ring, q.used_ring = rig.layout.desc, rig.layout.avail, rig.layout.used
+    assert rig.u16(rig.layout.used) == 0
+    q.activate()
+    assert rig.u16(rig.layout.used) == VIRTQ_USED_F_NO_NOTIFY
+    rig.drv.add([(rig.buf(8), 8)], [], 1)
+    assert rig.drv.kick_prepare() is False
