@@ -23,8 +23,10 @@ def make_device(profile: Profile, cfg: ScenarioConfig) -> Any:
     from pyvirtio.pm.gpu_pm import PmGpu
 
     # One scanout more than the desktop uses: it is hot-plugged while the guest sleeps.
+    need = cfg.resources * cfg.resource_size + (cfg.scanouts + 1) * cfg.width * cfg.height * 4
     return PmGpu("gpu", num_scanouts=cfg.scanouts + 1, width=cfg.width, height=cfg.height,
-               enabled_scanouts=cfg.scanouts, offer_freezing=profile.gpu_offers_freezing)
+                 enabled_scanouts=cfg.scanouts, offer_freezing=profile.gpu_offers_freezing,
+                 host_memory_limit=max(256 << 20, need + (64 << 20)))
 
 
 def make_driver(profile: Profile, machine: Machine, fn: VirtioPciFunction, alloc: GuestAllocator) -> Any:
@@ -56,7 +58,7 @@ def populate(drv: Any, cfg: ScenarioConfig) -> None:
     """Draw the desktop on every scanout, create the extra resources and show the cursor."""
     for i in range(cfg.scanouts):
         drv.draw(i, test_pattern(cfg.width, cfg.height, i))
-    width = 256
+    width = 256 if cfg.resource_size <= 16 << 20 else 4096  # keeps height within the 16384 limit
     height = max(1, cfg.resource_size // (width * 4))
     for _ in range(cfg.resources):
         drv.create_resource_2d(width, height)

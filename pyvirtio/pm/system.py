@@ -47,8 +47,8 @@ class ScenarioConfig:
             raise UserInputError("--scanouts must be 1..15 (one more is hot-plugged while asleep)")
         if self.resources < 0 or self.resource_size <= 0:
             raise UserInputError("--resources must be >= 0 and --resource-size > 0")
-        if self.resource_size > 1 << 30 or self.resources * self.resource_size > 4 << 30:
-            raise UserInputError("--resources x --resource-size must stay under 4 GiB")
+        if self.resource_size > 256 << 20 or self.resources * self.resource_size > 4 << 30:
+            raise UserInputError("--resource-size must be <= 256M and --resources x --resource-size <= 4G")
         if not (16 <= self.width <= 4096 and 16 <= self.height <= 4096):
             raise UserInputError("--width/--height must be 16..4096")
 
@@ -63,6 +63,7 @@ class System:
     gpu_drv: Any
     rng_drv: Any
     freeze_mode: FreezeModeDevice | None = None
+    restore_ns: int = 0  # virtual time the image kernel's restore took (S4 only)
 
     @property
     def drivers(self) -> list[VirtioDriver]:
@@ -177,5 +178,7 @@ def boot_from_image(path: str | Path) -> System:
         restored[d["name"]] = drv
     gpu.install_notifiers(guest, restored["gpu"])
     system = System(profile, cfg, machine, guest, gdev, restored["gpu"], restored["rng"], fm)
+    t0 = machine.now
     guest.restore_all()
+    system.restore_ns = machine.now - t0
     return system

@@ -100,3 +100,28 @@ def test_matrix_cli_writes_report_and_pictures(tmp_path: Path) -> None:
 def test_cli_bad_profile_is_one_line_error() -> None:
     r = CliRunner().invoke(main, ["pm", "run", "--profile", "nope", "--sleep", "S3"])
     assert r.exit_code == 2 and "unknown profile" in r.output
+
+
+def test_host_hibernation_failure_after_unref_restores_correctly() -> None:
+    """Fault: the driver unreferenced every object on the host while freezing, then writing the image fails.
+    Linux thaws the devices: the restore list re-creates each object exactly once and the screen is intact."""
+    import numpy as np
+
+    from pyvirtio.pm import gpu_adapter as gpu
+    from pyvirtio.pm.guest import PmEvent
+    from pyvirtio.pm.system import ScenarioConfig, build_system
+
+    system = build_system(parse_profile("s4-replay"), ScenarioConfig(resources=3))
+    before = [gpu.scanout_image(system.gpu_dev, i) for i in range(2)]
+    keys = gpu.resource_keys(system.gpu_dev)
+    system.guest.notify(PmEvent.HIBERNATION_PREPARE)
+    system.guest.freeze_all()
+    assert system.gpu_dev.resources == {}  # unreferenced on the host before the image would be written
+    # ... the host fails to write the image: thaw
+    system.guest.restore_all()
+    system.guest.notify(PmEvent.POST_HIBERNATION)
+    assert gpu.resource_keys(system.gpu_dev) == keys
+    assert len(system.gpu_dev.resources) == len(keys)
+    after = [gpu.scanout_image(system.gpu_dev, i) for i in range(2)]
+    assert all(a is not None and b is not None and np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert system.gpu_drv.probe_alive()
