@@ -154,7 +154,10 @@ def boot_from_image(path: str | Path) -> System:
     # The boot kernel: a normal boot that probes every device, then quiesces them before jumping to the image.
     from pyvirtio.drivers.rng import RngDriver
 
-    boot = Guest(machine, profile.kernel)
+    # Its allocations live elsewhere than the image kernel's (upper half of RAM): what it leaves on the host
+    # points at guest pages the image then overwrites, as with a real boot kernel.
+    half = machine.memory.size // 2
+    boot = Guest(machine, profile.kernel, heap_base=half, heap_size=half)
     boot.bind(gpu.make_driver(profile, machine, gfn, boot.alloc))
     boot.bind(RngDriver(machine, rfn, boot.alloc, name="rng"))
     boot.freeze_all()
