@@ -70,9 +70,11 @@ def run_cell(profile: Profile, sleep: str, cfg: ScenarioConfig | None = None, *,
     trace_mark = len(system.machine.trace)
     destroyed_mark = trace_mark
     t0 = system.machine.now
+    # S4 powers the machine off: the status sequence is the old machine's followed by the new one's
+    earlier: dict[str, list[int]] = {}
     try:
         if sleep == "S4":
-            system = _hibernate_and_resume(system, cell, workdir)
+            system = _hibernate_and_resume(system, cell, workdir, earlier)
             destroyed_mark = 0
         else:
             _suspend_and_resume(system, cell, s2idle=(sleep == "s2idle"))
@@ -107,7 +109,8 @@ def run_cell(profile: Profile, sleep: str, cfg: ScenarioConfig | None = None, *,
         cell.inflight_completed = not inflight  # requests of the old machine cannot complete on the new one
     cell.violations = _violations(system, 0 if sleep == "S4" else trace_mark)
     for name, alive in (("gpu", gpu_alive), ("rng", rng_alive)):
-        cell.devices[name] = DeviceOutcome(name, system.machine.trace.status_sequence(name), alive, alive)
+        seq = _dedup(earlier.get(name, []) + system.machine.trace.status_sequence(name))
+        cell.devices[name] = DeviceOutcome(name, seq, alive, alive)
     if cell.outcome != "ok":
         cell.suspend_ms = _ms(system.machine.now - t0)
     return cell
@@ -144,7 +147,8 @@ def _suspend_and_resume(system: System, cell: CellResult, *, s2idle: bool) -> No
             cell.notes.append(f"{drv.name}: suspended by {pm.path}")
 
 
-def _hibernate_and_resume(system: System, cell: CellResult, workdir: Path | None) -> System:
+def _hibernate_and_resume(system: System, cell: CellResult, workdir: Path | None,
+                          earlier: dict[str, list[int]]) -> System:
     m, guest = system.machine, system.guest
     t0 = m.now
     guest.notify(PmEvent.HIBERNATION_PREPARE)
@@ -162,6 +166,7 @@ def _hibernate_and_resume(system: System, cell: CellResult, workdir: Path | None
         guest.freeze_all()
         cell.suspend_ms = _ms(m.now - t0)
         m.trace.record(Kind.PM, "machine", event="power_off")
+        earlier.update({n: m.trace.status_sequence(n) for n in ("gpu", "rng")})
         old_ids = _object_ids(system)
         new = boot_from_image(path)
     new.guest.notify(PmEvent.POST_HIBERNATION)
@@ -204,6 +209,14 @@ def _object_ids(system: System) -> set[int]:
         seen.add(id(obj))
         stack.extend(gc.get_referents(obj))
     return seen
+
+
+def _dedup(seq: list[int]) -> list[int]:
+    out: list[int] = []
+    for v in seq:
+        if not out or out[-1] != v:
+            out.append(v)
+    return out
 
 
 def _slug(name: str) -> str:
