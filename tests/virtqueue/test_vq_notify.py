@@ -255,3 +255,19 @@ def test_notification_wish_before_enable(make_rig):
     assert rig.u16(rig.layout.used) == VIRTQ_USED_F_NO_NOTIFY
     rig.drv.add([(rig.buf(8), 8)], [], 1)
     assert rig.drv.kick_prepare() is False
+
+
+def test_enable_notification_with_backlog(make_rig):
+    """virtio 1.4 §2.7.10.2: with EVENT_IDX, a device that re-enables kicks while it still has a backlog asks
+    for the *next new* buffer (avail_event = the driver's avail.idx, QEMU virtio_queue_set_notification), not
+    for the first unconsumed one the driver has already passed."""
+    rig = make_rig(8, event_idx=True)
+    rig.dev.set_notification(False)
+    for i in range(3):
+        rig.drv.add([(rig.buf(8), 8)], [], i)
+    assert rig.drv.kick_prepare() is False
+    assert rig.dev.pop() is not None
+    rig.dev.set_notification(True)
+    assert rig.avail_event == 3 and rig.dev.avail_pending() == 2
+    rig.drv.add([(rig.buf(8), 8)], [], 3)
+    assert rig.drv.kick_prepare() is True
