@@ -44,6 +44,8 @@ __all__ = ["DeviceQueue"]
 _U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")
 _ADDR_LIMIT = 1 << 64
+#: Indirect tables up to this many bytes are copied whole before the walk (cheaper than per-entry reads).
+_INDIRECT_COPY_MAX = 4096
 
 _F_NEXT = int(DescFlag.NEXT)
 _F_WRITE = int(DescFlag.WRITE)
@@ -315,13 +317,19 @@ class DeviceQueue:
             return f"indirect table of {n} entries exceeds {VIRTQ_MAX_INDIRECT_ENTRIES}"
         if not self.mem.contains(table, table_len):
             return f"indirect table [{table:#x}, +{table_len:#x}) is outside guest memory"
-        raw = self.mem.read(table, table_len)  # one copy; the driver cannot change it under our feet
+        # small tables: one copy, then unpack from bytes; large ones: read only the entries the walk visits
+        raw = self.mem.read(table, table_len) if table_len <= _INDIRECT_COPY_MAX else None
         unpack_from = DESC_STRUCT.unpack_from
+        mem_unpack = self.mem.unpack_from
         contains = self.mem.contains
+        budget = self._size - len(readable) - len(writable)  # §2.7.5.3.1: chain length <= Queue Size
         j = 0
         hops = 0
         while True:
-            addr, ln, f, nxt = unpack_from(raw, VIRTQ_DESC_SIZE * j)
+            if raw is not None:
+                addr, ln, f, nxt = unpack_from(raw, VIRTQ_DESC_SIZE * j)
+            else:
+                addr, ln, f, nxt = mem_unpack(DESC_STRUCT, table + VIRTQ_DESC_SIZE * j)
             if f & _F_INDIRECT:
                 return f"INDIRECT flag inside indirect table entry {j} (§2.7.5.3.1)"
             if not contains(addr, ln):
@@ -332,6 +340,10 @@ class DeviceQueue:
                 return f"device-readable indirect entry {j} after a device-writable descriptor"
             else:
                 readable.append((addr, ln))
+            budget -= 1
+            if budget < 0:
+                count = len(readable) + len(writable)
+                return f"chain of {count}+ descriptors is longer than queue size {self._size}"
             if not f & _F_NEXT:
                 return None
             if nxt >= n:

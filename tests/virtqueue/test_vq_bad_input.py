@@ -320,3 +320,26 @@ def test_activate_rejects_bad_ring_address(make_rig, attr, value, match):
         q.activate()
     assert not q.ready
     assert q.pop() is None
+
+
+def test_large_indirect_table_walks_only_the_chain(make_rig):
+    """virtio 1.4 §2.7.5.3: a table of len/16 entries may be larger than the chain it holds (here 1000 entries,
+    first at index 0, next jumping to 999 then 5); the walk visits only the chain and still bounds its length
+    by Queue Size (§2.7.5.3.1), even when the table describes a much longer loop-free chain."""
+    rig = make_rig(8, indirect=True)
+    a = rig.buf(8)
+    entries = [(a, 8, NEXT, j + 1) for j in range(1000)]
+    entries[0] = (a, 8, NEXT, 999)
+    entries[999] = (a, 8, NEXT | WRITE, 5)
+    entries[5] = (a, 8, WRITE, 0)
+    t = rig.table(entries)
+    rig.desc(0, t, 16 * 1000, INDIRECT, 0)
+    rig.publish(0)
+    chain = rig.dev.pop()
+    assert chain is not None and chain.error is None
+    assert chain.readable == [(a, 8)] and chain.writable == [(a, 8), (a, 8)]
+    rig.dev.push(0, 0)
+    long_chain = rig.table([(a, 8, NEXT, j + 1) for j in range(999)] + [(a, 8, 0, 0)])
+    rig.desc(1, long_chain, 16 * 1000, INDIRECT, 0)
+    rig.publish(1)
+    assert "longer than queue size 8" in (pop_bad_chain(rig).error or "")
