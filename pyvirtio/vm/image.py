@@ -104,3 +104,8 @@ def describe(rgb: RGB) -> ScreenInfo:
     black = np.all(rgb == 0, axis=2)
     grey = bool(np.all((rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])))
     return ScreenInfo(w, h, float(black.mean()), grey)
+
+
+def read_ppm_or_png(path: str | Path) -> RGB:
+    """Read any image Pillow knows (PPM screendumps, the PNGs the harness keeps) as RGB pixels."""
+    return read_ppm(path)

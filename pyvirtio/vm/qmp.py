@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -32,6 +33,16 @@ class QmpEvent:
 class _State:
     events: list[QmpEvent] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
+
+
+def _accepts(path: Path) -> bool:
+    """Whether a Unix socket accepts connections yet (keeps qemu.qmp from logging refused attempts)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 class Qmp:
@@ -74,7 +85,7 @@ class Qmp:
         while time.monotonic() < deadline:
             if not alive():
                 raise VmError(f"QEMU exited before its QMP socket {path} accepted a connection")
-            if path.exists():
+            if path.exists() and _accepts(path):
                 try:
                     self._call(self._connect(str(path)), max(1.0, deadline - time.monotonic()), "connect")
                     return
