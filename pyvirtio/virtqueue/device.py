@@ -59,7 +59,8 @@ class DeviceQueue:
     The transport configures ``size`` (:meth:`set_size`), ``desc_table``, ``avail_ring``, ``used_ring``,
     ``event_idx`` and ``indirect`` while the queue is not ready, then calls :meth:`activate` (or sets
     ``ready = True``). Changing the configuration of a ready queue raises :class:`InvalidStateError`; call
-    :meth:`reset` first (§4.1.4.3: the driver MUST NOT change a queue's addresses after enabling it).
+    :meth:`reset` first (§4.1.4.3.2: the driver MUST configure the queue fields *before* enabling it; a
+    later change is a driver violation for the transport to report).
     """
 
     def __init__(self, mem: GuestMemory, max_size: int) -> None:

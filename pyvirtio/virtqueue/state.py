@@ -51,7 +51,7 @@ class QueueState:
         return cls(**data)
 
     def validate(self, mem: GuestMemory) -> None:
-        """Raise :class:`InvalidStateError` naming the first bad field (virtio 1.4 §2.7, §4.1.4.3)."""
+        """Raise :class:`InvalidStateError` naming the first bad field (virtio 1.4 §2.7, §2.7.6, §4.1.4.3)."""
 
         def bad(name: str, why: str) -> InvalidStateError:
             return InvalidStateError(f"queue state field {name!r} = {getattr(self, name)!r}: {why}")

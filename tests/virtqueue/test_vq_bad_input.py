@@ -310,7 +310,7 @@ def test_non_power_of_two_size(make_rig, n):
     ],
 )
 def test_activate_rejects_bad_ring_address(make_rig, attr, value, match):
-    """virtio 1.4 §2.7.2 MUST: each part aligned (desc 16, avail 2, used 4); and every part lies in guest RAM.
+    """virtio 1.4 §2.7.1 MUST: each part aligned (desc 16, avail 2, used 4); and every part lies in guest RAM.
     activate() raises QueueError and the queue stays not ready."""
     rig = make_rig(8)
     q = DeviceQueue(rig.mem, 8)

@@ -213,8 +213,8 @@ def test_device_push_misuse_raises_queue_error(make_rig):
 
 
 def test_configuration_locked_while_ready_and_reset(make_rig):
-    """virtio 1.4 §4.1.4.3.2 MUST NOT: the driver MUST NOT change a queue's size or addresses once enabled;
-    the device model refuses, and reset() (§2.4) returns every field to its default."""
+    """virtio 1.4 §4.1.4.3.2 MUST: the driver configures the queue fields before enabling the queue; the device
+    model refuses changes to an enabled queue, and reset() (§2.4) returns every field to its default."""
     rig = make_rig(8, event_idx=True)
     dev = rig.dev
     for attr, value in (
@@ -241,7 +241,7 @@ def test_configuration_locked_while_ready_and_reset(make_rig):
 
 
 def test_driver_rejects_bad_layout():
-    """virtio 1.4 §2.7.2 MUST: the driver places each part at its alignment, inside memory it owns."""
+    """virtio 1.4 §2.7.1 MUST: the driver places each part at its alignment, inside memory it owns."""
     rig = Rig(8)
     try:
         with pytest.raises(QueueError, match="aligned"):
