@@ -69,6 +69,7 @@ class GuestMemory:
     def __init__(self, size: int = 0, *, backing: Backing = Backing.ANONYMOUS) -> None:
         self._regions: list[Region] = []
         self._bases: list[int] = []
+        self._last: Region | None = None  # one-entry cache: most accesses hit the region of the previous one
         if size:
             self.add_region(0, size, backing=backing)
 
@@ -88,6 +89,7 @@ class GuestMemory:
             if base < r.end and r.base < base + size:
                 raise ValueError(f"region [{base:#x}, +{size:#x}) overlaps {r.name}")
         region = Region(base, size, backing, name)
+        self._last = None
         i = bisect.bisect(self._bases, base)
         self._regions.insert(i, region)
         self._bases.insert(i, base)
@@ -108,12 +110,16 @@ class GuestMemory:
     # -- translation ------------------------------------------------------------------------------------------
 
     def _locate(self, addr: int, n: int) -> tuple[mmap.mmap, int]:
+        r = self._last
+        if r is not None and r.base <= addr and n >= 0 and addr + n <= r.base + r.size:
+            return r.mm, addr - r.base
         if addr < 0 or n < 0:
             raise GuestMemoryError(addr, n, "is negative")
         i = bisect.bisect(self._bases, addr) - 1
         if i < 0:
             raise GuestMemoryError(addr, n)
         r = self._regions[i]
+        self._last = r
         off = addr - r.base
         if off + n > r.size:
             why = "outside guest memory" if off >= r.size else "crosses the end of a region"
