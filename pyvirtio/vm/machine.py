@@ -131,17 +131,17 @@ class Machine:
 
     def wait_ready(self, timeout: float) -> float:
         """Wait for ``/init``'s ready line; returns seconds since start. Fails if a module did not load."""
-        m = self.console.expect(INIT_READY.encode(), timeout, what="the guest's shell (boot)")
+        self.console.expect(INIT_READY.encode(), timeout, what="the guest's shell (boot)")
         text = self.console.text(0)
         if INIT_INSMOD_FAILED in text:
             bad = [ln for ln in text.splitlines() if INIT_INSMOD_FAILED in ln]
             raise VmError(f"guest could not load a module: {bad[0].strip()}{self._where()}")
-        del m
         return time.monotonic() - self.started_at
 
-    def expect_resume(self) -> bytes:
-        """Pattern that shows a failed S4 resume (``/init`` went on to boot a fresh shell)."""
-        return INIT_RESUME_FAILED.encode()
+    def booted_afresh(self) -> bool:
+        """Whether ``/init`` reached its own shell (after an S4 resume attempt: the resume failed)."""
+        text = self.console.text(0)
+        return INIT_READY in text or INIT_RESUME_FAILED in text
 
     def wait_exit(self, timeout: float) -> int:
         """Wait for QEMU to exit by itself; returns its exit status."""

@@ -340,8 +340,7 @@ class CellRun:
             with contextlib.suppress(GuestTimeout):
                 res = con.wait(pending, 0.2, start=0)
                 break
-            text = con.text()
-            if "PVINIT-READY" in text or "PVINIT-RESUME-FAILED" in text:
+            if new.booted_afresh():
                 raise VmError(f"S4: the second boot did not resume the hibernated kernel; it booted afresh "
                               f"(last output: {con.tail()}){self._log_hint()}")
             if not new.alive():

@@ -49,7 +49,7 @@ def test_run_returns_output_and_status() -> None:
     res = sh.console.run("echo " + "x" * 150 + "; false", timeout=5)
     assert res.rc == 1 and res.output == "x" * 150
     with pytest.raises(VmError, match="exit 3"):
-        sh.console.run("exit 3", timeout=5).check("exit")
+        sh.console.run("(exit 3)", timeout=5).check("exit")
 
 
 def test_echoed_command_never_matches_its_markers() -> None:

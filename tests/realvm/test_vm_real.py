@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,15 @@ def test_guest_that_never_wakes_times_out_and_qemu_is_stopped(assets: GuestAsset
     assert not run.scratch.exists()
     left = subprocess.run(["pgrep", "-f", str(run.machine.files.qmp_socket)], capture_output=True, check=False)
     assert left.stdout == b""
+
+
+def test_two_runs_at_once_do_not_collide(assets: GuestAssets, tmp_path: Path) -> None:
+    """Two cells in parallel: own scratch dirs, sockets, disks and QEMU processes; both measure the bug."""
+    runs = [CellRun(assets, "S3", "pc", out_dir=tmp_path / "a"),
+            CellRun(assets, "s2idle", "pc", out_dir=tmp_path / "b")]
+    assert runs[0].scratch != runs[1].scratch
+    with ThreadPoolExecutor(2) as pool:
+        cells = list(pool.map(lambda r: r.run(), runs))
+    for run, cell in zip(runs, cells, strict=True):
+        assert cell.outcome == "ok", cell.notes
+        assert_gpu_bug_and_others_fine(run, cell)
