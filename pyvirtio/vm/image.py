@@ -57,7 +57,7 @@ def blk_pattern(size: int = BLK_PATTERN_SIZE) -> bytes:
 
 
 def read_ppm(path: str | Path) -> RGB:
-    """Read a QMP ``screendump`` (binary PPM) as an (H, W, 3) uint8 array."""
+    """Read a QMP ``screendump`` (binary PPM; any format Pillow reads, e.g. the kept PNGs) as (H, W, 3) uint8."""
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
@@ -104,8 +104,3 @@ def describe(rgb: RGB) -> ScreenInfo:
     black = np.all(rgb == 0, axis=2)
     grey = bool(np.all((rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])))
     return ScreenInfo(w, h, float(black.mean()), grey)
-
-
-def read_ppm_or_png(path: str | Path) -> RGB:
-    """Read any image Pillow knows (PPM screendumps, the PNGs the harness keeps) as RGB pixels."""
-    return read_ppm(path)

@@ -70,11 +70,11 @@ def assert_gpu_bug_and_others_fine(run: CellRun, cell: CellResult) -> None:
         d = cell.devices[name]
         assert d.queues_alive is True and d.functional_after is True, (name, d.notes)
     assert "virtio_gpu_cmd_* in trace after the last restore: 0" in gpu.notes
-    before = image.read_ppm_or_png(cell.images["before"])
-    after = image.read_ppm_or_png(cell.images["after"])
+    before = image.read_ppm(cell.images["before"])
+    after = image.read_ppm(cell.images["after"])
     assert image.same_image(before, image.make_frame("a"))
     assert image.describe(after).placeholder
-    assert image.describe(image.read_ppm_or_png(cell.images["new-frame"])).placeholder
+    assert image.describe(image.read_ppm(cell.images["new-frame"])).placeholder
     assert cell.suspend_ms is not None and cell.suspend_ms > 0
     assert cell.resume_ms is not None and cell.resume_ms > 0
 
