@@ -29,6 +29,8 @@ from pyvirtio.vm.serial import Pending
 SLEEP_STATES = ("S3", "s2idle", "S4")
 DEVICES = ("gpu", "blk", "rng", "input")
 Progress = Callable[[str], None]
+#: The q35 ICH9 LPC bridge's config space in the guest (PMBASE at 0x40, ACPI_CNTL at 0x44).
+_LPC_CONFIG = "/sys/bus/pci/devices/0000:00:1f.0/config"
 
 
 def _quiet(_: str) -> None:
@@ -100,6 +102,7 @@ class CellRun:
         self._window_start: int | None = None
         self.result = CellResult(source="real-vm", profile="baseline", sleep=sleep, machine_type=machine_type)
         self.images: dict[str, image.RGB] = {}
+        self._lpc_pm_boot: str | None = None
         self.cycle_data: list[CycleData] = []  # per-cycle measurements, for callers that want more than the report
 
     # -- plumbing ---------------------------------------------------------------------------------------------
@@ -189,9 +192,15 @@ class CellRun:
         if self.sleep == "S4":
             self.g.sh(f"mkswap /dev/{SWAP_DEV} >/dev/null && swapon /dev/{SWAP_DEV} && "
                       "echo shutdown > /sys/power/disk")
+        if self.machine_type == "q35":
+            self._lpc_pm_boot = self._lpc_pm()
         if self.sleep == "s2idle":
             # The console UART is the wake-up source; its wakeup flag is off by default.
             self.g.sh("echo enabled > /sys/class/tty/ttyS0/power/wakeup")
+
+    def _lpc_pm(self) -> str:
+        """ICH9 LPC config bytes 0x40-0x47 (PMBASE, ACPI_CNTL), as the guest reads them."""
+        return self.g.sh(f"od -An -tx1 -j 64 -N 8 {_LPC_CONFIG}").strip()
 
     def _probe(self, cyc: CycleData, phase: str) -> dict[str, ProbeResult]:
         assert self.m.qmp is not None
@@ -242,6 +251,10 @@ class CellRun:
                 cyc.notes.append(f"aborted: 'echo mem' returned {res.rc} after "
                                  f"{(res.finished_at - pending.sent_at) * 1000:.0f} ms and QEMU never saw S3 "
                                  "(no QMP SUSPEND)")
+                if self._lpc_pm_boot is not None:
+                    cyc.notes.append(f"ICH9 LPC PMBASE/ACPI_CNTL (config 0x40-0x47) now {self._lpc_pm()}, "
+                                     f"at boot {self._lpc_pm_boot}: the wake-up reset cleared them and nothing "
+                                     "restored them, so the ACPI PM block (PM1 at PMBASE) is gone")
                 cyc.slept = False
                 return pending
             if time.monotonic() > deadline:

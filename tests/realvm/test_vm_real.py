@@ -122,11 +122,16 @@ def test_repeated_s3_pc(assets: GuestAssets, tmp_path: Path) -> None:
 
 
 def test_repeated_s3_q35_second_cycle_never_reaches_qemu(assets: GuestAssets, tmp_path: Path) -> None:
-    """On q35 the second 'echo mem' returns 0 at once and QEMU never sees S3 (no QMP SUSPEND)."""
+    """On q35 the second 'echo mem' returns 0 at once and QEMU never sees S3 (no QMP SUSPEND): after the first
+    wake-up the ICH9 ACPI PM I/O block is disabled, so SLP_EN goes nowhere and WAK_STS reads back as set."""
     run, cell = _run(assets, "S3", "q35", tmp_path, cycles=2)
     assert [c.slept for c in run.cycle_data] == [True, False]
     assert cell.outcome == "aborted"
     assert any("never saw S3" in n for n in cell.notes)
+    # Why: QEMU's wake-up reset cleared the ICH9 LPC PMBASE/ACPI_CNTL and nothing restored them.
+    lpc = next(n for n in cell.notes if "PMBASE/ACPI_CNTL" in n)
+    now, boot = lpc.split(" now ", 1)[1].split(", at boot ")
+    assert now.split()[4] == "00" and boot.split()[4] == "80"  # ACPI_CNTL: ACPI decode enable lost
     assert_gpu_bug_and_others_fine(run, cell)
 
 
