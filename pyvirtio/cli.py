@@ -146,6 +146,11 @@ def _attach_optional_groups() -> None:
                 continue
             raise
         main.add_command(getattr(mod, attr))
+    vm_group = main.commands.get("vm")
+    if isinstance(vm_group, click.Group):
+        from pyvirtio.cli_compare import compare_cmd
+
+        vm_group.add_command(compare_cmd)
 
 
 _attach_optional_groups()

@@ -1,0 +1,79 @@
+"""Model versus reality: does the model, configured like the real VM, predict what QEMU + Linux did?
+
+The real VM on this machine is Debian's QEMU 7.2 with a Linux 6.1 guest: the ``baseline`` profile, on the same
+machine type. For each device both have (virtio-gpu, virtio-rng) the model must predict the device-status byte
+sequence across the sleep cycle, and whether the display and the queues survive. Status sequences are compared
+after the same normalisation on both sides: consecutive repeats collapsed and leading zeros (the power-on reset)
+dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pyvirtio.report import CellResult
+
+#: devices the model has and the real VM has too
+COMPARED_DEVICES = ("gpu", "rng")
+#: the model profile that matches the real VM (QEMU 7.2, Linux 6.1)
+REAL_VM_PROFILE = "baseline"
+
+
+@dataclass(frozen=True)
+class Check:
+    what: str
+    model: str
+    real: str
+
+    @property
+    def ok(self) -> bool:
+        return self.model == self.real
+
+
+def normalise(seq: Sequence[int]) -> list[int]:
+    out: list[int] = []
+    for v in seq:
+        if out and out[-1] == v:
+            continue
+        if not out and v == 0:
+            continue
+        out.append(v)
+    return out
+
+
+def _seq(seq: Sequence[int]) -> str:
+    return " ".join(f"{v:02x}" for v in normalise(seq)) or "-"
+
+
+def _b(v: bool | None) -> str:
+    return "-" if v is None else ("yes" if v else "no")
+
+
+def model_cell(sleep: str, machine_type: str) -> CellResult:
+    """The model's prediction for the real VM's configuration."""
+    from pyvirtio.pm.profiles import parse_profile
+    from pyvirtio.pm.scenario import run_cell
+    from pyvirtio.pm.system import ScenarioConfig
+
+    return run_cell(parse_profile(REAL_VM_PROFILE), sleep, ScenarioConfig(machine_type=machine_type))
+
+
+def compare(model: CellResult, real: CellResult) -> list[Check]:
+    """Every check, matching or not (``Check.ok``)."""
+    checks = [
+        Check("outcome", model.outcome, real.outcome),
+        Check("display restored", _b(model.display_restored), _b(real.display_restored)),
+        Check("new frame reaches the screen", _b(model.new_frame_after_resume), _b(real.new_frame_after_resume)),
+    ]
+    for name in COMPARED_DEVICES:
+        m, r = model.devices.get(name), real.devices.get(name)
+        checks.append(Check(f"{name} status sequence", _seq(m.status_sequence) if m else "missing",
+                            _seq(r.status_sequence) if r else "missing"))
+        checks.append(Check(f"{name} queues alive", _b(m.queues_alive) if m else "missing",
+                            _b(r.queues_alive) if r else "missing"))
+    return checks
+
+
+def differences(checks: Sequence[Check]) -> list[Check]:
+    return [c for c in checks if not c.ok]
