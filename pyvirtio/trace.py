@@ -56,10 +56,12 @@ class Trace:
     def select(self, kind: Kind | None = None, src: str | None = None) -> list[TraceEvent]:
         return [e for e in self.events if (kind is None or e.kind is kind) and (src is None or e.src == src)]
 
-    def status_sequence(self, src: str) -> list[int]:
-        """The device-status values ``src`` presented, in order, without consecutive repeats."""
+    def status_sequence(self, src: str, since: int = 0) -> list[int]:
+        """The device-status values ``src`` presented (from event index ``since``), without consecutive repeats."""
         out: list[int] = []
-        for e in self.select(Kind.STATUS, src):
+        for e in self.events[since:]:
+            if e.kind is not Kind.STATUS or e.src != src:
+                continue
             v = int(e.detail["status"])
             if not out or out[-1] != v:
                 out.append(v)

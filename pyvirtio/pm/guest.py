@@ -215,3 +215,10 @@ class Guest:
         """Hibernation ``.thaw`` / ``.restore``: virtio_pci_restore, in probe order."""
         for drv in self.drivers:
             self._restore(drv)
+
+    def shutdown_all(self) -> None:
+        """``device_shutdown`` (hibernation in ``shutdown`` mode powers off this way): the virtio core's
+        ``.shutdown`` stops config delivery and resets each device, as the observed Debian 6.1 kernel does."""
+        for drv in reversed(self.drivers):
+            drv.config_disable()
+            drv.t.reset()

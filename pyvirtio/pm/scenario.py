@@ -69,12 +69,15 @@ def run_cell(profile: Profile, sleep: str, cfg: ScenarioConfig | None = None, *,
     events_before = gpu.display_events(system.gpu_drv)
     trace_mark = len(system.machine.trace)
     destroyed_mark = trace_mark
+    # sequences start from the status each device presents just before the sleep command, as the real VM's do
+    start_status = {n: system.machine.function(n).device.status for n in ("gpu", "rng")}
     t0 = system.machine.now
     # S4 powers the machine off: the status sequence is the old machine's followed by the new one's
     earlier: dict[str, list[int]] = {}
     try:
         if sleep == "S4":
-            system = _hibernate_and_resume(system, cell, workdir, earlier)
+            earlier.update({n: [start_status[n]] for n in start_status})
+            system = _hibernate_and_resume(system, cell, workdir, earlier, trace_mark)
             destroyed_mark = 0
         else:
             _suspend_and_resume(system, cell, s2idle=(sleep == "s2idle"))
@@ -109,7 +112,9 @@ def run_cell(profile: Profile, sleep: str, cfg: ScenarioConfig | None = None, *,
         cell.inflight_completed = not inflight  # requests of the old machine cannot complete on the new one
     cell.violations = _violations(system, 0 if sleep == "S4" else trace_mark)
     for name, alive in (("gpu", gpu_alive), ("rng", rng_alive)):
-        seq = _dedup(earlier.get(name, []) + system.machine.trace.status_sequence(name))
+        tail = system.machine.trace.status_sequence(name, since=0 if sleep == "S4" else trace_mark)
+        head = earlier.get(name) if sleep == "S4" else [start_status[name]]
+        seq = _dedup((head or []) + tail)
         cell.devices[name] = DeviceOutcome(name, seq, alive, alive)
     if cell.outcome != "ok":
         cell.suspend_ms = _ms(system.machine.now - t0)
@@ -148,7 +153,7 @@ def _suspend_and_resume(system: System, cell: CellResult, *, s2idle: bool) -> No
 
 
 def _hibernate_and_resume(system: System, cell: CellResult, workdir: Path | None,
-                          earlier: dict[str, list[int]]) -> System:
+                          earlier: dict[str, list[int]], mark: int) -> System:
     m, guest = system.machine, system.guest
     t0 = m.now
     guest.notify(PmEvent.HIBERNATION_PREPARE)
@@ -163,10 +168,10 @@ def _hibernate_and_resume(system: System, cell: CellResult, workdir: Path | None
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         path = Path(tmp) / "hibernate.img"
         write_hibernation_image(header_system, path)
-        guest.freeze_all()
+        guest.shutdown_all()  # /sys/power/disk = shutdown: power off through device_shutdown
         cell.suspend_ms = _ms(m.now - t0)
         m.trace.record(Kind.PM, "machine", event="power_off")
-        earlier.update({n: m.trace.status_sequence(n) for n in ("gpu", "rng")})
+        earlier.update({n: earlier[n] + m.trace.status_sequence(n, since=mark) for n in ("gpu", "rng")})
         old_ids = _object_ids(system)
         new = boot_from_image(path)
     new.guest.notify(PmEvent.POST_HIBERNATION)
