@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyvirtio.report import CellResult
+from pyvirtio.trace import dedup
 
 #: devices the model has and the real VM has too
 COMPARED_DEVICES = ("gpu", "rng")
@@ -32,14 +33,9 @@ class Check:
 
 
 def normalise(seq: Sequence[int]) -> list[int]:
-    out: list[int] = []
-    for v in seq:
-        if out and out[-1] == v:
-            continue
-        if not out and v == 0:
-            continue
-        out.append(v)
-    return out
+    """Consecutive repeats collapsed, the leading power-on zeros dropped."""
+    out = dedup(seq)
+    return out[1:] if out[:1] == [0] else out
 
 
 def _seq(seq: Sequence[int]) -> str:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+
+def dedup(values: Iterable[int]) -> list[int]:
+    """Drop consecutive repeats (how status sequences are compared, model and real VM alike)."""
+    out: list[int] = []
+    for v in values:
+        if not out or out[-1] != v:
+            out.append(v)
+    return out
 
 
 class Kind(Enum):
@@ -58,14 +67,8 @@ class Trace:
 
     def status_sequence(self, src: str, since: int = 0) -> list[int]:
         """The device-status values ``src`` presented (from event index ``since``), without consecutive repeats."""
-        out: list[int] = []
-        for e in self.events[since:]:
-            if e.kind is not Kind.STATUS or e.src != src:
-                continue
-            v = int(e.detail["status"])
-            if not out or out[-1] != v:
-                out.append(v)
-        return out
+        return dedup(int(e.detail["status"]) for e in self.events[since:]
+                     if e.kind is Kind.STATUS and e.src == src)
 
     def violations(self, src: str | None = None) -> list[TraceEvent]:
         return self.select(Kind.VIOLATION, src)

@@ -22,7 +22,7 @@ from pyvirtio.pm.guest import PmEvent, SleepRefused
 from pyvirtio.pm.profiles import Profile
 from pyvirtio.pm.system import ScenarioConfig, System, boot_from_image, build_system, write_hibernation_image
 from pyvirtio.report import CellResult, DeviceOutcome
-from pyvirtio.trace import Kind
+from pyvirtio.trace import Kind, dedup
 
 SLEEP_STATES = ("S3", "s2idle", "S4")
 
@@ -114,7 +114,7 @@ def run_cell(profile: Profile, sleep: str, cfg: ScenarioConfig | None = None, *,
     for name, alive in (("gpu", gpu_alive), ("rng", rng_alive)):
         tail = system.machine.trace.status_sequence(name, since=0 if sleep == "S4" else trace_mark)
         head = earlier.get(name) if sleep == "S4" else [start_status[name]]
-        seq = _dedup((head or []) + tail)
+        seq = dedup((head or []) + tail)
         cell.devices[name] = DeviceOutcome(name, seq, alive, alive)
     if cell.outcome != "ok":
         cell.suspend_ms = _ms(system.machine.now - t0)
@@ -214,14 +214,6 @@ def _object_ids(system: System) -> set[int]:
         seen.add(id(obj))
         stack.extend(gc.get_referents(obj))
     return seen
-
-
-def _dedup(seq: list[int]) -> list[int]:
-    out: list[int] = []
-    for v in seq:
-        if not out or out[-1] != v:
-            out.append(v)
-    return out
 
 
 def _slug(name: str) -> str:

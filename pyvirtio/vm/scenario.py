@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pyvirtio.constants import Status
 from pyvirtio.report import CellResult, DeviceOutcome, Report
+from pyvirtio.trace import dedup
 from pyvirtio.vm import image, statustrace
 from pyvirtio.vm.disk import SWAP_DEV, create_disk
 from pyvirtio.vm.errors import GuestTimeout, VmError
@@ -454,7 +455,7 @@ class CellRun:
             part = statustrace.status_sequences(recs, mapping, start, end, with_initial=(k == 0))
             ann = statustrace.annotated_sequences(recs, mapping, start, end)
             for name, seq in part.items():
-                seqs[name] = statustrace.dedup(seqs[name] + seq)
+                seqs[name] = dedup(seqs[name] + seq)
                 raw[name].append((f"[boot {k + 1}] " if len(self.trace_windows) > 1 else "") + ann.get(name, ""))
             gpu_ptrs = {p for p, n in mapping.items() if n == "gpu"}
             window = recs[start:end]

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pyvirtio.constants import Status
+from pyvirtio.trace import dedup
 
 MARKER_EVENT = "qmp_enter_x_query_virtio"
 
@@ -105,15 +106,6 @@ def identify_devices(records: Sequence[TraceRecord], names: Iterable[str]) -> di
 def marker_indices(records: Sequence[TraceRecord]) -> list[int]:
     """Indices of window markers (``x-query-virtio`` calls)."""
     return [i for i, r in enumerate(records) if r.event == MARKER_EVENT]
-
-
-def dedup(values: Iterable[int]) -> list[int]:
-    """Drop consecutive repeats."""
-    out: list[int] = []
-    for v in values:
-        if not out or out[-1] != v:
-            out.append(v)
-    return out
 
 
 def status_sequences(records: Sequence[TraceRecord], mapping: dict[str, str], start: int = 0,
