@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import struct
-import uuid
-from dataclasses import asdict
 from typing import Any, ClassVar
 
 from pyvirtio.clock import MS
@@ -28,11 +26,7 @@ from pyvirtio.constants import GPU_CTRL_HDR_SIZE, GpuCmd, GpuFeature, GpuResp
 from pyvirtio.devices.gpu import Gpu
 from pyvirtio.devices.gpu import protocol as gpu_protocol
 from pyvirtio.drivers.gpu import (
-    BackingRange,
-    BlobParams,
     GpuDriver,
-    GpuObject,
-    ObjectKind,
     register_driver_class,
 )
 from pyvirtio.errors import DriverError, DriverTimeout
@@ -128,15 +122,6 @@ class BasicHooksGpuDriver(GpuDriver):
                 self.wait(self._cursor_cmd(GpuCmd.UPDATE_CURSOR, scanout, x, y, obj.id, 0, 0))
             except DriverError:
                 continue
-
-    # -- guest-side state for the S4 image ----------------------------------------------------------------------
-
-    def save_state(self) -> dict[str, object]:
-        return save_gpu_state(self, super().save_state())
-
-    def load_state(self, state: dict[str, object]) -> None:
-        super().load_state(state)
-        load_gpu_state(self, state)
 
 
 class FreezingGpuDriver(BasicHooksGpuDriver):
@@ -235,74 +220,6 @@ class S4ReplayGpuDriver(BasicHooksGpuDriver):
         self.hibernation = bool(state.get("hibernation", False))
 
 
-def _obj_to_json(o: GpuObject) -> dict[str, Any]:
-    d = asdict(o)
-    d["kind"] = o.kind.value
-    d["scanouts"] = sorted(o.scanouts)
-    d["cursor_scanouts"] = sorted(o.cursor_scanouts)
-    d["ctx_ids"] = sorted(o.ctx_ids)
-    d["uuid"] = str(o.uuid) if o.uuid else None
-    return d
-
-
-def _obj_from_json(d: dict[str, Any]) -> GpuObject:
-    try:
-        return GpuObject(
-            id=int(d["id"]), kind=ObjectKind(d["kind"]), format=int(d["format"]), width=int(d["width"]),
-            height=int(d["height"]), stride=int(d["stride"]),
-            backing=[BackingRange(int(r["addr"]), int(r["length"])) for r in d["backing"]],
-            attached=bool(d["attached"]), blob=BlobParams(**d["blob"]) if d["blob"] else None,
-            scanouts=set(d["scanouts"]), cursor_scanouts=set(d["cursor_scanouts"]),
-            uuid=uuid.UUID(d["uuid"]) if d["uuid"] else None, ctx_ids=set(d["ctx_ids"]),
-            params_3d=d.get("params_3d"),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise DriverError(f"malformed gpu object in image: {e}") from None
-
-
-def save_gpu_state(drv: GpuDriver, base: dict[str, object]) -> dict[str, object]:
-    base.update({
-        "objects": [_obj_to_json(o) for o in drv.objects],
-        "framebuffers": {str(k): v.id for k, v in drv.framebuffers.items()},
-        "cursors": {str(k): v.id for k, v in drv.cursors.items()},
-        "cursor_positions": {str(k): list(v) for k, v in drv.cursor_positions.items()},
-        "next_resource": drv._next_resource,
-        "next_fence": drv._next_fence,
-        "num_scanouts": drv.num_scanouts,
-    })
-    return base
-
-
-def load_gpu_state(drv: GpuDriver, state: dict[str, object]) -> None:
-    try:
-        objs = [_obj_from_json(d) for d in state["objects"]]  # type: ignore[attr-defined]
-        by_id = {o.id: o for o in objs}
-        drv.objects.clear()
-        for o in objs:
-            drv.objects.add(o)
-        drv.framebuffers = {int(k): by_id[v] for k, v in state["framebuffers"].items()}  # type: ignore[attr-defined]
-        drv.cursors = {int(k): by_id[v] for k, v in state["cursors"].items()}  # type: ignore[attr-defined]
-        drv.cursor_positions = {int(k): (int(v[0]), int(v[1]))
-                                for k, v in state["cursor_positions"].items()}  # type: ignore[attr-defined]
-        drv._next_resource = int(state["next_resource"])  # type: ignore[call-overload]
-        drv._next_fence = int(state["next_fence"])  # type: ignore[call-overload]
-        drv.num_scanouts = int(state["num_scanouts"])  # type: ignore[call-overload]
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise DriverError(f"{drv.name}: malformed gpu driver state in image ({e})") from None
-
-
-class NoHooksGpuDriver(GpuDriver):
-    """Linux <= 7.2 virtio-gpu (no .freeze/.restore), with its guest state savable into an S4 image."""
-
-    def save_state(self) -> dict[str, object]:
-        return save_gpu_state(self, super().save_state())
-
-    def load_state(self, state: dict[str, object]) -> None:
-        super().load_state(state)
-        load_gpu_state(self, state)
-
-
-register_driver_class("no-hooks", NoHooksGpuDriver)
 register_driver_class("basic-hooks", BasicHooksGpuDriver)
 register_driver_class("freezing", FreezingGpuDriver)
 register_driver_class("s4-replay", S4ReplayGpuDriver)
