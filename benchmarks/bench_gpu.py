@@ -20,9 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyvirtio.devices.gpu import Gpu
 from pyvirtio.dma import GuestAllocator
-from pyvirtio.drivers.gpu import GpuDriver
+from pyvirtio.guest.gpu.driver import GpuDriver
+from pyvirtio.host.gpu import Gpu
 from pyvirtio.machine import Machine
 
 SIZES = ((1920, 1080), (3840, 2160))

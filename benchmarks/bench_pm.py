@@ -22,10 +22,10 @@ from rich.console import Console
 from rich.table import Table
 
 from pyvirtio.memory import GuestMemory
+from pyvirtio.pm.config import ScenarioConfig
 from pyvirtio.pm.image import read_image, write_image
 from pyvirtio.pm.profiles import parse_profile
 from pyvirtio.pm.scenario import run_cell
-from pyvirtio.pm.system import ScenarioConfig
 
 MIB = 1 << 20
 RESOURCES = 16

@@ -48,9 +48,9 @@ def _b(v: bool | None) -> str:
 
 def model_cell(sleep: str, machine_type: str) -> CellResult:
     """The model's prediction for the real VM's configuration."""
+    from pyvirtio.pm.config import ScenarioConfig
     from pyvirtio.pm.profiles import parse_profile
     from pyvirtio.pm.scenario import run_cell
-    from pyvirtio.pm.system import ScenarioConfig
 
     return run_cell(parse_profile(REAL_VM_PROFILE), sleep, ScenarioConfig(machine_type=machine_type))
 

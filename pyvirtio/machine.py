@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from enum import Enum
 
 from pyvirtio.clock import MS, Scheduler
-from pyvirtio.constants import MSI_ADDRESS_BASE
-from pyvirtio.device.core import VirtioDevice
+from pyvirtio.host.device import VirtioDevice
+from pyvirtio.host.pci.function import PciOptions, ResetKind, VirtioPciFunction
 from pyvirtio.memory import Backing, GuestMemory
-from pyvirtio.pci.function import PciOptions, ResetKind, VirtioPciFunction
+from pyvirtio.spec.constants import MSI_ADDRESS_BASE
 from pyvirtio.trace import Kind, Trace
 
 

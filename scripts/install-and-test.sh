@@ -7,9 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 python3 -m pip install --quiet --root-user-action=ignore -e '.[test]'
-if python3 -c 'import pyvirtio.vm.cli' 2>/dev/null; then
-    pyvirtio vm provision
-fi
+pyvirtio vm provision
 ruff check .
 mypy --strict pyvirtio
 exec python3 -m pytest -p no:cacheprovider "$@"

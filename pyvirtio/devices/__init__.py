@@ -1,7 +1,7 @@
-"""Device models."""
+"""The public device models, under the names tools outside the project use (they live in :mod:`pyvirtio.host`)."""
 
-from pyvirtio.devices.gpu import Gpu as Gpu
-from pyvirtio.devices.rng import Rng
-from pyvirtio.devices.testdev import TestDevice
+from pyvirtio.host.gpu import Gpu
+from pyvirtio.host.rng import Rng
+from pyvirtio.host.testdev import TestDevice
 
-__all__ = ["Rng", "TestDevice"]
+__all__ = ["Gpu", "Rng", "TestDevice"]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from rich.table import Table
 
+from pyvirtio.pm.config import ScenarioConfig
 from pyvirtio.pm.profiles import DEFAULT_PROFILES, parse_profile
 from pyvirtio.pm.scenario import SLEEP_STATES, run_cell
-from pyvirtio.pm.system import ScenarioConfig
 from pyvirtio.report import CellResult, Report
 
 

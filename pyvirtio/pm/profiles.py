@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 from pyvirtio.errors import UserInputError
-from pyvirtio.pm.guest import KernelConfig
+from pyvirtio.guest.gpu.flavours import GpuDriverKind
+from pyvirtio.guest.kernel import KernelConfig
 
 
 class Mechanism(Enum):
@@ -42,13 +43,6 @@ DEFAULT_PROFILES = (
     "baseline", "gpu-freezing", "freeze-mode", "no-soft-reset", "suspend-bit", "s4-replay",
     "no-soft-reset+s4-replay", "suspend-bit+s4-replay",
 )
-
-
-class GpuDriverKind(Enum):
-    NO_HOOKS = "no-hooks"  # Linux <= 7.2
-    BASIC_HOOKS = "basic-hooks"  # 2023 series: re-create the queues and replay the modeset, no object replay
-    FREEZING = "freezing"  # basic hooks + CMD_STATUS_FREEZING around the freeze
-    S4_REPLAY = "s4-replay"  # Linux 7.3
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ import numpy as np
 
 from pyvirtio.clock import MS
 from pyvirtio.errors import PyvirtioError
-from pyvirtio.pci.function import ResetKind
-from pyvirtio.pm import gpu_adapter as gpu
-from pyvirtio.pm.guest import PmEvent, SleepRefused
+from pyvirtio.guest.kernel import PmEvent, SleepRefused
+from pyvirtio.host.pci.function import ResetKind
+from pyvirtio.pm import gpu_probe as gpu
+from pyvirtio.pm.config import ScenarioConfig
 from pyvirtio.pm.profiles import Profile
-from pyvirtio.pm.system import ScenarioConfig, System, boot_from_image, build_system, write_hibernation_image
+from pyvirtio.pm.system import System, boot_from_image, build_system, write_hibernation_image
 from pyvirtio.report import CellResult, DeviceOutcome
 from pyvirtio.trace import Kind, dedup
 

@@ -6,51 +6,26 @@ the system after hibernation lives in the image header: the new machine shares n
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pyvirtio.clock import MS
 from pyvirtio.dma import GuestAllocator
-from pyvirtio.driver.core import VirtioDriver
-from pyvirtio.errors import UserInputError
+from pyvirtio.errors import DriverError, InvalidStateError, UserInputError
+from pyvirtio.guest.driver import VirtioDriver
+from pyvirtio.guest.gpu.driver import GpuDriver
+from pyvirtio.guest.gpu.flavours import FLAVOURS, GpuDriverKind
+from pyvirtio.guest.kernel import Guest, KernelConfig
+from pyvirtio.guest.rng import RngDriver
+from pyvirtio.host.gpu.freezing import PmGpu
+from pyvirtio.host.pci.freeze_mode import FreezeModeDevice
+from pyvirtio.host.pci.function import VirtioPciFunction
+from pyvirtio.host.rng import Rng
 from pyvirtio.machine import Machine
-from pyvirtio.pm import gpu_adapter as gpu
-from pyvirtio.pm.freeze_mode import FreezeModeDevice
-from pyvirtio.pm.guest import Guest, KernelConfig
+from pyvirtio.pm.config import ScenarioConfig
+from pyvirtio.pm.gpu_probe import populate
 from pyvirtio.pm.image import S4Image, load_memory, read_image, write_image
 from pyvirtio.pm.profiles import Profile, parse_profile
-
-MIB = 1 << 20
-
-
-@dataclass(frozen=True)
-class ScenarioConfig:
-    scanouts: int = 2
-    width: int = 320
-    height: int = 200
-    resources: int = 4  # extra GPU resources besides the framebuffers and the cursor
-    resource_size: int = 256 << 10  # bytes each
-    seed: int = 0
-    machine_type: str = "q35"
-    inflight: int = 2  # rng requests in flight at suspend time
-    sleep_time: int = 1000 * MS
-
-    def memory_size(self) -> int:
-        fb = self.scanouts * self.width * self.height * 4 + 64 * 64 * 4
-        need = fb + self.resources * (self.resource_size + 4096) + 32 * MIB
-        return max(64 * MIB, 1 << (need - 1).bit_length())
-
-    def validate(self) -> None:
-        if not 1 <= self.scanouts <= 15:
-            raise UserInputError("--scanouts must be 1..15 (one more is hot-plugged while asleep)")
-        if self.resources < 0 or self.resource_size <= 0:
-            raise UserInputError("--resources must be >= 0 and --resource-size > 0")
-        if self.resource_size > 256 << 20 or self.resources * self.resource_size > 4 << 30:
-            raise UserInputError("--resource-size must be <= 256M and --resources x --resource-size <= 4G")
-        if not (16 <= self.width <= 4096 and 16 <= self.height <= 4096):
-            raise UserInputError("--width/--height must be 16..4096")
 
 
 @dataclass
@@ -59,9 +34,9 @@ class System:
     config: ScenarioConfig
     machine: Machine
     guest: Guest
-    gpu_dev: Any
-    gpu_drv: Any
-    rng_drv: Any
+    gpu_dev: PmGpu
+    gpu_drv: GpuDriver
+    rng_drv: RngDriver
     freeze_mode: FreezeModeDevice | None = None
     restore_ns: int = 0  # virtual time the image kernel's restore took (S4 only)
 
@@ -70,12 +45,32 @@ class System:
         return self.guest.drivers
 
 
+def make_gpu_device(profile: Profile, cfg: ScenarioConfig) -> PmGpu:
+    """The host's virtio-gpu for ``cfg``: one scanout more than the desktop uses (it is hot-plugged while the
+    guest sleeps), FREEZING offered when the profile says so, host memory sized for the workload."""
+    need = cfg.resources * cfg.resource_size + (cfg.scanouts + 1) * cfg.width * cfg.height * 4
+    return PmGpu("gpu", num_scanouts=cfg.scanouts + 1, width=cfg.width, height=cfg.height,
+                 enabled_scanouts=cfg.scanouts, offer_freezing=profile.gpu_offers_freezing,
+                 host_memory_limit=max(256 << 20, need + (64 << 20)))
+
+
+def make_gpu_driver(kind: GpuDriverKind, machine: Machine, fn: VirtioPciFunction,
+                    alloc: GuestAllocator) -> GpuDriver:
+    """The guest's virtio-gpu driver of flavour ``kind`` (looked up in :data:`FLAVOURS`)."""
+    return FLAVOURS[kind](machine, fn, alloc, name="gpu")
+
+
+def install_notifiers(guest: Guest, drv: GpuDriver) -> None:
+    """Register the driver's PM notifier, when its flavour has one (Linux 7.3's refuses S4 with virgl)."""
+    hook = getattr(drv, "pm_notifier", None)
+    if hook is not None:
+        guest.notifiers.append(hook)
+
+
 def _plug(
     profile: Profile, cfg: ScenarioConfig, machine: Machine
-) -> tuple[Any, Any, Any, Any, FreezeModeDevice | None]:
-    from pyvirtio.devices import Rng
-
-    gdev = gpu.make_device(profile, cfg)
+) -> tuple[PmGpu, VirtioPciFunction, Rng, VirtioPciFunction, FreezeModeDevice | None]:
+    gdev = make_gpu_device(profile, cfg)
     gfn = machine.plug(gdev, pcie_port=profile.pcie_port, no_soft_reset=profile.no_soft_reset,
                        freeze_mode=profile.freeze_mode)
     fm = FreezeModeDevice(gfn, feature_bit=profile.kernel.freeze_mode_bit) if profile.freeze_mode else None
@@ -86,34 +81,37 @@ def _plug(
 
 def build_system(profile: Profile, cfg: ScenarioConfig) -> System:
     """A freshly booted guest: drivers probed, the desktop drawn, extra resources and the cursor created."""
-    from pyvirtio.drivers.rng import RngDriver
-
     cfg.validate()
     machine = Machine(cfg.memory_size(), seed=cfg.seed, machine_type=cfg.machine_type)
     gdev, gfn, _rdev, rfn, fm = _plug(profile, cfg, machine)
     guest = Guest(machine, profile.kernel)
-    gdrv = gpu.make_driver(profile, machine, gfn, guest.alloc)
+    gdrv = make_gpu_driver(profile.gpu_driver, machine, gfn, guest.alloc)
     guest.bind(gdrv)
-    gpu.install_notifiers(guest, gdrv)
-    rdrv = guest.bind(RngDriver(machine, rfn, guest.alloc, name="rng"))
-    gpu.populate(gdrv, cfg)
+    install_notifiers(guest, gdrv)
+    rdrv = RngDriver(machine, rfn, guest.alloc, name="rng")
+    guest.bind(rdrv)
+    populate(gdrv, cfg)
     return System(profile, cfg, machine, guest, gdev, gdrv, rdrv, fm)
 
 
 # -- S4 ------------------------------------------------------------------------------------------------------------
 
-def _qualname(obj: object) -> str:
-    return f"{type(obj).__module__}:{type(obj).__qualname__}"
+#: Version of the image header's content (the kinds and state formats below); a change that old readers
+#: would misread bumps it, and an image of another version gets a one-line error naming both versions.
+HEADER_VERSION = 2
 
 
 def image_header(system: System) -> dict[str, Any]:
+    """Everything the image kernel needs besides RAM: profile, workload, kernel, allocator, every driver."""
     return {
+        "header_version": HEADER_VERSION,
         "profile": system.profile.name,
         "freeze_mode_bit": system.profile.kernel.freeze_mode_bit,
         "config": asdict(system.config),
         "kernel": asdict(system.profile.kernel),
         "allocator": system.guest.alloc.save_state(),
-        "drivers": [{"class": _qualname(d), "name": d.name, "state": d.save_state()} for d in system.drivers],
+        "gpu_driver": system.profile.gpu_driver.value,
+        "drivers": [{"name": d.name, "state": d.save_state()} for d in system.drivers],
     }
 
 
@@ -121,17 +119,10 @@ def write_hibernation_image(system: System, path: str | Path) -> int:
     return write_image(path, image_header(system), system.machine.memory)
 
 
-def _driver_class(spec: str) -> type[VirtioDriver]:
-    module, _, name = spec.partition(":")
-    if not module.startswith("pyvirtio."):
-        raise UserInputError(f"S4 image names a driver outside pyvirtio: {spec!r}")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        raise UserInputError(f"S4 image names an unknown driver class {spec!r}") from None
-    if not (isinstance(cls, type) and issubclass(cls, VirtioDriver)):
-        raise UserInputError(f"S4 image driver class {spec!r} is not a virtio driver")
-    return cls
+def _as_state(value: object) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise InvalidStateError("driver state is not an object")
+    return value
 
 
 def boot_from_image(path: str | Path) -> System:
@@ -141,24 +132,28 @@ def boot_from_image(path: str | Path) -> System:
     """
     image: S4Image = read_image(path)
     h = image.header
+    version = h.get("header_version", 1)
+    if version != HEADER_VERSION:
+        raise UserInputError(f"S4 image {path}: header version {version} is not supported "
+                             f"(this pyvirtio reads version {HEADER_VERSION})")
     try:
         profile = parse_profile(h["profile"], freeze_mode_bit=h["freeze_mode_bit"])
         cfg = ScenarioConfig(**h["config"])
         if KernelConfig(**h["kernel"]) != profile.kernel:
             raise UserInputError("S4 image kernel configuration does not match its profile")
         drivers = h["drivers"]
-    except (KeyError, TypeError) as e:
+        if GpuDriverKind(h["gpu_driver"]) is not profile.gpu_driver:
+            raise UserInputError("S4 image gpu driver kind does not match its profile")
+    except (KeyError, TypeError, ValueError) as e:
         raise UserInputError(f"S4 image {path}: malformed header ({e})") from None
     machine = Machine(cfg.memory_size(), seed=cfg.seed + 1, machine_type=cfg.machine_type)
     gdev, gfn, _rdev, rfn, fm = _plug(profile, cfg, machine)
     # The boot kernel: a normal boot that probes every device, then quiesces them before jumping to the image.
-    from pyvirtio.drivers.rng import RngDriver
-
     # Its allocations live elsewhere than the image kernel's (upper half of RAM): what it leaves on the host
     # points at guest pages the image then overwrites, as with a real boot kernel.
     half = machine.memory.size // 2
     boot = Guest(machine, profile.kernel, heap_base=half, heap_size=half)
-    boot.bind(gpu.make_driver(profile, machine, gfn, boot.alloc))
+    boot.bind(make_gpu_driver(profile.gpu_driver, machine, gfn, boot.alloc))
     boot.bind(RngDriver(machine, rfn, boot.alloc, name="rng"))
     boot.freeze_all()
     # The image kernel: guest RAM as it was, drivers as they were, then .restore for every device.
@@ -168,19 +163,20 @@ def boot_from_image(path: str | Path) -> System:
         guest.alloc = GuestAllocator.from_state(machine.memory, h["allocator"])
     except ValueError as e:
         raise UserInputError(f"S4 image {path}: {e}") from None
-    fns = {"gpu": gfn, "rng": rfn}
-    restored: dict[str, VirtioDriver] = {}
-    for d in drivers:
-        cls = _driver_class(d["class"])
-        fn = fns.get(d["name"])
-        if fn is None:
-            raise UserInputError(f"S4 image has a driver for unknown device {d['name']!r}")
-        drv = cls(machine, fn, guest.alloc, name=d["name"])
-        drv.load_state(d["state"])
+    states = {d.get("name"): d.get("state") for d in drivers if isinstance(d, dict)}
+    if sorted(map(str, states)) != ["gpu", "rng"] or len(drivers) != 2:
+        raise UserInputError(f"S4 image {path}: expected driver states for 'gpu' and 'rng', "
+                             f"found {sorted(map(str, states))}")
+    gdrv = make_gpu_driver(profile.gpu_driver, machine, gfn, guest.alloc)
+    rdrv = RngDriver(machine, rfn, guest.alloc, name="rng")
+    for drv in (gdrv, rdrv):  # probe order, as the old kernel bound them
+        try:
+            drv.load_state(_as_state(states[drv.name]))
+        except (InvalidStateError, DriverError) as e:
+            raise UserInputError(f"S4 image {path}: {e}") from None
         guest.bind(drv, probe=False)
-        restored[d["name"]] = drv
-    gpu.install_notifiers(guest, restored["gpu"])
-    system = System(profile, cfg, machine, guest, gdev, restored["gpu"], restored["rng"], fm)
+    install_notifiers(guest, gdrv)
+    system = System(profile, cfg, machine, guest, gdev, gdrv, rdrv, fm)
     t0 = machine.now
     guest.restore_all()
     system.restore_ns = machine.now - t0

@@ -11,8 +11,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from pyvirtio.constants import VIRTQ_DESC_SIZE
 from pyvirtio.memory import GuestMemory
+from pyvirtio.spec.constants import VIRTQ_DESC_SIZE
 
 __all__ = ["DESC_STRUCT", "Descriptor", "DescriptorChain", "Segment"]
 

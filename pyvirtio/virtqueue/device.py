@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import struct
 
-from pyvirtio.constants import (
+from pyvirtio.errors import GuestMemoryError, InvalidStateError, QueueError
+from pyvirtio.memory import GuestMemory
+from pyvirtio.spec.constants import (
     VIRTQ_AVAIL_ELEM_SIZE,
     VIRTQ_AVAIL_F_NO_INTERRUPT,
     VIRTQ_DESC_LEN_MAX,
@@ -27,8 +29,6 @@ from pyvirtio.constants import (
     VIRTQ_USED_F_NO_NOTIFY,
     DescFlag,
 )
-from pyvirtio.errors import GuestMemoryError, InvalidStateError, QueueError
-from pyvirtio.memory import GuestMemory
 from pyvirtio.virtqueue.chain import DESC_STRUCT, DescriptorChain, Segment
 from pyvirtio.virtqueue.layout import (
     RingLayout,

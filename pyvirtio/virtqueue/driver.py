@@ -11,7 +11,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from pyvirtio.constants import (
+from pyvirtio.dma import GuestAllocator
+from pyvirtio.errors import QueueError
+from pyvirtio.memory import GuestMemory
+from pyvirtio.spec.constants import (
     VIRTQ_AVAIL_ELEM_SIZE,
     VIRTQ_AVAIL_F_NO_INTERRUPT,
     VIRTQ_DESC_ALIGN,
@@ -25,9 +28,6 @@ from pyvirtio.constants import (
     VIRTQ_USED_F_NO_NOTIFY,
     DescFlag,
 )
-from pyvirtio.dma import GuestAllocator
-from pyvirtio.errors import QueueError
-from pyvirtio.memory import GuestMemory
 from pyvirtio.virtqueue.chain import DESC_STRUCT
 from pyvirtio.virtqueue.layout import (
     RingLayout,

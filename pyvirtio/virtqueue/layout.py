@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyvirtio.constants import (
+from pyvirtio.memory import GuestMemory
+from pyvirtio.spec.constants import (
     VIRTQ_AVAIL_ALIGN,
     VIRTQ_AVAIL_ELEM_SIZE,
     VIRTQ_DESC_ALIGN,
@@ -27,7 +28,6 @@ from pyvirtio.constants import (
     VIRTQ_USED_ALIGN,
     VIRTQ_USED_ELEM_SIZE,
 )
-from pyvirtio.memory import GuestMemory
 
 __all__ = [
     "RingLayout",

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from pyvirtio.constants import VIRTQ_IDX_MASK, VIRTQ_MAX_SIZE
 from pyvirtio.errors import InvalidStateError
 from pyvirtio.memory import GuestMemory
+from pyvirtio.spec.constants import VIRTQ_IDX_MASK, VIRTQ_MAX_SIZE
 from pyvirtio.virtqueue.layout import RingLayout, is_valid_queue_size
 
 __all__ = ["QueueState"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyvirtio.constants import Status
+from pyvirtio.spec.constants import Status
 from pyvirtio.vm import image
 from pyvirtio.vm.disk import SCRATCH, SCRATCH_DEV
 from pyvirtio.vm.errors import VmError

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyvirtio.constants import Status
 from pyvirtio.report import CellResult, DeviceOutcome, Report
+from pyvirtio.spec.constants import Status
 from pyvirtio.trace import dedup
 from pyvirtio.vm import image, statustrace
 from pyvirtio.vm.disk import SWAP_DEV, create_disk

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pyvirtio.constants import Status
+from pyvirtio.spec.constants import Status
 from pyvirtio.trace import dedup
 
 MARKER_EVENT = "qmp_enter_x_query_virtio"

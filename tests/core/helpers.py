@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pyvirtio.constants import QEMU_COMMON_OFFSET, QEMU_MODERN_BAR
-from pyvirtio.pci.function import VirtioPciFunction
+from pyvirtio.host.pci.function import VirtioPciFunction
+from pyvirtio.spec.constants import QEMU_COMMON_OFFSET, QEMU_MODERN_BAR
 
 BAR = QEMU_MODERN_BAR
 

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyvirtio.constants import Status
 from pyvirtio.devices import Rng, TestDevice
-from pyvirtio.drivers.rng import RngDriver
+from pyvirtio.guest.rng import RngDriver
 from pyvirtio.machine import Machine
+from pyvirtio.spec.constants import Status
 from pyvirtio.trace import Kind
 
 from .helpers import cread, cwrite, enable

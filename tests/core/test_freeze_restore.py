@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pyvirtio.clock import MS
-from pyvirtio.constants import CommonCfg
 from pyvirtio.devices import Rng, TestDevice
-from pyvirtio.driver.core import VirtioDriver
-from pyvirtio.drivers.rng import RngDriver
+from pyvirtio.guest.driver import VirtioDriver
+from pyvirtio.guest.rng import RngDriver
 from pyvirtio.machine import Machine
+from pyvirtio.spec.constants import CommonCfg
 from pyvirtio.trace import Kind
 
 

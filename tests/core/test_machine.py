@@ -8,7 +8,7 @@ from pyvirtio import Machine
 from pyvirtio.clock import MS, Scheduler
 from pyvirtio.devices import Rng
 from pyvirtio.dma import GuestAllocator
-from pyvirtio.drivers.rng import RngDriver
+from pyvirtio.guest.rng import RngDriver
 
 
 def scenario(seed: int) -> list[str]:

@@ -136,7 +136,7 @@ def test_msix_capability_and_table(fn) -> None:  # type: ignore[no-untyped-def]
 
 def test_isr_read_to_clear_and_intx_when_msix_off(machine: Machine, alloc) -> None:  # type: ignore[no-untyped-def]
     """§4.1.4.5: ISR bit 1 on config change, reading ISR clears it and de-asserts INTx."""
-    from pyvirtio.drivers.rng import RngDriver
+    from pyvirtio.guest.rng import RngDriver
 
     dev = TestDevice()
     fn = machine.plug(dev)
@@ -173,7 +173,7 @@ def test_device_config_read_beyond_size_is_all_ones(machine: Machine) -> None:
 
 def test_clearing_bus_master_drops_driver_ok_like_qemu(machine: Machine, alloc) -> None:  # type: ignore[no-untyped-def]
     """QEMU virtio_write_config: COMMAND.MASTER cleared -> DRIVER_OK dropped (status 0x0F -> 0x0B)."""
-    from pyvirtio.drivers.rng import RngDriver
+    from pyvirtio.guest.rng import RngDriver
 
     fn = machine.plug(Rng())
     RngDriver(machine, fn, alloc, name="rng").probe()

@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 
 from pyvirtio.clock import MS, US
-from pyvirtio.constants import Status
 from pyvirtio.devices import Rng, TestDevice
-from pyvirtio.driver.core import VirtioDriver
-from pyvirtio.drivers.rng import RngDriver
 from pyvirtio.errors import DriverError, DriverTimeout
+from pyvirtio.guest.driver import VirtioDriver
+from pyvirtio.guest.rng import RngDriver
 from pyvirtio.machine import Machine
+from pyvirtio.spec.constants import Status
 from pyvirtio.trace import Kind
 
 from .helpers import cread, cwrite

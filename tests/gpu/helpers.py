@@ -1,6 +1,6 @@
 """Test helpers for virtio-gpu: raw chains with hand-packed requests (reference §4.2-§4.4 offsets).
 
-Requests are packed here with ``struct`` from the reference tables, not with ``pyvirtio.devices.gpu.protocol``.
+Requests are packed here with ``struct`` from the reference tables, not with ``pyvirtio.spec.gpu_wire``.
 A :class:`RawGpuDriver` is the project's driver (for probe and queue setup) that also accepts raw chains.
 """
 
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyvirtio.clock import MS
-from pyvirtio.devices.gpu import Gpu
 from pyvirtio.dma import GuestAllocator
-from pyvirtio.drivers.gpu import GpuDriver, GpuRequest
+from pyvirtio.guest.gpu.driver import GpuDriver, GpuRequest
+from pyvirtio.host.gpu import Gpu
 from pyvirtio.machine import Machine
 
 # reference §4.3 codes, typed in by hand

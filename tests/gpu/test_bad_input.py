@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from pyvirtio.constants import Status
 from pyvirtio.errors import GuestMemoryError
 from pyvirtio.memory import GuestMemory
+from pyvirtio.spec.constants import Status
 from pyvirtio.trace import Kind
 
 from .helpers import (

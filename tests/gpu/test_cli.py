@@ -8,7 +8,7 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from pyvirtio.cli_gpu import demo_pattern, gpu
+from pyvirtio.cli.gpu import demo_pattern, gpu
 
 
 def test_demo_writes_one_png_per_scanout(tmp_path: Path) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pyvirtio.clock import US
-from pyvirtio.constants import GpuFormat, Status
-from pyvirtio.devices.gpu import Gpu
+from pyvirtio.host.gpu import Gpu
+from pyvirtio.spec.constants import GpuFormat, Status
 from pyvirtio.trace import Kind
 
 from .helpers import (

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pyvirtio.drivers.gpu import arrow_cursor
+from pyvirtio.guest.gpu.driver import arrow_cursor
 
 from .helpers import (
     ALL_FORMATS,

@@ -7,9 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from pyvirtio.constants import GpuBlobMem, GpuFormat
-from pyvirtio.devices.gpu.device import Gpu, Pending
-from pyvirtio.drivers.gpu import (
+from pyvirtio.errors import DriverTimeout
+from pyvirtio.guest.gpu.driver import (
     BackingRange,
     CursorBinding,
     GpuCommandError,
@@ -17,10 +16,10 @@ from pyvirtio.drivers.gpu import (
     GpuObject,
     ObjectKind,
     ScanoutBinding,
-    driver_class,
-    register_driver_class,
 )
-from pyvirtio.errors import DriverTimeout
+from pyvirtio.guest.gpu.flavours import FLAVOURS, GpuDriverKind
+from pyvirtio.host.gpu.device import Gpu, Pending
+from pyvirtio.spec.constants import GpuBlobMem, GpuFormat
 
 from .helpers import Rig, make_rig
 
@@ -148,18 +147,12 @@ def test_pixels_in_guest_memory_are_b8g8r8x8(rig: Rig) -> None:
 
 def test_no_pm_hooks_like_linux_7_2(rig: Rig) -> None:
     """Linux <= 7.2 virtio-gpu has no .freeze/.restore: the core freezes without touching the driver's queues."""
-    assert GpuDriver.has_pm_hooks is False and driver_class("no-hooks") is GpuDriver
+    assert GpuDriver.has_pm_hooks is False and FLAVOURS[GpuDriverKind.NO_HOOKS] is GpuDriver
     vqs = list(rig.drv.vqs)
     rig.drv.freeze()
     assert rig.drv.vqs == vqs  # stale queues: the known black screen after resume
-
-    class Hooked(GpuDriver):
-        has_pm_hooks = True
-
-    register_driver_class("test-hooks", Hooked)
-    assert driver_class("test-hooks") is Hooked
-    with pytest.raises(KeyError, match="registered"):
-        driver_class("nope")
+    assert all(cls.has_pm_hooks for kind, cls in FLAVOURS.items() if kind is not GpuDriverKind.NO_HOOKS)
+    assert set(FLAVOURS) == set(GpuDriverKind)
 
 
 def test_config_change_in_probe_is_replayed(rig: Rig) -> None:

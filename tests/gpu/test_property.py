@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyvirtio.constants import Status
+from pyvirtio.spec.constants import Status
 
 from .helpers import (
     ALL_FORMATS,

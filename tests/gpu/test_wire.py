@@ -1,7 +1,7 @@
 """Wire layout of every virtio-gpu command (virtio 1.4 §5.7; pyvirtio reference §4).
 
 Requests are hand-packed at the reference offsets (``helpers.req``) and responses parsed at those offsets with
-``struct``: nothing here uses ``pyvirtio.devices.gpu.protocol``.
+``struct``: nothing here uses ``pyvirtio.spec.gpu_wire``.
 """
 
 from __future__ import annotations

@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 
 from pyvirtio.clock import MS
-from pyvirtio.constants import CommonCfg, FreezeMode, PowerState
 from pyvirtio.devices import Rng, TestDevice
-from pyvirtio.driver.core import VirtioDriver
-from pyvirtio.drivers.rng import RngDriver
 from pyvirtio.errors import DriverError
+from pyvirtio.guest.driver import VirtioDriver
+from pyvirtio.guest.freeze_mode import set_freeze_mode
+from pyvirtio.guest.kernel import Guest, KernelConfig
+from pyvirtio.guest.rng import RngDriver
+from pyvirtio.host.pci.freeze_mode import FreezeModeDevice
+from pyvirtio.host.pci.function import ResetKind
 from pyvirtio.machine import Machine
-from pyvirtio.pci.function import ResetKind
-from pyvirtio.pm.freeze_mode import FreezeModeDevice, set_freeze_mode
-from pyvirtio.pm.guest import Guest, KernelConfig
+from pyvirtio.spec.constants import CommonCfg, FreezeMode, PowerState
 
 
 def s3(machine: Machine, guest: Guest) -> None:

@@ -62,12 +62,13 @@ def test_s4_replay_recreates_after_hibernation_but_alone_loses_s3() -> None:
 
 def test_s4_refused_while_virgl_objects_exist() -> None:
     """Fault: the Linux 7.3 PM notifier refuses hibernation while virgl objects exist; the guest stays up."""
-    from pyvirtio.pm.guest import PmEvent, SleepRefused
-    from pyvirtio.pm.system import ScenarioConfig, build_system
+    from pyvirtio.guest.kernel import PmEvent, SleepRefused
+    from pyvirtio.pm.config import ScenarioConfig
+    from pyvirtio.pm.system import build_system
 
     system = build_system(parse_profile("s4-replay"), ScenarioConfig(resources=0))
     system.gpu_drv.objects.add(type(next(iter(system.gpu_drv.objects)))(9999, kind=__import__(
-        "pyvirtio.drivers.gpu", fromlist=["ObjectKind"]).ObjectKind.VIRGL))
+        "pyvirtio.guest.gpu.driver", fromlist=["ObjectKind"]).ObjectKind.VIRGL))
     with pytest.raises(SleepRefused, match="virgl"):
         system.guest.notify(PmEvent.HIBERNATION_PREPARE)
     assert system.gpu_drv.probe_alive()
@@ -76,8 +77,9 @@ def test_s4_refused_while_virgl_objects_exist() -> None:
 def test_drain_timeout_aborts_the_freeze() -> None:
     """Fault: a gpu command that never completes: freeze drains with a time-out (ETIMEDOUT) and the guest stays
     awake with a working display."""
-    from pyvirtio.pm.guest import SleepRefused
-    from pyvirtio.pm.system import ScenarioConfig, build_system
+    from pyvirtio.guest.kernel import SleepRefused
+    from pyvirtio.pm.config import ScenarioConfig
+    from pyvirtio.pm.system import build_system
 
     system = build_system(parse_profile("s4-replay"), ScenarioConfig(resources=0))
     system.gpu_dev.faults.quiesce_never_completes = True
@@ -107,9 +109,10 @@ def test_host_hibernation_failure_after_unref_restores_correctly() -> None:
     Linux thaws the devices: the restore list re-creates each object exactly once and the screen is intact."""
     import numpy as np
 
-    from pyvirtio.pm import gpu_adapter as gpu
-    from pyvirtio.pm.guest import PmEvent
-    from pyvirtio.pm.system import ScenarioConfig, build_system
+    from pyvirtio.guest.kernel import PmEvent
+    from pyvirtio.pm import gpu_probe as gpu
+    from pyvirtio.pm.config import ScenarioConfig
+    from pyvirtio.pm.system import build_system
 
     system = build_system(parse_profile("s4-replay"), ScenarioConfig(resources=3))
     before = [gpu.scanout_image(system.gpu_dev, i) for i in range(2)]

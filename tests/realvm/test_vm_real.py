@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from pyvirtio.cli.vm import vm
 from pyvirtio.report import CellResult, Report
 from pyvirtio.vm import image
-from pyvirtio.vm.cli import vm
 from pyvirtio.vm.errors import GuestTimeout, PyvirtioError
 from pyvirtio.vm.provisioning import GuestAssets, provision
 from pyvirtio.vm.qmp import Qmp

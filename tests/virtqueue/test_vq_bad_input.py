@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from vq_helpers import RAM0, RAM1, Rig, changed_outside
 
-from pyvirtio.constants import VIRTQ_MAX_CHAIN_BYTES, VIRTQ_MAX_SIZE, DescFlag
 from pyvirtio.errors import QueueError
+from pyvirtio.spec.constants import VIRTQ_MAX_CHAIN_BYTES, VIRTQ_MAX_SIZE, DescFlag
 from pyvirtio.virtqueue import DescriptorChain, DeviceQueue, RingLayout
 
 NEXT, WRITE, INDIRECT = int(DescFlag.NEXT), int(DescFlag.WRITE), int(DescFlag.INDIRECT)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from vq_helpers import Rig
 
-from pyvirtio.constants import VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_USED_F_NO_NOTIFY
+from pyvirtio.spec.constants import VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_USED_F_NO_NOTIFY
 from pyvirtio.virtqueue import DeviceQueue
 from pyvirtio.virtqueue.layout import vring_need_event
 

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from vq_helpers import ALLOC_BASE, RAM0, RAM1, Rig, changed_outside, make_memory
 
-from pyvirtio.constants import VIRTQ_MAX_CHAIN_BYTES
 from pyvirtio.dma import GuestAllocator
 from pyvirtio.errors import QueueError
+from pyvirtio.spec.constants import VIRTQ_MAX_CHAIN_BYTES
 from pyvirtio.virtqueue import DescriptorChain, DeviceQueue, QueueFull
 from pyvirtio.virtqueue.chain import DESC_STRUCT
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from vq_helpers import RAM0, Rig
 
-from pyvirtio.constants import DescFlag
 from pyvirtio.errors import InvalidStateError, QueueError
+from pyvirtio.spec.constants import DescFlag
 from pyvirtio.virtqueue import Descriptor, DeviceQueue, DriverQueue, QueueFull, RingLayout
 
 NEXT, WRITE, INDIRECT = int(DescFlag.NEXT), int(DescFlag.WRITE), int(DescFlag.INDIRECT)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import struct
 
-from pyvirtio.constants import VIRTQ_IDX_MASK
 from pyvirtio.dma import GuestAllocator
 from pyvirtio.errors import GuestMemoryError
 from pyvirtio.memory import GuestMemory
+from pyvirtio.spec.constants import VIRTQ_IDX_MASK
 from pyvirtio.virtqueue import DeviceQueue, DriverQueue, RingLayout
 from pyvirtio.virtqueue.chain import DESC_STRUCT
 

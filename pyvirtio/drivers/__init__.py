@@ -1,1 +1,0 @@
-"""Guest device drivers."""

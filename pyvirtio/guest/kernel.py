@@ -1,0 +1,232 @@
+"""The guest kernel's power-management core, with Linux semantics.
+
+Per virtio PCI device, for S3/s2idle (``.suspend``/``.resume``) Linux's ``virtio_pci_common.c`` does:
+
+* Linux >= 6.8 and the function advertises PMCSR No_Soft_Reset: nothing (``vp_supports_pm_no_reset``);
+* with the virtio 1.4 SUSPEND extension (pyvirtio's model of the 2024 RFC, at bit 43): set SUSPEND and poll;
+  on a time-out or DEVICE_NEEDS_RESET fall back to the freeze path;
+* otherwise ``virtio_pci_freeze`` / ``virtio_pci_restore``.
+
+Then the PCI core saves config space and puts the function in D3hot (``pci_pm_suspend_noirq``), and on resume
+brings it back to D0 and restores config space before the driver's resume. Hibernation (S4) always uses
+freeze/thaw/poweroff/restore. A PM notifier chain (PM_SUSPEND_PREPARE, PM_HIBERNATION_PREPARE, ...) lets drivers
+refuse a transition, as the Linux 7.3 virtio-gpu notifier refuses S4 while virgl objects exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+from pyvirtio.clock import MS
+from pyvirtio.dma import GuestAllocator
+from pyvirtio.errors import DriverError, PyvirtioError
+from pyvirtio.guest.driver import VirtioDriver
+from pyvirtio.guest.freeze_mode import set_freeze_mode
+from pyvirtio.memory import GuestMemory
+from pyvirtio.spec.constants import FREEZE_MODE_FEATURE_DEFAULT, Feature, FreezeMode, PowerState, bit
+from pyvirtio.trace import Kind, Trace
+
+
+class PmEvent(Enum):
+    """Linux PM notifier events."""
+
+    SUSPEND_PREPARE = "PM_SUSPEND_PREPARE"
+    POST_SUSPEND = "PM_POST_SUSPEND"
+    HIBERNATION_PREPARE = "PM_HIBERNATION_PREPARE"
+    POST_HIBERNATION = "PM_POST_HIBERNATION"
+    RESTORE_PREPARE = "PM_RESTORE_PREPARE"
+    POST_RESTORE = "PM_POST_RESTORE"
+
+
+class SleepRefused(PyvirtioError):
+    """A PM notifier or a device's suspend callback refused the transition; the guest stays awake."""
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """What the guest kernel's virtio core does on PM transitions."""
+
+    name: str = "linux-6.1"
+    pm_no_reset: bool = False  # Linux >= 6.8: skip freeze/restore for S3 when No_Soft_Reset is advertised
+    suspend_bit: bool = False  # use VIRTIO_F_SUSPEND for .suspend when negotiated (and No_Soft_Reset)
+    freeze_mode: bool = False  # the 2023 freeze_mode proposal: FREEZE_S3 on freeze, UNFREEZE on restore
+    freeze_mode_bit: int = FREEZE_MODE_FEATURE_DEFAULT
+    suspend_timeout: int = 100 * MS
+
+
+@dataclass
+class DevicePm:
+    """How one driver went to sleep, so that resume takes the matching path."""
+
+    path: str = "none"  # "none" (No_Soft_Reset), "suspend-bit", "freeze", "freeze-fallback"
+    saved_config: bytes = b""
+    notes: list[str] = field(default_factory=list)
+
+
+Notifier = Callable[[PmEvent], None]
+
+
+class Board(Protocol):
+    """What the guest kernel sees of the machine it runs on: its RAM and the trace it records PM events in."""
+
+    @property
+    def memory(self) -> GuestMemory: ...
+
+    @property
+    def trace(self) -> Trace: ...
+
+
+class Guest:
+    """A guest kernel: an allocator over guest RAM, bound drivers, and the PM core."""
+
+    def __init__(self, machine: Board, kernel: KernelConfig, *, heap_base: int = 1 << 20,
+                 heap_size: int | None = None) -> None:
+        self.machine = machine
+        self.kernel = kernel
+        size = heap_size if heap_size is not None else machine.memory.size - heap_base
+        self.alloc = GuestAllocator(machine.memory, heap_base, size)
+        self.drivers: list[VirtioDriver] = []
+        self.notifiers: list[Notifier] = []
+        self.pm: dict[str, DevicePm] = {}
+
+    def trace(self, **detail: object) -> None:
+        self.machine.trace.record(Kind.PM, "guest", **detail)
+
+    def bind(self, drv: VirtioDriver, *, probe: bool = True) -> VirtioDriver:
+        if self.kernel.freeze_mode:
+            drv.extra_features |= bit(self.kernel.freeze_mode_bit)
+        if probe:
+            drv.probe()
+        self.drivers.append(drv)
+        return drv
+
+    def driver(self, name: str) -> VirtioDriver:
+        for d in self.drivers:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    def notify(self, event: PmEvent) -> None:
+        """Run the PM notifier chain; a notifier raising :class:`SleepRefused` aborts the transition."""
+        self.trace(event="notifier", what=event.value)
+        for n in self.notifiers:
+            n(event)
+
+    # -- per-device callbacks (virtio_pci_common.c dev_pm_ops) ---------------------------------------------------
+
+    def _uses_no_reset(self, drv: VirtioDriver) -> bool:
+        return self.kernel.pm_no_reset and drv.t.supports_pm_no_reset()
+
+    def _freeze(self, drv: VirtioDriver, pm: DevicePm) -> None:
+        if self.kernel.freeze_mode and drv.has(self.kernel.freeze_mode_bit):
+            drv.config_disable()
+            set_freeze_mode(drv, FreezeMode.FREEZE_S3)
+            pm.notes.append("freeze_mode FREEZE_S3")
+        drv.freeze()
+
+    def _restore(self, drv: VirtioDriver) -> None:
+        drv.restore()
+        if self.kernel.freeze_mode and drv.has(self.kernel.freeze_mode_bit):
+            set_freeze_mode(drv, FreezeMode.UNFREEZE)
+
+    def dev_suspend(self, drv: VirtioDriver) -> DevicePm:
+        """``.suspend`` for S3/s2idle."""
+        pm = DevicePm()
+        if self._uses_no_reset(drv):
+            if self.kernel.suspend_bit and drv.has(Feature.SUSPEND):
+                try:
+                    drv.suspend_bit(self.kernel.suspend_timeout)
+                    pm.path = "suspend-bit"
+                except DriverError as e:
+                    pm.path = "freeze-fallback"
+                    pm.notes.append(f"SUSPEND failed ({e}); fell back to freeze")
+                    self.trace(event="suspend_bit_fallback", dev=drv.name, why=str(e))
+                    drv.freeze()
+            else:
+                pm.path = "none"
+        else:
+            self._freeze(drv, pm)
+            pm.path = "freeze"
+        return pm
+
+    def dev_resume(self, drv: VirtioDriver, pm: DevicePm) -> None:
+        """``.resume`` for S3/s2idle, matching how the device was suspended."""
+        if pm.path == "none":
+            return
+        if pm.path == "suspend-bit":
+            try:
+                drv.resume_bit(self.kernel.suspend_timeout)
+                return
+            except DriverError as e:
+                pm.notes.append(f"resume failed ({e}); full restore")
+                self.trace(event="resume_bit_failed", dev=drv.name, why=str(e))
+                drv.freeze()
+        self._restore(drv)
+
+    # -- PCI core noirq phases --------------------------------------------------------------------------------
+
+    def _suspend_noirq(self, drv: VirtioDriver, pm: DevicePm) -> None:
+        pm.saved_config = drv.t.save_config()  # pci_save_state
+        drv.t.set_power_state(PowerState.D3HOT)  # pci_prepare_to_sleep (no-op without a PM capability)
+
+    def _resume_noirq(self, drv: VirtioDriver, pm: DevicePm) -> None:
+        drv.t.set_power_state(PowerState.D0)
+        drv.t.restore_config(pm.saved_config)  # pci_restore_state
+
+    # -- system transitions -----------------------------------------------------------------------------------
+
+    def suspend(self, s2idle: bool = False) -> None:
+        """Everything the guest does before the machine sleeps (S3) or idles (s2idle)."""
+        self.notify(PmEvent.SUSPEND_PREPARE)
+        self.trace(event="suspend_devices", state="s2idle" if s2idle else "S3")
+        done: list[VirtioDriver] = []
+        try:
+            for drv in reversed(self.drivers):
+                self.pm[drv.name] = self.dev_suspend(drv)
+                done.append(drv)
+        except PyvirtioError as e:
+            self.trace(event="suspend_aborted", why=str(e))
+            for drv in reversed(done):
+                self.dev_resume(drv, self.pm[drv.name])
+            self.notify(PmEvent.POST_SUSPEND)
+            raise SleepRefused(f"device suspend failed: {e}") from e
+        for drv in reversed(self.drivers):
+            self._suspend_noirq(drv, self.pm[drv.name])
+
+    def resume(self) -> None:
+        """Everything the guest does after the machine woke."""
+        for drv in self.drivers:
+            self._resume_noirq(drv, self.pm[drv.name])
+        for drv in self.drivers:
+            self.dev_resume(drv, self.pm[drv.name])
+        self.notify(PmEvent.POST_SUSPEND)
+
+    def freeze_all(self) -> None:
+        """Hibernation ``.freeze`` (also ``.poweroff``): always virtio_pci_freeze, in reverse probe order."""
+        done: list[VirtioDriver] = []
+        try:
+            for drv in reversed(self.drivers):
+                pm = DevicePm(path="freeze")
+                self._freeze(drv, pm)
+                self.pm[drv.name] = pm
+                done.append(drv)
+        except PyvirtioError as e:
+            self.trace(event="freeze_aborted", why=str(e))
+            for drv in reversed(done):
+                self._restore(drv)
+            raise SleepRefused(f"device freeze failed: {e}") from e
+
+    def restore_all(self) -> None:
+        """Hibernation ``.thaw`` / ``.restore``: virtio_pci_restore, in probe order."""
+        for drv in self.drivers:
+            self._restore(drv)
+
+    def shutdown_all(self) -> None:
+        """``device_shutdown`` (hibernation in ``shutdown`` mode powers off this way): the virtio core's
+        ``.shutdown`` stops config delivery and resets each device, as the observed Debian 6.1 kernel does."""
+        for drv in reversed(self.drivers):
+            drv.config_disable()
+            drv.t.reset()

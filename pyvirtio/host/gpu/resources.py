@@ -1,0 +1,138 @@
+"""Host-side virtio-gpu objects: resources, their guest backing, 3D contexts (virtio 1.4 §5.7.6.8-§5.7.6.9).
+
+A 2D resource owns a host image — a ``(height, width * 4)`` uint8 numpy array in the resource's format, which
+is what QEMU's pixman image is. A blob resource (BLOB_MEM_GUEST) has no host copy: its pixels are its guest
+backing. Virgl resources (3D, and HOST3D blobs) are bookkeeping only; ``virgl=True`` marks them as the objects
+a guest cannot re-create after a reset (Linux keeps them off its restore list).
+
+Backing access is zero-copy where it can be: a byte range that lies inside one mem entry is a numpy view of
+guest memory (:meth:`GuestMemory.view`); a range that spans entries is gathered with one copy per entry.
+"""
+
+from __future__ import annotations
+
+import bisect
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from pyvirtio.memory import GuestMemory
+from pyvirtio.spec.constants import GPU_BYTES_PER_PIXEL
+
+Bytes = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True, slots=True)
+class MemEntry:
+    """One ``struct virtio_gpu_mem_entry`` of an attached backing."""
+
+    addr: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """The parameters of RESOURCE_CREATE_BLOB."""
+
+    blob_mem: int
+    blob_flags: int
+    blob_id: int
+    size: int
+
+
+@dataclass
+class Resource:
+    """A host resource as the device sees it (inspect through ``Gpu.resources``)."""
+
+    id: int
+    format: int  # 0 for blobs (the format comes with SET_SCANOUT_BLOB)
+    width: int
+    height: int
+    backing: list[MemEntry] | None = None  # None: no backing attached
+    blob: BlobInfo | None = None
+    uuid: uuid.UUID | None = None
+    virgl: bool = False
+    image: Bytes | None = field(default=None, repr=False)  # (height, stride) host copy of a 2D resource
+    hostmem: int = 0
+    scanouts: set[int] = field(default_factory=set)  # scanouts showing this resource
+    contexts: set[int] = field(default_factory=set)  # 3D contexts it is attached to
+    params_3d: tuple[int, ...] | None = None  # RESOURCE_CREATE_3D fields after resource_id
+    _starts: list[int] = field(default_factory=list, repr=False)
+
+    @property
+    def resource_id(self) -> int:
+        return self.id
+
+    @property
+    def stride(self) -> int:
+        return self.width * GPU_BYTES_PER_PIXEL
+
+    @property
+    def backing_size(self) -> int:
+        return sum(e.length for e in self.backing) if self.backing else 0
+
+    def attach(self, entries: list[MemEntry]) -> None:
+        self.backing = entries
+        self._starts = []
+        pos = 0
+        for e in entries:
+            self._starts.append(pos)
+            pos += e.length
+
+    def detach(self) -> None:
+        self.backing = None
+        self._starts = []
+
+    def backing_bytes(self, mem: GuestMemory, offset: int, n: int, *, copy: bool = False) -> Bytes:
+        """Bytes ``[offset, offset+n)`` of the backing as a 1-D uint8 array.
+
+        A view of guest memory when the range lies in one entry (and not ``copy``), else a gathered copy.
+        The caller has checked ``offset + n <= backing_size``.
+        """
+        entries = self.backing or []
+        k = max(0, bisect.bisect_right(self._starts, offset) - 1)
+        # skip zero-length entries that share a start
+        while k < len(entries) - 1 and self._starts[k] + entries[k].length <= offset:
+            k += 1
+        if n == 0:
+            return np.zeros(0, dtype=np.uint8)
+        e = entries[k]
+        rel = offset - self._starts[k]
+        if rel + n <= e.length:
+            view: Bytes = np.frombuffer(mem.view(e.addr + rel, n), dtype=np.uint8)
+            return view.copy() if copy else view
+        out = np.empty(n, dtype=np.uint8)
+        pos = 0
+        while pos < n:
+            e = entries[k]
+            take = min(e.length - rel, n - pos)
+            if take > 0:
+                out[pos : pos + take] = np.frombuffer(mem.view(e.addr + rel, take), dtype=np.uint8)
+                pos += take
+            k += 1
+            rel = 0
+        return out
+
+
+def rows_view(flat: Bytes, rows: int, row_bytes: int, stride: int) -> npt.NDArray[Any]:
+    """``rows`` rows of ``row_bytes`` bytes, ``stride`` apart, of the 1-D array ``flat`` (no copy)."""
+    if rows == 0 or row_bytes == 0:
+        return np.zeros((rows, row_bytes), dtype=np.uint8)
+    if stride == row_bytes:
+        return flat[: rows * row_bytes].reshape(rows, row_bytes)
+    return np.lib.stride_tricks.as_strided(flat, shape=(rows, row_bytes), strides=(stride, 1), writeable=False)
+
+
+@dataclass
+class Context:
+    """A virgl rendering context (CTX_CREATE): tracked so power management can see what cannot be restored."""
+
+    id: int
+    name: str
+    context_init: int
+    resources: set[int] = field(default_factory=set)
+    submits: int = 0
+    submitted_bytes: int = 0

@@ -1,0 +1,69 @@
+"""Device side of the 2023 ``freeze_mode`` proposal (Jiqian Chen, v5), as its reviewers required it (reference §2.9).
+
+* ``le16 freeze_mode`` at the END of the common config (offset 64), so no existing offset moves;
+* a feature bit: the spec never assigned one, so pyvirtio uses a configurable bit from the "future extensions"
+  range, 44 by default (:data:`~pyvirtio.spec.constants.FREEZE_MODE_FEATURE_DEFAULT`) — NOT a spec number;
+* defined values UNFREEZE = 0 and FREEZE_S3 = 3 (others ignored);
+* a request/response handshake: the driver writes the mode, then polls the field until the device reports the
+  mode reached, because freezing gigabytes of device state takes time (Parav Pandit's objection). The device
+  reads back the *previous* mode until it is done.
+
+While FREEZE_S3 is reached, a reset (the driver's, or the machine's on S3 wake) keeps the device-type state
+(virtio-gpu resources); the virtio transport state (status, queues, vectors) is still reset.
+"""
+
+from __future__ import annotations
+
+from pyvirtio.clock import US, S
+from pyvirtio.host.pci.function import VirtioPciFunction
+from pyvirtio.spec.constants import FREEZE_MODE_FEATURE_DEFAULT, FreezeMode, bit
+from pyvirtio.trace import Kind
+
+#: device-side freeze bandwidth: how fast the device can make its state persistent across a reset
+FREEZE_BYTES_PER_S = 4 << 30
+
+
+class FreezeModeDevice:
+    """Device side of the handshake, installed on a function plugged with ``freeze_mode=True``."""
+
+    def __init__(self, fn: VirtioPciFunction, *, feature_bit: int = FREEZE_MODE_FEATURE_DEFAULT,
+                 bytes_per_s: int = FREEZE_BYTES_PER_S) -> None:
+        if not 44 <= feature_bit <= 49:
+            raise ValueError("the freeze_mode feature bit must come from the unassigned range 44..49")
+        if not fn.options.freeze_mode:
+            raise ValueError("plug the device with freeze_mode=True to expose offset 64")
+        self.fn = fn
+        self.feature_bit = feature_bit
+        self.bytes_per_s = bytes_per_s
+        self.mode = int(FreezeMode.UNFREEZE)  # the mode reached, what reads return
+        self._pending: int | None = None
+        fn.device.extra_features |= bit(feature_bit)
+        fn.freeze_mode_handler = self
+
+    def read_freeze_mode(self) -> int:
+        return self.mode
+
+    def write_freeze_mode(self, value: int) -> None:
+        dev = self.fn.device
+        if not dev.driver_features & bit(self.feature_bit):
+            dev.violation("freeze_mode: written without the feature negotiated", value=value)
+            return
+        if value not in (FreezeMode.UNFREEZE, FreezeMode.FREEZE_S3):
+            dev.violation("freeze_mode: undefined value", value=value)
+            return
+        if value == self.mode or value == self._pending:
+            return
+        self._pending = value
+        cost = 50 * US
+        if value == FreezeMode.FREEZE_S3:
+            cost += dev.state_bytes() * S // self.bytes_per_s
+        # Not dev.after(): a reset must not cancel the handshake (the mode outlives resets by design).
+        self.fn.scheduler.schedule(cost, lambda: self._reach(value), label=f"{dev.name}:freeze_mode")
+
+    def _reach(self, value: int) -> None:
+        if self._pending != value:
+            return
+        self._pending = None
+        self.mode = value
+        self.fn.device.retain_state_on_reset = value == FreezeMode.FREEZE_S3
+        self.fn.trace.record(Kind.PM, self.fn.name, event="freeze_mode", mode=value)

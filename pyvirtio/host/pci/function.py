@@ -1,0 +1,688 @@
+"""One virtio PCI function, device side, byte-accurate to virtio 1.4 §4.1 with QEMU's layout and quirks.
+
+Layout (QEMU ``virtio-pci.c``): BAR1 holds the MSI-X table (offset 0) and PBA (0x800); the 64-bit prefetchable
+BAR4 holds common config (0x0000), ISR (0x1000), device config (0x2000) and notify (0x3000, multiplier 4).
+Capabilities: [PCI Express, PM] when on a PCIe port, then COMMON, NOTIFY, ISR, DEVICE, PCI_CFG, MSI-X.
+
+The four guest-facing methods are :meth:`config_read`, :meth:`config_write`, :meth:`bar_read` and
+:meth:`bar_write`. Every access is validated: wrong width or misalignment is ignored (reads give 0, or all-ones
+outside a structure, as QEMU); register values out of range get the spec's answer. Nothing a guest writes can
+raise out of these methods.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from pyvirtio.clock import Scheduler
+from pyvirtio.errors import QueueError
+from pyvirtio.host.device import VirtioDevice
+from pyvirtio.host.pci.configspace import ConfigSpace, pack_virtio_cap
+from pyvirtio.memory import GuestMemory
+from pyvirtio.spec.constants import (
+    COMMON_CFG_SIZE,
+    COMMON_CFG_SIZE_WITH_FREEZE_MODE,
+    COMMON_CFG_WIDTH,
+    MSI_ADDRESS_BASE,
+    PCI_BAR0,
+    PCI_BAR_MEM64,
+    PCI_BAR_PREFETCH,
+    PCI_CLASS_PROG,
+    PCI_COMMAND,
+    PCI_DEVICE_ID,
+    PCI_HEADER_TYPE,
+    PCI_INTERRUPT_PIN,
+    PCI_MSIX_CAP_SIZE,
+    PCI_MSIX_ENTRY_CTRL_MASKBIT,
+    PCI_MSIX_ENTRY_SIZE,
+    PCI_MSIX_FLAGS,
+    PCI_MSIX_FLAGS_ENABLE,
+    PCI_MSIX_FLAGS_MASKALL,
+    PCI_NUM_BARS,
+    PCI_PM_CAP_SIZE,
+    PCI_PM_CTRL,
+    PCI_PM_PMC_VERSION_1_2,
+    PCI_REVISION_ID,
+    PCI_STATUS,
+    PCI_SUBSYSTEM_ID,
+    PCI_SUBSYSTEM_VENDOR_ID,
+    PCI_VENDOR_ID,
+    QEMU_COMMON_OFFSET,
+    QEMU_DEVICE_OFFSET,
+    QEMU_ISR_OFFSET,
+    QEMU_MODERN_BAR,
+    QEMU_MSIX_BAR,
+    QEMU_NOTIFY_OFF_MULTIPLIER,
+    QEMU_NOTIFY_OFFSET,
+    QEMU_REGION_SIZE,
+    QEMU_SUBSYSTEM_DEVICE_ID,
+    QEMU_SUBSYSTEM_VENDOR_ID,
+    VIRTIO_MSI_NO_VECTOR,
+    VIRTIO_PCI_CAP_LEN,
+    VIRTIO_PCI_CFG_CAP_LEN,
+    VIRTIO_PCI_CFG_DATA,
+    VIRTIO_PCI_ISR_CONFIG,
+    VIRTIO_PCI_ISR_QUEUE,
+    VIRTIO_PCI_MODERN_DEVICE_ID_BASE,
+    VIRTIO_PCI_NOTIFY_CAP_LEN,
+    VIRTIO_PCI_REVISION_MODERN,
+    VIRTIO_PCI_VENDOR_ID,
+    CommonCfg,
+    Feature,
+    PciCapId,
+    PciCommand,
+    PciStatusReg,
+    Pmcsr,
+    PowerState,
+    Status,
+    VirtioPciCap,
+    bit,
+)
+from pyvirtio.trace import Kind, Trace
+
+MSIX_BAR_SIZE = 0x1000
+MSIX_PBA_OFFSET = 0x800
+MODERN_BAR_SIZE = 0x4000
+
+
+class ResetKind(Enum):
+    """Why a function is reset (QEMU ``ResetType``)."""
+
+    COLD = "cold"  # power-on / system_reset
+    WAKEUP = "wakeup"  # x86 S3 wake-up: pc_machine_wakeup resets every device
+
+
+class InterruptSink(Protocol):
+    """The machine side of interrupt delivery."""
+
+    def msi(self, src: str, address: int, data: int, vector: int) -> None: ...
+
+    def intx(self, src: str, level: bool) -> None: ...
+
+
+@dataclass
+class PciOptions:
+    """How a function is plugged. ``pcie_port`` puts it behind a PCIe root port (QEMU then adds the PM cap)."""
+
+    pcie_port: bool = False
+    no_soft_reset: bool = False  # QEMU x-pcie-pm-no-soft-reset: PMCSR bit 3, only meaningful with pcie_port
+    msix_vectors: int | None = None  # default: queues + 1
+    freeze_mode: bool = False  # expose the 2023 freeze_mode field at common-cfg offset 64 (see host.pci.freeze_mode)
+
+
+class FreezeModeHandler(Protocol):
+    """Extension point for the common-config ``freeze_mode`` field at offset 64 (the 2023 proposal)."""
+
+    def read_freeze_mode(self) -> int: ...
+
+    def write_freeze_mode(self, value: int) -> None: ...
+
+
+class VirtioPciFunction:
+    """A virtio device behind the modern PCI transport. Also the :class:`DeviceContext` the device sees."""
+
+    def __init__(
+        self,
+        device: VirtioDevice,
+        *,
+        memory: GuestMemory,
+        scheduler: Scheduler,
+        trace: Trace,
+        irq: InterruptSink,
+        options: PciOptions | None = None,
+    ) -> None:
+        self.device = device
+        self.name = device.name
+        self.memory = memory
+        self.scheduler = scheduler
+        self.trace = trace
+        self.irq = irq
+        self.options = options or PciOptions()
+        self.freeze_mode_handler: FreezeModeHandler | None = None
+        device.attach(self)
+        nq = len(device.queues)
+        self.nvectors = self.options.msix_vectors if self.options.msix_vectors is not None else nq + 1
+        if not 1 <= self.nvectors <= 0x800:
+            raise ValueError("MSI-X table size must be 1..2048")
+        self.cfg = ConfigSpace()
+        self.bar_sizes = [0] * PCI_NUM_BARS
+        self.bar_flags = [0] * PCI_NUM_BARS
+        self.msix_table = bytearray(self.nvectors * PCI_MSIX_ENTRY_SIZE)
+        self.msix_pending = [False] * self.nvectors
+        self._mask_all_entries()
+        self._build_config_space()
+        self._reset_transport()
+
+    # -- construction -----------------------------------------------------------------------------------------
+
+    def _build_config_space(self) -> None:
+        c = self.cfg
+        c.set(PCI_VENDOR_ID, 2, VIRTIO_PCI_VENDOR_ID)
+        c.set(PCI_DEVICE_ID, 2, VIRTIO_PCI_MODERN_DEVICE_ID_BASE + int(self.device.device_id))
+        c.set(PCI_REVISION_ID, 1, VIRTIO_PCI_REVISION_MODERN)
+        c.set(PCI_CLASS_PROG, 3, int(self.device.pci_class))
+        c.set(PCI_HEADER_TYPE, 1, 0)
+        c.set(PCI_SUBSYSTEM_VENDOR_ID, 2, QEMU_SUBSYSTEM_VENDOR_ID)
+        c.set(PCI_SUBSYSTEM_ID, 2, QEMU_SUBSYSTEM_DEVICE_ID)
+        c.set(PCI_INTERRUPT_PIN, 1, 1)  # INTA#
+        c.set_wmask(PCI_COMMAND, 2, PciCommand.IO | PciCommand.MEMORY | PciCommand.MASTER | PciCommand.INTX_DISABLE)
+        c.set_wmask(0x3C, 1, 0xFF)  # interrupt line
+        self._add_bar(QEMU_MSIX_BAR, MSIX_BAR_SIZE, 0)
+        self._add_bar(QEMU_MODERN_BAR, MODERN_BAR_SIZE, PCI_BAR_MEM64 | PCI_BAR_PREFETCH)
+        self.pm_cap = 0
+        if self.options.pcie_port:
+            # A minimal PCI Express capability (endpoint, version 2) so the function is a PCIe endpoint.
+            c.add_capability(PciCapId.EXP, struct.pack("<H", 0x0002), size=0x3C)
+            self.pm_cap = c.add_capability(PciCapId.PM, struct.pack("<HHBB", PCI_PM_PMC_VERSION_1_2, 0, 0, 0),
+                                           size=PCI_PM_CAP_SIZE)
+            c.set_wmask(self.pm_cap + PCI_PM_CTRL, 2, Pmcsr.STATE_MASK)
+            if self.options.no_soft_reset:  # read-only to the guest: not in wmask
+                c.set(self.pm_cap + PCI_PM_CTRL, 2, Pmcsr.NO_SOFT_RESET)
+            c.w1cmask[self.pm_cap + PCI_PM_CTRL + 1] = Pmcsr.PME_STATUS >> 8
+        common_len = COMMON_CFG_SIZE_WITH_FREEZE_MODE if self.options.freeze_mode else COMMON_CFG_SIZE
+        self.common_cap = c.add_capability(
+            PciCapId.VENDOR,
+            pack_virtio_cap(VirtioPciCap.COMMON_CFG, QEMU_MODERN_BAR, QEMU_COMMON_OFFSET, common_len,
+                            VIRTIO_PCI_CAP_LEN),
+        )
+        nq = max(1, len(self.device.queues))
+        self.notify_cap = c.add_capability(
+            PciCapId.VENDOR,
+            pack_virtio_cap(VirtioPciCap.NOTIFY_CFG, QEMU_MODERN_BAR, QEMU_NOTIFY_OFFSET,
+                            nq * QEMU_NOTIFY_OFF_MULTIPLIER, VIRTIO_PCI_NOTIFY_CAP_LEN,
+                            struct.pack("<I", QEMU_NOTIFY_OFF_MULTIPLIER)),
+        )
+        self.isr_cap = c.add_capability(
+            PciCapId.VENDOR,
+            pack_virtio_cap(VirtioPciCap.ISR_CFG, QEMU_MODERN_BAR, QEMU_ISR_OFFSET, 1, VIRTIO_PCI_CAP_LEN),
+        )
+        self.device_cap = 0
+        if self.device.config_size():
+            self.device_cap = c.add_capability(
+                PciCapId.VENDOR,
+                pack_virtio_cap(VirtioPciCap.DEVICE_CFG, QEMU_MODERN_BAR, QEMU_DEVICE_OFFSET,
+                                self.device.config_size(), VIRTIO_PCI_CAP_LEN),
+            )
+        self.pci_cfg_cap = c.add_capability(
+            PciCapId.VENDOR,
+            pack_virtio_cap(VirtioPciCap.PCI_CFG, 0, 0, 0, VIRTIO_PCI_CFG_CAP_LEN, b"\0\0\0\0"),
+        )
+        # For PCI_CFG only the driver may write bar, offset, length and data.
+        c.set_wmask(self.pci_cfg_cap + 4, 1, 0xFF)
+        c.set_wmask(self.pci_cfg_cap + 8, 4, 0xFFFFFFFF)
+        c.set_wmask(self.pci_cfg_cap + 12, 4, 0xFFFFFFFF)
+        c.set_wmask(self.pci_cfg_cap + VIRTIO_PCI_CFG_DATA, 4, 0xFFFFFFFF)
+        self.msix_cap = c.add_capability(
+            PciCapId.MSIX,
+            struct.pack("<HII", self.nvectors - 1, 0 | QEMU_MSIX_BAR, MSIX_PBA_OFFSET | QEMU_MSIX_BAR),
+            size=PCI_MSIX_CAP_SIZE,
+        )
+        c.set_wmask(self.msix_cap + PCI_MSIX_FLAGS + 1, 1, (PCI_MSIX_FLAGS_ENABLE | PCI_MSIX_FLAGS_MASKALL) >> 8)
+
+    def _add_bar(self, index: int, size: int, flags: int) -> None:
+        self.bar_sizes[index] = size
+        self.bar_flags[index] = flags
+        off = PCI_BAR0 + 4 * index
+        self.cfg.set(off, 4, flags)
+        self.cfg.set_wmask(off, 4, ~(size - 1) & 0xFFFFFFF0)
+        if flags & PCI_BAR_MEM64:
+            self.cfg.set_wmask(off + 4, 4, 0xFFFFFFFF)
+
+    def _mask_all_entries(self) -> None:
+        """PCI 3.0: after reset every MSI-X table entry is zero with its Mask bit set."""
+        for v in range(self.nvectors):
+            struct.pack_into("<IIII", self.msix_table, v * PCI_MSIX_ENTRY_SIZE, 0, 0, 0, PCI_MSIX_ENTRY_CTRL_MASKBIT)
+
+    # -- transport state --------------------------------------------------------------------------------------
+
+    def _reset_transport(self) -> None:
+        """Transport part of a virtio reset: all vectors unmapped (NO_VECTOR), selectors cleared."""
+        self.device_feature_select = 0
+        self.driver_feature_select = 0
+        self.queue_select = 0
+        self.config_vector = VIRTIO_MSI_NO_VECTOR
+        self.queue_vectors = [VIRTIO_MSI_NO_VECTOR] * len(self.device.queues)
+        self.isr = 0
+        self._set_intx(False)
+
+    @property
+    def command(self) -> int:
+        return self.cfg.get(PCI_COMMAND, 2)
+
+    @property
+    def msix_enabled(self) -> bool:
+        return bool(self.cfg.get(self.msix_cap + PCI_MSIX_FLAGS, 2) & PCI_MSIX_FLAGS_ENABLE)
+
+    @property
+    def power_state(self) -> PowerState:
+        if not self.pm_cap:
+            return PowerState.D0
+        return PowerState(self.cfg.get(self.pm_cap + PCI_PM_CTRL, 2) & Pmcsr.STATE_MASK)
+
+    @property
+    def no_soft_reset(self) -> bool:
+        return bool(self.pm_cap) and bool(self.cfg.get(self.pm_cap + PCI_PM_CTRL, 2) & Pmcsr.NO_SOFT_RESET)
+
+    def system_reset(self, kind: ResetKind = ResetKind.COLD) -> bool:
+        """A bus or machine reset (QEMU ``virtio_pci_bus_reset_hold``). Returns False if it was skipped.
+
+        A PCIe function with No_Soft_Reset whose PowerState is D3hot is *not* reset (QEMU 9.1
+        ``virtio_pci_no_soft_reset``): queues, status, features and device state all survive.
+        """
+        if self.no_soft_reset and self.power_state is PowerState.D3HOT:
+            self.trace.record(Kind.RESET, self.name, kind=kind.value, skipped="No_Soft_Reset in D3hot")
+            return False
+        self.device.reset()
+        self._reset_transport()
+        # PCI core reset of config registers: command, BARs, MSI-X control and table, PowerState back to D0.
+        self.cfg.set(PCI_COMMAND, 2, 0)
+        self.device.set_bus_master(False)
+        for i, size in enumerate(self.bar_sizes):
+            if size:
+                self.cfg.set(PCI_BAR0 + 4 * i, 4, self.bar_flags[i])
+                if self.bar_flags[i] & PCI_BAR_MEM64:
+                    self.cfg.set(PCI_BAR0 + 4 * i + 4, 4, 0)
+        flags = self.cfg.get(self.msix_cap + PCI_MSIX_FLAGS, 2)
+        self.cfg.set(self.msix_cap + PCI_MSIX_FLAGS, 2, flags & ~(PCI_MSIX_FLAGS_ENABLE | PCI_MSIX_FLAGS_MASKALL))
+        self._mask_all_entries()
+        self.msix_pending = [False] * self.nvectors
+        if self.pm_cap:
+            pmcsr = self.cfg.get(self.pm_cap + PCI_PM_CTRL, 2)
+            self.cfg.set(self.pm_cap + PCI_PM_CTRL, 2, pmcsr & ~Pmcsr.STATE_MASK)
+        self.trace.record(Kind.RESET, self.name, kind=kind.value)
+        return True
+
+    # -- DeviceContext: notifications ---------------------------------------------------------------------------
+
+    def notify_queue(self, index: int) -> None:
+        vector = self.queue_vectors[index] if index < len(self.queue_vectors) else VIRTIO_MSI_NO_VECTOR
+        self._signal(VIRTIO_PCI_ISR_QUEUE, vector, f"queue{index}")
+
+    def notify_config(self) -> None:
+        # QEMU sets both ISR bits on a config change (the spec requires bit 1).
+        self._signal(VIRTIO_PCI_ISR_QUEUE | VIRTIO_PCI_ISR_CONFIG, self.config_vector, "config")
+
+    def _signal(self, isr_bits: int, vector: int, why: str) -> None:
+        if self.device.disabled:
+            self.trace.record(Kind.INTERRUPT, self.name, why=why, dropped="bus master off")
+            return
+        if self.msix_enabled:
+            if vector == VIRTIO_MSI_NO_VECTOR:
+                return  # §4.1.5.1.3: no interrupt for an unmapped event
+            self._msix_send(vector, why)
+            return
+        self.isr |= isr_bits
+        self._set_intx(True)
+
+    def _msix_entry(self, vector: int) -> tuple[int, int, int, int]:
+        lo, hi, data, ctrl = struct.unpack_from("<IIII", self.msix_table, vector * PCI_MSIX_ENTRY_SIZE)
+        return lo, hi, data, ctrl
+
+    def _msix_masked(self, vector: int) -> bool:
+        maskall = self.cfg.get(self.msix_cap + PCI_MSIX_FLAGS, 2) & PCI_MSIX_FLAGS_MASKALL
+        return bool(maskall) or bool(self._msix_entry(vector)[3] & PCI_MSIX_ENTRY_CTRL_MASKBIT)
+
+    def _msix_send(self, vector: int, why: str) -> None:
+        if self._msix_masked(vector):
+            self.msix_pending[vector] = True
+            self.trace.record(Kind.INTERRUPT, self.name, vector=vector, why=why, pending=True)
+            return
+        lo, hi, data, _ = self._msix_entry(vector)
+        self.trace.record(Kind.INTERRUPT, self.name, vector=vector, why=why)
+        self.irq.msi(self.name, (hi << 32) | lo, data, vector)
+
+    def _msix_unmasked(self) -> None:
+        for v in range(self.nvectors):
+            if self.msix_pending[v] and not self._msix_masked(v):
+                self.msix_pending[v] = False
+                self._msix_send(v, "pending")
+
+    def _set_intx(self, level: bool) -> None:
+        status = self.cfg.get(PCI_STATUS, 2)
+        new = (status | PciStatusReg.INTERRUPT) if level else (status & ~PciStatusReg.INTERRUPT)
+        self.cfg.set(PCI_STATUS, 2, new)
+        if level and self.command & PciCommand.INTX_DISABLE:
+            return
+        self.irq.intx(self.name, level)
+
+    # -- guest accessors: configuration space -------------------------------------------------------------------
+
+    def config_read(self, offset: int, size: int) -> int:
+        if size not in (1, 2, 4) or offset % size or not 0 <= offset <= 0x1000 - size:
+            self.trace.record(Kind.VIOLATION, self.name, rule="PCI config access must be aligned 1/2/4 bytes",
+                              offset=offset, size=size)
+            return (1 << (8 * size)) - 1 if size in (1, 2, 4) else 0xFFFFFFFF
+        value = self.cfg.get(offset, size)
+        data_off = self.pci_cfg_cap + VIRTIO_PCI_CFG_DATA
+        if offset < data_off + 4 and data_off < offset + size:
+            value = self._pci_cfg_window(None, offset, size, value)
+        self.trace.record(Kind.CONFIG_READ, self.name, offset=offset, size=size, value=value)
+        return value
+
+    def config_write(self, offset: int, size: int, value: int) -> None:
+        if size not in (1, 2, 4) or offset % size or not 0 <= offset <= 0x1000 - size:
+            self.trace.record(Kind.VIOLATION, self.name, rule="PCI config access must be aligned 1/2/4 bytes",
+                              offset=offset, size=size)
+            return
+        value &= (1 << (8 * size)) - 1
+        self.trace.record(Kind.CONFIG_WRITE, self.name, offset=offset, size=size, value=value)
+        old_command = self.command
+        old_msix = self.cfg.get(self.msix_cap + PCI_MSIX_FLAGS, 2)
+        old_pmcsr = self.cfg.get(self.pm_cap + PCI_PM_CTRL, 2) if self.pm_cap else 0
+        self.cfg.guest_write(offset, size, value)
+        if _covers(offset, size, PCI_COMMAND):
+            self._command_written(old_command)
+        if self.pm_cap and _overlaps(offset, size, self.pm_cap + PCI_PM_CTRL, 2):
+            self._pmcsr_written(old_pmcsr)
+        if _overlaps(offset, size, self.msix_cap + PCI_MSIX_FLAGS, 2):
+            new = self.cfg.get(self.msix_cap + PCI_MSIX_FLAGS, 2)
+            if new != old_msix:
+                self._msix_unmasked()
+        data_off = self.pci_cfg_cap + VIRTIO_PCI_CFG_DATA
+        if offset < data_off + 4 and data_off < offset + size:
+            self._pci_cfg_window(value, offset, size, value)
+
+    def _command_written(self, old: int) -> None:
+        new = self.command
+        if (old ^ new) & PciCommand.MASTER:
+            self.device.set_bus_master(bool(new & PciCommand.MASTER))
+        if (old ^ new) & PciCommand.INTX_DISABLE:
+            self._set_intx(bool(self.cfg.get(PCI_STATUS, 2) & PciStatusReg.INTERRUPT))
+
+    def _pmcsr_written(self, old: int) -> None:
+        """QEMU ``pci_pm_update``: no D1/D2 (PMC does not offer them), no D3hot -> D1/D2; no reset on D3->D0."""
+        reg = self.pm_cap + PCI_PM_CTRL
+        new = self.cfg.get(reg, 2)
+        old_state, new_state = int(old & Pmcsr.STATE_MASK), int(new & Pmcsr.STATE_MASK)
+        if new_state in (PowerState.D1, PowerState.D2):
+            self.trace.record(Kind.VIOLATION, self.name, rule="PCI PM: D1/D2 not supported (PMC)", state=new_state)
+            self.cfg.set(reg, 2, (new & ~Pmcsr.STATE_MASK) | old_state)
+            return
+        if old_state != new_state:
+            self.trace.record(Kind.PM, self.name, event="power_state", frm=f"D{old_state}",
+                              to="D3hot" if new_state == PowerState.D3HOT else f"D{new_state}")
+
+    def _pci_cfg_window(self, write: int | None, offset: int, size: int, value: int) -> int:
+        """VIRTIO_PCI_CAP_PCI_CFG: a config-space window onto a BAR (§4.1.4.9)."""
+        cap = self.pci_cfg_cap
+        bar = self.cfg.get(cap + 4, 1)
+        boff = self.cfg.get(cap + 8, 4)
+        length = self.cfg.get(cap + 12, 4)
+        data_off = cap + VIRTIO_PCI_CFG_DATA
+        if offset != data_off or size != 4 or length not in (1, 2, 4) or boff % length:
+            if write is None:
+                return value
+            return value
+        if write is None:
+            v = self.bar_read(bar, boff, length)
+            self.cfg.set(data_off, 4, v)
+            return v
+        self.bar_write(bar, boff, length, write & ((1 << (8 * length)) - 1))
+        return value
+
+    # -- guest accessors: BARs --------------------------------------------------------------------------------
+
+    def _bars_mapped(self) -> bool:
+        return self.power_state is PowerState.D0 and bool(self.command & PciCommand.MEMORY)
+
+    def bar_read(self, bar: int, offset: int, size: int) -> int:
+        ones = (1 << (8 * size)) - 1 if size in (1, 2, 4, 8) else 0xFFFFFFFF
+        if size not in (1, 2, 4) or not 0 <= bar < PCI_NUM_BARS or not 0 <= offset <= self.bar_sizes[bar] - size:
+            self.trace.record(Kind.VIOLATION, self.name, rule="BAR access outside a BAR", bar=bar, offset=offset)
+            return ones
+        if not self._bars_mapped():
+            self.trace.record(Kind.BAR_READ, self.name, bar=bar, offset=offset, size=size, unmapped=True)
+            return ones
+        value = self._bar_read(bar, offset, size)
+        self.trace.record(Kind.BAR_READ, self.name, bar=bar, offset=offset, size=size, value=value)
+        return value
+
+    def bar_write(self, bar: int, offset: int, size: int, value: int) -> None:
+        if size not in (1, 2, 4) or not 0 <= bar < PCI_NUM_BARS or not 0 <= offset <= self.bar_sizes[bar] - size:
+            self.trace.record(Kind.VIOLATION, self.name, rule="BAR access outside a BAR", bar=bar, offset=offset)
+            return
+        value &= (1 << (8 * size)) - 1
+        if not self._bars_mapped():
+            self.trace.record(Kind.BAR_WRITE, self.name, bar=bar, offset=offset, size=size, value=value,
+                              unmapped=True)
+            return
+        self.trace.record(Kind.BAR_WRITE, self.name, bar=bar, offset=offset, size=size, value=value)
+        self._bar_write(bar, offset, size, value)
+
+    def _bar_read(self, bar: int, offset: int, size: int) -> int:
+        if bar == QEMU_MSIX_BAR:
+            return self._msix_bar_read(offset, size)
+        region, roff = divmod(offset, QEMU_REGION_SIZE)
+        base = region * QEMU_REGION_SIZE
+        if base == QEMU_COMMON_OFFSET:
+            return self._common_read(roff, size)
+        if base == QEMU_ISR_OFFSET:
+            if roff != 0:
+                return 0
+            value = self.isr
+            self.isr = 0  # read-to-clear, de-asserts INTx
+            self._set_intx(False)
+            return value
+        if base == QEMU_DEVICE_OFFSET:
+            if size > 1 and roff % size:
+                self.device.violation("§4.1.4.6 device config accesses must be naturally aligned", offset=roff)
+                return 0
+            if roff + size > self.device.config_size():
+                return (1 << (8 * size)) - 1  # QEMU: -1 beyond the config
+            return self.device.read_config(roff, size) & ((1 << (8 * size)) - 1)
+        return 0  # notify region reads as 0
+
+    def _bar_write(self, bar: int, offset: int, size: int, value: int) -> None:
+        if bar == QEMU_MSIX_BAR:
+            self._msix_bar_write(offset, size, value)
+            return
+        region, roff = divmod(offset, QEMU_REGION_SIZE)
+        base = region * QEMU_REGION_SIZE
+        if base == QEMU_COMMON_OFFSET:
+            self._common_write(roff, size, value)
+        elif base == QEMU_DEVICE_OFFSET:
+            if (size > 1 and roff % size) or roff + size > self.device.config_size():
+                self.device.violation("§4.1.4.6 device config write outside the config or misaligned", offset=roff)
+                return
+            if self.device.accepts_config_write():
+                self.device.write_config(roff, size, value)
+        elif base >= QEMU_NOTIFY_OFFSET:
+            self._notify_write(offset - QEMU_NOTIFY_OFFSET, size, value)
+
+    def _notify_write(self, noff: int, size: int, value: int) -> None:
+        """Queue notification (§4.1.4.4): QEMU takes the queue from the address, not the data."""
+        queue, rem = divmod(noff, QEMU_NOTIFY_OFF_MULTIPLIER)
+        if rem or size != 2 or queue >= len(self.device.queues):
+            self.device.violation("§4.1.4.4 notification must be a 16-bit write at the queue's notify address",
+                                  offset=noff, size=size)
+            return
+        if value != queue:
+            self.device.violation("§4.1.5.2 notification data must be the queue index", queue=queue, value=value)
+        if self.device.status & Status.SUSPEND:
+            self.device.violation("Device Suspend: driver MUST NOT send notifications while suspended",
+                                  queue=queue)
+        elif not self.device.status & Status.DRIVER_OK:
+            self.device.violation("§3.1.1 driver MUST NOT notify before DRIVER_OK", queue=queue)
+        self.device.kick(queue)
+
+    # -- MSI-X table and PBA ----------------------------------------------------------------------------------
+
+    def _msix_bar_read(self, offset: int, size: int) -> int:
+        if offset < len(self.msix_table):
+            if offset % size:
+                return 0
+            return int.from_bytes(self.msix_table[offset : offset + size], "little")
+        if offset >= MSIX_PBA_OFFSET:
+            bits = sum(1 << v for v, p in enumerate(self.msix_pending) if p)
+            shift = (offset - MSIX_PBA_OFFSET) * 8
+            return (bits >> shift) & ((1 << (8 * size)) - 1)
+        return 0
+
+    def _msix_bar_write(self, offset: int, size: int, value: int) -> None:
+        if offset + size > len(self.msix_table) or offset % size:
+            return  # PBA is read-only; outside the table nothing is there
+        self.msix_table[offset : offset + size] = value.to_bytes(size, "little")
+        if offset % PCI_MSIX_ENTRY_SIZE >= 12:
+            self._msix_unmasked()
+
+    # -- common configuration (§4.1.4.3) ------------------------------------------------------------------------
+
+    def _common_field(self, off: int, size: int, write: bool) -> bool:
+        width = COMMON_CFG_WIDTH.get(off)
+        limit = COMMON_CFG_SIZE_WITH_FREEZE_MODE if self.options.freeze_mode else COMMON_CFG_SIZE
+        if width is None or width != size or off >= limit:
+            self.device.violation("§4.1.4.3.2 common config fields must be accessed at their natural width",
+                                  offset=off, size=size, write=write)
+            return False
+        return True
+
+    def _selected(self) -> int | None:
+        q = self.queue_select
+        return q if q < len(self.device.queues) else None
+
+    def _common_read(self, off: int, size: int) -> int:
+        if not self._common_field(off, size, False):
+            return 0
+        d = self.device
+        q = self._selected()
+        dq = d.queues[q] if q is not None else None
+        match off:
+            case CommonCfg.DEVICE_FEATURE_SELECT:
+                return self.device_feature_select
+            case CommonCfg.DEVICE_FEATURE:
+                return (d.offered_features() >> (32 * self.device_feature_select)) & 0xFFFFFFFF \
+                    if self.device_feature_select < 8 else 0
+            case CommonCfg.DRIVER_FEATURE_SELECT:
+                return self.driver_feature_select
+            case CommonCfg.DRIVER_FEATURE:
+                return (d.driver_features >> (32 * self.driver_feature_select)) & 0xFFFFFFFF \
+                    if self.driver_feature_select < 8 else 0
+            case CommonCfg.CONFIG_MSIX_VECTOR:
+                return self.config_vector
+            case CommonCfg.NUM_QUEUES:
+                return len(d.queues)
+            case CommonCfg.DEVICE_STATUS:
+                return d.status
+            case CommonCfg.CONFIG_GENERATION:
+                return d.config_generation
+            case CommonCfg.QUEUE_SELECT:
+                return self.queue_select
+            case CommonCfg.QUEUE_SIZE:
+                return dq.size if dq else 0
+            case CommonCfg.QUEUE_MSIX_VECTOR:
+                return self.queue_vectors[q] if q is not None else VIRTIO_MSI_NO_VECTOR
+            case CommonCfg.QUEUE_ENABLE:
+                return int(dq.ready) if dq else 0
+            case CommonCfg.QUEUE_NOTIFY_OFF:
+                return q if q is not None else 0
+            case CommonCfg.QUEUE_DESC_LO:
+                return dq.desc_table & 0xFFFFFFFF if dq else 0
+            case CommonCfg.QUEUE_DESC_HI:
+                return dq.desc_table >> 32 if dq else 0
+            case CommonCfg.QUEUE_DRIVER_LO:
+                return dq.avail_ring & 0xFFFFFFFF if dq else 0
+            case CommonCfg.QUEUE_DRIVER_HI:
+                return dq.avail_ring >> 32 if dq else 0
+            case CommonCfg.QUEUE_DEVICE_LO:
+                return dq.used_ring & 0xFFFFFFFF if dq else 0
+            case CommonCfg.QUEUE_DEVICE_HI:
+                return dq.used_ring >> 32 if dq else 0
+            case CommonCfg.FREEZE_MODE:
+                return self.freeze_mode_handler.read_freeze_mode() if self.freeze_mode_handler else 0
+            case _:  # queue_notif_config_data, queue_reset (synchronous: reads 0), admin queue fields (none)
+                return 0
+
+    def _common_write(self, off: int, size: int, value: int) -> None:
+        if not self._common_field(off, size, True):
+            return
+        d = self.device
+        q = self._selected()
+        dq = d.queues[q] if q is not None else None
+        match off:
+            case CommonCfg.DEVICE_FEATURE_SELECT:
+                self.device_feature_select = value
+            case CommonCfg.DRIVER_FEATURE_SELECT:
+                self.driver_feature_select = value
+            case CommonCfg.DRIVER_FEATURE:
+                if self.driver_feature_select < 8:
+                    shift = 32 * self.driver_feature_select
+                    d.set_driver_features((d.driver_features & ~(0xFFFFFFFF << shift)) | (value << shift))
+            case CommonCfg.CONFIG_MSIX_VECTOR:
+                self.config_vector = value if value < self.nvectors else VIRTIO_MSI_NO_VECTOR
+            case CommonCfg.DEVICE_STATUS:
+                if value == 0:
+                    d.reset()
+                    self._reset_transport()
+                else:
+                    d.write_status(value)
+            case CommonCfg.QUEUE_SELECT:
+                self.queue_select = value
+            case CommonCfg.QUEUE_SIZE if dq is not None:
+                if dq.ready:
+                    d.violation("§4.1.4.3.2 queue_size written while the queue is enabled", queue=q)
+                elif not dq.set_size(value):
+                    d.violation("§2.7 split queue size must be a power of 2 no larger than the maximum",
+                                queue=q, value=value)
+            case CommonCfg.QUEUE_MSIX_VECTOR if q is not None:
+                self.queue_vectors[q] = value if value < self.nvectors else VIRTIO_MSI_NO_VECTOR
+            case CommonCfg.QUEUE_ENABLE if dq is not None and q is not None:
+                self._queue_enable(q, value)
+            case (CommonCfg.QUEUE_DESC_LO | CommonCfg.QUEUE_DESC_HI | CommonCfg.QUEUE_DRIVER_LO
+                  | CommonCfg.QUEUE_DRIVER_HI | CommonCfg.QUEUE_DEVICE_LO | CommonCfg.QUEUE_DEVICE_HI) \
+                    if dq is not None:
+                if dq.ready:
+                    d.violation("§4.1.4.3.2 queue addresses written while the queue is enabled", queue=q)
+                    return
+                attr = {int(CommonCfg.QUEUE_DESC_LO): "desc_table", CommonCfg.QUEUE_DESC_HI: "desc_table",
+                        CommonCfg.QUEUE_DRIVER_LO: "avail_ring", CommonCfg.QUEUE_DRIVER_HI: "avail_ring",
+                        CommonCfg.QUEUE_DEVICE_LO: "used_ring", CommonCfg.QUEUE_DEVICE_HI: "used_ring"}[off]
+                cur = getattr(dq, attr)
+                if off % 8 == 0:
+                    setattr(dq, attr, (cur & ~0xFFFFFFFF) | value)
+                else:
+                    setattr(dq, attr, (cur & 0xFFFFFFFF) | (value << 32))
+            case CommonCfg.QUEUE_RESET if q is not None:
+                if value == 1 and d.negotiated(Feature.RING_RESET):
+                    d.queue_reset(q)
+                    self.trace.record(Kind.QUEUE, self.name, queue=q, event="reset")
+            case CommonCfg.FREEZE_MODE if self.freeze_mode_handler is not None:
+                self.freeze_mode_handler.write_freeze_mode(value)
+            case _:
+                d.violation("§4.1.4.3 write to a read-only common config field", offset=off, value=value)
+
+    def _queue_enable(self, q: int, value: int) -> None:
+        d = self.device
+        dq = d.queues[q]
+        if value != 1:
+            # §4.1.4.3.2: the driver MUST NOT write 0 to queue_enable. QEMU answers with virtio_error.
+            d.violation("§4.1.4.3.2 driver MUST NOT write 0 to queue_enable", queue=q)
+            d.needs_reset("queue_enable written with 0")
+            return
+        if dq.ready:
+            return
+        if dq.size == 0:
+            d.violation("§4.1.4.3.2 queue enabled with size 0", queue=q)
+            return
+        dq.event_idx = bool(d.driver_features & bit(Feature.EVENT_IDX))
+        dq.indirect = bool(d.driver_features & bit(Feature.INDIRECT_DESC))
+        try:
+            dq.activate()
+        except QueueError as e:
+            d.violation("§2.7 queue rings must be aligned and inside guest memory", queue=q, error=str(e))
+            d.needs_reset(f"queue {q}: {e}")
+            return
+        self.trace.record(Kind.QUEUE, self.name, queue=q, event="enabled", size=dq.size, desc=dq.desc_table)
+
+
+def _covers(offset: int, size: int, target: int) -> bool:
+    return offset <= target < offset + size
+
+
+def _overlaps(offset: int, size: int, start: int, length: int) -> bool:
+    return offset < start + length and start < offset + size
+
+
+__all__ = ["MSI_ADDRESS_BASE", "InterruptSink", "PciOptions", "ResetKind", "VirtioPciFunction"]
