@@ -79,8 +79,7 @@ class AllocatorState:
             if n <= 0:
                 raise _bad(name, item, "length is not positive")
             if addr < cursor:
-                raise _bad(name, item, "overlaps the previous block or starts before the window" if i else
-                           "starts before the window")
+                raise _bad(name, item, "overlaps or precedes the previous block" if i else "starts before the window")
             if addr + n > base + size:
                 raise _bad(name, item, "leaves the window")
             blocks.append((addr, n))
