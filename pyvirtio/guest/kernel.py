@@ -94,10 +94,14 @@ class Board(Protocol):
     """What the guest kernel sees of the machine it runs on: its RAM and the trace it records PM events in."""
 
     @property
-    def memory(self) -> GuestMemory: ...
+    def memory(self) -> GuestMemory:
+        """Guest RAM (the kernel's allocator lives in it)."""
+        ...
 
     @property
-    def trace(self) -> Trace: ...
+    def trace(self) -> Trace:
+        """Where the kernel records its PM events."""
+        ...
 
 
 class Guest:
