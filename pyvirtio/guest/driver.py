@@ -28,7 +28,15 @@ from pyvirtio.spec.constants import VIRTIO_MSI_NO_VECTOR, VIRTIO_PCI_ISR_CONFIG,
 from pyvirtio.virtqueue.driver import DriverQueue
 from pyvirtio.virtqueue.layout import RingLayout
 
-__all__ = ["TRANSPORT_FEATURES", "DriverState", "VirtioDriver"]
+__all__ = [
+    "TRANSPORT_FEATURES",
+    "DriverState",
+    "VirtioDriver",
+    "state_bool",
+    "state_error",
+    "state_fields",
+    "state_int",
+]
 
 #: Transport features a pyvirtio driver understands (Linux ``vring_transport_features`` + SUSPEND).
 TRANSPORT_FEATURES = (

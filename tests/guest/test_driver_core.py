@@ -13,8 +13,8 @@ import pytest
 
 from pyvirtio.clock import MS
 from pyvirtio.dma import GuestAllocator
-from pyvirtio.errors import DriverError, DriverTimeout
-from pyvirtio.guest.driver import TRANSPORT_FEATURES, VirtioDriver
+from pyvirtio.errors import DriverError, DriverTimeout, InvalidStateError
+from pyvirtio.guest.driver import TRANSPORT_FEATURES, DriverState, VirtioDriver
 from pyvirtio.guest.fake import FakeFunction, FakePlatform, acknowledge_suspend
 from pyvirtio.guest.kernel import Guest, KernelConfig
 from pyvirtio.guest.rng import RngDriver
@@ -361,3 +361,17 @@ def test_bind_checks_the_kernel_features_instead_of_patching() -> None:
     legacy = VirtioDriver(r.platform, rig().fn, guest.alloc, name="c")
     guest.bind(legacy, probe=False)
     assert legacy.extra_features == bit(44)
+
+
+def test_driver_state_strict_and_core_parsing() -> None:
+    """``DriverState.from_dict`` is strict (an unknown key is refused); ``VirtioDriver.load_state`` parses only
+    the core keys and leaves the others to the subclass that owns them; the loaded driver counts as probed."""
+    st = DriverState(bit(Feature.VERSION_1) | bit(Feature.EVENT_IDX), False, True)
+    assert DriverState.from_dict(st.to_dict()) == st
+    with pytest.raises(InvalidStateError, match="unknown fields \\['gpu'\\]"):
+        DriverState.from_dict({**st.to_dict(), "gpu": {}})
+    r = rig()
+    drv = driver(r)
+    mark = len(r.fn.log)
+    drv.load_state({**st.to_dict(), "gpu": {}})
+    assert drv.state() == st and drv.probed and r.fn.log[mark:] == []  # loading touches no register
