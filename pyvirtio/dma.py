@@ -3,15 +3,93 @@
 A first-fit free list over one window ``[base, base+size)`` of guest RAM, with alignment and coalescing on
 free. It only hands out addresses: nothing outside the window is ever returned, and the window itself must lie
 inside one region of :class:`~pyvirtio.memory.GuestMemory`.
+
+Its S4-image state is :class:`AllocatorState` (the window and the allocated blocks; the free list follows from
+them), validated like :class:`~pyvirtio.virtqueue.state.QueueState`: plain data, untrusted, re-checked field by
+field on the way in.
 """
 
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass
 
+from pyvirtio.errors import InvalidStateError
 from pyvirtio.memory import GuestMemory
 
-__all__ = ["GuestAllocator"]
+__all__ = ["AllocatorState", "AllocatorStateError", "GuestAllocator"]
+
+_ADDR_LIMIT = 1 << 64
+_WHAT = "allocator state"
+
+
+class AllocatorStateError(InvalidStateError, ValueError):
+    """Allocator state failed re-validation.
+
+    An :class:`~pyvirtio.errors.InvalidStateError`; also a ValueError for callers that caught the ValueError
+    this module used to raise (``pyvirtio.pm.system.boot_from_image``) — a transition, not a contract.
+    """
+
+
+def _bad(name: str, value: object, why: str) -> AllocatorStateError:
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return AllocatorStateError(f"{_WHAT} field {name!r} = {shown}: {why}")
+
+
+@dataclass(frozen=True)
+class AllocatorState:
+    """The allocator as the S4 image keeps it: the window ``[base, base+size)`` and the allocated blocks
+    ``(addr, length)`` in address order. Untrusted: :meth:`from_dict` checks types and ranges (positive lengths,
+    blocks inside the window, sorted, not overlapping) and :meth:`validate` that the window is guest RAM."""
+
+    base: int
+    size: int
+    allocated: tuple[tuple[int, int], ...]
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-able form: ``{"base", "size", "allocated": [[addr, length], ...]}``."""
+        return {"base": self.base, "size": self.size, "allocated": [list(b) for b in self.allocated]}
+
+    @classmethod
+    def from_dict(cls, data: object) -> AllocatorState:
+        """Parse :meth:`to_dict` output; :class:`AllocatorStateError` names the first bad field."""
+        if not isinstance(data, dict):
+            raise AllocatorStateError(f"{_WHAT}: expected an object, got {type(data).__name__}")
+        keys = ("base", "size", "allocated")
+        missing = [k for k in keys if k not in data]
+        extra = sorted(str(k) for k in data if k not in keys)
+        if missing or extra:
+            raise AllocatorStateError(f"{_WHAT}: missing fields {missing}, unknown fields {extra}")
+        base, size, allocated = data["base"], data["size"], data["allocated"]
+        if type(base) is not int or not 0 <= base < _ADDR_LIMIT:
+            raise _bad("base", base, "not a 64-bit guest address")
+        if type(size) is not int or not 0 < size <= _ADDR_LIMIT - base:
+            raise _bad("size", size, "not a positive length inside the 64-bit address space")
+        if not isinstance(allocated, list):
+            raise _bad("allocated", allocated, "not a list of [addr, length] blocks")
+        blocks: list[tuple[int, int]] = []
+        cursor = base
+        for i, item in enumerate(allocated):
+            name = f"allocated[{i}]"
+            if not (isinstance(item, (list, tuple)) and len(item) == 2 and all(type(v) is int for v in item)):
+                raise _bad(name, item, "not an [addr, length] pair of integers")
+            addr, n = item
+            if n <= 0:
+                raise _bad(name, item, "length is not positive")
+            if addr < cursor:
+                raise _bad(name, item, "overlaps or precedes the previous block" if i else "starts before the window")
+            if addr + n > base + size:
+                raise _bad(name, item, "leaves the window")
+            blocks.append((addr, n))
+            cursor = addr + n
+        return cls(base, size, tuple(blocks))
+
+    def validate(self, mem: GuestMemory) -> None:
+        """The window must lie inside guest RAM (one region), as the constructor requires."""
+        if not mem.contains(self.base, self.size):
+            raise _bad("base", self.base, f"window [{self.base:#x}, +{self.size:#x}) is not inside guest memory")
 
 
 class GuestAllocator:
@@ -29,15 +107,22 @@ class GuestAllocator:
 
     @property
     def free_bytes(self) -> int:
+        """Bytes not allocated (alignment may keep some of them from being handed out)."""
         return sum(self._free_sizes)
 
     @property
     def allocated_bytes(self) -> int:
+        """Bytes in allocated blocks."""
         return sum(self._allocated.values())
 
     @property
     def allocations(self) -> int:
+        """Number of allocated blocks."""
         return len(self._allocated)
+
+    def allocation(self, addr: int) -> int | None:
+        """Length of the block ``alloc`` returned at ``addr``, or None when ``addr`` starts no block."""
+        return self._allocated.get(addr)
 
     def alloc(self, n: int, align: int = 8) -> int:
         """Reserve ``n`` bytes aligned to ``align`` (a power of 2) and return the guest address."""
@@ -96,33 +181,33 @@ class GuestAllocator:
 
     # -- guest-kernel state for the S4 image ---------------------------------------------------------------------
 
+    def state(self) -> AllocatorState:
+        """The window and the allocated blocks, in address order."""
+        return AllocatorState(self.base, self.size, tuple(sorted(self._allocated.items())))
+
     def save_state(self) -> dict[str, object]:
-        return {"base": self.base, "size": self.size, "allocated": sorted(self._allocated.items())}
+        """:meth:`state` as a JSON-able dict (what the image header stores)."""
+        return self.state().to_dict()
 
     @classmethod
-    def from_state(cls, mem: GuestMemory, state: dict[str, object]) -> GuestAllocator:
-        """Rebuild an allocator from :meth:`save_state` output, re-validating every block (untrusted input)."""
-        base, size, allocated = state.get("base"), state.get("size"), state.get("allocated")
-        if not isinstance(base, int) or not isinstance(size, int) or not isinstance(allocated, list):
-            raise ValueError("malformed allocator state")
-        a = cls(mem, base, size)
-        cursor = base
+    def from_state(cls, mem: GuestMemory, state: dict[str, object] | AllocatorState) -> GuestAllocator:
+        """Rebuild an allocator from :meth:`save_state` output (or an :class:`AllocatorState`), re-validating
+        every field (untrusted input): :class:`AllocatorStateError` names the first bad one."""
+        st = state if isinstance(state, AllocatorState) else AllocatorState.from_dict(state)
+        st.validate(mem)
+        a = cls(mem, st.base, st.size)
+        cursor = st.base
         starts: list[int] = []
         sizes: list[int] = []
-        for item in allocated:
-            if not (isinstance(item, (list, tuple)) and len(item) == 2
-                    and all(isinstance(v, int) for v in item)):
-                raise ValueError("malformed allocator block")
-            addr, n = item
-            if n <= 0 or addr < cursor or addr + n > base + size:
-                raise ValueError(f"allocator block [{addr:#x}, +{n:#x}) overlaps or leaves the window")
+        for addr, n in st.allocated:
             if addr > cursor:
                 starts.append(cursor)
                 sizes.append(addr - cursor)
             a._allocated[addr] = n
             cursor = addr + n
-        if cursor < base + size:
+        end = st.base + st.size
+        if cursor < end:
             starts.append(cursor)
-            sizes.append(base + size - cursor)
+            sizes.append(end - cursor)
         a._free_starts, a._free_sizes = starts, sizes
         return a

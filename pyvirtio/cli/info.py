@@ -1,18 +1,53 @@
-"""``pyvirtio info``: a machine's devices, features and PCI layout, read as a guest would."""
+"""``pyvirtio info``: a machine's devices, features and PCI layout, read as a guest would.
+
+The capability table is rendered from :attr:`pyvirtio.guest.transport.PciTransport.capabilities`, the list the
+guest transport itself walked (virtio 1.4 §4.1.4): the CLI has no capability walk of its own.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from pyvirtio.spec.constants import PCI_BAR0, PCI_NUM_BARS, PCI_PM_CTRL, PCI_PM_PMC, DeviceId, PciCapId, VirtioPciCap
+from pyvirtio.guest.transport import (
+    MsixCapability,
+    PciCapability,
+    PciTransport,
+    PmCapability,
+    VirtioPciCapability,
+)
+from pyvirtio.spec.constants import (
+    PCI_BAR0,
+    PCI_BAR_MEM64,
+    PCI_BAR_PREFETCH,
+    PCI_DEVICE_ID,
+    PCI_NUM_BARS,
+    PCI_REVISION_ID,
+    PCI_VENDOR_ID,
+    DeviceId,
+    PciCapId,
+    VirtioPciCap,
+)
+
+if TYPE_CHECKING:
+    from pyvirtio.machine import Machine
 
 console = Console()
 
+#: ``--device`` choices, in the order they are documented
+DEVICE_CHOICES = ("gpu", "rng", "test")
 
-def build_machine(machine_type: str, devices: tuple[str, ...], pcie_port: bool, no_soft_reset: bool):  # type: ignore[no-untyped-def]
-    from pyvirtio.devices import Rng, TestDevice
+
+def build_machine(machine_type: str, devices: tuple[str, ...], pcie_port: bool, no_soft_reset: bool) -> Machine:
+    """A machine of ``machine_type`` with ``devices`` (names from :data:`DEVICE_CHOICES`) plugged in order.
+
+    ``pcie_port``/``no_soft_reset`` are passed to every :meth:`Machine.plug`; an unknown name raises
+    :class:`click.BadParameter`.
+    """
+    from pyvirtio.devices import Gpu, Rng, TestDevice
     from pyvirtio.host.device import VirtioDevice
     from pyvirtio.machine import Machine
 
@@ -24,8 +59,6 @@ def build_machine(machine_type: str, devices: tuple[str, ...], pcie_port: bool, 
         elif name == "test":
             dev = TestDevice()
         elif name == "gpu":
-            from pyvirtio.devices import Gpu
-
             dev = Gpu()
         else:
             raise click.BadParameter(f"unknown device {name!r}", param_hint="--device")
@@ -35,14 +68,13 @@ def build_machine(machine_type: str, devices: tuple[str, ...], pcie_port: bool, 
 
 @click.command()
 @click.option("--machine", "machine_type", type=click.Choice(["q35", "pc"]), default="q35", show_default=True)
-@click.option("--device", "devices", multiple=True, type=click.Choice(["gpu", "rng", "test"]),
+@click.option("--device", "devices", multiple=True, type=click.Choice(DEVICE_CHOICES),
               help="Devices to plug (repeatable). Default: gpu and rng.")
 @click.option("--pcie-port/--root-bus", default=True, show_default=True,
               help="Behind a PCIe root port (q35 only): adds the PCI PM capability.")
 @click.option("--no-soft-reset", is_flag=True, help="Set PMCSR No_Soft_Reset (QEMU x-pcie-pm-no-soft-reset).")
 def info(machine_type: str, devices: tuple[str, ...], pcie_port: bool, no_soft_reset: bool) -> None:
     """Print the devices, their features and the PCI layout of a machine, read as a guest would."""
-    from pyvirtio.guest.transport import PciTransport
     from pyvirtio.spec.features import feature_names
 
     if not devices:
@@ -54,28 +86,26 @@ def info(machine_type: str, devices: tuple[str, ...], pcie_port: bool, no_soft_r
     for slot, fn in enumerate(m.functions):
         t = PciTransport(fn, m, fn.name)
         t.enable_device()  # memory decoding on, as a driver would, so the BAR structures answer
-        vid, did = fn.config_read(0, 2), fn.config_read(2, 2)
-        cls = fn.config_read(8, 4) >> 8
-        console.print(f"\n[bold cyan]00:{slot + 2:02x}.0 {fn.name}[/]  {vid:04x}:{did:04x} rev {fn.config_read(8, 1)} "
-                      f"class {cls:06x}  virtio id {t.device_id} ({_dev_name(t.device_id)})")
+        vid, did = fn.config_read(PCI_VENDOR_ID, 2), fn.config_read(PCI_DEVICE_ID, 2)
+        rev_class = fn.config_read(PCI_REVISION_ID, 4)
+        console.print(f"\n[bold cyan]00:{slot + 2:02x}.0 {fn.name}[/]  {vid:04x}:{did:04x} rev {rev_class & 0xFF} "
+                      f"class {rev_class >> 8:06x}  virtio id {t.device_id} ({_dev_name(t.device_id)})")
         bars = Table(title="BARs", show_edge=False)
         for col in ("BAR", "size", "type"):
             bars.add_column(col)
         for i in range(PCI_NUM_BARS):
             size = fn.bar_sizes[i]
             if size:
-                flags = fn.config_read(PCI_BAR0 + 4 * i, 4) & 0xF
-                kind = ("64-bit " if flags & 0x4 else "32-bit ") + ("prefetchable mem" if flags & 0x8 else "mem")
+                flags = fn.config_read(PCI_BAR0 + 4 * i, 4)
+                kind = (("64-bit " if flags & PCI_BAR_MEM64 else "32-bit ")
+                        + ("prefetchable mem" if flags & PCI_BAR_PREFETCH else "mem"))
                 bars.add_row(str(i), f"{size:#x}", kind)
         console.print(bars)
         caps = Table(title="capabilities (walked through config_read)", show_edge=False)
         for col in ("offset", "capability", "details"):
             caps.add_column(col)
-        pos = fn.config_read(0x34, 1)
-        while pos:
-            cap_id, nxt = fn.config_read(pos, 1), fn.config_read(pos + 1, 1)
-            caps.add_row(f"{pos:#04x}", *_describe_cap(fn, pos, cap_id))
-            pos = nxt
+        for cap in t.capabilities:
+            caps.add_row(f"{cap.pos:#04x}", *describe_capability(cap))
         console.print(caps)
         feats = t.device_features()
         console.print(f"features {feats:#018x}: " + ", ".join(feature_names(t.device_id, feats)))
@@ -92,29 +122,20 @@ def _dev_name(device_id: int) -> str:
         return "unknown"
 
 
-def _describe_cap(fn, pos: int, cap_id: int) -> tuple[str, str]:  # type: ignore[no-untyped-def]
-    if cap_id == PciCapId.VENDOR:
-        cfg_type = fn.config_read(pos + 3, 1)
-        bar = fn.config_read(pos + 4, 1)
-        off, length = fn.config_read(pos + 8, 4), fn.config_read(pos + 12, 4)
+def describe_capability(cap: PciCapability) -> tuple[str, str]:
+    """``(name, details)`` of one walked capability, for the info table (virtio 1.4 §4.1.4, PCI 3.0 §6.7)."""
+    if isinstance(cap, VirtioPciCapability):
         try:
-            name = VirtioPciCap(cfg_type).name
+            name = VirtioPciCap(cap.cfg_type).name
         except ValueError:
-            name = f"type {cfg_type}"
-        extra = ""
-        if cfg_type == VirtioPciCap.NOTIFY_CFG:
-            extra = f" notify_off_multiplier {fn.config_read(pos + 16, 4)}"
-        return f"virtio {name}", f"BAR{bar} +{off:#06x} len {length:#x}{extra}"
-    if cap_id == PciCapId.MSIX:
-        ctrl = fn.config_read(pos + 2, 2)
-        table, pba = fn.config_read(pos + 4, 4), fn.config_read(pos + 8, 4)
-        return "MSI-X", (f"{(ctrl & 0x7FF) + 1} vectors, table BAR{table & 7}+{table & ~7:#x}, "
-                         f"PBA BAR{pba & 7}+{pba & ~7:#x}")
-    if cap_id == PciCapId.PM:
-        return "Power Management", (f"PMC {fn.config_read(pos + PCI_PM_PMC, 2):#06x} "
-                                    f"PMCSR {fn.config_read(pos + PCI_PM_CTRL, 2):#06x}")
-    if cap_id == PciCapId.EXP:
+            name = f"type {cap.cfg_type}"
+        extra = "" if cap.notify_off_multiplier is None else f" notify_off_multiplier {cap.notify_off_multiplier}"
+        return f"virtio {name}", f"BAR{cap.bar} +{cap.offset:#06x} len {cap.length:#x}{extra}"
+    if isinstance(cap, MsixCapability):
+        return "MSI-X", (f"{cap.table_size} vectors, table BAR{cap.table_bar}+{cap.table_offset:#x}, "
+                         f"PBA BAR{cap.pba_bar}+{cap.pba_offset:#x}")
+    if isinstance(cap, PmCapability):
+        return "Power Management", f"PMC {cap.pmc:#06x} PMCSR {cap.pmcsr:#06x}"
+    if cap.cap_id == PciCapId.EXP:
         return "PCI Express", "endpoint"
-    return f"id {cap_id:#x}", ""
-
-
+    return f"id {cap.cap_id:#x}", ""

@@ -14,7 +14,9 @@ from pyvirtio.spec.constants import CommonCfg, FreezeMode
 
 
 def set_freeze_mode(drv: VirtioDriver, mode: FreezeMode, timeout: int = 10 * S) -> None:
-    """Driver side: write ``freeze_mode`` and poll until the device reports it (like ``queue_reset``)."""
+    """Driver side (reference §2.9): write ``mode`` to ``freeze_mode`` and poll until the device reports it, as
+    for ``queue_reset``. Raises :class:`DriverTimeout` if it is not reached within ``timeout`` ns and
+    :class:`DriverError` if FREEZE_S3 does not stay reported (refused)."""
     drv.t.write(CommonCfg.FREEZE_MODE, int(mode))
     if not drv.platform.run_until(lambda: drv.t.read(CommonCfg.FREEZE_MODE) == mode, timeout):
         raise DriverTimeout(f"{drv.name}: freeze_mode {mode.name} not reached")

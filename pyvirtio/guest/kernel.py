@@ -11,13 +11,18 @@ Then the PCI core saves config space and puts the function in D3hot (``pci_pm_su
 brings it back to D0 and restores config space before the driver's resume. Hibernation (S4) always uses
 freeze/thaw/poweroff/restore. A PM notifier chain (PM_SUSPEND_PREPARE, PM_HIBERNATION_PREPARE, ...) lets drivers
 refuse a transition, as the Linux 7.3 virtio-gpu notifier refuses S4 while virgl objects exist.
+
+Which of those paths a device took is a :class:`PmPath` (kept per device in :class:`DevicePm`), so resume takes
+the matching one. The kernel's extensions that need a feature bit from every driver (the freeze_mode proposal)
+are announced by :meth:`KernelConfig.driver_features`; drivers are built with them (``extra_features=``) and
+:meth:`Guest.bind` checks they were.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Protocol
 
 from pyvirtio.clock import MS
@@ -31,7 +36,7 @@ from pyvirtio.trace import Kind, Trace
 
 
 class PmEvent(Enum):
-    """Linux PM notifier events."""
+    """Linux PM notifier events (``include/linux/suspend.h``)."""
 
     SUSPEND_PREPARE = "PM_SUSPEND_PREPARE"
     POST_SUSPEND = "PM_POST_SUSPEND"
@@ -56,12 +61,28 @@ class KernelConfig:
     freeze_mode_bit: int = FREEZE_MODE_FEATURE_DEFAULT
     suspend_timeout: int = 100 * MS
 
+    def driver_features(self) -> int:
+        """Transport feature bits every driver of this kernel must offer besides its own (pass them as
+        ``VirtioDriver(..., extra_features=...)``): the freeze_mode bit when the proposal is on (reference §2.9),
+        else none."""
+        return bit(self.freeze_mode_bit) if self.freeze_mode else 0
+
+
+class PmPath(StrEnum):
+    """Which ``dev_pm_ops`` path a device took to sleep (``virtio_pci_common.c``); the value is the text the
+    notes and reports carry (``str(path)`` and f-strings give it)."""
+
+    NONE = "none"  # Linux >= 6.8 with No_Soft_Reset: nothing to do
+    SUSPEND_BIT = "suspend-bit"  # virtio 1.4 Device Suspend
+    FREEZE = "freeze"  # virtio_pci_freeze / virtio_pci_restore
+    FREEZE_FALLBACK = "freeze-fallback"  # SUSPEND failed or timed out, then freeze
+
 
 @dataclass
 class DevicePm:
-    """How one driver went to sleep, so that resume takes the matching path."""
+    """How one driver went to sleep, so that resume takes the matching path; notes say what happened."""
 
-    path: str = "none"  # "none" (No_Soft_Reset), "suspend-bit", "freeze", "freeze-fallback"
+    path: PmPath = PmPath.NONE
     saved_config: bytes = b""
     notes: list[str] = field(default_factory=list)
 
@@ -73,10 +94,14 @@ class Board(Protocol):
     """What the guest kernel sees of the machine it runs on: its RAM and the trace it records PM events in."""
 
     @property
-    def memory(self) -> GuestMemory: ...
+    def memory(self) -> GuestMemory:
+        """Guest RAM (the kernel's allocator lives in it)."""
+        ...
 
     @property
-    def trace(self) -> Trace: ...
+    def trace(self) -> Trace:
+        """Where the kernel records its PM events."""
+        ...
 
 
 class Guest:
@@ -93,17 +118,30 @@ class Guest:
         self.pm: dict[str, DevicePm] = {}
 
     def trace(self, **detail: object) -> None:
+        """Record a guest PM event in the machine's trace."""
         self.machine.trace.record(Kind.PM, "guest", **detail)
 
     def bind(self, drv: VirtioDriver, *, probe: bool = True) -> VirtioDriver:
-        if self.kernel.freeze_mode:
-            drv.extra_features |= bit(self.kernel.freeze_mode_bit)
+        """Bind ``drv`` to this kernel (probing it unless ``probe`` is False, as for an image kernel's drivers,
+        which load their state instead) and add it to the PM order.
+
+        The driver must offer :meth:`KernelConfig.driver_features`: a driver built with ``extra_features=`` that
+        lacks one raises :class:`DriverError`. A driver built without ``extra_features`` gets them added here —
+        the compatibility path for callers that predate the keyword; it goes once they all pass it.
+        """
+        need = self.kernel.driver_features()
+        if not drv.extra_features_explicit:
+            drv.extra_features |= need  # compatibility path (see the docstring)
+        elif need & ~drv.extra_features:
+            raise DriverError(f"{drv.name}: driver offers extra features {drv.extra_features:#x}, kernel "
+                              f"{self.kernel.name} needs {need:#x} (pass extra_features=driver_features())")
         if probe:
             drv.probe()
         self.drivers.append(drv)
         return drv
 
     def driver(self, name: str) -> VirtioDriver:
+        """The bound driver called ``name`` (KeyError if none)."""
         for d in self.drivers:
             if d.name == name:
                 return d
@@ -133,30 +171,33 @@ class Guest:
             set_freeze_mode(drv, FreezeMode.UNFREEZE)
 
     def dev_suspend(self, drv: VirtioDriver) -> DevicePm:
-        """``.suspend`` for S3/s2idle."""
+        """``.suspend`` for S3/s2idle (``virtio_pci_suspend``): the :class:`PmPath` this kernel and device allow —
+        nothing with No_Soft_Reset (Linux >= 6.8), SUSPEND when enabled and negotiated (freeze if it fails),
+        else freeze."""
         pm = DevicePm()
         if self._uses_no_reset(drv):
             if self.kernel.suspend_bit and drv.has(Feature.SUSPEND):
                 try:
                     drv.suspend_bit(self.kernel.suspend_timeout)
-                    pm.path = "suspend-bit"
+                    pm.path = PmPath.SUSPEND_BIT
                 except DriverError as e:
-                    pm.path = "freeze-fallback"
+                    pm.path = PmPath.FREEZE_FALLBACK
                     pm.notes.append(f"SUSPEND failed ({e}); fell back to freeze")
                     self.trace(event="suspend_bit_fallback", dev=drv.name, why=str(e))
                     drv.freeze()
             else:
-                pm.path = "none"
+                pm.path = PmPath.NONE
         else:
             self._freeze(drv, pm)
-            pm.path = "freeze"
+            pm.path = PmPath.FREEZE
         return pm
 
     def dev_resume(self, drv: VirtioDriver, pm: DevicePm) -> None:
-        """``.resume`` for S3/s2idle, matching how the device was suspended."""
-        if pm.path == "none":
+        """``.resume`` for S3/s2idle, matching how the device was suspended: nothing after NONE, DRIVER_OK after
+        SUSPEND_BIT (a full restore if that fails), ``virtio_pci_restore`` after FREEZE and FREEZE_FALLBACK."""
+        if pm.path == PmPath.NONE:
             return
-        if pm.path == "suspend-bit":
+        if pm.path == PmPath.SUSPEND_BIT:
             try:
                 drv.resume_bit(self.kernel.suspend_timeout)
                 return
@@ -209,7 +250,7 @@ class Guest:
         done: list[VirtioDriver] = []
         try:
             for drv in reversed(self.drivers):
-                pm = DevicePm(path="freeze")
+                pm = DevicePm(path=PmPath.FREEZE)
                 self._freeze(drv, pm)
                 self.pm[drv.name] = pm
                 done.append(drv)

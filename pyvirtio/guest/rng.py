@@ -1,40 +1,113 @@
-"""Guest virtio-rng driver, modelled on Linux ``drivers/char/hw_random/virtio-rng.c``.
+"""Guest virtio-rng driver (virtio 1.4 §5.4), modelled on Linux ``drivers/char/hw_random/virtio-rng.c``.
 
-``request(n)`` makes one buffer available and kicks; ``read(n)`` waits for it. ``.freeze`` resets the device and
-deletes the queue (buffers in flight are abandoned, as Linux ``remove_common``); ``.restore`` re-creates it.
+``request(n)`` makes one device-writable buffer available and kicks; ``read(n)`` waits for it. ``.freeze``
+resets the device and deletes the queue (buffers in flight are abandoned, as Linux ``remove_common``);
+``.restore`` re-creates it. The S4-image state is :class:`RngState`: the core :class:`DriverState` plus whether
+submissions are allowed and the buffers in flight.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
+from typing import ClassVar
 
 from pyvirtio.clock import MS
+from pyvirtio.dma import GuestAllocator
 from pyvirtio.errors import DriverTimeout
-from pyvirtio.guest.driver import VirtioDriver
+from pyvirtio.guest.driver import DriverState, VirtioDriver, state_bool, state_error, state_fields
+from pyvirtio.guest.transport import PciFunctionAccess, Platform, Transport
 from pyvirtio.spec.constants import DeviceId
+
+__all__ = ["RngDriver", "RngRequest", "RngState"]
+
+_ADDR_LIMIT = 1 << 64
 
 
 @dataclass
 class RngRequest:
+    """One entropy request: a device-writable buffer of ``size`` bytes at guest address ``addr``."""
+
     addr: int
     size: int
     done: bool = False
     data: bytes = b""
 
 
+@dataclass(frozen=True)
+class RngState(DriverState):
+    """:class:`DriverState` plus ``submitting`` and the requests in flight as ``(addr, size)`` buffers.
+
+    :meth:`from_dict` checks shapes and ranges (positive sizes, 64-bit addresses, no overlap);
+    :meth:`RngDriver.load_state` also checks that every buffer is a block of the driver's allocator.
+    """
+
+    submitting: bool
+    outstanding: tuple[tuple[int, int], ...]
+
+    WHAT: ClassVar[str] = "rng driver state"
+    KEYS: ClassVar[tuple[str, ...]] = (*DriverState.KEYS, "submitting", "outstanding")
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-able form: the :class:`DriverState` keys, ``submitting`` and ``outstanding: [[addr, size]]``."""
+        return {**super().to_dict(), "submitting": self.submitting,
+                "outstanding": [list(b) for b in self.outstanding]}
+
+    @classmethod
+    def from_dict(cls, data: object) -> RngState:
+        """Parse :meth:`to_dict` output, rejecting unknown, missing or bad fields (:class:`InvalidStateError`)."""
+        d = state_fields(cls.WHAT, data, cls.KEYS)
+        core = cls.core_from_dict(d, strict=False)
+        raw = d["outstanding"]
+        if not isinstance(raw, list):
+            raise state_error(cls.WHAT, "outstanding", raw, "not a list of [addr, size] buffers")
+        bufs: list[tuple[int, int]] = []
+        for i, item in enumerate(raw):
+            name = f"outstanding[{i}]"
+            if not (isinstance(item, (list, tuple)) and len(item) == 2 and all(type(v) is int for v in item)):
+                raise state_error(cls.WHAT, name, item, "not an [addr, size] pair of integers")
+            addr, size = item
+            if size <= 0 or addr < 0 or addr + size > _ADDR_LIMIT:
+                raise state_error(cls.WHAT, name, item, "not a non-empty range of 64-bit guest addresses")
+            bufs.append((addr, size))
+        ordered = sorted(bufs)
+        for (a, n), (b, _) in pairwise(ordered):
+            if a + n > b:
+                raise state_error(cls.WHAT, "outstanding", raw, f"buffers at {a:#x} and {b:#x} overlap")
+        return cls(core.features, core.failed, core.config_change_pending, state_bool(cls.WHAT, d, "submitting"),
+                   tuple(bufs))
+
+
 class RngDriver(VirtioDriver):
+    """The virtio-rng driver: one request queue (virtio 1.4 §5.4.2)."""
+
     device_id = DeviceId.ENTROPY
     queue_sizes = (None,)
 
-    def __init__(self, *args: object, **kw: object) -> None:
-        super().__init__(*args, **kw)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        platform: Platform,
+        fn: PciFunctionAccess | None,
+        alloc: GuestAllocator,
+        *,
+        name: str = "virtio",
+        use_msix: bool = True,
+        accept_suspend: bool = True,
+        extra_features: int | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        super().__init__(platform, fn, alloc, name=name, use_msix=use_msix, accept_suspend=accept_suspend,
+                         extra_features=extra_features, transport=transport)
         self.outstanding: list[RngRequest] = []
         self.completed: list[RngRequest] = []
         self.lost: list[RngRequest] = []
         self.submitting = True
 
     def request(self, n: int) -> RngRequest:
-        """Make one ``n``-byte buffer available to the device (non-blocking)."""
+        """Make one ``n``-byte device-writable buffer available and kick (non-blocking, virtio 1.4 §5.4.6).
+
+        RuntimeError while submissions are stopped (Device Suspend: no new buffers while suspending).
+        """
         if not self.submitting:
             raise RuntimeError(f"{self.name}: submissions are stopped")
         addr = self.alloc.alloc(n, 8)
@@ -45,12 +118,14 @@ class RngDriver(VirtioDriver):
         return req
 
     def read(self, n: int, timeout: int = 100 * MS) -> bytes:
+        """:meth:`request` ``n`` bytes and wait for them; :class:`DriverTimeout` after ``timeout`` ns."""
         req = self.request(n)
         if not self.platform.run_until(lambda: req.done, timeout):
             raise DriverTimeout(f"{self.name}: no entropy within {timeout} ns")
         return req.data
 
     def vq_callback(self, index: int) -> None:
+        """Reclaim used buffers: copy what the device wrote (at most the buffer size) and free the buffer."""
         if not self.vqs:
             return
         for token, length in self.vqs[0].drain_used():
@@ -62,19 +137,48 @@ class RngDriver(VirtioDriver):
             self.outstanding.remove(token)
             self.completed.append(token)
 
-    def driver_freeze(self) -> None:
-        # Linux remove_common: reset (abandoning any request in flight), then delete the queue.
-        self.t.reset()
-        for vq in self.vqs:
-            for token in vq.detach_unused():
-                assert isinstance(token, RngRequest)
-                self.outstanding.remove(token)
-                self.alloc.free(token.addr)
-                self.lost.append(token)
-        self.del_vqs()
+    def reclaim_unused(self, token: object) -> None:
+        """Linux ``remove_common``: a request in flight at freeze is abandoned (freed, counted as lost)."""
+        if isinstance(token, RngRequest) and token in self.outstanding:
+            self._abandon(token)
+
+    def _abandon(self, req: RngRequest) -> None:
+        self.outstanding.remove(req)
+        self.alloc.free(req.addr)
+        self.lost.append(req)
+
+    def driver_restore(self) -> None:
+        """``virtrng_restore``: requests still outstanding were made to the device before the image was taken
+        (no queue holds them now), so they are abandoned as ``remove_common`` would have; then the queue is
+        re-created."""
+        for req in list(self.outstanding):
+            self._abandon(req)
+        super().driver_restore()
 
     def stop_submissions(self) -> None:
+        """No new requests until :meth:`start_submissions` (before SUSPEND)."""
         self.submitting = False
 
     def start_submissions(self) -> None:
+        """Requests may be made again."""
         self.submitting = True
+
+    # -- S4 image state ---------------------------------------------------------------------------------------
+
+    def state(self) -> RngState:
+        """The core driver state, ``submitting`` and the buffers of outstanding requests."""
+        core = super().state()
+        return RngState(core.features, core.failed, core.config_change_pending, self.submitting,
+                        tuple((r.addr, r.size) for r in self.outstanding))
+
+    def load_state(self, state: dict[str, object]) -> None:
+        """Re-create the driver from an image: :class:`RngState` validated, and every outstanding buffer must be
+        an allocated block of exactly its size in the driver's (restored) allocator."""
+        st = RngState.from_dict(state)
+        for i, (addr, size) in enumerate(st.outstanding):
+            if self.alloc.allocation(addr) != size:
+                raise state_error(RngState.WHAT, f"outstanding[{i}]", [addr, size],
+                                  "not an allocated block of that size")
+        self._apply_state(st)
+        self.submitting = st.submitting
+        self.outstanding = [RngRequest(addr, size) for addr, size in st.outstanding]

@@ -4,6 +4,12 @@ It uses only a function's four accessors (``config_read``, ``config_write``, ``b
 reads the capability list a dword at a time, as real PCI code does. It is the pyvirtio counterpart of Linux
 ``virtio_pci_modern_dev`` plus the bits of the PCI core a virtio driver relies on (enable/disable, bus master,
 MSI-X, PMCSR).
+
+* :class:`Transport` is what the guest half uses of a transport (rcore virtio-drivers' ``Transport`` trait): a
+  driver takes one as a parameter, so tests can hand it a :class:`PciTransport` over
+  :class:`~pyvirtio.guest.fake.FakeFunction`, or a transport of their own.
+* :func:`walk_capabilities` reads the capability list into typed :class:`PciCapability` records;
+  :attr:`PciTransport.capabilities` keeps them (``pyvirtio info`` renders them).
 """
 
 from __future__ import annotations
@@ -16,9 +22,12 @@ from pyvirtio.clock import MS
 from pyvirtio.errors import DriverError, DriverTimeout
 from pyvirtio.spec.constants import (
     COMMON_CFG_WIDTH,
+    PCI_BAR0,
     PCI_CAPABILITY_LIST,
     PCI_COMMAND,
     PCI_DEVICE_ID,
+    PCI_INTERRUPT_LINE,
+    PCI_MSIX_BIR_MASK,
     PCI_MSIX_ENTRY_ADDR_HI,
     PCI_MSIX_ENTRY_ADDR_LO,
     PCI_MSIX_ENTRY_CTRL_MASKBIT,
@@ -30,11 +39,14 @@ from pyvirtio.spec.constants import (
     PCI_MSIX_FLAGS_QSIZE,
     PCI_MSIX_PBA,
     PCI_MSIX_TABLE,
+    PCI_NUM_BARS,
     PCI_PM_CTRL,
+    PCI_PM_PMC,
     PCI_STATUS,
     PCI_VENDOR_ID,
     VIRTIO_MSI_NO_VECTOR,
     VIRTIO_PCI_CAP_BAR,
+    VIRTIO_PCI_CAP_CFG_TYPE,
     VIRTIO_PCI_CAP_LENGTH,
     VIRTIO_PCI_CAP_OFFSET,
     VIRTIO_PCI_MODERN_DEVICE_ID_BASE,
@@ -49,29 +61,54 @@ from pyvirtio.spec.constants import (
     VirtioPciCap,
 )
 
+#: Highest modern virtio PCI device id (0x1040 + 63, virtio 1.4 §4.1.2.1).
+_MODERN_DEVICE_ID_LAST = 0x107F
+#: Capabilities live in the device-specific part of the 256-byte header (PCI 3.0 §6.7).
+_CAP_MIN, _CAP_END = 0x40, 0x100
+#: The standard type-0 header that ``pci_save_state`` keeps (PCI 3.0 §6.1).
+_HEADER_SIZE = 0x40
+#: Highest BAR index; a virtio capability naming another BAR is ignored (virtio 1.4 §4.1.4).
+_BAR_LAST = 5
+
 
 class PciFunctionAccess(Protocol):
-    """The four accessors a guest has to a PCI function."""
+    """The four accessors a guest has to a PCI function (config space and memory BARs)."""
 
-    def config_read(self, offset: int, size: int) -> int: ...
+    def config_read(self, offset: int, size: int) -> int:
+        """Read ``size`` (1, 2 or 4) bytes of configuration space at ``offset``, little-endian."""
+        ...
 
-    def config_write(self, offset: int, size: int, value: int) -> None: ...
+    def config_write(self, offset: int, size: int, value: int) -> None:
+        """Write ``size`` bytes of configuration space at ``offset``."""
+        ...
 
-    def bar_read(self, bar: int, offset: int, size: int) -> int: ...
+    def bar_read(self, bar: int, offset: int, size: int) -> int:
+        """Read ``size`` bytes at ``offset`` in memory BAR ``bar`` (all-ones when decoding is off)."""
+        ...
 
-    def bar_write(self, bar: int, offset: int, size: int, value: int) -> None: ...
+    def bar_write(self, bar: int, offset: int, size: int, value: int) -> None:
+        """Write ``size`` bytes at ``offset`` in memory BAR ``bar`` (dropped when decoding is off)."""
+        ...
 
 
 class Platform(Protocol):
     """What the transport needs from the machine: time to wait and interrupt routing."""
 
-    def run_until(self, predicate: Callable[[], bool], timeout: int = ...) -> bool: ...
+    def run_until(self, predicate: Callable[[], bool], timeout: int = ...) -> bool:
+        """Let time pass until ``predicate()`` holds (True) or ``timeout`` ns passed (False)."""
+        ...
 
-    def alloc_msi(self, handler: Callable[[], None]) -> tuple[int, int]: ...
+    def alloc_msi(self, handler: Callable[[], None]) -> tuple[int, int]:
+        """An MSI (address, data) pair whose delivery calls ``handler``."""
+        ...
 
-    def free_msi(self, data: int) -> None: ...
+    def free_msi(self, data: int) -> None:
+        """Forget the MSI allocated with ``data``."""
+        ...
 
-    def set_intx_handler(self, src: str, handler: Callable[[], None] | None) -> None: ...
+    def set_intx_handler(self, src: str, handler: Callable[[], None] | None) -> None:
+        """Route INTx of function ``src`` to ``handler`` (None: unroute)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -83,8 +120,257 @@ class Window:
     length: int
 
 
+# -- the capability list ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PciCapability:
+    """One entry of a function's capability list (PCI 3.0 §6.7): where it is and its id."""
+
+    pos: int
+    cap_id: int
+
+
+@dataclass(frozen=True)
+class VirtioPciCapability(PciCapability):
+    """A ``struct virtio_pci_cap`` (virtio 1.4 §4.1.4): a structure of type ``cfg_type`` in ``bar``.
+
+    ``notify_off_multiplier`` is set for NOTIFY_CFG only (§4.1.4.4).
+    """
+
+    cfg_type: int
+    bar: int
+    offset: int
+    length: int
+    notify_off_multiplier: int | None = None
+
+    @property
+    def window(self) -> Window:
+        """The structure's location as a :class:`Window`."""
+        return Window(self.bar, self.offset, self.length)
+
+
+@dataclass(frozen=True)
+class MsixCapability(PciCapability):
+    """The MSI-X capability (PCI 3.0 §6.8.2): message control, table and PBA (offset | BIR) as read."""
+
+    control: int
+    table: int
+    pba: int
+
+    @property
+    def table_size(self) -> int:
+        """Number of table entries (Table Size field + 1)."""
+        return (self.control & PCI_MSIX_FLAGS_QSIZE) + 1
+
+    @property
+    def table_bar(self) -> int:
+        """BAR holding the vector table."""
+        return self.table & PCI_MSIX_BIR_MASK
+
+    @property
+    def table_offset(self) -> int:
+        """Offset of the vector table in :attr:`table_bar`."""
+        return self.table & ~PCI_MSIX_BIR_MASK
+
+    @property
+    def pba_bar(self) -> int:
+        """BAR holding the pending bit array."""
+        return self.pba & PCI_MSIX_BIR_MASK
+
+    @property
+    def pba_offset(self) -> int:
+        """Offset of the pending bit array in :attr:`pba_bar`."""
+        return self.pba & ~PCI_MSIX_BIR_MASK
+
+
+@dataclass(frozen=True)
+class PmCapability(PciCapability):
+    """The PCI Power Management capability (PCI PM 1.2 §3.2): PMC, and PMCSR as read during the walk."""
+
+    pmc: int
+    pmcsr: int
+
+
+def walk_capabilities(fn: PciFunctionAccess) -> list[PciCapability]:
+    """Read ``fn``'s capability list in order, with aligned dword reads (virtio 1.4 §4.1.4, PCI 3.0 §6.7).
+
+    Stops at a null pointer, a pointer outside 0x40..0xFF, or a loop (a hostile list cannot hang the walk).
+    Returns an empty list when Status.Capabilities List is clear.
+    """
+
+    def cfg8(off: int) -> int:  # byte read done as an aligned dword read (what the walk must tolerate)
+        return (fn.config_read(off & ~3, 4) >> (8 * (off & 3))) & 0xFF
+
+    caps: list[PciCapability] = []
+    if not fn.config_read(PCI_STATUS, 2) & PciStatusReg.CAP_LIST:
+        return caps
+    pos = cfg8(PCI_CAPABILITY_LIST) & ~3
+    seen: set[int] = set()
+    while pos and pos not in seen and _CAP_MIN <= pos < _CAP_END:
+        seen.add(pos)
+        header = fn.config_read(pos, 4)
+        cap_id, nxt = header & 0xFF, (header >> 8) & 0xFF
+        cap: PciCapability
+        if cap_id == PciCapId.VENDOR:
+            cfg_type = (header >> (8 * VIRTIO_PCI_CAP_CFG_TYPE)) & 0xFF
+            mult = fn.config_read(pos + VIRTIO_PCI_NOTIFY_CAP_MULT, 4) if cfg_type == VirtioPciCap.NOTIFY_CFG else None
+            cap = VirtioPciCapability(pos, cap_id, cfg_type, cfg8(pos + VIRTIO_PCI_CAP_BAR),
+                                      fn.config_read(pos + VIRTIO_PCI_CAP_OFFSET, 4),
+                                      fn.config_read(pos + VIRTIO_PCI_CAP_LENGTH, 4), mult)
+        elif cap_id == PciCapId.MSIX:
+            cap = MsixCapability(pos, cap_id, fn.config_read(pos + PCI_MSIX_FLAGS, 2),
+                                 fn.config_read(pos + PCI_MSIX_TABLE, 4), fn.config_read(pos + PCI_MSIX_PBA, 4))
+        elif cap_id == PciCapId.PM:
+            cap = PmCapability(pos, cap_id, fn.config_read(pos + PCI_PM_PMC, 2), fn.config_read(pos + PCI_PM_CTRL, 2))
+        else:
+            cap = PciCapability(pos, cap_id)
+        caps.append(cap)
+        pos = nxt & ~3
+    return caps
+
+
+# -- what the guest half uses of a transport ------------------------------------------------------------------------
+
+
+class Transport(Protocol):
+    """The transport as the guest half uses it (rcore virtio-drivers ``Transport``): :class:`PciTransport`
+    implements it; a driver takes one as a parameter (``VirtioDriver(..., transport=...)``).
+
+    The virtio part (status, features, queues, notifications, device configuration, interrupts) is what the
+    driver core and device drivers use; the PCI-function part (enable, config save/restore, power state,
+    No_Soft_Reset, common-config fields) is what the guest kernel's PM core and the freeze_mode extension use.
+    """
+
+    name: str
+
+    @property
+    def device_id(self) -> int:
+        """The virtio device id (virtio 1.4 §5)."""
+        ...
+
+    # virtio 1.4 §2.1 device status
+    def get_status(self) -> int:
+        """Read ``device_status``."""
+        ...
+
+    def set_status(self, value: int) -> None:
+        """Write ``device_status``."""
+        ...
+
+    def add_status(self, bits: int) -> None:
+        """Read-modify-write ``device_status`` to set ``bits``."""
+        ...
+
+    def reset(self) -> None:
+        """Reset the device and wait until status reads 0 (§4.1.4.3.2)."""
+        ...
+
+    # §2.2 features
+    def device_features(self) -> int:
+        """The 64 feature bits the device offers."""
+        ...
+
+    def set_driver_features(self, feats: int) -> None:
+        """Write the 64 feature bits the driver accepts."""
+        ...
+
+    # §2.7 / §4.1.4.3 virtqueues
+    def num_queues(self) -> int:
+        """``num_queues``."""
+        ...
+
+    def queue_max_size(self, index: int) -> int:
+        """Maximum size of queue ``index`` (0: the queue does not exist)."""
+        ...
+
+    def setup_queue(self, index: int, size: int, desc: int, driver: int, device: int, vector: int) -> int:
+        """Program and enable queue ``index``; returns the MSI-X vector the device accepted."""
+        ...
+
+    def set_config_vector(self, vector: int) -> int:
+        """Route configuration changes to MSI-X ``vector``; returns the vector accepted."""
+        ...
+
+    def notify(self, index: int) -> None:
+        """Available-buffer notification for queue ``index`` (§4.1.4.4)."""
+        ...
+
+    def read_isr(self) -> int:
+        """Read (and so clear) the ISR status (§4.1.4.5)."""
+        ...
+
+    # §2.5 device configuration space
+    def generation(self) -> int:
+        """``config_generation``."""
+        ...
+
+    def config_read(self, offset: int, size: int) -> int:
+        """Read ``size`` bytes of device configuration at ``offset``."""
+        ...
+
+    def config_write(self, offset: int, size: int, value: int) -> None:
+        """Write ``size`` bytes of device configuration at ``offset``."""
+        ...
+
+    def config_read_consistent(self, fields: list[tuple[int, int]], tries: int = 16) -> list[int]:
+        """Read several fields under one ``config_generation`` (§2.5.1)."""
+        ...
+
+    # interrupts
+    def setup_msix(self, handlers: list[Callable[[], None]]) -> bool:
+        """One MSI-X vector per handler, enabled; False if the table is too small."""
+        ...
+
+    def free_msix(self) -> None:
+        """Release every vector and disable MSI-X."""
+        ...
+
+    def setup_intx(self, handler: Callable[[], None] | None) -> None:
+        """Route INTx to ``handler`` (None: unroute)."""
+        ...
+
+    # the PCI function (Linux PCI core)
+    def enable_device(self) -> None:
+        """Memory decoding and bus mastering on."""
+        ...
+
+    def disable_device(self) -> None:
+        """Bus mastering off."""
+        ...
+
+    def save_config(self) -> bytes:
+        """Save the configuration header for :meth:`restore_config`."""
+        ...
+
+    def restore_config(self, saved: bytes) -> None:
+        """Restore what :meth:`save_config` returned."""
+        ...
+
+    def supports_pm_no_reset(self) -> bool:
+        """Whether PMCSR advertises No_Soft_Reset."""
+        ...
+
+    def set_power_state(self, state: PowerState) -> None:
+        """Move the function to D-state ``state`` (no-op without a PM capability)."""
+        ...
+
+    def read(self, field: CommonCfg) -> int:
+        """Read one common-configuration field (§4.1.4.3)."""
+        ...
+
+    def write(self, field: CommonCfg, value: int) -> None:
+        """Write one common-configuration field (§4.1.4.3)."""
+        ...
+
+
 class PciTransport:
-    """A virtio-pci modern transport driver over one function."""
+    """A virtio-pci modern transport driver over one function (implements :class:`Transport`).
+
+    Construction checks the PCI identity (virtio 1.4 §4.1.2), walks the capability list and picks, for each
+    structure type, the first capability whose BAR is valid (§4.1.4); it raises :class:`DriverError` when
+    COMMON, NOTIFY or ISR is missing.
+    """
 
     RESET_TIMEOUT = 100 * MS
 
@@ -94,9 +380,12 @@ class PciTransport:
         self.name = name
         vendor = fn.config_read(PCI_VENDOR_ID, 2)
         device = fn.config_read(PCI_DEVICE_ID, 2)
-        if vendor != VIRTIO_PCI_VENDOR_ID or not VIRTIO_PCI_MODERN_DEVICE_ID_BASE <= device <= 0x107F:
+        if vendor != VIRTIO_PCI_VENDOR_ID or not VIRTIO_PCI_MODERN_DEVICE_ID_BASE <= device <= _MODERN_DEVICE_ID_LAST:
             raise DriverError(f"not a modern virtio PCI function ({vendor:04x}:{device:04x})")
+        #: the virtio device id: PCI device id - 0x1040 (virtio 1.4 §4.1.2.1)
         self.device_id = device - VIRTIO_PCI_MODERN_DEVICE_ID_BASE
+        #: the capability list as walked at construction, in list order
+        self.capabilities: list[PciCapability] = walk_capabilities(fn)
         self.common: Window | None = None
         self.notify_cfg: Window | None = None
         self.notify_mult = 0
@@ -107,51 +396,33 @@ class PciTransport:
         self.pm_cap = 0
         self._msi_data: list[int] = []
         self.msix_enabled = False
-        self._walk_capabilities()
+        for cap in self.capabilities:
+            self._select(cap)
         if self.common is None or self.notify_cfg is None or self.isr is None:
             raise DriverError("virtio PCI function lacks a COMMON, NOTIFY or ISR capability")
 
     # -- discovery --------------------------------------------------------------------------------------------
 
-    def _cfg8(self, off: int) -> int:
-        """Byte read done as an aligned dword read (what the capability walk must tolerate)."""
-        return (self.fn.config_read(off & ~3, 4) >> (8 * (off & 3))) & 0xFF
-
-    def _walk_capabilities(self) -> None:
-        if not self.fn.config_read(PCI_STATUS, 2) & PciStatusReg.CAP_LIST:
-            return
-        pos = self._cfg8(PCI_CAPABILITY_LIST) & ~3
-        seen: set[int] = set()
-        while pos and pos not in seen and 0x40 <= pos < 0x100:
-            seen.add(pos)
-            header = self.fn.config_read(pos, 4)
-            cap_id, nxt = header & 0xFF, (header >> 8) & 0xFF
-            if cap_id == PciCapId.VENDOR:
-                self._virtio_cap(pos, (header >> 24) & 0xFF)
-            elif cap_id == PciCapId.MSIX and not self.msix_cap:
-                self.msix_cap = pos
-            elif cap_id == PciCapId.PM and not self.pm_cap:
-                self.pm_cap = pos
-            pos = nxt & ~3
-
-    def _virtio_cap(self, pos: int, cfg_type: int) -> None:
-        bar = self._cfg8(pos + VIRTIO_PCI_CAP_BAR)
-        if bar > 5 and cfg_type != VirtioPciCap.PCI_CFG:
-            return  # §4.1.4: reserved BAR values are ignored
-        win = Window(bar, self.fn.config_read(pos + VIRTIO_PCI_CAP_OFFSET, 4),
-                     self.fn.config_read(pos + VIRTIO_PCI_CAP_LENGTH, 4))
-        # The first capability of each type that the driver supports wins (§4.1.4).
-        if cfg_type == VirtioPciCap.COMMON_CFG and self.common is None:
-            self.common = win
-        elif cfg_type == VirtioPciCap.NOTIFY_CFG and self.notify_cfg is None:
-            self.notify_cfg = win
-            self.notify_mult = self.fn.config_read(pos + VIRTIO_PCI_NOTIFY_CAP_MULT, 4)
-        elif cfg_type == VirtioPciCap.ISR_CFG and self.isr is None:
-            self.isr = win
-        elif cfg_type == VirtioPciCap.DEVICE_CFG and self.device_cfg is None:
-            self.device_cfg = win
-        elif cfg_type == VirtioPciCap.PCI_CFG and not self.pci_cfg_cap:
-            self.pci_cfg_cap = pos
+    def _select(self, cap: PciCapability) -> None:
+        """Take ``cap`` unless an earlier capability of its kind was taken (§4.1.4: the first one wins)."""
+        if isinstance(cap, MsixCapability):
+            self.msix_cap = self.msix_cap or cap.pos
+        elif isinstance(cap, PmCapability):
+            self.pm_cap = self.pm_cap or cap.pos
+        elif isinstance(cap, VirtioPciCapability):
+            if cap.cfg_type == VirtioPciCap.PCI_CFG:
+                self.pci_cfg_cap = self.pci_cfg_cap or cap.pos
+            elif cap.bar > _BAR_LAST:
+                return  # §4.1.4: reserved BAR values are ignored
+            elif cap.cfg_type == VirtioPciCap.COMMON_CFG and self.common is None:
+                self.common = cap.window
+            elif cap.cfg_type == VirtioPciCap.NOTIFY_CFG and self.notify_cfg is None:
+                self.notify_cfg = cap.window
+                self.notify_mult = cap.notify_off_multiplier or 0
+            elif cap.cfg_type == VirtioPciCap.ISR_CFG and self.isr is None:
+                self.isr = cap.window
+            elif cap.cfg_type == VirtioPciCap.DEVICE_CFG and self.device_cfg is None:
+                self.device_cfg = cap.window
 
     # -- PCI core helpers -------------------------------------------------------------------------------------
 
@@ -167,20 +438,21 @@ class PciTransport:
 
     def save_config(self) -> bytes:
         """``pci_save_state``: the first 64 bytes of the header plus MSI-X control."""
-        data = b"".join(self.fn.config_read(o, 4).to_bytes(4, "little") for o in range(0, 0x40, 4))
+        data = b"".join(self.fn.config_read(o, 4).to_bytes(4, "little") for o in range(0, _HEADER_SIZE, 4))
         msix = self.fn.config_read(self.msix_cap + PCI_MSIX_FLAGS, 2) if self.msix_cap else 0
         return data + msix.to_bytes(2, "little")
 
     def restore_config(self, saved: bytes) -> None:
         """``pci_restore_state``: BARs first, then command, then MSI-X control."""
-        for o in range(0x10, 0x28, 4):
+        for o in range(PCI_BAR0, PCI_BAR0 + 4 * PCI_NUM_BARS, 4):
             self.fn.config_write(o, 4, int.from_bytes(saved[o : o + 4], "little"))
-        self.fn.config_write(0x3C, 1, saved[0x3C])
+        self.fn.config_write(PCI_INTERRUPT_LINE, 1, saved[PCI_INTERRUPT_LINE])
         self.fn.config_write(PCI_COMMAND, 2, int.from_bytes(saved[4:6], "little"))
         if self.msix_cap:
-            self.fn.config_write(self.msix_cap + PCI_MSIX_FLAGS, 2, int.from_bytes(saved[0x40:0x42], "little"))
+            self.fn.config_write(self.msix_cap + PCI_MSIX_FLAGS, 2, int.from_bytes(saved[_HEADER_SIZE:], "little"))
 
     def pmcsr(self) -> int:
+        """PMCSR of the PM capability (PCI PM 1.2 §3.2.4); 0 without one."""
         return self.fn.config_read(self.pm_cap + PCI_PM_CTRL, 2) if self.pm_cap else 0
 
     def supports_pm_no_reset(self) -> bool:
@@ -191,12 +463,15 @@ class PciTransport:
         return v != 0xFFFF and bool(v & Pmcsr.NO_SOFT_RESET)
 
     def set_power_state(self, state: PowerState) -> None:
+        """``pci_set_power_state``: write PowerState, preserving No_Soft_Reset and not clearing PME_Status
+        (RW1C); a no-op without a PM capability (PCI PM 1.2 §3.2.4)."""
         if not self.pm_cap:
             return
         v = self.pmcsr()
         self.fn.config_write(self.pm_cap + PCI_PM_CTRL, 2, (v & ~(Pmcsr.STATE_MASK | Pmcsr.PME_STATUS)) | state)
 
     def power_state(self) -> PowerState:
+        """The function's D-state from PMCSR (D0 without a PM capability)."""
         return PowerState(self.pmcsr() & Pmcsr.STATE_MASK) if self.pm_cap else PowerState.D0
 
     # -- common config --------------------------------------------------------------------------------------------
@@ -206,17 +481,21 @@ class PciTransport:
         return self.common
 
     def read(self, field: CommonCfg) -> int:
+        """Read common-configuration ``field`` with its natural width (virtio 1.4 §4.1.4.3)."""
         c = self._common()
         return self.fn.bar_read(c.bar, c.offset + field, COMMON_CFG_WIDTH[field])
 
     def write(self, field: CommonCfg, value: int) -> None:
+        """Write common-configuration ``field`` with its natural width (virtio 1.4 §4.1.4.3)."""
         c = self._common()
         self.fn.bar_write(c.bar, c.offset + field, COMMON_CFG_WIDTH[field], value)
 
     def get_status(self) -> int:
+        """Read ``device_status`` (virtio 1.4 §2.1)."""
         return self.read(CommonCfg.DEVICE_STATUS)
 
     def set_status(self, value: int) -> None:
+        """Write ``device_status`` (virtio 1.4 §2.1); 0 resets the device (§4.1.4.3.2)."""
         self.write(CommonCfg.DEVICE_STATUS, value)
 
     def add_status(self, bits: int) -> None:
@@ -230,6 +509,7 @@ class PciTransport:
             raise DriverTimeout(f"{self.name}: device did not complete reset")
 
     def device_features(self) -> int:
+        """The 64 offered feature bits, selecting each 32-bit half in turn (virtio 1.4 §4.1.4.3)."""
         feats = 0
         for sel in range(2):
             self.write(CommonCfg.DEVICE_FEATURE_SELECT, sel)
@@ -237,14 +517,17 @@ class PciTransport:
         return feats
 
     def set_driver_features(self, feats: int) -> None:
+        """Write the 64 accepted feature bits, one 32-bit half per select (virtio 1.4 §4.1.4.3)."""
         for sel in range(2):
             self.write(CommonCfg.DRIVER_FEATURE_SELECT, sel)
             self.write(CommonCfg.DRIVER_FEATURE, (feats >> (32 * sel)) & 0xFFFFFFFF)
 
     def num_queues(self) -> int:
+        """``num_queues``: the number of queues the device supports (virtio 1.4 §4.1.4.3)."""
         return self.read(CommonCfg.NUM_QUEUES)
 
     def queue_max_size(self, index: int) -> int:
+        """Select queue ``index`` and read its maximum size (0: unavailable, virtio 1.4 §4.1.4.3)."""
         self.write(CommonCfg.QUEUE_SELECT, index)
         return self.read(CommonCfg.QUEUE_SIZE)
 
@@ -264,14 +547,17 @@ class PciTransport:
         return accepted
 
     def queue_enabled(self, index: int) -> bool:
+        """Whether queue ``index`` reads ``queue_enable`` = 1."""
         self.write(CommonCfg.QUEUE_SELECT, index)
         return bool(self.read(CommonCfg.QUEUE_ENABLE))
 
     def queue_desc_addr(self, index: int) -> int:
+        """The descriptor-area address of queue ``index`` as the device holds it."""
         self.write(CommonCfg.QUEUE_SELECT, index)
         return self.read(CommonCfg.QUEUE_DESC_LO) | (self.read(CommonCfg.QUEUE_DESC_HI) << 32)
 
     def set_config_vector(self, vector: int) -> int:
+        """Write ``config_msix_vector`` and read it back: NO_VECTOR means refused (virtio 1.4 §4.1.5.1.2)."""
         self.write(CommonCfg.CONFIG_MSIX_VECTOR, vector)
         return self.read(CommonCfg.CONFIG_MSIX_VECTOR)
 
@@ -283,20 +569,24 @@ class PciTransport:
         self.fn.bar_write(self.notify_cfg.bar, self.notify_cfg.offset + off * self.notify_mult, 2, index)
 
     def read_isr(self) -> int:
+        """Read the ISR status byte; the read clears it (virtio 1.4 §4.1.4.5)."""
         assert self.isr is not None
         return self.fn.bar_read(self.isr.bar, self.isr.offset, 1)
 
     # -- device config ----------------------------------------------------------------------------------------
 
     def generation(self) -> int:
+        """``config_generation`` (virtio 1.4 §2.5.1)."""
         return self.read(CommonCfg.CONFIG_GENERATION)
 
     def config_read(self, offset: int, size: int) -> int:
+        """Read device configuration; :class:`DriverError` past the DEVICE_CFG structure (virtio 1.4 §4.1.4.6)."""
         if self.device_cfg is None or offset + size > self.device_cfg.length:
             raise DriverError(f"{self.name}: device config read beyond the structure")
         return self.fn.bar_read(self.device_cfg.bar, self.device_cfg.offset + offset, size)
 
     def config_write(self, offset: int, size: int, value: int) -> None:
+        """Write device configuration; :class:`DriverError` past the DEVICE_CFG structure (virtio 1.4 §4.1.4.6)."""
         if self.device_cfg is None or offset + size > self.device_cfg.length:
             raise DriverError(f"{self.name}: device config write beyond the structure")
         self.fn.bar_write(self.device_cfg.bar, self.device_cfg.offset + offset, size, value)
@@ -313,6 +603,7 @@ class PciTransport:
     # -- interrupts -----------------------------------------------------------------------------------------
 
     def msix_table_size(self) -> int:
+        """MSI-X table size from Message Control (PCI 3.0 §6.8.2.3); 0 without MSI-X."""
         if not self.msix_cap:
             return 0
         return (self.fn.config_read(self.msix_cap + PCI_MSIX_FLAGS, 2) & PCI_MSIX_FLAGS_QSIZE) + 1
@@ -324,7 +615,7 @@ class PciTransport:
             return False
         table = self.fn.config_read(self.msix_cap + PCI_MSIX_TABLE, 4)
         self.fn.config_read(self.msix_cap + PCI_MSIX_PBA, 4)
-        bar, base = table & 0x7, table & ~0x7
+        bar, base = table & PCI_MSIX_BIR_MASK, table & ~PCI_MSIX_BIR_MASK
         self.free_msix()
         for i, h in enumerate(handlers):
             addr, data = self.platform.alloc_msi(h)
@@ -340,11 +631,13 @@ class PciTransport:
         return True
 
     def mask_vector(self, index: int, masked: bool) -> None:
+        """Set or clear the Mask bit of MSI-X table entry ``index`` (PCI 3.0 §6.8.2.9)."""
         table = self.fn.config_read(self.msix_cap + PCI_MSIX_TABLE, 4)
-        e = (table & ~0x7) + index * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL
-        self.fn.bar_write(table & 0x7, e, 4, PCI_MSIX_ENTRY_CTRL_MASKBIT if masked else 0)
+        e = (table & ~PCI_MSIX_BIR_MASK) + index * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL
+        self.fn.bar_write(table & PCI_MSIX_BIR_MASK, e, 4, PCI_MSIX_ENTRY_CTRL_MASKBIT if masked else 0)
 
     def free_msix(self) -> None:
+        """Release every MSI allocated by :meth:`setup_msix` and clear MSI-X Enable."""
         for d in self._msi_data:
             self.platform.free_msi(d)
         self._msi_data.clear()
@@ -354,4 +647,5 @@ class PciTransport:
         self.msix_enabled = False
 
     def setup_intx(self, handler: Callable[[], None] | None) -> None:
+        """Route this function's INTx to ``handler`` (None: unroute)."""
         self.platform.set_intx_handler(self.name, handler)

@@ -9,7 +9,7 @@ from pyvirtio.devices import Rng, TestDevice
 from pyvirtio.errors import DriverError
 from pyvirtio.guest.driver import VirtioDriver
 from pyvirtio.guest.freeze_mode import set_freeze_mode
-from pyvirtio.guest.kernel import Guest, KernelConfig
+from pyvirtio.guest.kernel import DevicePm, Guest, KernelConfig, PmPath
 from pyvirtio.guest.rng import RngDriver
 from pyvirtio.host.pci.freeze_mode import FreezeModeDevice
 from pyvirtio.host.pci.function import ResetKind
@@ -30,14 +30,21 @@ def setup(kernel: KernelConfig, *, nsr: bool, dev: Rng | None = None):  # type: 
     m = Machine(32 << 20, seed=2)
     fn = m.plug(dev or Rng(), pcie_port=nsr, no_soft_reset=nsr)
     g = Guest(m, kernel)
-    drv = g.bind(RngDriver(m, fn, g.alloc, name="rng"))
+    drv = g.bind(RngDriver(m, fn, g.alloc, name="rng", extra_features=kernel.driver_features()))
     return m, fn, g, drv
+
+
+def test_pm_path_values_are_the_note_texts() -> None:
+    """The PM path is an enum whose text is what notes and reports carry ("suspended by freeze-fallback")."""
+    assert [str(p) for p in PmPath] == ["none", "suspend-bit", "freeze", "freeze-fallback"]
+    assert f"suspended by {PmPath.FREEZE_FALLBACK}" == "suspended by freeze-fallback"
+    assert PmPath("suspend-bit") is PmPath.SUSPEND_BIT and DevicePm().path is PmPath.NONE
 
 
 def test_s3_without_no_soft_reset_freezes_and_the_wake_reset_hits() -> None:
     m, fn, g, drv = setup(KernelConfig(), nsr=False)
     s3(m, g)
-    assert g.pm["rng"].path == "freeze"
+    assert g.pm["rng"].path is PmPath.FREEZE
     assert m.trace.status_sequence("rng")[-6:] == [0x0F, 0x00, 0x01, 0x03, 0x0B, 0x0F]
     assert len(drv.read(8)) == 8
 
@@ -46,7 +53,7 @@ def test_s3_with_no_soft_reset_does_nothing_and_survives_the_wake_reset() -> Non
     """QEMU virtio_pci_no_soft_reset: NSR and D3hot -> the wake reset skips the function; Linux 6.8 does nothing."""
     m, fn, g, drv = setup(KernelConfig(pm_no_reset=True), nsr=True)
     s3(m, g)
-    assert g.pm["rng"].path == "none"
+    assert g.pm["rng"].path is PmPath.NONE
     assert m.trace.status_sequence("rng") == [0x01, 0x03, 0x0B, 0x0F]
     assert fn.power_state is PowerState.D0
     assert len(drv.read(8)) == 8
@@ -56,13 +63,13 @@ def test_old_kernel_ignores_no_soft_reset() -> None:
     """Linux < 6.8 has no vp_supports_pm_no_reset: it freezes even when the function advertises NSR."""
     m, fn, g, drv = setup(KernelConfig(pm_no_reset=False), nsr=True)
     s3(m, g)
-    assert g.pm["rng"].path == "freeze"
+    assert g.pm["rng"].path is PmPath.FREEZE
 
 
 def test_s3_with_suspend_bit() -> None:
     m, fn, g, drv = setup(KernelConfig(pm_no_reset=True, suspend_bit=True), nsr=True)
     s3(m, g)
-    assert g.pm["rng"].path == "suspend-bit"
+    assert g.pm["rng"].path is PmPath.SUSPEND_BIT
     assert m.trace.status_sequence("rng")[-5:] == [0x0F, 0x1F, 0x1B, 0x1F, 0x0F]
 
 
@@ -75,7 +82,7 @@ def test_suspend_bit_timeout_falls_back_to_freeze() -> None:
     assert m.run_until(lambda: dev.inflight() == 1, 1 * MS)
     dev.faults.quiesce_never_completes = True
     s3(m, g)
-    assert g.pm["rng"].path == "freeze-fallback"
+    assert g.pm["rng"].path is PmPath.FREEZE_FALLBACK
     dev.faults.quiesce_never_completes = False
     assert len(drv.read(8)) == 8
 
@@ -119,8 +126,9 @@ def test_freeze_mode_handshake_takes_time_and_survives_reset() -> None:
     dev.state_bytes = lambda: 400 << 20  # type: ignore[method-assign]
     fn = m.plug(dev, freeze_mode=True)
     fm = FreezeModeDevice(fn, feature_bit=44)
-    g = Guest(m, KernelConfig(freeze_mode=True, freeze_mode_bit=44))
-    drv = g.bind(VirtioDriver(m, fn, g.alloc, name="testdev"))
+    kernel = KernelConfig(freeze_mode=True, freeze_mode_bit=44)
+    g = Guest(m, kernel)
+    drv = g.bind(VirtioDriver(m, fn, g.alloc, name="testdev", extra_features=kernel.driver_features()))
     assert drv.has(44)
     drv.t.write(CommonCfg.FREEZE_MODE, FreezeMode.FREEZE_S3)
     assert drv.t.read(CommonCfg.FREEZE_MODE) == FreezeMode.UNFREEZE  # not reached yet

@@ -6,6 +6,7 @@ import pytest
 from vq_helpers import ALLOC_BASE, RAM0, make_memory
 
 from pyvirtio.dma import GuestAllocator
+from pyvirtio.errors import InvalidStateError
 from pyvirtio.virtqueue import (
     Descriptor,
     DescriptorChain,
@@ -90,7 +91,8 @@ def test_chain_gather_scatter():
 
 
 def test_allocator_basics():
-    """pyvirtio.dma: aligned first-fit inside [base, base+size); MemoryError when exhausted; free coalesces."""
+    """pyvirtio.dma: aligned first-fit inside [base, base+size); MemoryError when exhausted; free coalesces;
+    ``allocation(addr)`` gives a block's length."""
     mem = make_memory()
     try:
         al = GuestAllocator(mem, ALLOC_BASE + 4, 0x100)
@@ -98,6 +100,7 @@ def test_allocator_basics():
         assert a % 16 == 0 and a >= ALLOC_BASE + 4
         b = al.alloc_bytes(b"xyz", 1)
         assert mem.read(b, 3) == b"xyz"
+        assert (al.allocation(a), al.allocation(b), al.allocation(b + 1)) == (10, 3, None)
         with pytest.raises(MemoryError):
             al.alloc(0x100)
         al.free(a)
@@ -116,7 +119,9 @@ def test_allocator_basics():
 
 def test_allocator_state_round_trip():
     """GuestAllocator.save_state/from_state (S4 image): the restored allocator has the same blocks and
-    hands out the same free space; malformed or overlapping block lists are rejected."""
+    hands out the same free space; malformed or overlapping block lists are rejected with InvalidStateError
+    (still a ValueError for callers written against the old error). Field-by-field rejection is in
+    tests/test_state_roundtrip.py."""
     mem = make_memory()
     try:
         al = GuestAllocator(mem, ALLOC_BASE, 0x1000)
@@ -127,7 +132,13 @@ def test_allocator_state_round_trip():
         assert again.save_state() == st
         assert again.free_bytes == al.free_bytes
         assert again.alloc(100, 64) == al.alloc(100, 64)
+        bad = {**st, "allocated": [[ALLOC_BASE, 16], [ALLOC_BASE + 8, 16]]}
+        with pytest.raises(InvalidStateError, match=r"'allocated\[1\]'"):
+            GuestAllocator.from_state(mem, bad)
         with pytest.raises(ValueError):
-            GuestAllocator.from_state(mem, {**st, "allocated": [[ALLOC_BASE, 16], [ALLOC_BASE + 8, 16]]})
+            GuestAllocator.from_state(mem, bad)
+        with pytest.raises(InvalidStateError, match="not inside guest memory"):
+            GuestAllocator.from_state(mem, {**st, "base": RAM0[1] - 0x10, "allocated": []})
+        assert GuestAllocator.from_state(mem, al.state()).state() == al.state()
     finally:
         mem.close()
