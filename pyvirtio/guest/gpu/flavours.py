@@ -11,6 +11,10 @@
   every restorable object on the host when hibernating, deletes the queues; restore re-creates every restorable
   object (create, attach backing, UUID) before the first display command.
 
+Every flavour restores through the same building blocks of :class:`~pyvirtio.guest.gpu.driver.GpuDriver`:
+``recreate`` for each restorable object and ``replay_modeset`` over the object bindings (so a blob scanout comes
+back as the blob), and saves the same :class:`~pyvirtio.guest.gpu.objects.GpuDriverState` in an S4 image.
+
 :data:`FLAVOURS` maps each :class:`GpuDriverKind` to its class; S4 images store the kind's value.
 """
 

@@ -284,3 +284,29 @@ def test_every_bad_case_starts_from_a_valid_state(
     assert any(o["params_3d"] for o in gpu["objects"]) and any(o["uuid"] for o in gpu["objects"])
     GpuDriverState.from_dict(gpu)
     loaded(GpuDriverKind.NO_HOOKS, state)
+
+
+def _leaves(value: Any, path: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _leaves(v, (*path, k))] + ([path] if path else [])
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _leaves(v, (*path, i))] + ([path] if path else [])
+    return [path]
+
+
+def test_any_field_replaced_by_junk_is_accepted_or_rejected_cleanly(
+        states: dict[GpuDriverKind, tuple[dict[str, object], list[GpuObject]]]) -> None:
+    """Hostile image: every field (and every container) replaced by each of a few junk values either still
+    validates or raises InvalidStateError; nothing else escapes."""
+    gpu: Any = _virgl_state(states)["gpu"]
+    junk: list[object] = [None, -1, 1 << 70, "x", [], {}, True, 1.5, [None], {"": 0}]
+    rejected = 0
+    for path in _leaves(gpu):
+        for value in junk:
+            bad = copy.deepcopy(gpu)
+            _put(path, value)(bad)
+            try:
+                GpuDriverState.from_dict(bad)
+            except InvalidStateError:
+                rejected += 1
+    assert rejected > len(_leaves(gpu)) * len(junk) // 2
