@@ -177,9 +177,10 @@ class Rig:
 
 
 def make_rig(*, memory: int = 64 << 20, probe: bool = True, dev_kw: dict[str, Any] | None = None,
-             driver_cls: type[GpuDriver] | None = None, **drv_kw: Any) -> Rig:
+             driver_cls: type[GpuDriver] | None = None, dev_cls: type[Gpu] = Gpu, **drv_kw: Any) -> Rig:
+    """A machine with a ``dev_cls`` device and a (probed) ``driver_cls`` driver that also takes raw chains."""
     m = Machine(memory, seed=7)
-    dev = Gpu(**(dev_kw or {}))
+    dev = dev_cls(**(dev_kw or {}))
     fn = m.plug(dev)
     alloc = GuestAllocator(m.memory, HEAP[0], min(HEAP[1], memory - HEAP[0] - (1 << 20)))
     cls = RawGpuDriver if driver_cls is None else type("Raw" + driver_cls.__name__, (RawGpuDriver, driver_cls), {})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -17,9 +17,11 @@ from pyvirtio.guest.gpu.driver import (
     ObjectKind,
     ScanoutBinding,
 )
-from pyvirtio.guest.gpu.flavours import FLAVOURS, GpuDriverKind
+from pyvirtio.guest.gpu.flavours import FLAVOURS, FreezingGpuDriver, GpuDriverKind, S4ReplayGpuDriver
+from pyvirtio.guest.kernel import PmEvent
 from pyvirtio.host.gpu.device import Gpu, Pending
-from pyvirtio.spec.constants import GpuBlobMem, GpuFormat
+from pyvirtio.host.gpu.freezing import PmGpu
+from pyvirtio.spec.constants import GpuBlobMem, GpuCfg, GpuFeature, GpuFormat
 
 from .helpers import Rig, make_rig
 
@@ -73,7 +75,10 @@ def test_chain_framing_like_linux(rig: Rig, chains: list[tuple[int, list[int], l
 
 
 def test_object_list_records_every_object(rig: Rig) -> None:
+    """Every object is listed with what re-creating it needs, and its bindings are the one record of what each
+    scanout shows (SET_SCANOUT / SET_SCANOUT_BLOB, §5.7.6.8) and of each cursor (UPDATE_CURSOR, §5.7.6.10)."""
     drv = rig.drv
+    fb0 = drv.framebuffers[0]
     fbs = {fb.id for fb in drv.framebuffers.values()}
     assert set(drv.objects.ids()) == fbs
     cur = drv.set_cursor(1, 5, 5, hot=(2, 3))
@@ -87,7 +92,8 @@ def test_object_list_records_every_object(rig: Rig) -> None:
     assert (blob.blob.blob_mem, blob.blob.size) == (GpuBlobMem.GUEST, 4096)
     assert blob.scanouts == {0}
     assert blob.scanout_bindings == {0: ScanoutBinding((0, 0, 32, 32), (32, 32, GpuFormat.B8G8R8X8_UNORM, 128, 0))}
-    assert not drv.framebuffers[0].scanouts  # the scanout moved to the blob
+    assert not fb0.scanouts and drv.framebuffers[0] is blob  # the scanout moved to the blob
+    assert drv.cursors == {1: cur} and drv.cursor_positions == {1: (7, 8)}
     u = drv.assign_uuid(blob)
     assert drv.objects[blob.id].uuid == u == rig.dev.resources[blob.id].uuid
     extra = drv.create_resource_2d(100, 10, GpuFormat.R8G8B8A8_UNORM)
@@ -171,40 +177,100 @@ def test_without_edid_feature_no_get_edid() -> None:
     assert r.dev.commands["GET_EDID"] == 0 and r.drv.edids == {}
 
 
-class ReplayDriver(GpuDriver):
-    """What a Linux 7.3-style S4 driver does with the object list: re-create, then replay the modeset."""
-
-    has_pm_hooks = True
-
-    def driver_restore(self) -> None:
-        super().driver_restore()
-        self.device_ready()
-        for obj in self.objects.restorable():
-            self.recreate(obj)
-        self.replay_modeset()
-
-
 def desktop(rig: Rig) -> list[np.ndarray | None]:
+    """Scanout 0: the fbdev framebuffer drawn; scanout 1: a guest blob; a cursor with a hotspot on scanout 0."""
     rng = np.random.default_rng(3)
-    rig.drv.draw(0, rng.integers(0, 256, (200, 320, 4), dtype=np.uint8))
-    rig.drv.show_blob(1, rng.integers(0, 256, (200, 320, 4), dtype=np.uint8))
+    mode = rig.drv.display_info[0]
+    rig.drv.draw(0, rng.integers(0, 256, (mode.height, mode.width, 4), dtype=np.uint8))
+    rig.drv.show_blob(1, rng.integers(0, 256, (mode.height, mode.width, 4), dtype=np.uint8))
     rig.drv.set_cursor(0, 100, 50, hot=(3, 3))
     return [rig.dev.scanout_image(i) for i in range(2)]
 
 
-def test_object_list_is_enough_to_restore_after_a_reset() -> None:
-    """The object list carries what a restore needs: after freeze (reset: QEMU destroys everything) and restore,
-    re-creating the restorable objects and replaying the modeset gives back the same screens."""
-    rig = make_rig(dev_kw={"num_scanouts": 2, "width": 320, "height": 200}, driver_cls=ReplayDriver)
+def same_screens(rig: Rig, before: list[np.ndarray | None]) -> bool:
+    after = [rig.dev.scanout_image(i) for i in range(len(before))]
+    return all(a is not None and b is not None and np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def cursor_state(rig: Rig) -> tuple[int, int, int, int, int, bytes]:
+    c = rig.dev.scanouts[0].cursor
+    return c.resource_id, c.x, c.y, c.hot_x, c.hot_y, c.image.tobytes()
+
+
+def test_s4_replay_flavour_restores_every_binding_after_a_reset() -> None:
+    """Linux 7.3 restore list (the production s4-replay flavour): after the hibernation freeze (objects unreferenced,
+    reset) and restore, re-creating the restorable objects and replaying the modeset from the object bindings gives
+    back the same screens: the fbdev framebuffer on 0, the blob on 1 (SET_SCANOUT_BLOB, §5.7.6.8), the cursor with
+    its hotspot (UPDATE_CURSOR, §5.7.6.10)."""
+    rig = make_rig(dev_kw={"num_scanouts": 2, "width": 320, "height": 200},
+                   driver_cls=FLAVOURS[GpuDriverKind.S4_REPLAY])
     before = desktop(rig)
     ids = sorted(rig.dev.resources)
-    rig.drv.freeze()
+    cursor = cursor_state(rig)
+    drv = rig.drv
+    assert isinstance(drv, S4ReplayGpuDriver)
+    drv.pm_notifier(PmEvent.HIBERNATION_PREPARE)
+    drv.freeze()
     assert rig.dev.resources == {} and rig.dev.scanout_image(0) is None
+    drv.restore()
+    drv.pm_notifier(PmEvent.POST_HIBERNATION)
+    assert sorted(rig.dev.resources) == ids and drv.restored_objects == len(ids)
+    assert rig.dev.scanouts[1].resource_id == drv.framebuffers[1].id and drv.framebuffers[1].blob is not None
+    assert same_screens(rig, before)
+    assert cursor_state(rig) == cursor and cursor[:5] == (drv.cursors[0].id, 100, 50, 3, 3)
+    assert drv.probe_alive() and not drv.errors
+
+
+def test_basic_hooks_flavour_replays_the_modeset_but_the_reset_lost_the_objects() -> None:
+    """2023 series (basic-hooks): the queues come back and the modeset is replayed from the bindings, but the
+    reset destroyed every resource (QEMU virtio_gpu_reset) and nothing re-creates them: the replay's SET_SCANOUT
+    is answered ERR_INVALID_RESOURCE_ID (§5.7.6.8) and the screens stay dark, the driver carries on."""
+    rig = make_rig(dev_kw={"num_scanouts": 2, "width": 320, "height": 200},
+                   driver_cls=FLAVOURS[GpuDriverKind.BASIC_HOOKS])
+    desktop(rig)
+    rig.drv.freeze()
     rig.drv.restore()
-    assert sorted(rig.dev.resources) == ids
-    after = [rig.dev.scanout_image(i) for i in range(2)]
-    assert all(a is not None and b is not None and np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert rig.dev.resources == {} and rig.dev.scanout_image(0) is None and rig.dev.scanout_image(1) is None
+    assert (0x103, 0x1203) in rig.drv.errors and (0x10D, 0x1203) in rig.drv.errors  # SET_SCANOUT(_BLOB)
     assert rig.drv.probe_alive()
+
+
+def test_freezing_flavour_keeps_resources_and_replays_the_blob() -> None:
+    """2023 FREEZING proposal: STATUS_FREEZING 1 before the reset keeps the resources on the device, which still
+    disables every scanout; the modeset replay from the bindings shows the framebuffer, the blob and the cursor
+    again. Bit 5 means FREEZING for this driver: it reads no blob_alignment config field."""
+    # 256x128: a blob size the device accepts although it reads bit 5 as BLOB_ALIGNMENT when checking sizes
+    rig = make_rig(dev_kw={"num_scanouts": 2, "width": 256, "height": 128, "offer_freezing": True},
+                   driver_cls=FLAVOURS[GpuDriverKind.FREEZING], dev_cls=PmGpu)
+    drv = rig.drv
+    assert isinstance(drv, FreezingGpuDriver)
+    assert drv.has(GpuFeature.FREEZING) and not drv.has_blob_alignment and drv.blob_alignment == 1
+    before = desktop(rig)
+    ids = sorted(rig.dev.resources)
+    drv.freeze()
+    assert sorted(rig.dev.resources) == ids and rig.dev.scanout_image(1) is None
+    drv.restore()
+    assert same_screens(rig, before) and not drv.errors and not rig.violations()
+
+
+def test_freezing_flavour_setup_is_the_base_setup_without_blob_alignment() -> None:
+    """FreezingGpuDriver.setup is GpuDriver.setup: the same config reads (§5.7.4), minus blob_alignment."""
+    reads: dict[str, list[int]] = {}
+    for kind, dev_cls, dev_kw in ((GpuDriverKind.NO_HOOKS, Gpu, {}),
+                                  (GpuDriverKind.FREEZING, PmGpu, {"offer_freezing": True})):
+        rig = make_rig(dev_kw=dev_kw, driver_cls=FLAVOURS[kind], dev_cls=dev_cls, probe=False)
+        seen: list[int] = []
+        orig = rig.drv.t.config_read
+
+        def spy(offset: int, size: int, orig: Callable[[int, int], int] = orig, seen: list[int] = seen) -> int:
+            seen.append(offset)
+            return orig(offset, size)
+
+        rig.drv.t.config_read = spy  # type: ignore[method-assign]
+        rig.drv.probe()
+        reads[kind.value] = sorted(set(seen))
+    assert GpuCfg.BLOB_ALIGNMENT in reads["no-hooks"]
+    assert reads["freezing"] == [r for r in reads["no-hooks"] if r != GpuCfg.BLOB_ALIGNMENT]
 
 
 def test_without_pm_hooks_the_screen_stays_black_after_restore(rig: Rig) -> None:
@@ -218,13 +284,35 @@ def test_without_pm_hooks_the_screen_stays_black_after_restore(rig: Rig) -> None
         rig.drv.draw(0, np.zeros((200, 320, 4), np.uint8), timeout=50_000_000)
 
 
-def test_freeze_reclaims_requests_in_flight() -> None:
-    rig = make_rig(dev_kw={"width": 320, "height": 200}, driver_cls=ReplayDriver)
+def test_freeze_recipe_reclaims_requests_in_flight(rig: Rig) -> None:
+    """The driver's ``.freeze`` recipe after the reset: requests the device never answered are taken back
+    (virtqueue_detach_unused_buf), their guest memory freed, marked lost; the object list is untouched."""
     fb = rig.drv.framebuffers[0]
     req = rig.drv.transfer_to_host_2d(fb, (0, 0, 320, 200))
     used = rig.alloc.allocated_bytes
-    rig.drv.freeze()
-    assert req.lost and req in rig.drv.lost and rig.drv.pending == 0
+    objects = [o.to_dict() for o in rig.drv.objects]
+    rig.drv.driver_freeze()
+    assert req.lost and req in rig.drv.lost and rig.drv.pending == 0 and rig.drv.vqs == []
     assert rig.alloc.allocated_bytes < used
+    assert [o.to_dict() for o in rig.drv.objects] == objects
     with pytest.raises(ValueError, match="cannot be re-created"):
         rig.drv.recreate(GpuObject(99, ObjectKind.VIRGL))
+
+
+def test_hidden_cursor_object_is_reused(rig: Rig) -> None:
+    """UPDATE_CURSOR with resource 0 hides the cursor (§5.7.6.10); the next set_cursor uses the same object."""
+    cur = rig.drv.set_cursor(0, 1, 2)
+    rig.drv.hide_cursor(0)
+    assert rig.drv.cursors == {} and rig.drv.cursor_position(0) == (0, 0) and not rig.dev.scanouts[0].cursor.visible
+    assert rig.drv.set_cursor(1, 3, 4) is cur and rig.drv.cursors == {1: cur}
+
+
+def test_draw_on_a_blob_scanout_flushes_without_transfer() -> None:
+    """Drawing on a scanout that shows a guest blob writes its guest memory and flushes (RESOURCE_FLUSH,
+    §5.7.6.8); TRANSFER_TO_HOST_2D is for resources with host storage, not blobs."""
+    rig = make_rig(dev_kw={"width": 64, "height": 32})
+    blob = rig.drv.show_blob(0, np.zeros((32, 64, 4), np.uint8))
+    img = np.full((32, 64, 4), (1, 2, 3, 255), np.uint8)
+    rig.drv.draw(0, img)
+    assert rig.drv.framebuffers[0] is blob and np.array_equal(rig.dev.scanout_image(0), img)
+    assert not rig.drv.errors

@@ -1,38 +1,48 @@
-"""Guest virtio-gpu driver, modelled on Linux ``drivers/gpu/drm/virtio`` (virtio 1.4 §5.7).
+"""Guest virtio-gpu driver commands, modelled on Linux ``drivers/gpu/drm/virtio`` (virtio 1.4 §5.7).
 
 Probe reads the config, sends GET_DISPLAY_INFO (and GET_EDID per scanout when VIRTIO_GPU_F_EDID is
 negotiated), then gives every enabled scanout a framebuffer the way the Linux fbdev does: a B8G8R8X8 2D resource
-backed by guest memory, attached, set as the scanout. Every command is one chain ``[request (readable),
-response (writable)]`` (``virtio_gpu_queue_ctrl_buffer``); mem entries and 3D streams travel as a second
-readable segment; cursor commands carry no response buffer. Responses are reclaimed in :meth:`vq_callback`.
-Fenced commands get increasing fence ids; :meth:`GpuDriver.wait_fence` runs the machine until the fence is
-signalled (completing fence N signals every fence <= N, like ``virtio_gpu_fence_event_process``).
+backed by guest memory, attached, set as the scanout (§5.7.5, §5.7.6.1). Then: 2D resources and transfers
+(§5.7.6.2), blobs (§5.7.6.8), the cursor (§5.7.6.6, §5.7.6.10) and the virgl commands power management needs to
+model (§5.7.6.9). Requests, responses and fences are :mod:`pyvirtio.guest.gpu.requests`.
 
-Everything the driver created is on :attr:`GpuDriver.objects` (:class:`GpuObjectList`): the metadata an S4
-restore would need to re-create it. Like Linux <= 7.2 the driver has no freeze/restore (``has_pm_hooks =
-False``); a subclass can add them by overriding ``driver_freeze``/``driver_restore`` and replaying
-``objects``.
+Everything the driver created is on :attr:`GpuDriver.objects` (:class:`~pyvirtio.guest.gpu.objects.GpuObjectList`)
+with its scanout and cursor bindings: the one record of what is shown where. ``framebuffers``, ``cursors`` and
+``cursor_positions`` are read-only views of it. The same record drives the one replay after a reset
+(:meth:`GpuDriver.recreate`, :meth:`GpuDriver.replay_modeset`) and the S4 image state
+(:class:`~pyvirtio.guest.gpu.objects.GpuDriverState`). Like Linux <= 7.2 this class has no freeze/restore
+(``has_pm_hooks = False``); :mod:`pyvirtio.guest.gpu.flavours` adds them.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from enum import Enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
-from pyvirtio.clock import MS
-from pyvirtio.errors import DriverError, DriverTimeout
-from pyvirtio.guest.driver import VirtioDriver
+from pyvirtio.errors import DriverError, InvalidStateError
+from pyvirtio.guest.gpu.objects import (
+    BackingRange,
+    BlobLayout,
+    BlobParams,
+    CursorBinding,
+    GpuDriverState,
+    GpuObject,
+    GpuObjectList,
+    ObjectKind,
+    Rect,
+    Resource3dParams,
+    ScanoutBinding,
+)
+from pyvirtio.guest.gpu.requests import GpuCommandError, GpuRequest, GpuRequests
 from pyvirtio.spec import gpu_wire as protocol
 from pyvirtio.spec.constants import (
     GPU_BYTES_PER_PIXEL,
-    GPU_CONTROLQ,
-    GPU_CTRL_HDR_SIZE,
     GPU_CTX_DEBUG_NAME_MAX,
     GPU_CURSOR_SIZE,
     GPU_CURSORQ,
@@ -50,190 +60,34 @@ from pyvirtio.spec.constants import (
     bit,
 )
 from pyvirtio.spec.gpu_formats import from_rgba
-from pyvirtio.virtqueue.driver import QueueFull
 
 __all__ = [
     "BackingRange",
+    "BlobLayout",
     "BlobParams",
     "CursorBinding",
     "DisplayMode",
     "GpuCommandError",
     "GpuDriver",
+    "GpuDriverState",
     "GpuObject",
     "GpuObjectList",
     "GpuRequest",
     "ObjectKind",
+    "Resource3dParams",
     "ScanoutBinding",
     "arrow_cursor",
 ]
 
 RGBA = npt.NDArray[np.uint8]
-Rect = tuple[int, int, int, int]  # x, y, width, height
 
-
-class GpuCommandError(DriverError):
-    """The device answered a command with an error response (Linux logs ``response 0x%x (command 0x%x)``)."""
-
-    def __init__(self, cmd: int, resp: int) -> None:
-        super().__init__(f"{protocol.command_name(cmd)} answered {protocol.command_name(resp)}")
-        self.cmd = cmd
-        self.resp = resp
-
-
-# -- the object list ----------------------------------------------------------------------------------------------
-
-
-class ObjectKind(Enum):
-    TWO_D = "2d"
-    BLOB = "blob"
-    CURSOR = "cursor"
-    VIRGL = "virgl"
-
-
-@dataclass(frozen=True, slots=True)
-class BackingRange:
-    """One guest memory range of an object's backing (one ``virtio_gpu_mem_entry``)."""
-
-    addr: int
-    length: int
-
-
-@dataclass(frozen=True, slots=True)
-class BlobParams:
-    blob_mem: int
-    blob_flags: int
-    blob_id: int
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class ScanoutBinding:
-    """How an object is shown on a scanout: the rect, and for a blob the SET_SCANOUT_BLOB layout."""
-
-    rect: Rect
-    blob_layout: tuple[int, int, int, int, int] | None = None  # width, height, format, stride, offsets[0]
-
-
-@dataclass(frozen=True, slots=True)
-class CursorBinding:
-    """An object used as the cursor image of a scanout."""
-
-    x: int
-    y: int
-    hot_x: int
-    hot_y: int
-
-
-@dataclass
-class GpuObject:
-    """A host object this driver created, with what it takes to create it again (Linux ``virtio_gpu_object``)."""
-
-    id: int
-    kind: ObjectKind
-    format: int = 0
-    width: int = 0
-    height: int = 0
-    stride: int = 0
-    backing: list[BackingRange] = field(default_factory=list)
-    attached: bool = False  # backing attached on the host
-    blob: BlobParams | None = None
-    scanouts: set[int] = field(default_factory=set)  # scanouts showing it
-    cursor_scanouts: set[int] = field(default_factory=set)  # scanouts using it as cursor image
-    scanout_bindings: dict[int, ScanoutBinding] = field(default_factory=dict)  # how it is shown, per scanout
-    cursor_bindings: dict[int, CursorBinding] = field(default_factory=dict)  # cursor position + hotspot
-    uuid: uuid.UUID | None = None
-    ctx_ids: set[int] = field(default_factory=set)
-    params_3d: dict[str, int] | None = None
-
-    @property
-    def size(self) -> int:
-        return sum(r.length for r in self.backing)
-
-    @property
-    def restorable(self) -> bool:
-        """Whether guest-side metadata suffices to re-create it (virgl objects are not, as in Linux 7.3)."""
-        return self.kind is not ObjectKind.VIRGL
-
-
-class GpuObjectList:
-    """Every live object the driver created, by resource id, in creation order."""
-
-    def __init__(self) -> None:
-        self._objects: dict[int, GpuObject] = {}
-
-    def add(self, obj: GpuObject) -> None:
-        if obj.id in self._objects:
-            raise ValueError(f"object {obj.id} is already listed")
-        self._objects[obj.id] = obj
-
-    def remove(self, obj_id: int) -> GpuObject:
-        return self._objects.pop(obj_id)
-
-    def get(self, obj_id: int) -> GpuObject | None:
-        return self._objects.get(obj_id)
-
-    def __getitem__(self, obj_id: int) -> GpuObject:
-        return self._objects[obj_id]
-
-    def __contains__(self, obj_id: object) -> bool:
-        return obj_id in self._objects
-
-    def __iter__(self) -> Iterator[GpuObject]:
-        return iter(list(self._objects.values()))
-
-    def __len__(self) -> int:
-        return len(self._objects)
-
-    def ids(self) -> list[int]:
-        return list(self._objects)
-
-    def of_kind(self, kind: ObjectKind) -> list[GpuObject]:
-        return [o for o in self._objects.values() if o.kind is kind]
-
-    def restorable(self) -> list[GpuObject]:
-        return [o for o in self._objects.values() if o.restorable]
-
-    def clear(self) -> None:
-        self._objects.clear()
-
-
-# -- requests ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class GpuRequest:
-    """One submitted command and, once ``done``, its response."""
-
-    cmd: int
-    queue: int
-    block: int  # guest allocation: request, then response
-    resp_addr: int
-    resp_len: int
-    fence_id: int | None = None
-    extra: int | None = None  # guest allocation of the second readable segment
-    on_done: Callable[[GpuRequest], None] | None = None
-    done: bool = False
-    resp_type: int = 0
-    resp_flags: int = 0
-    resp_fence_id: int = 0
-    resp_ctx_id: int = 0
-    resp_ring_idx: int = 0
-    response: bytes = b""
-    written: int = 0
-    lost: bool = False  # reclaimed unanswered after a reset
-
-    @property
-    def ok(self) -> bool:
-        return self.queue == GPU_CURSORQ or GpuResp.OK_NODATA <= self.resp_type < GpuResp.ERR_UNSPEC
-
-    @property
-    def payload(self) -> bytes:
-        return self.response[GPU_CTRL_HDR_SIZE:]
+#: The key of the GPU part in :meth:`GpuDriver.save_state` (the rest is the virtio core's).
+STATE_KEY = "gpu"
 
 
 @dataclass(frozen=True, slots=True)
 class DisplayMode:
-    """One ``virtio_gpu_display_one`` of GET_DISPLAY_INFO."""
+    """One ``virtio_gpu_display_one`` of GET_DISPLAY_INFO (§5.7.6.8)."""
 
     x: int
     y: int
@@ -243,20 +97,19 @@ class DisplayMode:
     flags: int
 
 
-# -- the driver -------------------------------------------------------------------------------------------------
-
-
-class GpuDriver(VirtioDriver):
+class GpuDriver(GpuRequests):
     """The virtio-gpu guest driver."""
 
     device_id = DeviceId.GPU
     has_pm_hooks: ClassVar[bool] = False  # Linux <= 7.2: no .freeze/.restore
     queue_sizes: ClassVar[tuple[int | None, ...]] = (None, None)
+    #: Whether this driver reads feature bit 5 as the 2023 proposal's FREEZING: then there is no blob_alignment
+    #: config field to read (bit 5 is BLOB_ALIGNMENT in the spec).
+    BIT5_IS_FREEZING: ClassVar[bool] = False
     #: Linux's fbdev format (DRM_FORMAT_XRGB8888)
     FB_FORMAT = GpuFormat.B8G8R8X8_UNORM
     #: Linux's cursor format (DRM_FORMAT_ARGB8888)
     CURSOR_FORMAT = GpuFormat.B8G8R8A8_UNORM
-    TIMEOUT = 1000 * MS
     #: fallback mode when no display is enabled (§5.7.5 "MAY choose ... 1024x768 at display 0")
     FALLBACK_MODE = (1024, 768)
 
@@ -294,49 +147,95 @@ class GpuDriver(VirtioDriver):
         self.display_info: list[DisplayMode] = []
         self.edids: dict[int, bytes] = {}
         self.objects = GpuObjectList()
-        self.framebuffers: dict[int, GpuObject] = {}
-        self.cursors: dict[int, GpuObject] = {}
-        self.cursor_positions: dict[int, tuple[int, int]] = {}
         self.contexts: set[int] = set()
-        self.errors: list[tuple[int, int]] = []  # (command, error response) pairs
-        self.lost: list[GpuRequest] = []  # requests reclaimed unanswered by driver_freeze
+        #: an S4 is in progress: set by a flavour's PM notifier (s4-replay), kept in the image
+        self.hibernation = False
         self.display_events_handled = 0
-        self.last_fence = 0
-        self._next_fence = 1
         self._next_resource = 1
         self._next_ctx = 1
-        self._pending: set[GpuRequest] = set()
+
+    # -- views of the object bindings -------------------------------------------------------------------------
+
+    @property
+    def framebuffers(self) -> Mapping[int, GpuObject]:
+        """Scanout -> the object it shows (read-only view of the object bindings)."""
+        return MappingProxyType(self.objects.scanout_map())
+
+    @property
+    def cursors(self) -> Mapping[int, GpuObject]:
+        """Scanout -> its cursor object (read-only view of the object bindings)."""
+        return MappingProxyType(self.objects.cursor_map())
+
+    @property
+    def cursor_positions(self) -> Mapping[int, tuple[int, int]]:
+        """Scanout -> where its cursor is (read-only view of the object bindings)."""
+        cursors = self.objects.cursor_map()
+        return MappingProxyType({s: (o.cursor_bindings[s].x, o.cursor_bindings[s].y) for s, o in cursors.items()})
+
+    @property
+    def has_blob_alignment(self) -> bool:
+        """VIRTIO_GPU_F_BLOB_ALIGNMENT negotiated and read as such (not as the 2023 FREEZING bit)."""
+        return self.has(GpuFeature.BLOB_ALIGNMENT) and not self.BIT5_IS_FREEZING
 
     # -- S4 image state ---------------------------------------------------------------------------------------
 
+    def snapshot(self) -> GpuDriverState:
+        """The driver's guest-side state: object list with bindings, contexts, id counters, hibernation flag."""
+        return GpuDriverState(
+            num_scanouts=self.num_scanouts, next_resource=self._next_resource, next_fence=self._next_fence,
+            next_ctx=self._next_ctx, contexts=sorted(self.contexts), hibernation=self.hibernation,
+            objects=list(self.objects),
+        )
+
+    def apply_state(self, state: GpuDriverState) -> None:
+        """Become the driver ``state`` describes (the image kernel's copy of the driver)."""
+        self.objects.clear()
+        for o in state.objects:
+            self.objects.add(o)
+        self.num_scanouts = state.num_scanouts
+        self._next_resource, self._next_fence, self._next_ctx = state.next_resource, state.next_fence, state.next_ctx
+        self.contexts = set(state.contexts)
+        self.hibernation = state.hibernation
+
     def save_state(self) -> dict[str, object]:
-        """The object list, framebuffer/cursor bindings and id counters (guest-kernel memory in Linux)."""
-        return _save_gpu_state(self, super().save_state())
+        """The virtio core's state plus, under ``"gpu"``, :meth:`snapshot` as plain data (guest-kernel memory in
+        Linux; the pixels stay in guest RAM)."""
+        state = super().save_state()
+        state[STATE_KEY] = self.snapshot().to_dict()
+        return state
 
     def load_state(self, state: dict[str, object]) -> None:
-        super().load_state(state)
-        _load_gpu_state(self, state)
+        """Re-create the driver from :meth:`save_state` output, validated (:class:`InvalidStateError` names the
+        first bad field; every backing range must lie in guest RAM)."""
+        if STATE_KEY not in state:
+            raise InvalidStateError(f"gpu driver state: missing field {STATE_KEY!r}")
+        gpu = GpuDriverState.from_dict(state[STATE_KEY], memory=self.alloc.mem)
+        super().load_state({k: v for k, v in state.items() if k != STATE_KEY})
+        self.apply_state(gpu)
 
     # -- probe (Linux virtio_gpu_init) ------------------------------------------------------------------------
 
     def setup(self) -> None:
-        """Read the config and create controlq + cursorq (before DRIVER_OK)."""
+        """Read the config (§5.7.4: num_scanouts, num_capsets, blob_alignment when negotiated) and create
+        controlq + cursorq, before DRIVER_OK."""
         t = self.t
         self.num_scanouts, self.num_capsets = t.config_read_consistent(
             [(GpuCfg.NUM_SCANOUTS, 4), (GpuCfg.NUM_CAPSETS, 4)]
         )
         if not 1 <= self.num_scanouts <= GPU_MAX_SCANOUTS:
             raise DriverError(f"{self.name}: num_scanouts {self.num_scanouts} out of 1..16")
-        if self.has(GpuFeature.BLOB_ALIGNMENT):
+        if self.has_blob_alignment:
             self.blob_alignment = max(1, t.config_read(GpuCfg.BLOB_ALIGNMENT, 4))
         self.find_vqs()
 
     def probe(self) -> None:
+        """The virtio core's probe, then :meth:`init_display`."""
         super().probe()
         self.init_display()
 
     def init_display(self) -> None:
-        """After DRIVER_OK: display info, EDIDs, one framebuffer per enabled scanout."""
+        """After DRIVER_OK (§5.7.5): display info, EDIDs, one framebuffer per enabled scanout (or the fallback
+        mode on scanout 0)."""
         self.get_display_info()
         if self.has(GpuFeature.EDID):
             for i in range(self.num_scanouts):
@@ -351,113 +250,12 @@ class GpuDriver(VirtioDriver):
             self.create_framebuffer(0, *self.FALLBACK_MODE)
 
     def create_framebuffer(self, scanout: int, width: int, height: int) -> GpuObject:
-        """A B8G8R8X8 resource with guest backing, shown on ``scanout`` (the fbdev / initial modeset)."""
+        """A B8G8R8X8 resource with guest backing, shown on ``scanout`` (§5.7.6.1: the fbdev / initial
+        modeset)."""
         fb = self.create_resource_2d(width, height, self.FB_FORMAT)
         self.set_scanout(scanout, fb)
-        self.framebuffers[scanout] = fb
         self.resource_flush(fb, (0, 0, width, height), wait=True)
         return fb
-
-    # -- submission -------------------------------------------------------------------------------------------
-
-    def submit(
-        self,
-        cmd: int,
-        body: bytes = b"",
-        *,
-        queue: int = GPU_CONTROLQ,
-        fence: bool = False,
-        ctx_id: int = 0,
-        ring_idx: int | None = None,
-        resp_len: int = GPU_CTRL_HDR_SIZE,
-        extra: bytes | None = None,
-        on_done: Callable[[GpuRequest], None] | None = None,
-    ) -> GpuRequest:
-        """Queue one command: ``[header+body, extra?]`` readable, a ``resp_len`` response writable."""
-        flags = 0
-        fence_id = 0
-        if fence:
-            flags |= protocol.FLAG_FENCE
-            fence_id = self._next_fence
-            self._next_fence += 1
-        if ring_idx is not None:
-            flags |= protocol.FLAG_INFO_RING_IDX
-        req_bytes = protocol.HDR.pack(cmd, flags, fence_id, ctx_id, ring_idx or 0) + body
-        if queue == GPU_CURSORQ:
-            resp_len = 0
-        block = self.alloc.alloc(len(req_bytes) + resp_len, 8)
-        self.alloc.mem.write(block, req_bytes + bytes(resp_len))  # request, then a zeroed response buffer
-        resp_addr = block + len(req_bytes)
-        out = [(block, len(req_bytes))]
-        extra_addr = None
-        if extra:
-            extra_addr = self.alloc.alloc_bytes(extra, 8)
-            out.append((extra_addr, len(extra)))
-        req = GpuRequest(cmd, queue, block, resp_addr, resp_len, fence_id if fence else None, extra_addr, on_done)
-        ins = [(resp_addr, resp_len)] if resp_len else []
-        self._add(queue, out, ins, req)
-        self._pending.add(req)
-        self.kick(queue)
-        return req
-
-    def _add(self, queue: int, out: list[tuple[int, int]], ins: list[tuple[int, int]], req: GpuRequest) -> None:
-        """``virtqueue_add_sgs``; when the ring is full wait for the device to return buffers (Linux
-        ``virtio_gpu_queue_ctrl_sgs`` waits on ``ctrlq.ack_queue``)."""
-        vq = self.vqs[queue]
-        while True:
-            try:
-                vq.add(out, ins, req)
-                return
-            except QueueFull:
-                self.kick(queue)
-                if not self.platform.run_until(lambda: vq.num_free >= len(out) + len(ins), self.TIMEOUT):
-                    raise DriverTimeout(f"{self.name}: queue {queue} stayed full") from None
-
-    def vq_callback(self, index: int) -> None:
-        """Reclaim used buffers (Linux ``virtio_gpu_dequeue_ctrl_func`` / ``_cursor_func``)."""
-        if index >= len(self.vqs):
-            return
-        for token, length in self.vqs[index].drain_used():
-            assert isinstance(token, GpuRequest)
-            self._complete(token, length)
-
-    def _complete(self, req: GpuRequest, length: int) -> None:
-        mem = self.alloc.mem
-        req.written = length
-        if req.resp_len:
-            req.response = mem.read(req.resp_addr, min(length, req.resp_len))
-        if len(req.response) >= GPU_CTRL_HDR_SIZE:
-            h = protocol.CtrlHdr.unpack(req.response)
-            req.resp_type, req.resp_flags = h.type, h.flags
-            req.resp_fence_id, req.resp_ctx_id, req.resp_ring_idx = h.fence_id, h.ctx_id, h.ring_idx
-            if h.flags & protocol.FLAG_FENCE:
-                self.last_fence = max(self.last_fence, h.fence_id)
-        elif req.queue == GPU_CONTROLQ:
-            req.resp_type = GpuResp.ERR_UNSPEC  # no response header at all
-        if not req.ok:
-            self.errors.append((req.cmd, req.resp_type))
-        self.alloc.free(req.block)
-        if req.extra is not None:
-            self.alloc.free(req.extra)
-        req.done = True
-        self._pending.discard(req)
-        if req.on_done is not None:
-            req.on_done(req)
-
-    # -- waiting ----------------------------------------------------------------------------------------------
-
-    def wait(self, req: GpuRequest, *, check: bool = True, timeout: int | None = None) -> GpuRequest:
-        """Run the machine until ``req`` is answered; raise :class:`GpuCommandError` on an error response."""
-        if not self.platform.run_until(lambda: req.done, timeout or self.TIMEOUT):
-            raise DriverTimeout(f"{self.name}: no response to {protocol.command_name(req.cmd)}")
-        if check and not req.ok:
-            raise GpuCommandError(req.cmd, req.resp_type)
-        return req
-
-    def wait_fence(self, fence_id: int) -> None:
-        """Wait until fence ``fence_id`` (and so every earlier one) is signalled."""
-        if not self.platform.run_until(lambda: self.last_fence >= fence_id, self.TIMEOUT):
-            raise DriverTimeout(f"{self.name}: fence {fence_id} not signalled")
 
     def probe_alive(self, timeout: int | None = None) -> bool:
         """Whether the device still answers the control queue (a GET_DISPLAY_INFO round trip)."""
@@ -465,18 +263,6 @@ class GpuDriver(VirtioDriver):
             return False
         req = self.cmd_get_display_info()
         return self.platform.run_until(lambda: req.done, timeout or self.TIMEOUT) and req.ok
-
-    def wait_idle(self) -> None:
-        """Wait until every submitted command is answered."""
-        if not self.platform.run_until(lambda: not self._pending, self.TIMEOUT):
-            raise DriverTimeout(f"{self.name}: {len(self._pending)} commands still pending")
-
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
-    def _finish(self, req: GpuRequest, wait: bool) -> GpuRequest:
-        return self.wait(req) if wait else req
 
     # -- display info / EDID (§5.7.6.8) -----------------------------------------------------------------------
 
@@ -499,18 +285,22 @@ class GpuDriver(VirtioDriver):
         return store
 
     def cmd_get_display_info(self) -> GpuRequest:
+        """Queue GET_DISPLAY_INFO (§5.7.6.8); its answer updates :attr:`display_info`."""
         return self.submit(GpuCmd.GET_DISPLAY_INFO, resp_len=protocol.RESPONSE_SIZE[GpuResp.OK_DISPLAY_INFO],
                            on_done=self._store_display_info)
 
     def get_display_info(self) -> list[DisplayMode]:
+        """GET_DISPLAY_INFO (§5.7.6.8), waited for: one mode per scanout."""
         self.wait(self.cmd_get_display_info())
         return self.display_info
 
     def cmd_get_edid(self, scanout: int) -> GpuRequest:
+        """Queue GET_EDID for ``scanout`` (§5.7.6.8); its answer updates :attr:`edids`."""
         return self.submit(GpuCmd.GET_EDID, protocol.GET_EDID_BODY.pack(scanout, 0),
                            resp_len=protocol.RESPONSE_SIZE[GpuResp.OK_EDID], on_done=self._store_edid(scanout))
 
     def get_edid(self, scanout: int) -> bytes:
+        """GET_EDID (§5.7.6.8), waited for: the EDID blob of ``scanout``."""
         self.wait(self.cmd_get_edid(scanout))
         return self.edids[scanout]
 
@@ -533,9 +323,10 @@ class GpuDriver(VirtioDriver):
             self.display_events_handled += 1
         self.t.config_write(GpuCfg.EVENTS_CLEAR, 4, clear)
 
-    # -- resources --------------------------------------------------------------------------------------------
+    # -- resources (§5.7.6.8) ---------------------------------------------------------------------------------
 
     def new_resource_id(self) -> int:
+        """The next resource id (ids are never reused, as Linux's ida with a cyclic start)."""
         rid = self._next_resource
         self._next_resource += 1
         return rid
@@ -564,7 +355,7 @@ class GpuDriver(VirtioDriver):
         self, width: int, height: int, fmt: int = GpuFormat.B8G8R8X8_UNORM, *,
         kind: ObjectKind = ObjectKind.TWO_D, attach: bool = True,
     ) -> GpuObject:
-        """RESOURCE_CREATE_2D, then (``attach``) guest backing + RESOURCE_ATTACH_BACKING."""
+        """RESOURCE_CREATE_2D (§5.7.6.8), then (``attach``) zeroed guest backing + RESOURCE_ATTACH_BACKING."""
         rid = self.new_resource_id()
         self.wait(self.submit(GpuCmd.RESOURCE_CREATE_2D, protocol.CREATE_2D_BODY.pack(rid, fmt, width, height),
                               fence=True))
@@ -579,6 +370,7 @@ class GpuDriver(VirtioDriver):
         return obj
 
     def attach_backing(self, obj: GpuObject, *, wait: bool = True) -> GpuRequest:
+        """RESOURCE_ATTACH_BACKING (§5.7.6.8) of ``obj.backing``, the mem entries as a second segment."""
         req = self.submit(GpuCmd.RESOURCE_ATTACH_BACKING,
                           protocol.ATTACH_BODY.pack(obj.id, len(obj.backing)), extra=self._entries(obj.backing))
         req = self._finish(req, wait)
@@ -586,18 +378,16 @@ class GpuDriver(VirtioDriver):
         return req
 
     def detach_backing(self, obj: GpuObject, *, wait: bool = True) -> GpuRequest:
+        """RESOURCE_DETACH_BACKING (§5.7.6.8); the guest backing stays allocated."""
         req = self._finish(self.submit(GpuCmd.RESOURCE_DETACH_BACKING, protocol.RESOURCE_ID_BODY.pack(obj.id, 0)),
                            wait)
         obj.attached = False
         return req
 
     def unref(self, obj: GpuObject, *, wait: bool = True) -> GpuRequest:
-        """RESOURCE_UNREF; the guest backing is freed once the device answered (it detaches it)."""
+        """RESOURCE_UNREF (§5.7.6.8): ``obj`` leaves the list with its bindings; the guest backing is freed once
+        the device answered (it detaches it)."""
         self.objects.remove(obj.id)
-        for s in list(obj.scanouts):
-            self.framebuffers.pop(s, None)
-        for s in list(obj.cursor_scanouts):
-            self.cursors.pop(s, None)
 
         def release(req: GpuRequest) -> None:
             self._free_backing(obj)
@@ -606,24 +396,16 @@ class GpuDriver(VirtioDriver):
                                         on_done=release), wait)
 
     def set_scanout(self, scanout: int, obj: GpuObject | None, rect: Rect | None = None) -> None:
-        """SET_SCANOUT (``obj`` None disables the scanout)."""
+        """SET_SCANOUT (§5.7.6.8) of ``rect`` (default: all of ``obj``); ``obj`` None disables the scanout."""
         rid = obj.id if obj is not None else 0
         if rect is None:
             rect = (0, 0, obj.width, obj.height) if obj is not None else (0, 0, 0, 0)
         self.wait(self.submit(GpuCmd.SET_SCANOUT, protocol.SET_SCANOUT_BODY.pack(*rect, scanout, rid)))
-        self._bind_scanout(scanout, obj, ScanoutBinding(rect))
-
-    def _bind_scanout(self, scanout: int, obj: GpuObject | None, binding: ScanoutBinding) -> None:
-        for o in self.objects:
-            o.scanouts.discard(scanout)
-            o.scanout_bindings.pop(scanout, None)
-        if obj is not None:
-            obj.scanouts.add(scanout)
-            obj.scanout_bindings[scanout] = binding
+        self.objects.bind_scanout(scanout, obj, ScanoutBinding(rect))
 
     def transfer_to_host_2d(self, obj: GpuObject, rect: Rect, offset: int | None = None, *,
                             fence: bool = True, wait: bool = False) -> GpuRequest:
-        """TRANSFER_TO_HOST_2D of ``rect``; the source offset defaults to y*stride + x*bpp (Linux)."""
+        """TRANSFER_TO_HOST_2D (§5.7.6.8) of ``rect``; the source offset defaults to y*stride + x*bpp (Linux)."""
         x, y, _, _ = rect
         if offset is None:
             offset = y * obj.stride + x * GPU_BYTES_PER_PIXEL
@@ -632,6 +414,7 @@ class GpuDriver(VirtioDriver):
         return self._finish(req, wait)
 
     def resource_flush(self, obj: GpuObject, rect: Rect, *, fence: bool = True, wait: bool = False) -> GpuRequest:
+        """RESOURCE_FLUSH (§5.7.6.8) of ``rect``: the scanouts showing ``obj`` update."""
         req = self.submit(GpuCmd.RESOURCE_FLUSH, protocol.FLUSH_BODY.pack(*rect, obj.id, 0), fence=fence)
         return self._finish(req, wait)
 
@@ -669,10 +452,11 @@ class GpuDriver(VirtioDriver):
 
     def draw(self, scanout: int, image: RGBA | Callable[[int, int], RGBA], at: tuple[int, int] = (0, 0), *,
              timeout: int | None = None) -> None:
-        """Draw on ``scanout``'s framebuffer: pixels into guest memory, TRANSFER_TO_HOST_2D, then a fenced
-        RESOURCE_FLUSH, and wait for that fence (Linux ``virtio_gpu_primary_plane_update``: the transfer is not
-        fenced; commands complete in order). ``image`` is RGBA ``(h, w, 4)`` or ``f(width, height)``."""
-        fb = self.framebuffers.get(scanout)
+        """Draw on what ``scanout`` shows (§5.7.6.2): pixels into guest memory, TRANSFER_TO_HOST_2D (not for a
+        blob: the host reads its guest memory), then a fenced RESOURCE_FLUSH, and wait for that fence (Linux
+        ``virtio_gpu_primary_plane_update``: the transfer is not fenced; commands complete in order). ``image``
+        is RGBA ``(h, w, 4)`` or ``f(width, height)``."""
+        fb = self.objects.on_scanout(scanout)
         if fb is None:
             raise DriverError(f"{self.name}: scanout {scanout} has no framebuffer")
         img = image(fb.width, fb.height) if callable(image) else image
@@ -680,7 +464,8 @@ class GpuDriver(VirtioDriver):
         x, y = at
         self.write_pixels(fb, img, x, y)
         rect = (x, y, img.shape[1], img.shape[0])
-        self.transfer_to_host_2d(fb, rect, fence=False)
+        if fb.blob is None:
+            self.transfer_to_host_2d(fb, rect, fence=False)
         flush = self.resource_flush(fb, rect)
         self.wait(flush, timeout=timeout)
 
@@ -692,52 +477,47 @@ class GpuDriver(VirtioDriver):
 
     def set_cursor(self, scanout: int, x: int = 0, y: int = 0, *, image: RGBA | None = None,
                    hot: tuple[int, int] = (0, 0)) -> GpuObject:
-        """Create/fill the 64x64 cursor resource (fenced transfer, waited for), then UPDATE_CURSOR at (x, y).
-
-        ``image`` is 64x64 RGBA; default :func:`arrow_cursor`.
-        """
+        """§5.7.6.6: fill a 64x64 cursor resource (fenced transfer, waited for), then UPDATE_CURSOR at (x, y)
+        with hotspot ``hot`` (§5.7.6.10). The resource is the scanout's cursor, else an unused cursor object,
+        else a new one. ``image`` is 64x64 RGBA; default :func:`arrow_cursor`."""
         rgba = arrow_cursor() if image is None else image
-        obj = self.cursors.get(scanout)
+        obj = self.objects.cursor_on(scanout)
+        if obj is None:
+            obj = next((o for o in self.objects.of_kind(ObjectKind.CURSOR) if not o.cursor_bindings), None)
         if obj is None:
             obj = self.create_resource_2d(GPU_CURSOR_SIZE, GPU_CURSOR_SIZE, self.CURSOR_FORMAT,
                                           kind=ObjectKind.CURSOR)
-            self.cursors[scanout] = obj
         self.write_pixels(obj, rgba)
         self.transfer_to_host_2d(obj, (0, 0, GPU_CURSOR_SIZE, GPU_CURSOR_SIZE), wait=True)
         self.wait(self._cursor_cmd(GpuCmd.UPDATE_CURSOR, scanout, x, y, obj.id, *hot))
-        self.cursor_positions[scanout] = (x, y)
-        self._unbind_cursor(scanout)
-        obj.cursor_scanouts.add(scanout)
-        obj.cursor_bindings[scanout] = CursorBinding(x, y, *hot)
+        self.objects.bind_cursor(scanout, obj, CursorBinding(x, y, *hot))
         return obj
 
-    def _unbind_cursor(self, scanout: int) -> None:
-        for o in self.objects:
-            o.cursor_scanouts.discard(scanout)
-            o.cursor_bindings.pop(scanout, None)
-
     def move_cursor(self, scanout: int, x: int, y: int) -> None:
-        obj = self.cursors.get(scanout)
+        """MOVE_CURSOR (§5.7.6.10): only the position changes; the binding keeps its hotspot."""
+        obj = self.objects.cursor_on(scanout)
         self.wait(self._cursor_cmd(GpuCmd.MOVE_CURSOR, scanout, x, y, obj.id if obj else 0, 0, 0))
-        self.cursor_positions[scanout] = (x, y)
-        b = obj.cursor_bindings.get(scanout) if obj is not None else None
-        if obj is not None and b is not None:
-            obj.cursor_bindings[scanout] = CursorBinding(x, y, b.hot_x, b.hot_y)
+        if obj is not None:
+            b = obj.cursor_bindings[scanout]
+            self.objects.bind_cursor(scanout, obj, CursorBinding(x, y, b.hot_x, b.hot_y))
 
     def cursor_position(self, scanout: int = 0) -> tuple[int, int]:
-        """Where the driver last put the cursor of ``scanout`` (its hotspot)."""
+        """Where the driver last put the cursor of ``scanout`` (its hotspot); (0, 0) without a cursor."""
         return self.cursor_positions.get(scanout, (0, 0))
 
     def hide_cursor(self, scanout: int) -> None:
+        """UPDATE_CURSOR with resource 0 (§5.7.6.10): the cursor of ``scanout`` disappears; its object stays
+        listed, unbound, for the next :meth:`set_cursor`."""
         self.wait(self._cursor_cmd(GpuCmd.UPDATE_CURSOR, scanout, 0, 0, 0, 0, 0))
-        self._unbind_cursor(scanout)
+        self.objects.bind_cursor(scanout, None)
 
     # -- blobs (§5.7.6.8 RESOURCE_CREATE_BLOB / SET_SCANOUT_BLOB) ---------------------------------------------
 
     def create_blob(self, size: int, *, blob_mem: int = GpuBlobMem.GUEST,
                     blob_flags: int = GpuBlobFlag.USE_SHAREABLE, blob_id: int = 0, ctx_id: int = 0) -> GpuObject:
-        """RESOURCE_CREATE_BLOB; a GUEST blob gets guest memory (size rounded up to blob_alignment)."""
-        align = self.blob_alignment if self.has(GpuFeature.BLOB_ALIGNMENT) else 1
+        """RESOURCE_CREATE_BLOB (§5.7.6.8); a GUEST blob gets zeroed guest memory (size rounded up to
+        blob_alignment, which the driver MUST respect); a HOST3D blob is a virgl object."""
+        align = self.blob_alignment if self.has_blob_alignment else 1
         size = -(-size // align) * align
         rid = self.new_resource_id()
         guest = blob_mem != GpuBlobMem.HOST3D
@@ -763,15 +543,18 @@ class GpuDriver(VirtioDriver):
 
     def set_scanout_blob(self, scanout: int, obj: GpuObject, width: int, height: int, fmt: int, stride: int,
                          offset: int = 0, rect: Rect | None = None) -> None:
+        """SET_SCANOUT_BLOB (§5.7.6.8): show ``rect`` of the blob read as ``width`` x ``height`` of ``fmt``
+        with ``stride`` from ``offset``."""
         rect = rect or (0, 0, width, height)
         body = protocol.SET_SCANOUT_BLOB_BODY.pack(*rect, scanout, obj.id, width, height, fmt, 0,
                                                    stride, 0, 0, 0, offset, 0, 0, 0)
         self.wait(self.submit(GpuCmd.SET_SCANOUT_BLOB, body))
         obj.format, obj.width, obj.height, obj.stride = fmt, width, height, stride
-        self._bind_scanout(scanout, obj, ScanoutBinding(rect, (width, height, fmt, stride, offset)))
+        self.objects.bind_scanout(scanout, obj, ScanoutBinding(rect, BlobLayout(width, height, fmt, stride, offset)))
 
     def show_blob(self, scanout: int, rgba: RGBA, fmt: int = GpuFormat.B8G8R8X8_UNORM) -> GpuObject:
-        """Put an RGBA image on ``scanout`` through a guest blob: create, fill, SET_SCANOUT_BLOB, flush."""
+        """Put an RGBA image on ``scanout`` through a guest blob (§5.7.6.8): create, fill, SET_SCANOUT_BLOB,
+        flush."""
         img = np.asarray(rgba, dtype=np.uint8)
         h, w = img.shape[:2]
         stride = w * GPU_BYTES_PER_PIXEL
@@ -783,6 +566,7 @@ class GpuDriver(VirtioDriver):
         return obj
 
     def assign_uuid(self, obj: GpuObject) -> uuid.UUID:
+        """RESOURCE_ASSIGN_UUID (§5.7.6.8): the UUID the device gives ``obj``, recorded on it."""
         req = self.wait(self.submit(GpuCmd.RESOURCE_ASSIGN_UUID, protocol.RESOURCE_ID_BODY.pack(obj.id, 0),
                                     resp_len=protocol.RESPONSE_SIZE[GpuResp.OK_RESOURCE_UUID]))
         obj.uuid = uuid.UUID(bytes=req.payload[:16])
@@ -791,6 +575,7 @@ class GpuDriver(VirtioDriver):
     # -- virgl (§5.7.6.9): only what power management needs to model -----------------------------------------
 
     def ctx_create(self, name: str = "", context_init: int = 0) -> int:
+        """CTX_CREATE (§5.7.6.9) with the next context id; returns it."""
         cid = self._next_ctx
         self._next_ctx += 1
         raw = name.encode()[:GPU_CTX_DEBUG_NAME_MAX]
@@ -800,26 +585,31 @@ class GpuDriver(VirtioDriver):
         return cid
 
     def ctx_destroy(self, ctx_id: int) -> None:
+        """CTX_DESTROY (§5.7.6.9): the context goes, and with it every object's attachment to it."""
         self.wait(self.submit(GpuCmd.CTX_DESTROY, ctx_id=ctx_id))
         self.contexts.discard(ctx_id)
         for o in self.objects:
             o.ctx_ids.discard(ctx_id)
 
     def ctx_attach_resource(self, ctx_id: int, obj: GpuObject) -> None:
+        """CTX_ATTACH_RESOURCE (§5.7.6.9)."""
         self.wait(self.submit(GpuCmd.CTX_ATTACH_RESOURCE, protocol.RESOURCE_ID_BODY.pack(obj.id, 0), ctx_id=ctx_id))
         obj.ctx_ids.add(ctx_id)
 
     def ctx_detach_resource(self, ctx_id: int, obj: GpuObject) -> None:
+        """CTX_DETACH_RESOURCE (§5.7.6.9)."""
         self.wait(self.submit(GpuCmd.CTX_DETACH_RESOURCE, protocol.RESOURCE_ID_BODY.pack(obj.id, 0), ctx_id=ctx_id))
         obj.ctx_ids.discard(ctx_id)
 
     def create_resource_3d(self, width: int, height: int, *, target: int = 2, fmt: int = GpuFormat.B8G8R8A8_UNORM,
                            bind: int = 0, depth: int = 1, array_size: int = 1, last_level: int = 0,
                            nr_samples: int = 0, flags: int = 0, ctx_id: int = 0) -> GpuObject:
+        """RESOURCE_CREATE_3D (§5.7.6.9): a virgl object (not restorable from guest metadata)."""
         rid = self.new_resource_id()
-        params = {"target": target, "format": fmt, "bind": bind, "width": width, "height": height, "depth": depth,
-                  "array_size": array_size, "last_level": last_level, "nr_samples": nr_samples, "flags": flags}
-        body = protocol.CREATE_3D_BODY.pack(rid, *params.values(), 0)
+        params = Resource3dParams(target, fmt, bind, width, height, depth, array_size, last_level, nr_samples,
+                                  flags)
+        body = protocol.CREATE_3D_BODY.pack(rid, target, fmt, bind, width, height, depth, array_size, last_level,
+                                            nr_samples, flags, 0)
         self.wait(self.submit(GpuCmd.RESOURCE_CREATE_3D, body, ctx_id=ctx_id, fence=True))
         obj = GpuObject(rid, ObjectKind.VIRGL, fmt, width, height, params_3d=params)
         self.objects.add(obj)
@@ -827,42 +617,30 @@ class GpuDriver(VirtioDriver):
 
     def submit_3d(self, ctx_id: int, stream: bytes, *, fence: bool = True, ring_idx: int | None = None,
                   wait: bool = True) -> GpuRequest:
+        """SUBMIT_3D (§5.7.6.9) of a command ``stream`` (the second readable segment)."""
         req = self.submit(GpuCmd.SUBMIT_3D, protocol.SUBMIT_BODY.pack(len(stream), 0), ctx_id=ctx_id,
                           fence=fence, ring_idx=ring_idx, extra=stream or None)
         return self._finish(req, wait)
 
-
-
-    # -- building blocks for freeze/restore (a subclass with has_pm_hooks = True uses them) -------------------
+    # -- building blocks for freeze/restore (the flavours with has_pm_hooks = True use them) -------------------
 
     def driver_freeze(self) -> None:
-        """``.freeze`` recipe: reset, reclaim every request still in a queue (guest memory freed, request marked
-        ``lost``), delete the queues. Host objects are gone after the reset; ``objects`` keeps their metadata."""
+        """``.freeze`` recipe: reset, reclaim every request still in a queue (:meth:`reclaim`), delete the
+        queues. The host forgets every object on reset (as QEMU ``virtio_gpu_reset``); ``objects`` keeps the
+        guest's metadata and bindings for :meth:`recreate` and :meth:`replay_modeset`."""
         self.t.reset()
-        for vq in self.vqs:
-            for token in vq.detach_unused():
-                if isinstance(token, GpuRequest):
-                    self._abandon(token)
+        self.reclaim()
         self.del_vqs()
-        for obj in self.objects:
-            obj.attached = False
-
-    def _abandon(self, req: GpuRequest) -> None:
-        self.alloc.free(req.block)
-        if req.extra is not None:
-            self.alloc.free(req.extra)
-        req.lost = req.done = True
-        self._pending.discard(req)
-        self.lost.append(req)
 
     def driver_restore(self) -> None:
-        """``.restore`` default: re-read the config and re-create the queues. A restoring subclass then calls
-        :meth:`device_ready`, :meth:`recreate` for each restorable object and :meth:`replay_modeset`."""
+        """``.restore`` default: re-read the config and re-create the queues. A restoring flavour then sets
+        DRIVER_OK, :meth:`recreate`\\ s the restorable objects and :meth:`replay_modeset`\\ s."""
         self.setup()
 
     def recreate(self, obj: GpuObject) -> None:
-        """Create ``obj`` on the host again from its metadata: same id, format, size and guest backing
-        (Linux 7.3 ``virtio_gpu_object_restore_all``). Virgl objects cannot be: ValueError."""
+        """Create ``obj`` on the host again from its metadata (Linux 7.3 ``virtio_gpu_object_restore_all``):
+        RESOURCE_CREATE_BLOB with the same parameters and mem entries, or RESOURCE_CREATE_2D + ATTACH_BACKING
+        (§5.7.6.8); then RESOURCE_ASSIGN_UUID again if it had one. Virgl objects cannot be: ValueError."""
         if not obj.restorable:
             raise ValueError(f"object {obj.id} ({obj.kind.value}) cannot be re-created from guest metadata")
         if obj.blob is not None:
@@ -877,13 +655,17 @@ class GpuDriver(VirtioDriver):
             if obj.backing:
                 self.attach_backing(obj)
         obj.attached = bool(obj.backing)
+        if obj.uuid is not None and self.has(GpuFeature.RESOURCE_UUID):
+            self.assign_uuid(obj)
 
     def replay_modeset(self) -> None:
-        """Show everything again (``drm_mode_config_helper_resume``): every scanout binding with a full
-        transfer + flush, every cursor with its image and position."""
-        for obj in self.objects:
-            for sid in sorted(obj.scanouts):
-                b = obj.scanout_bindings.get(sid) or ScanoutBinding((0, 0, obj.width, obj.height))
+        """Show everything again from the object bindings (``drm_mode_config_helper_resume``), by scanout: a
+        2D binding with SET_SCANOUT + a full TRANSFER_TO_HOST_2D + RESOURCE_FLUSH, a blob binding with
+        SET_SCANOUT_BLOB + RESOURCE_FLUSH (§5.7.6.8); then every cursor with its image, position and hotspot
+        (§5.7.6.10). A binding whose object is gone on the host is skipped: that screen stays dark."""
+        for sid, obj in self.objects.scanout_map().items():
+            b = obj.scanout_bindings[sid]
+            try:
                 if b.blob_layout is not None:
                     w, h, fmt, stride, offset = b.blob_layout
                     self.set_scanout_blob(sid, obj, w, h, fmt, stride, offset, b.rect)
@@ -891,10 +673,15 @@ class GpuDriver(VirtioDriver):
                     self.set_scanout(sid, obj, b.rect)
                     self.transfer_to_host_2d(obj, (0, 0, obj.width, obj.height))
                 self.resource_flush(obj, b.rect, wait=True)
-            for sid in sorted(obj.cursor_scanouts):
-                c = obj.cursor_bindings.get(sid) or CursorBinding(*self.cursor_position(sid), 0, 0)
+            except DriverError:
+                continue
+        for sid, obj in self.objects.cursor_map().items():
+            c = obj.cursor_bindings[sid]
+            try:
                 self.transfer_to_host_2d(obj, (0, 0, obj.width, obj.height), wait=True)
                 self.wait(self._cursor_cmd(GpuCmd.UPDATE_CURSOR, sid, c.x, c.y, obj.id, c.hot_x, c.hot_y))
+            except DriverError:
+                continue
 
 
 def arrow_cursor() -> RGBA:
@@ -908,61 +695,3 @@ def arrow_cursor() -> RGBA:
     img[edge] = (0, 0, 0, 255)
     return img
 
-
-# -- guest-side state for the S4 image (object list + bindings; pixels stay in guest RAM) -----------------
-
-
-def _obj_to_json(o: GpuObject) -> dict[str, Any]:
-    d = asdict(o)
-    d["kind"] = o.kind.value
-    d["scanouts"] = sorted(o.scanouts)
-    d["cursor_scanouts"] = sorted(o.cursor_scanouts)
-    d["ctx_ids"] = sorted(o.ctx_ids)
-    d["uuid"] = str(o.uuid) if o.uuid else None
-    return d
-
-
-def _obj_from_json(d: dict[str, Any]) -> GpuObject:
-    try:
-        return GpuObject(
-            id=int(d["id"]), kind=ObjectKind(d["kind"]), format=int(d["format"]), width=int(d["width"]),
-            height=int(d["height"]), stride=int(d["stride"]),
-            backing=[BackingRange(int(r["addr"]), int(r["length"])) for r in d["backing"]],
-            attached=bool(d["attached"]), blob=BlobParams(**d["blob"]) if d["blob"] else None,
-            scanouts=set(d["scanouts"]), cursor_scanouts=set(d["cursor_scanouts"]),
-            uuid=uuid.UUID(d["uuid"]) if d["uuid"] else None, ctx_ids=set(d["ctx_ids"]),
-            params_3d=d.get("params_3d"),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise DriverError(f"malformed gpu object in image: {e}") from None
-
-
-def _save_gpu_state(drv: GpuDriver, base: dict[str, object]) -> dict[str, object]:
-    base.update({
-        "objects": [_obj_to_json(o) for o in drv.objects],
-        "framebuffers": {str(k): v.id for k, v in drv.framebuffers.items()},
-        "cursors": {str(k): v.id for k, v in drv.cursors.items()},
-        "cursor_positions": {str(k): list(v) for k, v in drv.cursor_positions.items()},
-        "next_resource": drv._next_resource,
-        "next_fence": drv._next_fence,
-        "num_scanouts": drv.num_scanouts,
-    })
-    return base
-
-
-def _load_gpu_state(drv: GpuDriver, state: dict[str, object]) -> None:
-    try:
-        objs = [_obj_from_json(d) for d in state["objects"]]  # type: ignore[attr-defined]
-        by_id = {o.id: o for o in objs}
-        drv.objects.clear()
-        for o in objs:
-            drv.objects.add(o)
-        drv.framebuffers = {int(k): by_id[v] for k, v in state["framebuffers"].items()}  # type: ignore[attr-defined]
-        drv.cursors = {int(k): by_id[v] for k, v in state["cursors"].items()}  # type: ignore[attr-defined]
-        drv.cursor_positions = {int(k): (int(v[0]), int(v[1]))
-                                for k, v in state["cursor_positions"].items()}  # type: ignore[attr-defined]
-        drv._next_resource = int(state["next_resource"])  # type: ignore[call-overload]
-        drv._next_fence = int(state["next_fence"])  # type: ignore[call-overload]
-        drv.num_scanouts = int(state["num_scanouts"])  # type: ignore[call-overload]
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise DriverError(f"{drv.name}: malformed gpu driver state in image ({e})") from None

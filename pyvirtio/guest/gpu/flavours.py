@@ -11,6 +11,10 @@
   every restorable object on the host when hibernating, deletes the queues; restore re-creates every restorable
   object (create, attach backing, UUID) before the first display command.
 
+Every flavour restores through the same building blocks of :class:`~pyvirtio.guest.gpu.driver.GpuDriver`:
+``recreate`` for each restorable object and ``replay_modeset`` over the object bindings (so a blob scanout comes
+back as the blob), and saves the same :class:`~pyvirtio.guest.gpu.objects.GpuDriverState` in an S4 image.
+
 :data:`FLAVOURS` maps each :class:`GpuDriverKind` to its class; S4 images store the kind's value.
 """
 
@@ -25,7 +29,7 @@ from pyvirtio.errors import DriverError, DriverTimeout
 from pyvirtio.guest.gpu.driver import GpuDriver
 from pyvirtio.guest.kernel import PmEvent, SleepRefused
 from pyvirtio.spec import gpu_wire
-from pyvirtio.spec.constants import GpuCfg, GpuCmd, GpuFeature
+from pyvirtio.spec.constants import GpuCmd, GpuFeature
 
 
 class GpuDriverKind(Enum):
@@ -56,13 +60,13 @@ class BasicHooksGpuDriver(GpuDriver):
             raise DriverTimeout(f"{self.name}: queues did not drain (-ETIMEDOUT)")
 
     def driver_freeze(self) -> None:
+        """``.freeze``: drain both queues, then the driver's recipe (reset, reclaim, delete the queues)."""
         self.drain()
-        self.t.reset()
-        for vq in self.vqs:
-            vq.detach_unused()
-        self.del_vqs()
+        super().driver_freeze()
 
     def driver_restore(self) -> None:
+        """``.restore``: re-create the queues, set DRIVER_OK, :meth:`before_modeset`, then replay the modeset
+        from the object bindings (``drm_mode_config_helper_resume``)."""
         self.find_vqs()
         self.device_ready()
         self.before_modeset()
@@ -71,51 +75,33 @@ class BasicHooksGpuDriver(GpuDriver):
     def before_modeset(self) -> None:
         """Hook between DRIVER_OK and the first display command."""
 
-    def replay_modeset(self) -> None:
-        """``drm_mode_config_helper_resume``: re-bind every framebuffer, push its pixels, restore cursors."""
-        for scanout, fb in sorted(self.framebuffers.items()):
-            try:
-                self.set_scanout(scanout, fb)
-                rect = (0, 0, fb.width, fb.height)
-                self.transfer_to_host_2d(fb, rect)
-                self.resource_flush(fb, rect, wait=True)
-            except DriverError:
-                continue  # the resource is gone on the host: the screen stays dark
-        for scanout, obj in sorted(self.cursors.items()):
-            x, y = self.cursor_positions.get(scanout, (0, 0))
-            try:
-                self.transfer_to_host_2d(obj, (0, 0, obj.width, obj.height), wait=True)
-                self.wait(self._cursor_cmd(GpuCmd.UPDATE_CURSOR, scanout, x, y, obj.id, 0, 0))
-            except DriverError:
-                continue
-
 
 class FreezingGpuDriver(BasicHooksGpuDriver):
     """2023 v1-v4: tell the device it is freezing, so the reset that follows keeps the resources.
 
-    A 2023 driver knows feature bit 5 as FREEZING; it predates BLOB_ALIGNMENT (the same bit).
+    A 2023 driver knows feature bit 5 as FREEZING; it predates BLOB_ALIGNMENT (the same bit), so it reads no
+    blob_alignment field (:attr:`GpuDriver.BIT5_IS_FREEZING`).
     """
+
+    BIT5_IS_FREEZING: ClassVar[bool] = True
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         kw.setdefault("want_blob_alignment", False)
         super().__init__(*args, **kw)
         self.wanted_features |= 1 << GpuFeature.FREEZING
 
-    def setup(self) -> None:
-        """As the base, but bit 5 means FREEZING here: there is no blob_alignment field to read."""
-        self.num_scanouts, self.num_capsets = self.t.config_read_consistent(
-            [(GpuCfg.NUM_SCANOUTS, 4), (GpuCfg.NUM_CAPSETS, 4)])
-        self.find_vqs()
-
     def set_freezing(self, value: bool) -> None:
+        """The 2023 proposal's STATUS_FREEZING command (fenced, waited for)."""
         self.wait(self.submit(GpuCmd.STATUS_FREEZING, gpu_wire.STATUS_FREEZING_BODY.pack(int(value)), fence=True))
 
     def driver_freeze(self) -> None:
+        """STATUS_FREEZING 1 (when negotiated), then the basic ``.freeze``."""
         if self.has(GpuFeature.FREEZING):
             self.set_freezing(True)
         super().driver_freeze()
 
     def before_modeset(self) -> None:
+        """STATUS_FREEZING 0 (when negotiated) before the modeset replay."""
         if self.has(GpuFeature.FREEZING):
             self.set_freezing(False)
 
@@ -125,10 +111,11 @@ class S4ReplayGpuDriver(BasicHooksGpuDriver):
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self.hibernation = False
         self.restored_objects = 0
 
     def pm_notifier(self, event: PmEvent) -> None:
+        """PM notifier: refuse hibernation while virgl objects exist (they cannot be re-created), else note
+        that an S4 is in progress until it is over."""
         if event is PmEvent.HIBERNATION_PREPARE:
             virgl = [o.id for o in self.objects if not o.restorable]
             if virgl:
@@ -139,9 +126,10 @@ class S4ReplayGpuDriver(BasicHooksGpuDriver):
             self.hibernation = False
 
     def driver_freeze(self) -> None:
+        """``.freeze``: drain; when hibernating RESOURCE_UNREF every restorable object on the host first
+        (§5.7.6.8), so a failed host-side hibernation leaves no duplicates (v7); then the basic recipe."""
         self.drain()
         if self.hibernation:
-            # unref on the host first, so a failed host-side hibernation leaves no duplicates (v7)
             for obj in list(self.objects.restorable()):
                 with contextlib.suppress(DriverError):
                     self.wait(self.submit(GpuCmd.RESOURCE_UNREF, gpu_wire.RESOURCE_ID_BODY.pack(obj.id, 0)))
@@ -149,39 +137,17 @@ class S4ReplayGpuDriver(BasicHooksGpuDriver):
         super().driver_freeze()
 
     def before_modeset(self) -> None:
+        """Re-create the restore list before the first display command when hibernating (or when an object
+        lost its host copy)."""
         if self.hibernation or any(not o.attached for o in self.objects.restorable()):
             self.restore_objects()
 
     def restore_objects(self) -> None:
-        """Re-create every restorable object from guest-side metadata (pixels are in guest RAM)."""
-        n = 0
-        for obj in list(self.objects.restorable()):
-            if obj.blob is not None:
-                b = obj.blob
-                body = gpu_wire.CREATE_BLOB_BODY.pack(obj.id, b.blob_mem, b.blob_flags, len(obj.backing),
-                                                          b.blob_id, b.size)
-                self.wait(self.submit(GpuCmd.RESOURCE_CREATE_BLOB, body + self._entries(obj.backing),
-                                      fence=True))
-            else:
-                self.wait(self.submit(GpuCmd.RESOURCE_CREATE_2D,
-                                      gpu_wire.CREATE_2D_BODY.pack(obj.id, obj.format, obj.width, obj.height),
-                                      fence=True))
-                if obj.backing:
-                    self.attach_backing(obj)
-            obj.attached = True
-            if obj.uuid is not None and self.has(GpuFeature.RESOURCE_UUID):
-                self.wait(self.submit(GpuCmd.RESOURCE_ASSIGN_UUID, gpu_wire.RESOURCE_ID_BODY.pack(obj.id, 0)))
-            n += 1
-        self.restored_objects = n
-
-    def save_state(self) -> dict[str, object]:
-        state = super().save_state()
-        state["hibernation"] = self.hibernation
-        return state
-
-    def load_state(self, state: dict[str, object]) -> None:
-        super().load_state(state)
-        self.hibernation = bool(state.get("hibernation", False))
+        """:meth:`GpuDriver.recreate` every restorable object (pixels are in guest RAM); counts them."""
+        objs = self.objects.restorable()
+        for obj in objs:
+            self.recreate(obj)
+        self.restored_objects = len(objs)
 
 
 #: The driver class for each kind: an explicit table, filled by nobody at import time.

@@ -1,0 +1,212 @@
+"""How the guest virtio-gpu driver talks to the device: one request per command, its response, fences.
+
+Every command is one chain ``[request (readable), response (writable)]`` (Linux ``virtio_gpu_queue_ctrl_buffer``,
+virtio 1.4 §5.7.6.7 request header); mem entries and 3D streams travel as a second readable segment; cursor
+commands (§5.7.6.10) carry no response buffer. Responses are reclaimed in :meth:`GpuRequests.vq_callback`.
+Fenced commands get increasing fence ids; completing fence N signals every fence <= N (§5.7.6.5, like
+``virtio_gpu_fence_event_process``). Requests still queued when the device is reset are reclaimed unanswered
+(:meth:`GpuRequests.reclaim`): their guest memory is freed and they are marked ``lost``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pyvirtio.clock import MS
+from pyvirtio.errors import DriverError, DriverTimeout
+from pyvirtio.guest.driver import VirtioDriver
+from pyvirtio.spec import gpu_wire as protocol
+from pyvirtio.spec.constants import GPU_CONTROLQ, GPU_CTRL_HDR_SIZE, GPU_CURSORQ, GpuResp
+from pyvirtio.virtqueue.driver import QueueFull
+
+__all__ = ["GpuCommandError", "GpuRequest", "GpuRequests"]
+
+
+class GpuCommandError(DriverError):
+    """The device answered a command with an error response (Linux logs ``response 0x%x (command 0x%x)``)."""
+
+    def __init__(self, cmd: int, resp: int) -> None:
+        super().__init__(f"{protocol.command_name(cmd)} answered {protocol.command_name(resp)}")
+        self.cmd = cmd
+        self.resp = resp
+
+
+@dataclass(eq=False)
+class GpuRequest:
+    """One submitted command and, once ``done``, its response."""
+
+    cmd: int
+    queue: int
+    block: int  # guest allocation: request, then response
+    resp_addr: int
+    resp_len: int
+    fence_id: int | None = None
+    extra: int | None = None  # guest allocation of the second readable segment
+    on_done: Callable[[GpuRequest], None] | None = None
+    done: bool = False
+    resp_type: int = 0
+    resp_flags: int = 0
+    resp_fence_id: int = 0
+    resp_ctx_id: int = 0
+    resp_ring_idx: int = 0
+    response: bytes = b""
+    written: int = 0
+    lost: bool = False  # reclaimed unanswered after a reset
+
+    @property
+    def ok(self) -> bool:
+        """A cursor command (no response), or an OK_* response (§5.7.6.7)."""
+        return self.queue == GPU_CURSORQ or GpuResp.OK_NODATA <= self.resp_type < GpuResp.ERR_UNSPEC
+
+    @property
+    def payload(self) -> bytes:
+        """The response after its header."""
+        return self.response[GPU_CTRL_HDR_SIZE:]
+
+
+class GpuRequests(VirtioDriver):
+    """The request layer of the virtio-gpu driver: submit, complete, wait, fences, reclaim."""
+
+    TIMEOUT = 1000 * MS
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.errors: list[tuple[int, int]] = []  # (command, error response) pairs
+        self.lost: list[GpuRequest] = []  # requests reclaimed unanswered after a reset
+        self.last_fence = 0
+        self._next_fence = 1
+        self._pending: set[GpuRequest] = set()
+
+    def submit(
+        self,
+        cmd: int,
+        body: bytes = b"",
+        *,
+        queue: int = GPU_CONTROLQ,
+        fence: bool = False,
+        ctx_id: int = 0,
+        ring_idx: int | None = None,
+        resp_len: int = GPU_CTRL_HDR_SIZE,
+        extra: bytes | None = None,
+        on_done: Callable[[GpuRequest], None] | None = None,
+    ) -> GpuRequest:
+        """Queue one command (§5.7.6.7): ``[header+body, extra?]`` readable, a ``resp_len`` response writable
+        (none on the cursor queue); ``fence`` sets VIRTIO_GPU_FLAG_FENCE with the next fence id, ``ring_idx``
+        sets VIRTIO_GPU_FLAG_INFO_RING_IDX."""
+        flags = 0
+        fence_id = 0
+        if fence:
+            flags |= protocol.FLAG_FENCE
+            fence_id = self._next_fence
+            self._next_fence += 1
+        if ring_idx is not None:
+            flags |= protocol.FLAG_INFO_RING_IDX
+        req_bytes = protocol.HDR.pack(cmd, flags, fence_id, ctx_id, ring_idx or 0) + body
+        if queue == GPU_CURSORQ:
+            resp_len = 0
+        block = self.alloc.alloc(len(req_bytes) + resp_len, 8)
+        self.alloc.mem.write(block, req_bytes + bytes(resp_len))  # request, then a zeroed response buffer
+        resp_addr = block + len(req_bytes)
+        out = [(block, len(req_bytes))]
+        extra_addr = None
+        if extra:
+            extra_addr = self.alloc.alloc_bytes(extra, 8)
+            out.append((extra_addr, len(extra)))
+        req = GpuRequest(cmd, queue, block, resp_addr, resp_len, fence_id if fence else None, extra_addr, on_done)
+        ins = [(resp_addr, resp_len)] if resp_len else []
+        self._add(queue, out, ins, req)
+        self._pending.add(req)
+        self.kick(queue)
+        return req
+
+    def _add(self, queue: int, out: list[tuple[int, int]], ins: list[tuple[int, int]], req: GpuRequest) -> None:
+        """``virtqueue_add_sgs``; when the ring is full wait for the device to return buffers (Linux
+        ``virtio_gpu_queue_ctrl_sgs`` waits on ``ctrlq.ack_queue``)."""
+        vq = self.vqs[queue]
+        while True:
+            try:
+                vq.add(out, ins, req)
+                return
+            except QueueFull:
+                self.kick(queue)
+                if not self.platform.run_until(lambda: vq.num_free >= len(out) + len(ins), self.TIMEOUT):
+                    raise DriverTimeout(f"{self.name}: queue {queue} stayed full") from None
+
+    def vq_callback(self, index: int) -> None:
+        """Reclaim used buffers (Linux ``virtio_gpu_dequeue_ctrl_func`` / ``_cursor_func``)."""
+        if index >= len(self.vqs):
+            return
+        for token, length in self.vqs[index].drain_used():
+            assert isinstance(token, GpuRequest)
+            self._complete(token, length)
+
+    def _complete(self, req: GpuRequest, length: int) -> None:
+        """Read the response header, record errors and the fence, free the request's guest memory."""
+        mem = self.alloc.mem
+        req.written = length
+        if req.resp_len:
+            req.response = mem.read(req.resp_addr, min(length, req.resp_len))
+        if len(req.response) >= GPU_CTRL_HDR_SIZE:
+            h = protocol.CtrlHdr.unpack(req.response)
+            req.resp_type, req.resp_flags = h.type, h.flags
+            req.resp_fence_id, req.resp_ctx_id, req.resp_ring_idx = h.fence_id, h.ctx_id, h.ring_idx
+            if h.flags & protocol.FLAG_FENCE:
+                self.last_fence = max(self.last_fence, h.fence_id)
+        elif req.queue == GPU_CONTROLQ:
+            req.resp_type = GpuResp.ERR_UNSPEC  # no response header at all
+        if not req.ok:
+            self.errors.append((req.cmd, req.resp_type))
+        self.alloc.free(req.block)
+        if req.extra is not None:
+            self.alloc.free(req.extra)
+        req.done = True
+        self._pending.discard(req)
+        if req.on_done is not None:
+            req.on_done(req)
+
+    def reclaim(self) -> None:
+        """After a reset: take back every request still in a queue, unanswered (``virtqueue_detach_unused_buf``):
+        its guest memory is freed, it is marked ``lost`` and listed on :attr:`lost`."""
+        for vq in self.vqs:
+            for token in vq.detach_unused():
+                if isinstance(token, GpuRequest):
+                    self._abandon(token)
+
+    def _abandon(self, req: GpuRequest) -> None:
+        self.alloc.free(req.block)
+        if req.extra is not None:
+            self.alloc.free(req.extra)
+        req.lost = req.done = True
+        self._pending.discard(req)
+        self.lost.append(req)
+
+    # -- waiting ----------------------------------------------------------------------------------------------
+
+    def wait(self, req: GpuRequest, *, check: bool = True, timeout: int | None = None) -> GpuRequest:
+        """Run the machine until ``req`` is answered; raise :class:`GpuCommandError` on an error response
+        (``check``) and :class:`~pyvirtio.errors.DriverTimeout` when no answer comes in time."""
+        if not self.platform.run_until(lambda: req.done, timeout or self.TIMEOUT):
+            raise DriverTimeout(f"{self.name}: no response to {protocol.command_name(req.cmd)}")
+        if check and not req.ok:
+            raise GpuCommandError(req.cmd, req.resp_type)
+        return req
+
+    def wait_fence(self, fence_id: int) -> None:
+        """Wait until fence ``fence_id`` (and so every earlier one, §5.7.6.5) is signalled."""
+        if not self.platform.run_until(lambda: self.last_fence >= fence_id, self.TIMEOUT):
+            raise DriverTimeout(f"{self.name}: fence {fence_id} not signalled")
+
+    def wait_idle(self) -> None:
+        """Wait until every submitted command is answered."""
+        if not self.platform.run_until(lambda: not self._pending, self.TIMEOUT):
+            raise DriverTimeout(f"{self.name}: {len(self._pending)} commands still pending")
+
+    @property
+    def pending(self) -> int:
+        """How many submitted commands are not answered yet."""
+        return len(self._pending)
+
+    def _finish(self, req: GpuRequest, wait: bool) -> GpuRequest:
+        return self.wait(req) if wait else req
