@@ -39,7 +39,7 @@ S4_ISOLATION_NOTE = "resumed machine built from the image file only (no shared o
 
 
 class _SleepFailed(Exception):
-    """The sleep did not happen; ``outcome`` says how (refused or aborted), ``message`` is the kernel's."""
+    """The sleep did not happen: ``outcome`` says how (refused or aborted); the message is the kernel's."""
 
     def __init__(self, outcome: Outcome, message: str) -> None:
         super().__init__(message)
