@@ -14,7 +14,7 @@ import click
 from rich.progress import Progress
 from rich.table import Table
 
-from pyvirtio.cli.common import SLEEP_CHOICE, Group, out, parse_profiles, parse_size, yes_no
+from pyvirtio.cli.common import SLEEP_CHOICE, Group, millis, out, parse_profiles, parse_size, yes_no
 from pyvirtio.pm.config import ScenarioConfig
 from pyvirtio.pm.matrix import run_matrix
 from pyvirtio.pm.profiles import DEFAULT_PROFILES, DESCRIPTIONS, Profile
@@ -36,10 +36,6 @@ def _fate(f: ResourceFate | None) -> str:
     return "-" if f is None else f"[{FATE_STYLE[f]}]{f.value}[/]"
 
 
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"
-
-
 def table(cells: list[CellResult], title: str = "pyvirtio pm matrix") -> Table:
     """The matrix as a rich table: one row per cell, good results green, bad ones red."""
     t = Table(title=title)
@@ -49,7 +45,7 @@ def table(cells: list[CellResult], title: str = "pyvirtio pm matrix") -> Table:
         t.add_row(c.profile, c.sleep.value, c.outcome.value, yes_no(c.display_restored),
                   yes_no(c.new_frame_after_resume), _fate(c.resources), yes_no(c.queues_alive),
                   yes_no(c.inflight_completed), _events(c.config_events_after_resume), str(len(c.violations)),
-                  _ms(c.suspend_ms), _ms(c.resume_ms))
+                  millis(c.suspend_ms, 2), millis(c.resume_ms, 2))
     return t
 
 
