@@ -26,6 +26,7 @@ from pyvirtio.pm.config import ScenarioConfig
 from pyvirtio.pm.image import read_image, write_image
 from pyvirtio.pm.profiles import parse_profile
 from pyvirtio.pm.scenario import run_cell
+from pyvirtio.report import SleepState
 
 MIB = 1 << 20
 RESOURCES = 16
@@ -43,7 +44,7 @@ def latency(max_mib: int) -> Table:
         cfg = ScenarioConfig(resources=RESOURCES, resource_size=total * MIB // RESOURCES, inflight=0)
         row = [f"{total} MiB"]
         for p in profiles:
-            c = run_cell(parse_profile(p), "S3", cfg)
+            c = run_cell(parse_profile(p), SleepState.S3, cfg)
             row += [f"{c.suspend_ms:.3f}", f"{c.resume_ms:.3f}"]
         t.add_row(*row)
         total *= 4
@@ -55,7 +56,7 @@ def replay() -> Table:
     for col in ("objects", "resume ms", "us per object"):
         t.add_column(col)
     for n in (4, 16, 64):
-        c = run_cell(parse_profile("s4-replay"), "S4", ScenarioConfig(resources=n, resource_size=64 << 10,
+        c = run_cell(parse_profile("s4-replay"), SleepState.S4, ScenarioConfig(resources=n, resource_size=64 << 10,
                                                                       inflight=0))
         objects = n + 2 + 1  # extra resources + framebuffers + cursor
         assert c.resume_ms is not None

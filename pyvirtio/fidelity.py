@@ -5,6 +5,10 @@ machine type. For each device both have (virtio-gpu, virtio-rng) the model must 
 sequence across the sleep cycle, and whether the display and the queues survive. Status sequences are compared
 after the same normalisation on both sides: consecutive repeats collapsed and leading zeros (the power-on reset)
 dropped.
+
+Contract: :func:`compare` returns every check, matching or not, as strings on both sides; it never raises for a
+cell that lacks a device (the check says "missing"). Imports of :mod:`pyvirtio.pm` are deferred to
+:func:`model_cell`, so reading and comparing reports does not build the model.
 """
 
 from __future__ import annotations
@@ -12,23 +16,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pyvirtio.report import CellResult
+from pyvirtio.report import REAL_VM_PROFILE, CellResult, SleepState
 from pyvirtio.trace import dedup
 
 #: devices the model has and the real VM has too
 COMPARED_DEVICES = ("gpu", "rng")
-#: the model profile that matches the real VM (QEMU 7.2, Linux 6.1)
-REAL_VM_PROFILE = "baseline"
+__all__ = ["COMPARED_DEVICES", "REAL_VM_PROFILE", "Check", "compare", "differences", "model_cell", "normalise"]
 
 
 @dataclass(frozen=True)
 class Check:
+    """One compared property: what it is and how each side rendered it."""
+
     what: str
     model: str
     real: str
 
     @property
     def ok(self) -> bool:
+        """The two sides agree."""
         return self.model == self.real
 
 
@@ -46,8 +52,8 @@ def _b(v: bool | None) -> str:
     return "-" if v is None else ("yes" if v else "no")
 
 
-def model_cell(sleep: str, machine_type: str) -> CellResult:
-    """The model's prediction for the real VM's configuration."""
+def model_cell(sleep: SleepState | str, machine_type: str) -> CellResult:
+    """The model's prediction for the real VM's configuration (profile :data:`REAL_VM_PROFILE`, same machine)."""
     from pyvirtio.pm.config import ScenarioConfig
     from pyvirtio.pm.profiles import parse_profile
     from pyvirtio.pm.scenario import run_cell
@@ -58,7 +64,7 @@ def model_cell(sleep: str, machine_type: str) -> CellResult:
 def compare(model: CellResult, real: CellResult) -> list[Check]:
     """Every check, matching or not (``Check.ok``)."""
     checks = [
-        Check("outcome", model.outcome, real.outcome),
+        Check("outcome", model.outcome.value, real.outcome.value),
         Check("display restored", _b(model.display_restored), _b(real.display_restored)),
         Check("new frame reaches the screen", _b(model.new_frame_after_resume), _b(real.new_frame_after_resume)),
     ]
@@ -72,4 +78,5 @@ def compare(model: CellResult, real: CellResult) -> list[Check]:
 
 
 def differences(checks: Sequence[Check]) -> list[Check]:
+    """The checks that differ, in order."""
     return [c for c in checks if not c.ok]

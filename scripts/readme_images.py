@@ -18,8 +18,8 @@ def main() -> None:
     out = ROOT / "docs"
     (out / "img").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        res = subprocess.run([sys.executable, "-m", "pyvirtio.cli", "pm", "matrix", "--out", tmp],
-                             check=True, capture_output=True, text=True)
+        cmd = [sys.executable, "-c", "from pyvirtio.cli import run; run()", "pm", "matrix", "--out", tmp]
+        res = subprocess.run(cmd, check=True, capture_output=True, text=True)
         (out / "matrix.txt").write_text(res.stdout)
         for prof in DEFAULT_PROFILES:
             slug = prof.replace("+", "_")

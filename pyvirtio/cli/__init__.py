@@ -1,29 +1,31 @@
-"""The ``pyvirtio`` command."""
+"""The ``pyvirtio`` command: one group, its sub-commands attached explicitly, one error policy.
+
+``info`` (a machine's PCI layout), ``gpu`` (virtio-gpu demo), ``pm`` (the power-management matrix on the model),
+``vm`` (the real QEMU + Linux VM, and ``vm compare``: the model beside it). The consoles, the error policy and
+the choices every command uses are in :mod:`pyvirtio.cli.common`: a :class:`~pyvirtio.errors.PyvirtioError` is
+one line ``pyvirtio: error: ...`` on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
 import sys
 
 import click
-from rich.console import Console
 
+from pyvirtio.cli.common import EXIT_ERROR, CommandError, Group
+from pyvirtio.cli.compare import compare_cmd
+from pyvirtio.cli.gpu import gpu
+from pyvirtio.cli.info import info
+from pyvirtio.cli.pm import pm
+from pyvirtio.cli.vm import vm
 from pyvirtio.errors import PyvirtioError
 
-console = Console()
 
-
-@click.group()
+@click.group(cls=Group)
 @click.version_option(package_name="pyvirtio")
 def main() -> None:
     """virtio devices, drivers and transports for device power management."""
 
-
-# the sub-commands are attached explicitly here, after the group exists
-from pyvirtio.cli.compare import compare_cmd  # noqa: E402
-from pyvirtio.cli.gpu import gpu  # noqa: E402
-from pyvirtio.cli.info import info  # noqa: E402
-from pyvirtio.cli.pm import pm  # noqa: E402
-from pyvirtio.cli.vm import vm  # noqa: E402
 
 main.add_command(info)
 main.add_command(gpu)
@@ -33,11 +35,12 @@ vm.add_command(compare_cmd)
 
 
 def run() -> None:
+    """The console script: run :func:`main`; an error outside any command obeys the same one-line policy."""
     try:
         main(standalone_mode=True)
     except PyvirtioError as e:
-        click.echo(f"pyvirtio: error: {e}", err=True)
-        sys.exit(2)
+        CommandError(str(e)).show()
+        sys.exit(EXIT_ERROR)
 
 
 if __name__ == "__main__":

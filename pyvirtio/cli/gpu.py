@@ -1,4 +1,8 @@
-"""``pyvirtio gpu``: virtio-gpu tools (``demo``: draw through the guest driver, write what each scanout shows)."""
+"""``pyvirtio gpu``: virtio-gpu tools (``demo``: draw through the guest driver, write what each scanout shows).
+
+Contract: ``demo`` writes ``scanout-<n>.png`` for every scanout and prints each path; the picture is
+:func:`demo_pattern` with the cursor on top, exactly as the device shows it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import click
 import numpy as np
 import numpy.typing as npt
 
+from pyvirtio.cli.common import Group
 from pyvirtio.spec.constants import GPU_EDID_MAX_MODE, GPU_MAX_SCANOUTS, GPU_MIN_SCANOUT_SIZE
 
 #: SMPTE-like colour bars (RGB)
@@ -56,7 +61,7 @@ def run_demo(out: Path, scanouts: int, width: int, height: int) -> list[Path]:
     return paths
 
 
-@click.group()
+@click.group(cls=Group)
 def gpu() -> None:
     """virtio-gpu device and driver tools."""
 

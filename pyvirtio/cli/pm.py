@@ -1,4 +1,8 @@
-"""``pyvirtio pm``: run the power-management scenario."""
+"""``pyvirtio pm``: the power-management experiment on the model (``matrix``: every cell; ``run``: one cell).
+
+The matrix table is drawn here, from the cells' data (:func:`table`); the experiment itself is
+:mod:`pyvirtio.pm`.
+"""
 
 from __future__ import annotations
 
@@ -7,106 +11,109 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
-from pyvirtio.errors import UserInputError
+from pyvirtio.cli.common import SLEEP_CHOICE, Group, millis, out, parse_profiles, parse_size, yes_no
 from pyvirtio.pm.config import ScenarioConfig
-from pyvirtio.pm.matrix import run_matrix, table
-from pyvirtio.pm.profiles import DEFAULT_PROFILES, DESCRIPTIONS, parse_profile
+from pyvirtio.pm.matrix import run_matrix
+from pyvirtio.pm.profiles import DEFAULT_PROFILES, DESCRIPTIONS, Profile
 from pyvirtio.pm.scenario import SLEEP_STATES, run_cell
+from pyvirtio.report import CellResult, Report, ResourceFate, SleepState, Source
 
-console = Console(width=None if Console().is_terminal else 160)
+#: How each resource fate is coloured: the good ones green, the others red.
+FATE_STYLE = {ResourceFate.KEPT: "green", ResourceFate.RECREATED: "green", ResourceFate.PARTIAL: "red",
+              ResourceFate.LOST: "red"}
+MATRIX_COLUMNS = ("profile", "sleep", "outcome", "display", "new frame", "resources", "queues", "in-flight",
+                  "cfg event", "violations", "suspend ms", "resume ms")
 
 
-def _size(value: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    v = value.strip().lower().removesuffix("ib").removesuffix("b")
-    mult = units.get(v[-1:], 1)
-    num = v[:-1] if v[-1:] in units else v
-    try:
-        n = int(float(num) * mult)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a size (e.g. 256K, 4M, 1G)") from None
-    if n <= 0:
-        raise click.BadParameter("size must be positive")
-    return n
+def _events(n: int | None) -> str:
+    return "-" if n is None else f"[{'green' if n == 1 else 'red'}]{n}[/]"
+
+
+def _fate(f: ResourceFate | None) -> str:
+    return "-" if f is None else f"[{FATE_STYLE[f]}]{f.value}[/]"
+
+
+def table(cells: list[CellResult], title: str = "pyvirtio pm matrix") -> Table:
+    """The matrix as a rich table: one row per cell, good results green, bad ones red."""
+    t = Table(title=title)
+    for col in MATRIX_COLUMNS:
+        t.add_column(col, overflow="fold")
+    for c in cells:
+        t.add_row(c.profile, c.sleep.value, c.outcome.value, yes_no(c.display_restored),
+                  yes_no(c.new_frame_after_resume), _fate(c.resources), yes_no(c.queues_alive),
+                  yes_no(c.inflight_completed), _events(c.config_events_after_resume), str(len(c.violations)),
+                  millis(c.suspend_ms, 2), millis(c.resume_ms, 2))
+    return t
 
 
 def scenario_options(f: Callable[..., None]) -> Callable[..., None]:
+    """The workload options every ``pm`` command takes (they make a :class:`ScenarioConfig`)."""
     f = click.option("--resources", type=click.IntRange(0, 4096), default=4, show_default=True,
                      help="Extra GPU resources besides framebuffers and cursor.")(f)
-    f = click.option("--resource-size", default="256K", show_default=True,
+    f = click.option("--resource-size", callback=parse_size, default="256K", show_default=True,
                      help="Bytes per extra resource (K/M/G suffixes).")(f)
     f = click.option("--scanouts", type=click.IntRange(1, 15), default=2, show_default=True)(f)
     f = click.option("--seed", type=int, default=0, show_default=True)(f)
     return f
 
 
-def _config(resources: int, resource_size: str, scanouts: int, seed: int) -> ScenarioConfig:
-    cfg = ScenarioConfig(scanouts=scanouts, resources=resources, resource_size=_size(resource_size), seed=seed)
-    try:
-        cfg.validate()
-    except UserInputError as e:
-        raise click.UsageError(str(e)) from None
+def _config(resources: int, resource_size: int, scanouts: int, seed: int) -> ScenarioConfig:
+    cfg = ScenarioConfig(scanouts=scanouts, resources=resources, resource_size=resource_size, seed=seed)
+    cfg.validate()  # a UserInputError is the one-line error of the policy
     return cfg
 
 
-@click.group()
+@click.group(cls=Group)
 def pm() -> None:
     """Suspend-to-RAM, s2idle and hibernation across the six mechanisms."""
 
 
 @pm.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/pm-matrix"),
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/pm-matrix"),
               show_default=True, help="Where report.json and the before/after PNGs go.")
-@click.option("--profile", "profiles", multiple=True, help="Profiles to run (default: the standard rows).")
+@click.option("--profile", "profiles", callback=parse_profiles, multiple=True,
+              help="Profiles to run (default: the standard rows).")
 @scenario_options
-def matrix(out: Path, profiles: tuple[str, ...], resources: int, resource_size: str, scanouts: int,
+def matrix(out_dir: Path, profiles: tuple[Profile, ...], resources: int, resource_size: int, scanouts: int,
            seed: int) -> None:
     """Every profile through S3, s2idle and S4: table, pictures and a JSON report."""
     cfg = _config(resources, resource_size, scanouts, seed)
-    names = profiles or DEFAULT_PROFILES
-    try:
-        for n in names:
-            parse_profile(n)
-    except UserInputError as e:
-        raise click.BadParameter(str(e), param_hint="--profile") from None
+    rows: tuple[Profile | str, ...] = profiles or DEFAULT_PROFILES
     t0 = time.perf_counter()
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("cells", total=len(names) * len(SLEEP_STATES))
+    with Progress(console=out, transient=True) as bar:
+        task = bar.add_task("cells", total=len(rows) * len(SLEEP_STATES))
 
         def step(label: str) -> None:
             bar.update(task, advance=1 if bar.tasks[task].description != "cells" else 0, description=label)
 
-        report = run_matrix(names, SLEEP_STATES, cfg, out, progress=step)
-    console.print(table(report.cells))
-    console.print(f"{len(report.cells)} cells in {time.perf_counter() - t0:.1f} s; report {out / 'report.json'}, "
-                  f"pictures in {out / 'images'}")
+        report = run_matrix(rows, SLEEP_STATES, cfg, out_dir, progress=step)
+    out.print(table(report.cells))
+    out.print(f"{len(report.cells)} cells in {time.perf_counter() - t0:.1f} s; report {out_dir / 'report.json'}, "
+              f"pictures in {out_dir / 'images'}")
 
 
 @pm.command()
-@click.option("--profile", required=True, help="e.g. baseline, suspend-bit, no-soft-reset+s4-replay")
-@click.option("--sleep", type=click.Choice(SLEEP_STATES), required=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/pm-run"),
+@click.option("--profile", callback=parse_profiles, required=True,
+              help="e.g. baseline, suspend-bit, no-soft-reset+s4-replay")
+@click.option("--sleep", type=SLEEP_CHOICE, required=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/pm-run"),
               show_default=True)
 @scenario_options
-def run(profile: str, sleep: str, out: Path, resources: int, resource_size: str, scanouts: int, seed: int) -> None:
+def run(profile: Profile, sleep: str, out_dir: Path, resources: int, resource_size: int, scanouts: int,
+        seed: int) -> None:
     """Run one cell of the matrix, with progress."""
     cfg = _config(resources, resource_size, scanouts, seed)
-    try:
-        prof = parse_profile(profile)
-    except UserInputError as e:
-        raise click.BadParameter(str(e), param_hint="--profile") from None
-    with console.status(f"{prof.name} through {sleep}..."):
-        cell = run_cell(prof, sleep, cfg, out_dir=out / "images")
-    from pyvirtio.report import Report
-
-    Report(cells=[cell], meta={"source": "model"}).write(out / "report.json")
-    console.print(table([cell], title=f"{prof.name} / {sleep}"))
-    for m in sorted(prof.mechanisms, key=lambda m: m.value):
-        console.print(f"[bold]{m.value}[/]: {DESCRIPTIONS[m]}")
+    state = SleepState(sleep)
+    with out.status(f"{profile.name} through {state.value}..."):
+        cell = run_cell(profile, state, cfg, out_dir=out_dir / "images")
+    Report(cells=[cell], meta={"source": Source.MODEL.value}).write(out_dir / "report.json")
+    out.print(table([cell], title=f"{profile.name} / {state.value}"))
+    for m in sorted(profile.mechanisms, key=lambda m: m.value):
+        out.print(f"[bold]{m.value}[/]: {DESCRIPTIONS[m]}")
     for v in cell.violations:
-        console.print(f"[yellow]violation[/] {v}")
+        out.print(f"[yellow]violation[/] {v}")
     for n in cell.notes:
-        console.print(f"note: {n}")
+        out.print(f"note: {n}")

@@ -1,4 +1,8 @@
-"""The scenario's workload: what the guest has on screen and in flight when it goes to sleep."""
+"""The scenario's workload: what the guest has on screen and in flight when it goes to sleep.
+
+Contract: :class:`ScenarioConfig` is a frozen value (it is stored in S4 image headers and in report.json's
+``meta``); :meth:`ScenarioConfig.validate` is its only check and fails with one line naming the option.
+"""
 
 from __future__ import annotations
 
@@ -25,11 +29,13 @@ class ScenarioConfig:
     sleep_time: int = 1000 * MS
 
     def memory_size(self) -> int:
+        """Guest RAM for the workload: framebuffers, cursor and resources plus 32 MiB, a power of two >= 64 MiB."""
         fb = self.scanouts * self.width * self.height * 4 + 64 * 64 * 4
         need = fb + self.resources * (self.resource_size + 4096) + 32 * MIB
         return max(64 * MIB, 1 << (need - 1).bit_length())
 
     def validate(self) -> None:
+        """One-line :class:`UserInputError` naming the option when the workload is out of range."""
         if not 1 <= self.scanouts <= 15:
             raise UserInputError("--scanouts must be 1..15 (one more is hot-plugged while asleep)")
         if self.resources < 0 or self.resource_size <= 0:

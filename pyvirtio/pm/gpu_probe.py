@@ -1,4 +1,9 @@
-"""What the PM scenario measures of virtio-gpu: screens, host resources, hot-plug events, live queues."""
+"""What the PM scenario measures of virtio-gpu: screens, host resources, hot-plug events, live queues.
+
+Contract: a measurement never raises because the device or the driver stopped working (a dead queue is
+``False``, a disabled scanout ``None``); it uses the device's and the driver's public API only. Building the
+system is :mod:`pyvirtio.pm.system`'s job.
+"""
 
 from __future__ import annotations
 

@@ -5,10 +5,12 @@ Layout (little-endian)::
     magic "PYVIRTS4" | u32 version | u32 header length | header (JSON, UTF-8)
     | region bytes, in header order | u32 CRC-32 of everything before it
 
-The header names the machine and device configuration, the kernel configuration, the guest allocator and every
-driver's state. The file is written atomically (temporary file, fsync, rename); reading re-validates everything,
-and any problem is one :class:`~pyvirtio.errors.UserInputError` line naming it. Nothing is half-restored: the
-caller gets a fully parsed image or an error.
+This module is the container: it stores any JSON header object (its content is
+:class:`~pyvirtio.pm.image_header.ImageHeader`'s business) plus the key ``regions`` it owns, the list of
+``[base, size]`` of guest RAM. The file is written atomically (temporary file, fsync, rename); reading checks the
+magic, the file format version (:data:`VERSION`; another version is one line naming it), the sizes and the
+CRC-32, and any problem is one :class:`~pyvirtio.errors.UserInputError` line naming it. Nothing is
+half-restored: the caller gets a fully parsed image or an error.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from pyvirtio.errors import UserInputError
 from pyvirtio.memory import GuestMemory
 
 MAGIC = b"PYVIRTS4"
+#: The file format version (the layout above); the header's content has its own version.
 VERSION = 1
+#: The header key the container owns.
+REGIONS_KEY = "regions"
 _HEAD = struct.Struct("<8sII")
 _CRC = struct.Struct("<I")
 MAX_HEADER = 16 << 20
@@ -34,14 +39,19 @@ CHUNK = 8 << 20
 
 @dataclass
 class S4Image:
+    """A parsed image: the caller's header (without ``regions``) and each RAM region's base and bytes."""
+
     header: dict[str, Any]
     regions: list[tuple[int, bytes | memoryview]] = field(default_factory=list)
 
 
 def write_image(path: str | Path, header: dict[str, Any], memory: GuestMemory) -> int:
-    """Write ``memory`` and ``header`` atomically; returns the file size."""
+    """Write ``memory`` and ``header`` atomically; returns the file size. ``header`` must be JSON and must not
+    use the key ``regions``."""
+    if REGIONS_KEY in header:
+        raise ValueError(f"the image header key {REGIONS_KEY!r} is the container's")
     hdr = dict(header)
-    hdr["regions"] = [[r.base, r.size] for r in memory.regions]
+    hdr[REGIONS_KEY] = [[r.base, r.size] for r in memory.regions]
     raw = json.dumps(hdr, sort_keys=True).encode()
     crc = 0
     total = 0
@@ -77,7 +87,8 @@ def read_image(path: str | Path) -> S4Image:
     if magic != MAGIC:
         raise UserInputError(f"S4 image {p}: not a pyvirtio hibernation image (bad magic)")
     if version != VERSION:
-        raise UserInputError(f"S4 image {p}: unsupported version {version}")
+        raise UserInputError(f"S4 image {p}: file format version {version} is not supported "
+                             f"(this pyvirtio reads version {VERSION})")
     if hlen > MAX_HEADER or _HEAD.size + hlen + _CRC.size > len(data):
         raise UserInputError(f"S4 image {p}: truncated header")
     (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
@@ -85,7 +96,7 @@ def read_image(path: str | Path) -> S4Image:
         raise UserInputError(f"S4 image {p}: checksum mismatch (corrupt or truncated)")
     try:
         header = json.loads(data[_HEAD.size : _HEAD.size + hlen])
-        specs = header["regions"]
+        specs = header.pop(REGIONS_KEY)
         regions: list[tuple[int, bytes | memoryview]] = []
         off = _HEAD.size + hlen
         for base, size in specs:
@@ -93,7 +104,7 @@ def read_image(path: str | Path) -> S4Image:
                 raise ValueError("bad region")
             regions.append((base, memoryview(data)[off : off + size]))
             off += size
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserInputError(f"S4 image {p}: malformed header ({e})") from None
     if off != len(data) - _CRC.size:
         raise UserInputError(f"S4 image {p}: region sizes do not match the file")

@@ -1,51 +1,37 @@
-"""``pyvirtio pm matrix``: every profile through S3, s2idle and S4, as a table, pictures and a JSON report."""
+"""``pyvirtio pm matrix`` as data: every profile through every sleep state, one :class:`~pyvirtio.report.Report`.
+
+Contract: cells come in (profile, sleep state) order; with ``out_dir`` the report is written to
+``out_dir/report.json`` and the before/after pictures to ``out_dir/images``. Presentation (the table) is the
+CLI's (:mod:`pyvirtio.cli.pm`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from rich.table import Table
-
 from pyvirtio.pm.config import ScenarioConfig
-from pyvirtio.pm.profiles import DEFAULT_PROFILES, parse_profile
+from pyvirtio.pm.profiles import DEFAULT_PROFILES, Profile, parse_profile
 from pyvirtio.pm.scenario import SLEEP_STATES, run_cell
-from pyvirtio.report import CellResult, Report
+from pyvirtio.report import Report, SleepState, Source
 
 
-def run_matrix(profiles: Iterable[str] = DEFAULT_PROFILES, sleeps: Iterable[str] = SLEEP_STATES,
+def run_matrix(profiles: Iterable[Profile | str] = DEFAULT_PROFILES, sleeps: Iterable[SleepState | str] = SLEEP_STATES,
                cfg: ScenarioConfig | None = None, out_dir: Path | None = None,
                progress: Callable[[str], None] | None = None) -> Report:
+    """Run every (profile, sleep) cell; ``progress`` is told ``"<profile> <sleep>"`` before each one.
+
+    Profile names are parsed before anything runs (one-line :class:`~pyvirtio.errors.UserInputError`).
+    """
     cfg = cfg or ScenarioConfig()
-    report = Report(meta={"source": "model", "config": cfg.__dict__})
-    parsed = [parse_profile(p) for p in profiles]
+    report = Report(meta={"source": Source.MODEL.value, "config": cfg.__dict__})
+    parsed = [p if isinstance(p, Profile) else parse_profile(p) for p in profiles]
+    states = [SleepState(s) for s in sleeps]
     for prof in parsed:
-        for sleep in sleeps:
+        for sleep in states:
             if progress:
-                progress(f"{prof.name} {sleep}")
+                progress(f"{prof.name} {sleep.value}")
             report.cells.append(run_cell(prof, sleep, cfg, out_dir=out_dir / "images" if out_dir else None))
     if out_dir is not None:
         report.write(out_dir / "report.json")
     return report
-
-
-def _yn(v: bool | None) -> str:
-    return "-" if v is None else ("[green]yes[/]" if v else "[red]no[/]")
-
-
-def table(cells: list[CellResult], title: str = "pyvirtio pm matrix") -> Table:
-    t = Table(title=title)
-    for col in ("profile", "sleep", "outcome", "display", "new frame", "resources", "queues", "in-flight",
-                "cfg event", "violations", "suspend ms", "resume ms"):
-        t.add_column(col, overflow="fold")
-    for c in cells:
-        ev = "-" if c.config_events_after_resume is None else (
-            f"[green]{c.config_events_after_resume}[/]" if c.config_events_after_resume == 1
-            else f"[red]{c.config_events_after_resume}[/]")
-        res = {"kept": "[green]kept[/]", "re-created": "[green]re-created[/]"}.get(c.resources or "-",
-                                                                                   f"[red]{c.resources}[/]")
-        t.add_row(c.profile, c.sleep, c.outcome, _yn(c.display_restored), _yn(c.new_frame_after_resume), res,
-                  _yn(c.queues_alive), _yn(c.inflight_completed), ev, str(len(c.violations)),
-                  "-" if c.suspend_ms is None else f"{c.suspend_ms:.2f}",
-                  "-" if c.resume_ms is None else f"{c.resume_ms:.2f}")
-    return t

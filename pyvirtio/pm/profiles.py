@@ -1,20 +1,41 @@
-"""The power-management mechanisms as named, combinable profiles (``suspend-bit+s4-replay``).
+"""The power-management mechanisms as named, combinable profiles (``suspend-bit+s4-replay``), and the build plan
+each one turns into.
 
-Each mechanism contributes to the machine (PCIe port, No_Soft_Reset, freeze_mode field), the virtio-gpu device
-(the FREEZING feature) and the guest kernel (which Linux behaviour, which virtio-gpu driver).
+Contract: :func:`parse_profile` is the only way from a name to a :class:`Profile` (one-line
+:class:`~pyvirtio.errors.UserInputError` for anything wrong); :meth:`Profile.plan` is a pure function of the
+profile, and the :class:`BuildPlan` it returns is everything the constructors need: how each device is plugged
+(PCIe port, No_Soft_Reset, freeze_mode field and its feature bit), the virtio-gpu device's configuration (the
+FREEZING feature), the guest kernel's configuration and which virtio-gpu driver it runs. Nothing is patched on an
+object after it is built from the plan.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from pyvirtio.errors import UserInputError
 from pyvirtio.guest.gpu.flavours import GpuDriverKind
 from pyvirtio.guest.kernel import KernelConfig
+from pyvirtio.spec.constants import FREEZE_MODE_FEATURE_DEFAULT, bit
+
+#: The feature bits the freeze_mode proposal may use: the spec's "reserved for future extensions" range. The
+#: spec never assigned one (see :data:`~pyvirtio.spec.constants.FREEZE_MODE_FEATURE_DEFAULT`).
+FREEZE_MODE_FEATURE_BITS = range(44, 50)
+
+
+def check_freeze_mode_bit(n: int) -> int:
+    """``n`` if it may carry the freeze_mode feature (:data:`FREEZE_MODE_FEATURE_BITS`), else a one-line
+    :class:`UserInputError`. The one place the range is checked."""
+    if n not in FREEZE_MODE_FEATURE_BITS:
+        raise UserInputError(f"--freeze-mode-bit must be in the unassigned range "
+                             f"{FREEZE_MODE_FEATURE_BITS.start}..{FREEZE_MODE_FEATURE_BITS.stop - 1}")
+    return n
 
 
 class Mechanism(Enum):
+    """One power-management mechanism; a profile combines them."""
+
     BASELINE = "baseline"
     GPU_FREEZING = "gpu-freezing"
     FREEZE_MODE = "freeze-mode"
@@ -28,7 +49,8 @@ DESCRIPTIONS: dict[Mechanism, str] = {
     "everything and nobody rebuilds it",
     Mechanism.GPU_FREEZING: "2023 VIRTIO_GPU_F_FREEZING (bit 5, collides with BLOB_ALIGNMENT) + "
     "CMD_STATUS_FREEZING 0x0400: a reset while freezing keeps resources",
-    Mechanism.FREEZE_MODE: "2023 v5 freeze_mode at common-cfg offset 64, unassigned feature bit (44 here), "
+    Mechanism.FREEZE_MODE: "2023 v5 freeze_mode at common-cfg offset 64, unassigned feature bit "
+    f"({FREEZE_MODE_FEATURE_DEFAULT} here), "
     "FREEZE_S3/UNFREEZE with a polled handshake",
     Mechanism.NO_SOFT_RESET: "QEMU 9.1 x-pcie-pm-no-soft-reset + Linux 6.8: no freeze for S3, the wake reset skips "
     "a function left in D3hot",
@@ -46,22 +68,81 @@ DEFAULT_PROFILES = (
 
 
 @dataclass(frozen=True)
-class Profile:
-    name: str
-    mechanisms: frozenset[Mechanism]
-    pcie_port: bool
-    no_soft_reset: bool
-    freeze_mode: bool
-    gpu_offers_freezing: bool
+class PlugOptions:
+    """How one device is plugged (the keywords of :meth:`pyvirtio.machine.Machine.plug`)."""
+
+    pcie_port: bool = False  # behind a PCIe root port (q35): the function gets the PCI PM capability
+    no_soft_reset: bool = False  # PMCSR No_Soft_Reset: the wake reset skips a function left in D3hot
+    freeze_mode: bool = False  # the 2023 freeze_mode field at common-cfg offset 64 ...
+    freeze_mode_bit: int = FREEZE_MODE_FEATURE_DEFAULT  # ... behind this feature bit
+
+
+@dataclass(frozen=True)
+class GpuDeviceConfig:
+    """What the host's virtio-gpu device is built with, besides the workload's sizes."""
+
+    offer_freezing: bool = False  # the 2023 VIRTIO_GPU_F_FREEZING feature (bit 5) and CMD_STATUS_FREEZING
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything a profile decides about the system, for the constructors to take."""
+
+    gpu_plug: PlugOptions
+    rng_plug: PlugOptions
+    gpu_device: GpuDeviceConfig
     kernel: KernelConfig
     gpu_driver: GpuDriverKind
+    driver_features: int = 0  # feature bits every guest driver offers on top of its own (the freeze_mode bit)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A set of mechanisms under a canonical name (mechanisms in :class:`Mechanism` order, joined by ``+``)."""
+
+    name: str
+    mechanisms: frozenset[Mechanism]
+    freeze_mode_bit: int = FREEZE_MODE_FEATURE_DEFAULT
 
     def has(self, m: Mechanism) -> bool:
+        """The profile includes mechanism ``m``."""
         return m in self.mechanisms
 
+    def plan(self) -> BuildPlan:
+        """The build plan: which machine, device, kernel and driver this combination of mechanisms means."""
+        nsr = self.has(Mechanism.NO_SOFT_RESET) or self.has(Mechanism.SUSPEND_BIT)  # SUSPEND needs D3hot kept
+        s4 = self.has(Mechanism.S4_REPLAY)
+        freeze_mode = self.has(Mechanism.FREEZE_MODE)
+        kernel = KernelConfig(
+            name="linux-7.3" if s4 else ("linux-6.8" if nsr else "linux-6.1"),
+            pm_no_reset=nsr or s4,  # 6.8+ behaviour (7.3 includes it)
+            suspend_bit=self.has(Mechanism.SUSPEND_BIT),
+            freeze_mode=freeze_mode,
+            freeze_mode_bit=self.freeze_mode_bit,
+        )
+        if kernel.suspend_bit:
+            kernel = replace(kernel, name=kernel.name + "+suspend")
+        if s4:
+            driver = GpuDriverKind.S4_REPLAY
+        elif self.has(Mechanism.GPU_FREEZING):
+            driver = GpuDriverKind.FREEZING
+        elif freeze_mode:
+            driver = GpuDriverKind.BASIC_HOOKS
+        else:
+            driver = GpuDriverKind.NO_HOOKS
+        return BuildPlan(
+            gpu_plug=PlugOptions(pcie_port=nsr, no_soft_reset=nsr, freeze_mode=freeze_mode,
+                                 freeze_mode_bit=self.freeze_mode_bit),
+            rng_plug=PlugOptions(pcie_port=nsr, no_soft_reset=nsr),
+            gpu_device=GpuDeviceConfig(offer_freezing=self.has(Mechanism.GPU_FREEZING)),
+            kernel=kernel,
+            gpu_driver=driver,
+            driver_features=bit(self.freeze_mode_bit) if freeze_mode else 0,
+        )
 
-def parse_profile(name: str, *, freeze_mode_bit: int = 44) -> Profile:
-    """``"suspend-bit+s4-replay"`` -> a :class:`Profile`. One-line error for unknown names."""
+
+def parse_profile(name: str, *, freeze_mode_bit: int = FREEZE_MODE_FEATURE_DEFAULT) -> Profile:
+    """``"suspend-bit+s4-replay"`` -> a :class:`Profile`. One-line error for unknown names or a bad bit."""
     parts = [p.strip() for p in name.split("+") if p.strip()]
     if not parts:
         raise UserInputError("empty profile name")
@@ -74,34 +155,5 @@ def parse_profile(name: str, *, freeze_mode_bit: int = 44) -> Profile:
             raise UserInputError(f"unknown profile {p!r} (known: {known})") from None
     if Mechanism.BASELINE in mechs and len(mechs) > 1:
         raise UserInputError("'baseline' cannot be combined with another mechanism")
-    if not 44 <= freeze_mode_bit <= 49:
-        raise UserInputError("--freeze-mode-bit must be in the unassigned range 44..49")
-    nsr = bool(mechs & {Mechanism.NO_SOFT_RESET, Mechanism.SUSPEND_BIT})
-    s4 = Mechanism.S4_REPLAY in mechs
-    kernel = KernelConfig(
-        name="linux-7.3" if s4 else ("linux-6.8" if nsr else "linux-6.1"),
-        pm_no_reset=nsr or s4,  # 6.8+ behaviour (7.3 includes it)
-        suspend_bit=Mechanism.SUSPEND_BIT in mechs,
-        freeze_mode=Mechanism.FREEZE_MODE in mechs,
-        freeze_mode_bit=freeze_mode_bit,
-    )
-    if s4:
-        gpu = GpuDriverKind.S4_REPLAY
-    elif Mechanism.GPU_FREEZING in mechs:
-        gpu = GpuDriverKind.FREEZING
-    elif Mechanism.FREEZE_MODE in mechs:
-        gpu = GpuDriverKind.BASIC_HOOKS
-    else:
-        gpu = GpuDriverKind.NO_HOOKS
-    if kernel.suspend_bit:
-        kernel = KernelConfig(**{**kernel.__dict__, "name": kernel.name + "+suspend"})
-    return Profile(
-        name="+".join(m.value for m in Mechanism if m in mechs),
-        mechanisms=frozenset(mechs),
-        pcie_port=nsr,
-        no_soft_reset=nsr,
-        freeze_mode=Mechanism.FREEZE_MODE in mechs,
-        gpu_offers_freezing=Mechanism.GPU_FREEZING in mechs,
-        kernel=kernel,
-        gpu_driver=gpu,
-    )
+    return Profile(name="+".join(m.value for m in Mechanism if m in mechs), mechanisms=frozenset(mechs),
+                   freeze_mode_bit=check_freeze_mode_bit(freeze_mode_bit))

@@ -2,9 +2,15 @@
 
 Before sleeping, the guest has drawn a desktop on every scanout, created extra GPU resources and a cursor, and
 has virtio-rng requests in flight. While asleep the host hot-plugs a display. After waking the cell records: is
-the display pixel-identical, does a new frame reach the screen, were host resources kept, re-created or lost,
-are the queues alive, did the in-flight requests complete, how many times the driver saw the hot-plug event,
-which spec statements were broken, and the suspend and resume latency in virtual milliseconds.
+the display pixel-identical, does a new frame reach the screen, were host resources kept, re-created or lost
+(:class:`~pyvirtio.report.ResourceFate`), are the queues alive, did the in-flight requests complete, how many
+times the driver saw the hot-plug event, which spec statements were broken, and the suspend and resume latency
+in virtual milliseconds.
+
+Contract: :func:`run_cell` is deterministic (same profile, state and config give the same cell) and never raises
+for what the guest does; a refused or failed sleep is an :class:`~pyvirtio.report.Outcome`, decided by where it
+failed (a PM notifier: refused; a device callback: aborted), never by reading a message. After S4 the cell is
+measured on a machine that :func:`~pyvirtio.pm.system.boot_from_image` built from the image file alone.
 """
 
 from __future__ import annotations
@@ -22,10 +28,22 @@ from pyvirtio.pm import gpu_probe as gpu
 from pyvirtio.pm.config import ScenarioConfig
 from pyvirtio.pm.profiles import Profile
 from pyvirtio.pm.system import System, boot_from_image, build_system, write_hibernation_image
-from pyvirtio.report import CellResult, DeviceOutcome
+from pyvirtio.report import CellResult, DeviceOutcome, Outcome, ResourceFate, SleepState, Source
 from pyvirtio.trace import Kind, dedup
 
-SLEEP_STATES = ("S3", "s2idle", "S4")
+#: The sleep states of the matrix, in column order.
+SLEEP_STATES = tuple(SleepState)
+#: The note an S4 cell carries: the resumed system is built by boot_from_image(path) from the file alone
+#: (tests/pm/test_s4_isolation.py walks both object graphs to prove it).
+S4_ISOLATION_NOTE = "resumed machine built from the image file only (no shared objects)"
+
+
+class _SleepFailed(Exception):
+    """The sleep did not happen: ``outcome`` says how (refused or aborted); the message is the kernel's."""
+
+    def __init__(self, outcome: Outcome, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 def _ms(ns: int) -> float:
@@ -51,13 +69,16 @@ def _violations(system: System, since: int) -> list[str]:
     return out
 
 
-def run_cell(profile: Profile, sleep: str, cfg: ScenarioConfig | None = None, *,
+def run_cell(profile: Profile, sleep: SleepState | str, cfg: ScenarioConfig | None = None, *,
              out_dir: Path | None = None, workdir: Path | None = None) -> CellResult:
-    """Run ``profile`` through ``sleep`` ("S3", "s2idle" or "S4") and measure what survived."""
+    """Run ``profile`` through ``sleep`` (S3, s2idle or S4) and measure what survived.
+
+    ``out_dir``: where the before/after PNGs of scanout 0 go (none when ``None``); ``workdir``: where the S4
+    image is written (a temporary directory, removed afterwards). A bad ``sleep`` is a ``ValueError``.
+    """
     cfg = cfg or ScenarioConfig()
-    if sleep not in SLEEP_STATES:
-        raise ValueError(f"sleep state must be one of {SLEEP_STATES}")
-    cell = CellResult(source="model", profile=profile.name, sleep=sleep, machine_type=cfg.machine_type)
+    sleep = SleepState(sleep)
+    cell = CellResult(source=Source.MODEL, profile=profile.name, sleep=sleep, machine_type=cfg.machine_type)
     system = build_system(profile, cfg)
     before = _images(system)
     res_before = gpu.resource_keys(system.gpu_dev)
@@ -76,16 +97,16 @@ def run_cell(profile: Profile, sleep: str, cfg: ScenarioConfig | None = None, *,
     # S4 powers the machine off: the status sequence is the old machine's followed by the new one's
     earlier: dict[str, list[int]] = {}
     try:
-        if sleep == "S4":
+        if sleep is SleepState.S4:
             earlier.update({n: [start_status[n]] for n in start_status})
             system = _hibernate_and_resume(system, cell, workdir, earlier, trace_mark)
             destroyed_mark = 0
         else:
-            _suspend_and_resume(system, cell, s2idle=(sleep == "s2idle"))
-    except SleepRefused as e:
-        cell.outcome = "refused" if "refus" in str(e) else "aborted"
+            _suspend_and_resume(system, cell, s2idle=sleep is SleepState.S2IDLE)
+    except _SleepFailed as e:
+        cell.outcome = e.outcome
         cell.notes.append(str(e))
-    if cell.outcome == "ok" and sleep != "S4":
+    if cell.outcome is Outcome.OK and sleep is not SleepState.S4:
         cell.config_events_after_resume = gpu.display_events(system.gpu_drv) - events_before
     after = _images(system)
     cell.display_restored = _same(before, after)
@@ -95,31 +116,35 @@ def run_cell(profile: Profile, sleep: str, cfg: ScenarioConfig | None = None, *,
     res_after = gpu.resource_keys(system.gpu_dev)
     destroyed = any(e.kind is Kind.DEVICE and e.src == "gpu" and e.detail.get("event") == "resources_destroyed"
                     and e.detail.get("count", 1) for e in system.machine.trace.events[destroyed_mark:])
-    if sleep == "S4":
+    if sleep is SleepState.S4:
         destroyed = True  # the machine powered off: every host object is new
-    if res_before <= res_after:
-        cell.resources = "re-created" if destroyed else "kept"
-    elif res_before & res_after:
-        cell.resources = "partial"
-    else:
-        cell.resources = "lost"
+    cell.resources = _fate(res_before, res_after, destroyed=destroyed)
     gpu_alive = gpu.queues_alive(system.gpu_drv)
     rng_alive = _rng_alive(system)
     cell.queues_alive = gpu_alive and rng_alive
-    if cell.outcome == "ok" and sleep != "S4":
+    if cell.outcome is Outcome.OK and sleep is not SleepState.S4:
         system.machine.run_for(50 * MS)
         cell.inflight_completed = all(r.done for r in inflight)
-    elif sleep == "S4":
+    elif sleep is SleepState.S4:
         cell.inflight_completed = not inflight  # requests of the old machine cannot complete on the new one
-    cell.violations = _violations(system, 0 if sleep == "S4" else trace_mark)
+    since = 0 if sleep is SleepState.S4 else trace_mark
+    cell.violations = _violations(system, since)
     for name, alive in (("gpu", gpu_alive), ("rng", rng_alive)):
-        tail = system.machine.trace.status_sequence(name, since=0 if sleep == "S4" else trace_mark)
-        head = earlier.get(name) if sleep == "S4" else [start_status[name]]
+        tail = system.machine.trace.status_sequence(name, since=since)
+        head = earlier.get(name) if sleep is SleepState.S4 else [start_status[name]]
         seq = dedup((head or []) + tail)
         cell.devices[name] = DeviceOutcome(name, seq, alive, alive)
-    if cell.outcome != "ok":
+    if cell.outcome is not Outcome.OK:
         cell.suspend_ms = _ms(system.machine.now - t0)
     return cell
+
+
+def _fate(before: set[tuple[int, int, int, int]], after: set[tuple[int, int, int, int]], *,
+          destroyed: bool) -> ResourceFate:
+    """Every resource back: kept (never destroyed) or re-created; some back: partial; none: lost."""
+    if before <= after:
+        return ResourceFate.RECREATED if destroyed else ResourceFate.KEPT
+    return ResourceFate.PARTIAL if before & after else ResourceFate.LOST
 
 
 def _rng_alive(system: System) -> bool:
@@ -132,10 +157,19 @@ def _rng_alive(system: System) -> bool:
 def _suspend_and_resume(system: System, cell: CellResult, *, s2idle: bool) -> None:
     m, guest = system.machine, system.guest
     t0 = m.now
-    guest.suspend(s2idle=s2idle)
+    mark = len(m.trace)
+    try:
+        guest.suspend(s2idle=s2idle)
+    except SleepRefused as e:
+        # Guest.suspend runs the notifier chain, then the device callbacks; it records suspend_aborted in the
+        # trace when a device callback failed (and rolls the others back). Without that, a notifier refused.
+        aborted = any(ev.kind is Kind.PM and ev.detail.get("event") == "suspend_aborted"
+                      for ev in m.trace.events[mark:])
+        raise _SleepFailed(Outcome.ABORTED if aborted else Outcome.REFUSED, str(e)) from e
     cell.suspend_ms = _ms(m.now - t0)
     m.stop_cpu()
-    m.trace.record(Kind.PM, "machine", event="sleep", state="s2idle" if s2idle else "S3")
+    m.trace.record(Kind.PM, "machine", event="sleep",
+                    state=(SleepState.S2IDLE if s2idle else SleepState.S3).value)
     gpu.hotplug_new_display(system.gpu_dev, system.config)
     m.run_for(system.config.sleep_time)
     if not s2idle:
@@ -157,12 +191,15 @@ def _hibernate_and_resume(system: System, cell: CellResult, workdir: Path | None
                           earlier: dict[str, list[int]], mark: int) -> System:
     m, guest = system.machine, system.guest
     t0 = m.now
-    guest.notify(PmEvent.HIBERNATION_PREPARE)
+    try:
+        guest.notify(PmEvent.HIBERNATION_PREPARE)
+    except SleepRefused as e:
+        raise _SleepFailed(Outcome.REFUSED, str(e)) from e
     try:
         guest.freeze_all()
-    except SleepRefused:
+    except SleepRefused as e:
         guest.notify(PmEvent.POST_HIBERNATION)
-        raise
+        raise _SleepFailed(Outcome.ABORTED, str(e)) from e
     # snapshot taken while frozen; thaw so the image can be written; then .poweroff and power off
     header_system = system
     guest.restore_all()
@@ -173,48 +210,12 @@ def _hibernate_and_resume(system: System, cell: CellResult, workdir: Path | None
         cell.suspend_ms = _ms(m.now - t0)
         m.trace.record(Kind.PM, "machine", event="power_off")
         earlier.update({n: earlier[n] + m.trace.status_sequence(n, since=mark) for n in ("gpu", "rng")})
-        old_ids = _object_ids(system)
-        new = boot_from_image(path)
+        new = boot_from_image(path)  # takes the path only: nothing of ``system`` reaches the new machine
     new.guest.notify(PmEvent.POST_HIBERNATION)
     cell.resume_ms = _ms(new.restore_ns)  # the image kernel's .restore of every device
     new.machine.run_for(1 * MS)
-    shared = old_ids & _object_ids(new)
-    if shared:
-        cell.notes.append(f"resumed machine shares {len(shared)} objects with the old one")
-        cell.outcome = "error"
-    else:
-        cell.notes.append("resumed machine built from the image file only (no shared objects)")
+    cell.notes.append(S4_ISOLATION_NOTE)
     return new
-
-
-def _object_ids(system: System) -> set[int]:
-    """ids of the mutable objects reachable from a system (bounded walk), to prove two systems share nothing."""
-    import enum
-    import gc
-    import sys
-
-    # module-level constants (default values shared by design) are not machine state
-    module_level: set[int] = set()
-    for modname, module in list(sys.modules.items()):
-        if modname.startswith("pyvirtio"):
-            for v in vars(module).values():
-                module_level.add(id(v))
-                if isinstance(v, type):  # class-level defaults are shared by design too
-                    module_level.update(id(x) for x in vars(v).values())
-    seen: set[int] = set()
-    stack: list[object] = [system.machine, system.guest, system.gpu_dev, system.gpu_drv, system.rng_drv]
-    immutable = (int, float, str, bytes, bool, type(None), tuple, frozenset, type, enum.Enum)
-    while stack and len(seen) < 200_000:
-        obj = stack.pop()
-        if id(obj) in seen or isinstance(obj, immutable) or (callable(obj) and not hasattr(obj, "__dict__")):
-            continue
-        owner = type(obj).__module__
-        stateful = owner.startswith("pyvirtio") and hasattr(obj, "__dict__")
-        if not (stateful or isinstance(obj, (list, dict, set, bytearray))):
-            continue
-        seen.add(id(obj))
-        stack.extend(gc.get_referents(obj))
-    return seen
 
 
 def _slug(name: str) -> str:

@@ -4,7 +4,10 @@ Typical use::
 
     from pyvirtio.vm import provision, run_cell
     assets = provision()                      # idempotent; installs QEMU (root) and builds the guest
-    cell = run_cell(assets, "S3", "q35", out_dir=Path("out"))   # -> pyvirtio.report.CellResult
+    cell = run_cell(assets, SleepState.S3, "q35", out_dir=Path("out"))   # -> pyvirtio.report.CellResult
+
+The harness speaks the report's vocabulary (:mod:`pyvirtio.report`) and never imports the model's experiment
+(:mod:`pyvirtio.pm`): the two meet only in :mod:`pyvirtio.fidelity`.
 """
 
 from __future__ import annotations

@@ -25,10 +25,12 @@ class Partition:
 
     @property
     def offset(self) -> int:
+        """Byte offset of the partition in the image."""
         return self.start * SECTOR
 
     @property
     def size(self) -> int:
+        """Size of the partition in bytes."""
         return self.sectors * SECTOR
 
 

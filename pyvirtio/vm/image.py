@@ -1,4 +1,8 @@
-"""Frames the guest draws, the blk test pattern, screendump (PPM) reading and comparison."""
+"""Frames the guest draws, the blk test pattern, screendump (PPM) reading and comparison.
+
+Contract: frames are deterministic functions of their name and size; a screendump that cannot be read is a
+one-line :class:`~pyvirtio.vm.errors.VmError`.
+"""
 
 from __future__ import annotations
 

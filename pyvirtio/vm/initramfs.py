@@ -107,18 +107,23 @@ class CpioWriter:
         self.out.write(data + b"\0" * (-len(data) % 4))
 
     def directory(self, name: str, perm: int = 0o755) -> None:
+        """A directory entry (parents first: cpio does not create them)."""
         self._entry(name, stat.S_IFDIR | perm)
 
     def file(self, name: str, data: bytes, perm: int = 0o644) -> None:
+        """A regular file with ``data``."""
         self._entry(name, stat.S_IFREG | perm, data)
 
     def symlink(self, name: str, target: str) -> None:
+        """A symbolic link to ``target``."""
         self._entry(name, stat.S_IFLNK | 0o777, target.encode())
 
     def char_device(self, name: str, major: int, minor: int, perm: int = 0o600) -> None:
+        """A character device node ``major:minor``."""
         self._entry(name, stat.S_IFCHR | perm, rdev=(major, minor))
 
     def trailer(self) -> None:
+        """The ``TRAILER!!!`` entry that ends the archive (write it last)."""
         self._entry("TRAILER!!!", 0)
 
 

@@ -1,4 +1,8 @@
-"""Guest-side and QMP-side measurements of the four virtio devices: status, queues, functional probes."""
+"""Guest-side and QMP-side measurements of the four virtio devices: status, queues, functional probes.
+
+Contract: a probe never raises for a device that does not work; it returns a :class:`ProbeResult` saying so. A
+:class:`~pyvirtio.vm.errors.VmError` means the guest shell itself could not be driven (QEMU died, a time-out).
+"""
 
 from __future__ import annotations
 
@@ -37,8 +41,8 @@ def decode_status(raw: Any) -> int:
 
 
 @dataclass(frozen=True)
-class QueueState:
-    """One virtqueue as QEMU sees it."""
+class QmpQueueStatus:
+    """One virtqueue as QEMU reports it (``x-query-virtio-queue-status``)."""
 
     index: int
     desc: int
@@ -47,9 +51,11 @@ class QueueState:
 
     @property
     def configured(self) -> bool:
+        """The driver set the queue up (its descriptor table address is not 0)."""
         return self.desc != 0
 
-    def progressed_since(self, other: QueueState) -> bool:
+    def progressed_since(self, other: QmpQueueStatus) -> bool:
+        """The device took or returned a buffer since ``other`` was read."""
         return (self.last_avail, self.used) != (other.last_avail, other.used)
 
 
@@ -58,9 +64,10 @@ class DeviceState:
     """Status byte and queues of one device at one moment."""
 
     status: int
-    queues: tuple[QueueState, ...]
+    queues: tuple[QmpQueueStatus, ...]
 
     def summary(self) -> str:
+        """``status=0x0f q0 desc=... avail=... used=...``, for the notes."""
         qs = ", ".join(f"q{q.index} desc={q.desc:#x} avail={q.last_avail} used={q.used}" for q in self.queues)
         return f"status={self.status:#04x} {qs}"
 
@@ -71,7 +78,7 @@ def device_state(qmp: Qmp, path: str) -> DeviceState:
     queues = []
     for i in range(int(st.get("num-vqs", 0))):
         q = qmp.execute("x-query-virtio-queue-status", {"path": path, "queue": i})
-        queues.append(QueueState(i, int(q["vring-desc"]), int(q["last-avail-idx"]), int(q["used-idx"])))
+        queues.append(QmpQueueStatus(i, int(q["vring-desc"]), int(q["last-avail-idx"]), int(q["used-idx"])))
     return DeviceState(decode_status(st.get("status")), tuple(queues))
 
 
@@ -83,8 +90,9 @@ class ProbeResult:
     detail: str
 
 
-class Guest:
-    """Shell commands for the probes; one instance per cell, re-pointed at a new console after S4."""
+class GuestShell:
+    """The guest's shell on the serial console, and the probes run through it; one instance per cell,
+    re-pointed at the new console after S4."""
 
     def __init__(self, console: SerialConsole, pattern_md5: str, timeout: float = 30.0) -> None:
         self.console = console
@@ -106,6 +114,7 @@ class Guest:
         self.kbd_event = out.strip().splitlines()[0] if out.strip() else None
 
     def fb_geometry(self) -> str:
+        """``"<width>,<height> <stride>"`` of /dev/fb0, as sysfs reports them."""
         return self.sh("cat /sys/class/graphics/fb0/virtual_size /sys/class/graphics/fb0/stride "
                        "| tr '\\n' ' '").strip()
 

@@ -1,4 +1,9 @@
-"""A synchronous facade over ``qemu.qmp.QMPClient``, running its asyncio loop on a private thread."""
+"""A synchronous facade over ``qemu.qmp.QMPClient``, running its asyncio loop on a private thread.
+
+Contract: every call has a time-out; every failure (an error reply, a closed socket, a time-out) is a one-line
+:class:`~pyvirtio.vm.errors.VmError` (:class:`~pyvirtio.vm.errors.GuestTimeout` for time-outs) naming the
+command. Events are kept in arrival order so a caller can wait for one that came after a given point.
+"""
 
 from __future__ import annotations
 
@@ -106,6 +111,7 @@ class Qmp:
             raise VmError(f"QMP {cmd} failed: {e or type(e).__name__}") from None
 
     def events_since(self, index: int) -> list[QmpEvent]:
+        """The events received after the first ``index`` (see :meth:`event_count`)."""
         with self._state.cond:
             return list(self._state.events[index:])
 

@@ -4,6 +4,11 @@ Timings are wall clock: ``suspend_ms`` runs from the guest command to the moment
 asleep (QMP ``SUSPEND`` for S3; every device quiesced in the status trace for s2idle; QEMU exited for S4),
 ``resume_ms`` from the wake-up (``system_wakeup``; the first serial newline; the second QEMU's start) to the
 guest's shell finishing the sleep command.
+
+Contract: :func:`run_cell` always stops QEMU and removes its scratch files, and raises only
+:class:`~pyvirtio.vm.errors.VmError` (one line, naming the log directory) when the VM could not be driven; what
+the guest did is in the returned :class:`~pyvirtio.report.CellResult`. What a cycle measured is data on
+:class:`CycleData` (and on :class:`CellRun`); the notes repeat it in prose for people and are never parsed.
 """
 
 from __future__ import annotations
@@ -15,19 +20,31 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-from pyvirtio.report import CellResult, DeviceOutcome, Report
+from pyvirtio.machine import MachineType
+from pyvirtio.report import (
+    REAL_VM_PROFILE,
+    CellResult,
+    DeviceOutcome,
+    Outcome,
+    Report,
+    ResourceFate,
+    SleepState,
+    Source,
+)
 from pyvirtio.spec.constants import Status
 from pyvirtio.trace import dedup
 from pyvirtio.vm import image, statustrace
 from pyvirtio.vm.disk import SWAP_DEV, create_disk
 from pyvirtio.vm.errors import GuestTimeout, VmError
-from pyvirtio.vm.machine import DEVICE_IDS, MACHINE_TYPES, BootFiles, Machine
-from pyvirtio.vm.probes import DeviceState, Guest, ProbeResult, device_state
+from pyvirtio.vm.probes import DeviceState, GuestShell, ProbeResult, device_state
 from pyvirtio.vm.provisioning import GuestAssets
+from pyvirtio.vm.qemu import DEVICE_IDS, MACHINE_TYPES, BootFiles, QemuVm
 from pyvirtio.vm.serial import Pending
 
-SLEEP_STATES = ("S3", "s2idle", "S4")
+#: The sleep states the real VM runs, in the report's order.
+SLEEP_STATES = tuple(SleepState)
 DEVICES = ("gpu", "blk", "rng", "input")
 Progress = Callable[[str], None]
 #: The q35 ICH9 LPC bridge's config space in the guest (PMBASE at 0x40, ACPI_CNTL at 0x44).
@@ -53,10 +70,13 @@ class Timeouts:
 
 @dataclass
 class CycleData:
-    """What one sleep cycle measured."""
+    """What one sleep cycle measured (``None``: not measured in this cycle or this sleep state)."""
 
     index: int
     slept: bool = False
+    reached_sleep: bool | None = None  # S3: QEMU saw the guest asleep (QMP SUSPEND)
+    suspend_stats: tuple[int, int] | None = None  # s2idle: /sys/power/suspend_stats (success, fail) after wake
+    lpc_pm: str | None = None  # q35 S3 that never reached QEMU: ICH9 LPC config bytes 0x40-0x47 then
     suspend_ms: float | None = None
     resume_ms: float | None = None
     display_restored: bool | None = None
@@ -66,56 +86,71 @@ class CycleData:
     after: dict[str, DeviceState] = field(default_factory=dict)
     after_probe: dict[str, DeviceState] = field(default_factory=dict)
     probes: dict[str, ProbeResult] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+    device_notes: dict[str, list[str]] = field(default_factory=dict)  # per device: its states and probes
+    notes: list[str] = field(default_factory=list)  # about the cycle as a whole
+
+    def note(self, device: str, text: str) -> None:
+        """A note about one device (it goes to that device's notes in the report)."""
+        self.device_notes.setdefault(device, []).append(text)
 
 
-def cell_name(sleep: str, machine_type: str) -> str:
-    return f"{sleep}-{machine_type}"
+def cell_name(sleep: SleepState | str, machine_type: MachineType | str) -> str:
+    """The cell's directory name under ``out_dir``: ``S3-q35``."""
+    return f"{SleepState(sleep).value}-{MachineType(machine_type).value}"
 
 
 class CellRun:
     """One cell: boots the VM, probes, sleeps ``cycles`` times, probes again, collects trace and images."""
 
-    def __init__(self, assets: GuestAssets, sleep: str, machine_type: str, *, cycles: int = 1,
-                 out_dir: Path | None = None, timeouts: Timeouts | None = None,
+    def __init__(self, assets: GuestAssets, sleep: SleepState | str, machine_type: MachineType | str, *,
+                 cycles: int = 1, out_dir: Path | None = None, timeouts: Timeouts | None = None,
                  progress: Progress = _quiet) -> None:
-        if sleep not in SLEEP_STATES:
-            raise ValueError(f"sleep state {sleep!r} (want one of {', '.join(SLEEP_STATES)})")
-        if machine_type not in MACHINE_TYPES:
-            raise ValueError(f"machine type {machine_type!r} (want one of {', '.join(MACHINE_TYPES)})")
+        try:
+            self.sleep = SleepState(sleep)
+        except ValueError:
+            raise ValueError(f"sleep state {sleep!r} (want one of {', '.join(SLEEP_STATES)})") from None
+        try:
+            self.machine_type = MachineType(machine_type)
+        except ValueError:
+            raise ValueError(f"machine type {machine_type!r} (want one of {', '.join(MACHINE_TYPES)})") from None
         if cycles < 1:
             raise ValueError("cycles must be >= 1")
-        self.assets, self.sleep, self.machine_type, self.cycles = assets, sleep, machine_type, cycles
+        self.assets, self.cycles = assets, cycles
         self.t = timeouts or Timeouts()
         self.progress = progress
         self.scratch = Path(tempfile.mkdtemp(prefix="pyvirtio-vm-"))
-        self.logs = (out_dir / cell_name(sleep, machine_type)) if out_dir else self.scratch / "logs"
+        self.logs = (out_dir / cell_name(self.sleep, self.machine_type)) if out_dir else self.scratch / "logs"
         if self.logs.exists():
             shutil.rmtree(self.logs)
         self.logs.mkdir(parents=True)
         self.disk = self.scratch / "disk.img"
         self.boot = 0
-        self.machine: Machine | None = None
-        self.guest: Guest | None = None
+        self.machine: QemuVm | None = None
+        self.guest: GuestShell | None = None
         self.paths: dict[str, str] = {}
         self.trace_windows: list[tuple[Path, int | None, int | None]] = []  # (log, start marker, end marker)
         self._markers = 0
         self._window_start: int | None = None
-        self.result = CellResult(source="real-vm", profile="baseline", sleep=sleep, machine_type=machine_type)
+        self.result = CellResult(source=Source.REAL_VM, profile=REAL_VM_PROFILE, sleep=self.sleep,
+                                 machine_type=self.machine_type.value)
         self.images: dict[str, image.RGB] = {}
-        self._lpc_pm_boot: str | None = None
+        self.lpc_pm_boot: str | None = None  # q35: ICH9 LPC config bytes 0x40-0x47 after the first boot
         self.cycle_data: list[CycleData] = []  # per-cycle measurements, for callers that want more than the report
+        self.raw_status: dict[str, str] = {}  # per device: the annotated status trace of every window
+        self.gpu_commands_after_restore: int | None = None  # virtio_gpu_cmd_* after the gpu's last DRIVER_OK
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
     @property
-    def m(self) -> Machine:
+    def m(self) -> QemuVm:
+        """The running QEMU (a VmError if there is none)."""
         if self.machine is None:
             raise VmError("no QEMU running")
         return self.machine
 
     @property
-    def g(self) -> Guest:
+    def g(self) -> GuestShell:
+        """The guest's shell (a VmError before the first boot reached it)."""
         if self.guest is None:
             raise VmError("guest not set up")
         return self.guest
@@ -123,11 +158,11 @@ class CellRun:
     def _log_hint(self) -> str:
         return f" (logs in {self.logs})"
 
-    def _start_machine(self, *, resume: bool = False) -> Machine:
+    def _start_machine(self, *, resume: bool = False) -> QemuVm:
         self.boot += 1
         files = BootFiles.for_boot(self.logs, self.scratch, self.boot)
-        self.machine = Machine(self.assets, self.machine_type, self.disk, files, resume=resume)
-        self.progress(f"boot {self.boot}: starting QEMU ({self.machine_type}, TCG)")
+        self.machine = QemuVm(self.assets, self.machine_type, self.disk, files, resume=resume)
+        self.progress(f"boot {self.boot}: starting QEMU ({self.machine_type.value}, TCG)")
         self.m.start()
         self._markers = 0
         return self.m
@@ -184,18 +219,18 @@ class CellRun:
         self.progress(f"boot {self.boot}: guest shell after {secs:.1f} s")
         self.result.notes.append(f"boot to shell: {secs:.1f} s")
         self._discover()
-        self.guest = Guest(self.m.console, self.assets.blk_pattern_md5, self.t.command)
+        self.guest = GuestShell(self.m.console, self.assets.blk_pattern_md5, self.t.command)
         self.g.setup()
         geom = self.g.fb_geometry()
         fw, fh = self.assets.frame_size
         if not geom.startswith(f"{fw},{fh}"):
             raise VmError(f"guest framebuffer is {geom}, expected {fw},{fh}{self._log_hint()}")
-        if self.sleep == "S4":
+        if self.sleep is SleepState.S4:
             self.g.sh(f"mkswap /dev/{SWAP_DEV} >/dev/null && swapon /dev/{SWAP_DEV} && "
                       "echo shutdown > /sys/power/disk")
-        if self.machine_type == "q35":
-            self._lpc_pm_boot = self._lpc_pm()
-        if self.sleep == "s2idle":
+        if self.machine_type is MachineType.Q35:
+            self.lpc_pm_boot = self._lpc_pm()
+        if self.sleep is SleepState.S2IDLE:
             # The console UART is the wake-up source; its wakeup flag is off by default.
             self.g.sh("echo enabled > /sys/class/tty/ttyS0/power/wakeup")
 
@@ -208,7 +243,7 @@ class CellRun:
         res = {"blk": self.g.blk_probe(self.disk), "rng": self.g.rng_probe(),
                "input": self.g.input_probe(self.m.qmp)}
         for name, r in res.items():
-            cyc.notes.append(f"{phase} {name} probe: {'ok' if r.ok else 'FAILED'}: {r.detail}")
+            cyc.note(name, f"{phase} {name} probe: {'ok' if r.ok else 'FAILED'}: {r.detail}")
         return res
 
     def _before(self, cyc: CycleData) -> None:
@@ -232,7 +267,7 @@ class CellRun:
                           f"{'; '.join(probes[n].detail for n in bad)}{self._log_hint()}")
         cyc.before = self._states()
         for name in DEVICES:
-            cyc.notes.append(f"before {name}: {cyc.before[name].summary()}")
+            cyc.note(name, f"before {name}: {cyc.before[name].summary()}")
             if name != "gpu" and not cyc.before[name].queues[0].progressed_since(pre[name].queues[0]):
                 raise VmError(f"{name} queue 0 made no progress during its probe before sleep{self._log_hint()}")
 
@@ -249,12 +284,14 @@ class CellRun:
                 pass
             with contextlib.suppress(GuestTimeout):
                 res = self.m.console.wait(pending, 0)
+                cyc.reached_sleep = False
                 cyc.notes.append(f"aborted: 'echo mem' returned {res.rc} after "
                                  f"{(res.finished_at - pending.sent_at) * 1000:.0f} ms and QEMU never saw S3 "
                                  "(no QMP SUSPEND)")
-                if self._lpc_pm_boot is not None:
-                    cyc.notes.append(f"ICH9 LPC PMBASE/ACPI_CNTL (config 0x40-0x47) now {self._lpc_pm()}, "
-                                     f"at boot {self._lpc_pm_boot}: the wake-up reset cleared them and nothing "
+                if self.lpc_pm_boot is not None:
+                    cyc.lpc_pm = self._lpc_pm()
+                    cyc.notes.append(f"ICH9 LPC PMBASE/ACPI_CNTL (config 0x40-0x47) now {cyc.lpc_pm}, "
+                                     f"at boot {self.lpc_pm_boot}: the wake-up reset cleared them and nothing "
                                      "restored them, so the ACPI PM block (PM1 at PMBASE) is gone")
                 cyc.slept = False
                 return pending
@@ -262,6 +299,7 @@ class CellRun:
                 raise GuestTimeout(f"no QMP SUSPEND within {self.t.suspend:.0f} s after 'echo mem'; last output: "
                                    f"{self.m.console.tail()}{self._log_hint()}")
         cyc.suspend_ms = (ev.at - pending.sent_at) * 1000
+        cyc.reached_sleep = True
         status = self.m.qmp.execute("query-status")["status"]
         cyc.notes.append(f"asleep: QMP SUSPEND, run state {status}")
         cyc.asleep = self._states()
@@ -316,6 +354,8 @@ class CellRun:
         cyc.slept = res.rc == 0
         cyc.notes.append(f"woken by serial newline ({newlines} sent)")
         stats = self.g.sh("cat /sys/power/suspend_stats/success /sys/power/suspend_stats/fail").split()
+        if len(stats) == 2 and all(x.isdigit() for x in stats):
+            cyc.suspend_stats = (int(stats[0]), int(stats[1]))
         cyc.notes.append(f"suspend_stats success={stats[0]} fail={stats[1]}")
         if res.rc != 0:
             cyc.notes.append(f"'echo freeze' returned {res.rc}")
@@ -386,7 +426,11 @@ class CellRun:
         cyc.probes = self._probe(cyc, "after")
         cyc.after_probe = self._states()
         for name in DEVICES:
-            cyc.notes.append(f"after {name}: {cyc.after[name].summary()}")
+            cyc.note(name, f"after {name}: {cyc.after[name].summary()}")
+
+    #: How each sleep state is entered and left.
+    _SLEEP: ClassVar[dict[SleepState, Callable[[CellRun, CycleData], Pending]]] = {
+        SleepState.S3: _sleep_s3, SleepState.S2IDLE: _sleep_s2idle, SleepState.S4: _sleep_s4}
 
     # -- result -----------------------------------------------------------------------------------------------
 
@@ -400,18 +444,20 @@ class CellRun:
     def _finish(self, cycles: list[CycleData]) -> CellResult:
         r = self.result
         done = [c for c in cycles if c.slept]
-        r.outcome = "ok" if len(done) == len(cycles) else "aborted"
+        r.outcome = Outcome.OK if len(done) == len(cycles) else Outcome.ABORTED
         if len(cycles) > 1:
             r.notes.append(f"{len(done)} of {len(cycles)} cycles slept: " + "; ".join(
                 f"#{c.index} suspend {c.suspend_ms or 0:.0f} ms resume {c.resume_ms or 0:.0f} ms" if c.slept
                 else f"#{c.index} aborted" for c in cycles))
         seqs, raw, gpu_cmds_after, resets = self._sequences()
+        self.raw_status, self.gpu_commands_after_restore = raw, gpu_cmds_after
         if done:
             r.suspend_ms = done[0].suspend_ms
             r.resume_ms = done[0].resume_ms
             r.display_restored = all(bool(c.display_restored) for c in done)
             r.new_frame_after_resume = all(bool(c.new_frame) for c in done)
-            r.resources = "kept" if not resets else ("re-created" if gpu_cmds_after > 0 else "lost")
+            r.resources = ResourceFate.KEPT if not resets else (
+                ResourceFate.RECREATED if gpu_cmds_after > 0 else ResourceFate.LOST)
         for name in DEVICES:
             alive = all(self._queues_alive(c, name) for c in done) if done else None
             if not done:
@@ -420,8 +466,7 @@ class CellRun:
                 functional = r.new_frame_after_resume
             else:
                 functional = all(c.probes[name].ok for c in done)
-            notes = [f"cycle {c.index}: {n}" for c in cycles for n in c.notes
-                     if n.split(":", 1)[0].endswith((f" {name}", f" {name} probe"))]
+            notes = [f"cycle {c.index}: {n}" for c in cycles for n in c.device_notes.get(name, [])]
             notes.append(f"status trace (raw): {raw.get(name, '')}")
             if name == "gpu":
                 notes.append(f"virtio_gpu_cmd_* in trace after the last restore: {gpu_cmds_after}")
@@ -430,8 +475,7 @@ class CellRun:
         if done:
             r.queues_alive = all(bool(d.queues_alive) for d in r.devices.values())
         for c in cycles:
-            r.notes.extend(f"cycle {c.index}: {n}" for n in c.notes
-                           if not n.startswith(("before ", "after ")))
+            r.notes.extend(f"cycle {c.index}: {n}" for n in c.notes)
         r.notes.append(f"logs: {self.logs}")
         return r
 
@@ -493,8 +537,8 @@ class CellRun:
                 self._before(cyc)
                 if k == 1:
                     self._window_start = self._mark()
-                self.progress(f"cycle {k}: {self.sleep}")
-                {"S3": self._sleep_s3, "s2idle": self._sleep_s2idle, "S4": self._sleep_s4}[self.sleep](cyc)
+                self.progress(f"cycle {k}: {self.sleep.value}")
+                self._SLEEP[self.sleep](self, cyc)
                 if cyc.slept:
                     self._after(cyc)
             end = self._mark()
@@ -516,7 +560,7 @@ class CellRun:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def run_cell(assets: GuestAssets, sleep: str, machine_type: str, *, cycles: int = 1,
+def run_cell(assets: GuestAssets, sleep: SleepState | str, machine_type: MachineType | str, *, cycles: int = 1,
              out_dir: Path | None = None, timeouts: Timeouts | None = None,
              progress: Progress = _quiet) -> CellResult:
     """Run one cell on the real VM and return its ``CellResult`` (source ``real-vm``, profile ``baseline``).
@@ -527,11 +571,11 @@ def run_cell(assets: GuestAssets, sleep: str, machine_type: str, *, cycles: int 
                    progress=progress).run()
 
 
-def run_matrix(assets: GuestAssets, out_dir: Path, *, sleeps: tuple[str, ...] = SLEEP_STATES,
+def run_matrix(assets: GuestAssets, out_dir: Path, *, sleeps: tuple[SleepState, ...] = SLEEP_STATES,
                machines: tuple[str, ...] = MACHINE_TYPES, cycles: int = 1, timeouts: Timeouts | None = None,
                progress: Progress = _quiet) -> Report:
     """Every (sleep, machine) cell; a cell that fails is recorded with outcome ``error`` and its message."""
-    report = Report(meta={"source": "real-vm", **assets.versions(), "cycles": cycles})
+    report = Report(meta={"source": Source.REAL_VM.value, **assets.versions(), "cycles": cycles})
     for sleep in sleeps:
         for mt in machines:
             name = cell_name(sleep, mt)
@@ -544,7 +588,7 @@ def run_matrix(assets: GuestAssets, out_dir: Path, *, sleeps: tuple[str, ...] = 
                 cell = run_cell(assets, sleep, mt, cycles=cycles, out_dir=out_dir, timeouts=timeouts,
                                 progress=cell_progress)
             except VmError as e:
-                cell = CellResult(source="real-vm", profile="baseline", sleep=sleep, machine_type=mt,
-                                  outcome="error", notes=[str(e)])
+                cell = CellResult(source=Source.REAL_VM, profile=REAL_VM_PROFILE, sleep=SleepState(sleep),
+                                  machine_type=mt, outcome=Outcome.ERROR, notes=[str(e)])
             report.cells.append(cell)
     return report

@@ -33,10 +33,12 @@ class Pending:
 
     @property
     def begin(self) -> bytes:
+        """The marker the shell prints when the command starts."""
         return b"@@PVB%d@@" % self.ident
 
     @property
     def end_re(self) -> re.Pattern[bytes]:
+        """The marker the shell prints when the command ends, with its exit status as group 1."""
         return re.compile(rb"@@PVE%d:(\d+)@@" % self.ident)
 
 
@@ -92,6 +94,7 @@ class SerialConsole:
 
     @property
     def eof(self) -> bool:
+        """The stream has ended (QEMU exited)."""
         return self._eof
 
     def position(self) -> int:
@@ -100,6 +103,7 @@ class SerialConsole:
             return len(self._buf)
 
     def text(self, start: int = 0) -> str:
+        """Everything received from ``start`` on, decoded (invalid UTF-8 replaced)."""
         with self._cond:
             return bytes(self._buf[start:]).decode("utf-8", "replace")
 

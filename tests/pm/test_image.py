@@ -1,14 +1,20 @@
-"""S4 image: atomic write, strict read, one-line errors for corrupt or truncated files."""
+"""S4 image: atomic write, strict read, one-line errors for corrupt or truncated files, another file format
+version or another header version; the typed header (ImageHeader) round-trips and rejects bad input."""
 
 from __future__ import annotations
 
+import copy
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pyvirtio.errors import UserInputError
 from pyvirtio.memory import GuestMemory
 from pyvirtio.pm.image import load_memory, read_image, write_image
+from pyvirtio.pm.image_header import HEADER_VERSION, ImageHeader
 
 
 def make(tmp_path: Path) -> tuple[Path, GuestMemory]:
@@ -70,3 +76,116 @@ def test_interrupted_write_leaves_the_old_image(tmp_path: Path) -> None:
         write_image(p, {"x": object()}, mem)  # not JSON: fails before the rename
     assert p.read_bytes() == old
     assert [f.name for f in tmp_path.iterdir()] == ["img"]
+
+
+def test_another_file_format_version_is_one_line_naming_it(tmp_path: Path) -> None:
+    """An image written by another version of the file format: one line naming that version and ours."""
+    p, _ = make(tmp_path)
+    data = bytearray(p.read_bytes())
+    data[8:12] = (7).to_bytes(4, "little")  # the u32 version after the magic
+    p.write_bytes(bytes(data))
+    with pytest.raises(UserInputError) as e:
+        read_image(p)
+    assert str(e.value) == f"S4 image {p}: file format version 7 is not supported (this pyvirtio reads version 1)"
+
+
+def test_the_container_owns_the_regions_key(tmp_path: Path) -> None:
+    p, _ = make(tmp_path)
+    assert "regions" not in read_image(p).header
+    with pytest.raises(ValueError, match="regions"):
+        write_image(tmp_path / "x", {"regions": []}, GuestMemory(0x1000))
+
+
+# -- the header: ImageHeader ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def header() -> dict[str, Any]:
+    from pyvirtio.pm.config import ScenarioConfig
+    from pyvirtio.pm.profiles import parse_profile
+    from pyvirtio.pm.system import build_system, image_header
+
+    system = build_system(parse_profile("freeze-mode+s4-replay"), ScenarioConfig(resources=1))
+    return image_header(system).to_dict()
+
+
+def test_header_round_trip(header: dict[str, Any]) -> None:
+    """to_dict -> JSON -> from_dict -> to_dict is the identity, and the kinds are stored by value."""
+    stored = json.loads(json.dumps(header))
+    h = ImageHeader.from_dict(stored)
+    assert json.loads(json.dumps(h.to_dict())) == stored
+    assert header["gpu_driver"] == "s4-replay" and header["header_version"] == HEADER_VERSION
+    assert h.profile.name == "freeze-mode+s4-replay" and [d.name for d in h.drivers] == ["gpu", "rng"]
+
+
+@pytest.mark.parametrize("version", [1, 3, None])
+def test_another_header_version_is_one_line_naming_it(header: dict[str, Any], version: int | None) -> None:
+    """An image whose header has another version (none at all: version 1, which stored class paths)."""
+    old = copy.deepcopy(header)
+    if version is None:
+        del old["header_version"]
+    else:
+        old["header_version"] = version
+    with pytest.raises(UserInputError) as e:
+        ImageHeader.from_dict(old, source="hib.img")
+    want = 1 if version is None else version
+    assert str(e.value) == (f"S4 image hib.img: header version {want} is not supported "
+                            f"(this pyvirtio reads version {HEADER_VERSION})")
+
+
+def test_boot_from_an_image_of_another_header_version_is_refused(header: dict[str, Any], tmp_path: Path) -> None:
+    from pyvirtio.pm.system import boot_from_image
+
+    p = tmp_path / "old.img"
+    write_image(p, {**header, "header_version": 1}, GuestMemory(0x1000))
+    with pytest.raises(UserInputError, match=r"header version 1 is not supported") as e:
+        boot_from_image(p)
+    assert "\n" not in str(e.value)
+
+
+def _set(path: str, value: object) -> Callable[[dict[str, Any]], None]:
+    def edit(h: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        for k in parents:
+            h = h[int(k) if k.isdigit() else k]
+        if value is _DELETE:
+            del h[last]
+        else:
+            h[last] = value
+    return edit
+
+
+_DELETE = object()
+BAD_HEADERS = {
+    "missing field": (_set("allocator", _DELETE), "missing field"),
+    "unknown field": (_set("class_path", "pyvirtio.guest.gpu.driver.GpuDriver"), "unknown field"),
+    "unknown profile": (_set("profile", "turbo"), "unknown profile"),
+    "bit out of range": (_set("freeze_mode_bit", 50), "44..49"),
+    "bool for an int": (_set("config.scanouts", True), "config.scanouts: expected int"),
+    "string for an int": (_set("config.seed", "0"), "config.seed: expected int"),
+    "config field missing": (_set("config.width", _DELETE), "config: fields"),
+    "config out of range": (_set("config.scanouts", 99), "--scanouts must be"),
+    "kernel differs from the plan": (_set("kernel.pm_no_reset", False), "kernel configuration does not match"),
+    "unknown driver kind": (_set("gpu_driver", "pyvirtio.guest.gpu.driver.GpuDriver"), "GpuDriverKind"),
+    "driver kind differs from the plan": (_set("gpu_driver", "no-hooks"), "gpu driver kind 'no-hooks'"),
+    "driver state not an object": (_set("drivers.1.state", []), "drivers[].state: expected dict"),
+    "a driver missing": (lambda h: h["drivers"].pop(), "expected driver states for 'gpu' and 'rng'"),
+    "a driver twice": (lambda h: h["drivers"].append(h["drivers"][0]), "expected driver states"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_HEADERS))
+def test_bad_header_is_one_line_naming_the_problem(header: dict[str, Any], case: str) -> None:
+    """Untrusted input: every malformed header is one UserInputError line, never a half-built system."""
+    edit, needle = BAD_HEADERS[case]
+    bad = copy.deepcopy(header)
+    edit(bad)
+    with pytest.raises(UserInputError) as e:
+        ImageHeader.from_dict(bad, source="hib.img")
+    msg = str(e.value)
+    assert msg.startswith("S4 image hib.img: ") and needle in msg and "\n" not in msg, msg
+
+
+def test_header_that_is_not_an_object_is_one_line() -> None:
+    with pytest.raises(UserInputError, match=r"^S4 image hib.img: malformed header \(not an object\)$"):
+        ImageHeader.from_dict([], source="hib.img")

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from pyvirtio.cli import main
-from pyvirtio.pm.profiles import parse_profile
+from pyvirtio.errors import UserInputError
+from pyvirtio.guest.kernel import PmEvent, SleepRefused
+from pyvirtio.pm import scenario
+from pyvirtio.pm.config import ScenarioConfig
+from pyvirtio.pm.profiles import Profile, parse_profile
 from pyvirtio.pm.scenario import run_cell
+from pyvirtio.pm.system import System, build_system
+from pyvirtio.report import Outcome, Report, ResourceFate, SleepState
 
 
 @pytest.mark.parametrize("sleep", ["S3", "s2idle", "S4"])
@@ -128,3 +137,81 @@ def test_host_hibernation_failure_after_unref_restores_correctly() -> None:
     after = [gpu.scanout_image(system.gpu_dev, i) for i in range(2)]
     assert all(a is not None and b is not None and np.array_equal(a, b) for a, b in zip(before, after, strict=True))
     assert system.gpu_drv.probe_alive()
+
+
+def _with(monkeypatch: pytest.MonkeyPatch, change: Callable[[System], None]) -> None:
+    """run_cell builds its system with ``change`` applied after boot."""
+    def build(profile: Profile, cfg: ScenarioConfig) -> System:
+        system = build_system(profile, cfg)
+        change(system)
+        return system
+
+    monkeypatch.setattr(scenario, "build_system", build)
+
+
+def _virgl(system: System) -> None:
+    from pyvirtio.guest.gpu.driver import GpuObject, ObjectKind
+
+    system.gpu_drv.objects.add(GpuObject(9999, kind=ObjectKind.VIRGL))
+
+
+def _hang(system: System) -> None:
+    system.gpu_dev.faults.quiesce_never_completes = True
+    system.gpu_dev.suspending = True  # the backend hangs on the next command
+    system.gpu_drv.submit(0x0100, b"", fence=True)
+
+
+def _refuse_suspend(system: System) -> None:
+    def notifier(event: PmEvent) -> None:
+        if event is PmEvent.SUSPEND_PREPARE:
+            raise SleepRefused("test notifier: not now")  # no "refus" in it
+
+    system.guest.notifiers.append(notifier)
+
+
+@pytest.mark.parametrize(("sleep", "change", "outcome"), [
+    ("S4", _virgl, Outcome.REFUSED),  # the Linux 7.3 notifier refuses hibernation with virgl objects
+    ("S4", _hang, Outcome.ABORTED),  # the freeze's drain times out
+    ("S3", _refuse_suspend, Outcome.REFUSED),  # a notifier refuses PM_SUSPEND_PREPARE
+    ("S3", _hang, Outcome.ABORTED),  # the S3 freeze's drain times out; the other devices are resumed
+])
+def test_refused_and_aborted_are_told_by_where_the_sleep_failed(monkeypatch: pytest.MonkeyPatch, sleep: str,
+                                                                change: Callable[[System], None],
+                                                                outcome: Outcome) -> None:
+    """A PM notifier saying no is ``refused``; a device callback failing is ``aborted``. The kernel's message is
+    kept as a note; the guest stays awake with its display."""
+    _with(monkeypatch, change)
+    c = run_cell(parse_profile("s4-replay"), sleep, ScenarioConfig(resources=0))
+    assert c.outcome is outcome
+    assert c.notes and c.suspend_ms is not None
+    assert c.display_restored is True
+    assert json.loads(json.dumps(asdict(c)))["outcome"] == outcome.value
+
+
+def test_cell_enums_serialise_by_value() -> None:
+    """report.json holds the values ("S3", "ok", "kept") and reads back as the enums."""
+    c = run_cell(parse_profile("suspend-bit"), "S3")
+    d = Report(cells=[c]).to_dict()["cells"][0]
+    assert (d["source"], d["sleep"], d["outcome"], d["resources"]) == ("model", "S3", "ok", "kept")
+    back = Report.from_dict(json.loads(json.dumps(Report(cells=[c]).to_dict()))).cells[0]
+    assert back == c and back.resources is ResourceFate.KEPT and back.sleep is SleepState.S3
+    with pytest.raises(UserInputError, match="malformed report cell"):
+        Report.from_dict({**Report(cells=[c]).to_dict(), "cells": [{**d, "outcome": "fine"}]})
+
+
+def test_profile_plan_is_what_the_constructors_take() -> None:
+    """The plan of each mechanism, and the one freeze_mode bit check (44..49, default 44)."""
+    plan = parse_profile("freeze-mode").plan()
+    assert plan.gpu_plug.freeze_mode and plan.gpu_plug.freeze_mode_bit == 44 and not plan.rng_plug.freeze_mode
+    assert plan.driver_features == 1 << 44 and plan.gpu_driver.value == "basic-hooks"
+    assert parse_profile("freeze-mode", freeze_mode_bit=49).plan().driver_features == 1 << 49
+    for bad in (43, 50):
+        with pytest.raises(UserInputError, match=r"44\.\.49"):
+            parse_profile("freeze-mode", freeze_mode_bit=bad)
+    nsr = parse_profile("suspend-bit").plan()
+    assert (nsr.gpu_plug.pcie_port, nsr.gpu_plug.no_soft_reset, nsr.rng_plug.no_soft_reset) == (True, True, True)
+    assert nsr.kernel.name == "linux-6.8+suspend" and nsr.driver_features == 0
+    assert parse_profile("gpu-freezing").plan().gpu_device.offer_freezing
+    system = build_system(parse_profile("freeze-mode"), ScenarioConfig(resources=0))
+    assert system.freeze_mode is not None and system.freeze_mode.feature_bit == 44
+    assert system.gpu_drv.extra_features & (1 << 44) and system.gpu_dev.offer_freezing is False

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from pyvirtio.cli.vm import vm
-from pyvirtio.report import CellResult, Report
+from pyvirtio.report import REAL_VM_PROFILE, CellResult, Outcome, Report, ResourceFate, Source
 from pyvirtio.vm import image
 from pyvirtio.vm.errors import GuestTimeout, PyvirtioError
 from pyvirtio.vm.provisioning import GuestAssets, provision
@@ -48,10 +48,10 @@ def _run(assets: GuestAssets, sleep: str, machine: str, tmp_path: Path, cycles: 
 
 def assert_gpu_bug_and_others_fine(run: CellRun, cell: CellResult) -> None:
     """The shared expectations for one slept cycle."""
-    assert cell.source == "real-vm" and cell.profile == "baseline"
+    assert cell.source is Source.REAL_VM and cell.profile == REAL_VM_PROFILE == "baseline"
     assert cell.display_restored is False
     assert cell.new_frame_after_resume is False
-    assert cell.resources == "lost"
+    assert cell.resources is ResourceFate.LOST
     assert cell.queues_alive is False
     gpu = cell.devices["gpu"]
     assert gpu.queues_alive is False and gpu.functional_after is False
@@ -69,7 +69,8 @@ def assert_gpu_bug_and_others_fine(run: CellRun, cell: CellResult) -> None:
     for name in ("blk", "rng", "input"):
         d = cell.devices[name]
         assert d.queues_alive is True and d.functional_after is True, (name, d.notes)
-    assert "virtio_gpu_cmd_* in trace after the last restore: 0" in gpu.notes
+    assert run.gpu_commands_after_restore == 0
+    assert "virtio_gpu_cmd_* in trace after the last restore: 0" in gpu.notes  # the same, for people
     before = image.read_ppm(cell.images["before"])
     after = image.read_ppm(cell.images["after"])
     assert image.same_image(before, image.make_frame("a"))
@@ -82,26 +83,27 @@ def assert_gpu_bug_and_others_fine(run: CellRun, cell: CellResult) -> None:
 @pytest.mark.parametrize("machine", ["pc", "q35"])
 def test_s3(assets: GuestAssets, machine: str, tmp_path: Path) -> None:
     run, cell = _run(assets, "S3", machine, tmp_path)
-    assert cell.outcome == "ok", cell.notes
+    assert cell.outcome is Outcome.OK, cell.notes
     assert_gpu_bug_and_others_fine(run, cell)
     assert {k: d.status_sequence for k, d in cell.devices.items()} == EXPECTED_S3
-    assert "[wake]" in cell.devices["gpu"].notes[-2]  # QEMU's wake-up reset is in the raw trace
+    assert "[wake]" in run.raw_status["gpu"]  # QEMU's wake-up reset is in the raw trace
+    assert run.cycle_data[0].reached_sleep is True
     assert run.cycle_data[0].asleep["blk"].status == 0 and run.cycle_data[0].asleep["gpu"].status == FEAT_OK
 
 
 def test_s2idle_q35(assets: GuestAssets, tmp_path: Path) -> None:
     run, cell = _run(assets, "s2idle", "q35", tmp_path)
-    assert cell.outcome == "ok", cell.notes
+    assert cell.outcome is Outcome.OK, cell.notes
     assert_gpu_bug_and_others_fine(run, cell)
     assert {k: d.status_sequence for k, d in cell.devices.items()} == EXPECTED_S3
-    assert "[wake]" not in cell.devices["gpu"].notes[-2]  # no machine reset: the guest's restore resets
-    assert any("suspend_stats success=1 fail=0" in n for n in cell.notes)
+    assert "[wake]" not in run.raw_status["gpu"]  # no machine reset: the guest's restore resets
+    assert run.cycle_data[0].suspend_stats == (1, 0)
 
 
 @pytest.mark.parametrize("machine", ["pc", "q35"])
 def test_s4(assets: GuestAssets, machine: str, tmp_path: Path) -> None:
     run, cell = _run(assets, "S4", machine, tmp_path)
-    assert cell.outcome == "ok", cell.notes
+    assert cell.outcome is Outcome.OK, cell.notes
     assert_gpu_bug_and_others_fine(run, cell)
     gpu = cell.devices["gpu"].status_sequence
     # hibernation freeze, thaw to write the image, power-off reset ... then boot 2 probes and the image's restore
@@ -113,12 +115,12 @@ def test_s4(assets: GuestAssets, machine: str, tmp_path: Path) -> None:
 
 def test_repeated_s3_pc(assets: GuestAssets, tmp_path: Path) -> None:
     run, cell = _run(assets, "S3", "pc", tmp_path, cycles=3)
-    assert cell.outcome == "ok", cell.notes
+    assert cell.outcome is Outcome.OK, cell.notes
     assert [c.slept for c in run.cycle_data] == [True, True, True]
     assert_gpu_bug_and_others_fine(run, cell)
     assert cell.devices["blk"].status_sequence == [OK] + [0, ACK, DRIVER, FEAT_OK, OK] * 3
     assert cell.devices["gpu"].status_sequence == [OK] + [FEAT_OK, 0, ACK, DRIVER, FEAT_OK, OK] * 3
-    assert "3 of 3 cycles slept" in " ".join(cell.notes)
+    assert [c.reached_sleep for c in run.cycle_data] == [True, True, True]
 
 
 def test_repeated_s3_q35_second_cycle_never_reaches_qemu(assets: GuestAssets, tmp_path: Path) -> None:
@@ -126,11 +128,11 @@ def test_repeated_s3_q35_second_cycle_never_reaches_qemu(assets: GuestAssets, tm
     wake-up the ICH9 ACPI PM I/O block is disabled, so SLP_EN goes nowhere and WAK_STS reads back as set."""
     run, cell = _run(assets, "S3", "q35", tmp_path, cycles=2)
     assert [c.slept for c in run.cycle_data] == [True, False]
-    assert cell.outcome == "aborted"
-    assert any("never saw S3" in n for n in cell.notes)
+    assert cell.outcome is Outcome.ABORTED
+    assert [c.reached_sleep for c in run.cycle_data] == [True, False]  # QEMU never saw the second S3
     # Why: QEMU's wake-up reset cleared the ICH9 LPC PMBASE/ACPI_CNTL and nothing restored them.
-    lpc = next(n for n in cell.notes if "PMBASE/ACPI_CNTL" in n)
-    now, boot = lpc.split(" now ", 1)[1].split(", at boot ")
+    now, boot = run.cycle_data[1].lpc_pm, run.lpc_pm_boot
+    assert now is not None and boot is not None
     assert now.split()[4] == "00" and boot.split()[4] == "80"  # ACPI_CNTL: ACPI decode enable lost
     assert_gpu_bug_and_others_fine(run, cell)
 
@@ -179,5 +181,5 @@ def test_two_runs_at_once_do_not_collide(assets: GuestAssets, tmp_path: Path) ->
     with ThreadPoolExecutor(2) as pool:
         cells = list(pool.map(lambda r: r.run(), runs))
     for run, cell in zip(runs, cells, strict=True):
-        assert cell.outcome == "ok", cell.notes
+        assert cell.outcome is Outcome.OK, cell.notes
         assert_gpu_bug_and_others_fine(run, cell)

@@ -1,4 +1,10 @@
-"""One QEMU process: its command line, serial console, QMP connection, trace log and clean shutdown."""
+"""One QEMU process (:class:`QemuVm`): its command line, serial console, QMP connection, trace log, clean stop.
+
+Contract: every QEMU runs in its own process group with its own QMP socket and log files (:class:`BootFiles`),
+so two VMs never collide; :meth:`QemuVm.stop` always leaves no process behind (QMP ``quit``, then SIGKILL to
+the group) and is safe to call twice. Errors are one-line :class:`~pyvirtio.vm.errors.VmError` messages that
+name the log files.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from pyvirtio.machine import MachineType
 from pyvirtio.vm.disk import SWAP_DEV
 from pyvirtio.vm.errors import GuestTimeout, VmError
 from pyvirtio.vm.initramfs import INIT_INSMOD_FAILED, INIT_READY, INIT_RESUME_FAILED, RESUME_ARG
@@ -18,9 +25,10 @@ from pyvirtio.vm.provisioning import GuestAssets
 from pyvirtio.vm.qmp import Qmp
 from pyvirtio.vm.serial import SerialConsole, open_log, pump
 
-MACHINE_TYPES = ("pc", "q35")
+#: The machine types the real VM runs: the model's (:class:`pyvirtio.machine.MachineType`), by value.
+MACHINE_TYPES = tuple(m.value for m in MachineType)
 #: Per machine type: the property that keeps S3 enabled in the ACPI tables.
-S3_GLOBALS = {"pc": "PIIX4_PM.disable_s3=0", "q35": "ICH9-LPC.disable_s3=0"}
+S3_GLOBALS = {MachineType.PC: "PIIX4_PM.disable_s3=0", MachineType.Q35: "ICH9-LPC.disable_s3=0"}
 #: QOM ids the harness gives its devices, by report name.
 DEVICE_IDS = {"gpu": "gpu0", "blk": "blk0", "rng": "rng0", "input": "kbd0"}
 TRACE_EVENTS = ("virtio_set_status", "virtio_gpu_cmd_*", "virtio_blk_req_complete", "virtio_rng_pushed",
@@ -39,21 +47,24 @@ class BootFiles:
 
     @classmethod
     def for_boot(cls, logs: Path, scratch: Path, boot: int) -> BootFiles:
+        """The files of boot number ``boot`` (1, 2, ... within one cell)."""
         return cls(logs / f"serial-{boot}.log", logs / f"trace-{boot}.log", logs / f"qemu-{boot}.stderr",
                    scratch / f"qmp-{boot}.sock")
 
 
-def qemu_argv(assets: GuestAssets, machine_type: str, disk: Path, files: BootFiles, *,
+def qemu_argv(assets: GuestAssets, machine_type: MachineType | str, disk: Path, files: BootFiles, *,
               resume: bool = False) -> list[str]:
-    """The QEMU command line: TCG, S3 enabled, the four virtio devices with ids, serial on stdio, QMP, trace."""
-    if machine_type not in MACHINE_TYPES:
-        raise ValueError(f"machine type {machine_type!r}")
+    """The QEMU command line: TCG, S3 enabled, the four virtio devices with ids, serial on stdio, QMP, trace.
+
+    A machine type that is not a :class:`MachineType` value is a ``ValueError``.
+    """
+    mt = MachineType(machine_type)
     fw, fh = assets.frame_size
     append = "console=ttyS0 quiet panic=-1" + (f" {RESUME_ARG}={SWAP_DEV}" if resume else "")
     argv = [
-        str(assets.qemu), "-machine", f"{machine_type},accel=tcg", "-m", str(MEMORY_MB), "-smp", "1",
+        str(assets.qemu), "-machine", f"{mt.value},accel=tcg", "-m", str(MEMORY_MB), "-smp", "1",
         "-nodefaults", "-display", "none", "-no-reboot", "-no-user-config",
-        "-global", S3_GLOBALS[machine_type],
+        "-global", S3_GLOBALS[mt],
         "-kernel", str(assets.kernel), "-initrd", str(assets.initrd), "-append", append,
         "-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0",
         "-qmp", f"unix:{files.qmp_socket},server=on,wait=off",
@@ -70,13 +81,13 @@ def qemu_argv(assets: GuestAssets, machine_type: str, disk: Path, files: BootFil
     return argv
 
 
-class Machine:
-    """A running QEMU (its own process group) with serial console and QMP."""
+class QemuVm:
+    """A QEMU process (its own process group) with serial console and QMP; :meth:`start` runs it."""
 
-    def __init__(self, assets: GuestAssets, machine_type: str, disk: Path, files: BootFiles, *,
+    def __init__(self, assets: GuestAssets, machine_type: MachineType | str, disk: Path, files: BootFiles, *,
                  resume: bool = False) -> None:
         self.assets = assets
-        self.machine_type = machine_type
+        self.machine_type = MachineType(machine_type)
         self.files = files
         self.argv = qemu_argv(assets, machine_type, disk, files, resume=resume)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -99,6 +110,7 @@ class Machine:
             raise VmError(f"QEMU exited; cannot type on its serial console{self._where()}") from None
 
     def alive(self) -> bool:
+        """QEMU was started and has not exited."""
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, qmp_timeout: float = 30.0) -> None:
@@ -123,6 +135,7 @@ class Machine:
             raise VmError(f"{e}; QEMU said: {self.stderr_tail()}{self._where()}") from None
 
     def stderr_tail(self) -> str:
+        """QEMU's last three non-empty stderr lines, joined with `` | `` (empty if there is no log)."""
         try:
             lines = [ln for ln in self.files.stderr_log.read_text(errors="replace").splitlines() if ln.strip()]
         except OSError:
