@@ -12,7 +12,7 @@ import hashlib
 
 from pyvirtio.clock import US
 from pyvirtio.host.device import VirtioDevice
-from pyvirtio.spec.constants import RNG_REQUESTQ, DeviceId, PciClass
+from pyvirtio.spec.constants import RNG_REQUESTQ, DeviceId
 from pyvirtio.virtqueue.chain import DescriptorChain
 
 
@@ -37,7 +37,6 @@ class Rng(VirtioDevice):
     """The entropy device. ``bytes_per_us`` sets how fast requests complete in virtual time."""
 
     device_id = DeviceId.ENTROPY
-    pci_class = PciClass.OTHERS
     queue_sizes = (64,)
     #: largest chunk served per request (QEMU virtio-rng serves what the backend gives, often less than asked)
     MAX_CHUNK = 64 * 1024

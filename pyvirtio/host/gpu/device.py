@@ -65,7 +65,6 @@ from pyvirtio.spec.constants import (
     GpuFeature,
     GpuFormat,
     GpuResp,
-    PciClass,
     bit,
 )
 from pyvirtio.spec.gpu_formats import Image
@@ -139,7 +138,6 @@ class Gpu(VirtioDevice):
     """
 
     device_id = DeviceId.GPU
-    pci_class = PciClass.DISPLAY_OTHER
     queue_sizes = (256, 16)  # QEMU: controlq 256, cursorq 16
 
     def __init__(

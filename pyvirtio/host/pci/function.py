@@ -18,7 +18,6 @@ from enum import Enum
 from typing import Protocol
 
 from pyvirtio.clock import Scheduler
-from pyvirtio.errors import QueueError
 from pyvirtio.host.device import VirtioDevice
 from pyvirtio.host.pci.configspace import ConfigSpace, pack_virtio_cap
 from pyvirtio.memory import GuestMemory
@@ -71,21 +70,26 @@ from pyvirtio.spec.constants import (
     VIRTIO_PCI_REVISION_MODERN,
     VIRTIO_PCI_VENDOR_ID,
     CommonCfg,
+    DeviceId,
     Feature,
     PciCapId,
+    PciClass,
     PciCommand,
     PciStatusReg,
     Pmcsr,
     PowerState,
     Status,
     VirtioPciCap,
-    bit,
 )
 from pyvirtio.trace import Kind, Trace
 
 MSIX_BAR_SIZE = 0x1000
 MSIX_PBA_OFFSET = 0x800
 MODERN_BAR_SIZE = 0x4000
+
+
+#: The PCI class code of each virtio device type (QEMU's virtio-*-pci wrappers); others are OTHERS.
+PCI_CLASS: dict[DeviceId, PciClass] = {DeviceId.GPU: PciClass.DISPLAY_OTHER}
 
 
 class ResetKind(Enum):
@@ -163,7 +167,7 @@ class VirtioPciFunction:
         c.set(PCI_VENDOR_ID, 2, VIRTIO_PCI_VENDOR_ID)
         c.set(PCI_DEVICE_ID, 2, VIRTIO_PCI_MODERN_DEVICE_ID_BASE + int(self.device.device_id))
         c.set(PCI_REVISION_ID, 1, VIRTIO_PCI_REVISION_MODERN)
-        c.set(PCI_CLASS_PROG, 3, int(self.device.pci_class))
+        c.set(PCI_CLASS_PROG, 3, int(PCI_CLASS.get(self.device.device_id, PciClass.OTHERS)))
         c.set(PCI_HEADER_TYPE, 1, 0)
         c.set(PCI_SUBSYSTEM_VENDOR_ID, 2, QEMU_SUBSYSTEM_VENDOR_ID)
         c.set(PCI_SUBSYSTEM_ID, 2, QEMU_SUBSYSTEM_DEVICE_ID)
@@ -666,13 +670,7 @@ class VirtioPciFunction:
         if dq.size == 0:
             d.violation("§4.1.4.3.2 queue enabled with size 0", queue=q)
             return
-        dq.event_idx = bool(d.driver_features & bit(Feature.EVENT_IDX))
-        dq.indirect = bool(d.driver_features & bit(Feature.INDIRECT_DESC))
-        try:
-            dq.activate()
-        except QueueError as e:
-            d.violation("§2.7 queue rings must be aligned and inside guest memory", queue=q, error=str(e))
-            d.needs_reset(f"queue {q}: {e}")
+        if not d.enable_queue(q):
             return
         self.trace.record(Kind.QUEUE, self.name, queue=q, event="enabled", size=dq.size, desc=dq.desc_table)
 
