@@ -17,7 +17,7 @@ from pyvirtio.clock import MS, Scheduler
 from pyvirtio.host.device import VirtioDevice
 from pyvirtio.host.pci.function import PciOptions, ResetKind, VirtioPciFunction
 from pyvirtio.memory import Backing, GuestMemory
-from pyvirtio.spec.constants import MSI_ADDRESS_BASE
+from pyvirtio.spec.constants import FREEZE_MODE_FEATURE_DEFAULT, MSI_ADDRESS_BASE
 from pyvirtio.trace import Kind, Trace
 
 
@@ -87,14 +87,22 @@ class Machine:
         no_soft_reset: bool = False,
         msix_vectors: int | None = None,
         freeze_mode: bool = False,
+        freeze_mode_bit: int | None = None,
     ) -> VirtioPciFunction:
-        """Plug ``device`` behind a virtio PCI function. ``pcie_port`` needs a q35 machine (PCIe)."""
+        """Plug ``device`` behind a virtio PCI function. ``pcie_port`` needs a q35 machine (PCIe).
+
+        ``freeze_mode`` exposes the 2023 freeze_mode field behind feature bit ``freeze_mode_bit`` (44..49; default
+        :data:`~pyvirtio.spec.constants.FREEZE_MODE_FEATURE_DEFAULT`); giving the bit implies the field. The
+        function's handshake is then ``fn.freeze_mode``.
+        """
         if pcie_port and self.machine_type is not MachineType.Q35:
             raise ValueError("a PCIe root port needs machine type q35")
         if any(f.name == device.name for f in self.functions):
             raise ValueError(f"a device named {device.name!r} is already plugged")
+        if freeze_mode and freeze_mode_bit is None:
+            freeze_mode_bit = FREEZE_MODE_FEATURE_DEFAULT
         opts = PciOptions(pcie_port=pcie_port, no_soft_reset=no_soft_reset and pcie_port,
-                          msix_vectors=msix_vectors, freeze_mode=freeze_mode)
+                          msix_vectors=msix_vectors, freeze_mode_bit=freeze_mode_bit)
         fn = VirtioPciFunction(device, memory=self.memory, scheduler=self.scheduler, trace=self.trace, irq=self,
                                options=opts)
         self.functions.append(fn)

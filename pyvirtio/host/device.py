@@ -82,16 +82,21 @@ class VirtioDevice:
         self._scheduled: set[int] = set()
         self._epoch = 0  # bumps on reset: stale completions are dropped
         self._deferred_config: list[Callable[[], None]] = []
-        #: transport-level bits a transport extension adds to the offer (e.g. the freeze_mode proposal's bit)
+        #: further bits to offer, fixed at construction (transport extensions use ``attach``'s transport_features)
         self.extra_features = extra_features
+        self.transport_features = 0
         #: while set, a reset keeps device-type state (the 2023 FREEZING / freeze_mode proposals)
         self.retain_state_on_reset = False
 
     # -- wiring -----------------------------------------------------------------------------------------------
 
-    def attach(self, ctx: DeviceContext) -> None:
-        """Called once by the transport when the device is plugged: the queues live in ``ctx.memory``."""
+    def attach(self, ctx: DeviceContext, *, transport_features: int = 0) -> None:
+        """Called once by the transport when the device is plugged: the queues live in ``ctx.memory``.
+
+        ``transport_features`` are bits the transport implements on the device's behalf (the freeze_mode
+        proposal's bit); they are part of the offer from then on."""
         self._ctx = ctx
+        self.transport_features = transport_features
         self.queues = [DeviceQueue(ctx.memory, n) for n in self.queue_sizes]
         self._inflight = [0] * len(self.queues)
 
@@ -194,7 +199,7 @@ class VirtioDevice:
         feats |= bit(Feature.INDIRECT_DESC) | bit(Feature.RING_RESET)
         if self.offer_suspend:
             feats |= bit(Feature.SUSPEND)
-        return feats | self.extra_features
+        return feats | self.extra_features | self.transport_features
 
     def negotiated(self, feature: int) -> bool:
         """``feature`` was accepted by the driver and FEATURES_OK is latched."""

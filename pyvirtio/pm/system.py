@@ -72,8 +72,8 @@ def _plug(
 ) -> tuple[PmGpu, VirtioPciFunction, Rng, VirtioPciFunction, FreezeModeDevice | None]:
     gdev = make_gpu_device(profile, cfg)
     gfn = machine.plug(gdev, pcie_port=profile.pcie_port, no_soft_reset=profile.no_soft_reset,
-                       freeze_mode=profile.freeze_mode)
-    fm = FreezeModeDevice(gfn, feature_bit=profile.kernel.freeze_mode_bit) if profile.freeze_mode else None
+                       freeze_mode_bit=profile.kernel.freeze_mode_bit if profile.freeze_mode else None)
+    fm = gfn.freeze_mode
     rdev = Rng(seed=cfg.seed, bytes_per_us=8)
     rfn = machine.plug(rdev, pcie_port=profile.pcie_port, no_soft_reset=profile.no_soft_reset)
     return gdev, gfn, rdev, rfn, fm
