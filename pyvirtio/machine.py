@@ -22,6 +22,8 @@ from pyvirtio.trace import Kind, Trace
 
 
 class MachineType(Enum):
+    """The QEMU machine type modelled: where functions sit and whether they get a PM capability."""
+
     PC = "pc"  # i440FX: functions sit on the root bus (conventional PCI): no PCIe port, no PM capability
     Q35 = "q35"  # PCIe: functions may sit behind a pcie-root-port and then get the PM capability
 
@@ -68,6 +70,7 @@ class Machine:
 
     @property
     def now(self) -> int:
+        """The virtual clock, in ns."""
         return self.scheduler.now
 
     def run_until(self, predicate: Callable[[], bool], timeout: int = 100 * MS) -> bool:
@@ -75,6 +78,7 @@ class Machine:
         return self.scheduler.run_until(predicate, timeout)
 
     def run_for(self, duration: int) -> None:
+        """Run the machine for ``duration`` ns of virtual time."""
         self.scheduler.run_for(duration)
 
     # -- bus --------------------------------------------------------------------------------------------------
@@ -109,6 +113,7 @@ class Machine:
         return fn
 
     def function(self, name: str) -> VirtioPciFunction:
+        """The function of the device plugged as ``name``; KeyError if none."""
         for f in self.functions:
             if f.name == name:
                 return f
@@ -129,15 +134,18 @@ class Machine:
         return MSI_ADDRESS_BASE, data
 
     def free_msi(self, data: int) -> None:
+        """Forget the MSI handler of ``data`` (a message sent to it afterwards is dropped)."""
         self._msi_handlers.pop(data, None)
 
     def set_intx_handler(self, src: str, handler: Callable[[], None] | None) -> None:
+        """The guest handler of ``src``'s INTx line (None: unhandled)."""
         if handler is None:
             self._intx_handlers.pop(src, None)
         else:
             self._intx_handlers[src] = handler
 
     def msi(self, src: str, address: int, data: int, vector: int) -> None:
+        """An MSI message from ``src``: delivered to the guest handler of ``data``, else dropped (traced)."""
         irq = Interrupt(self.now, src, "msi", vector, data)
         handler = self._msi_handlers.get(data) if address & ~0xFFFFF == MSI_ADDRESS_BASE else None
         if handler is None:
@@ -146,6 +154,7 @@ class Machine:
         self._deliver(irq, handler)
 
     def intx(self, src: str, level: bool) -> None:
+        """``src`` drives its INTx line: a rising level is delivered to its handler (level-triggered)."""
         if not level:
             return
         handler = self._intx_handlers.get(src)

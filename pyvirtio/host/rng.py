@@ -25,6 +25,7 @@ class EntropySource:
         self._buf = b""
 
     def read(self, n: int) -> bytes:
+        """The next ``n`` bytes of the stream."""
         while len(self._buf) < n:
             block = hashlib.sha256(self.seed.to_bytes(8, "little") + self._counter.to_bytes(8, "little")).digest()
             self._counter += 1
@@ -49,6 +50,7 @@ class Rng(VirtioDevice):
         self.served = 0
 
     def process_queue(self, index: int) -> None:
+        """Take every request and fill it after ``latency + len / rate`` of virtual time (§5.4.6)."""
         if index != RNG_REQUESTQ:
             return
         while self.can_process():

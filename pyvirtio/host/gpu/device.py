@@ -225,9 +225,11 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
         return feats
 
     def device_features(self) -> int:
+        """The device-type bits offered (:attr:`offered`)."""
         return self.offered
 
     def config_size(self) -> int:
+        """``struct virtio_gpu_config``: 16 bytes, 20 with ``blob_alignment`` (§5.7.4)."""
         return GPU_CONFIG_SIZE_BLOB_ALIGNMENT if self.offer_blob_alignment else GPU_CONFIG_SIZE
 
     def _config_bytes(self) -> bytes:
@@ -237,6 +239,7 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
         return b"".join(v.to_bytes(4, "little") for v in fields)
 
     def read_config(self, offset: int, size: int) -> int:
+        """events_read, events_clear (reads 0), num_scanouts, num_capsets[, blob_alignment] (§5.7.4)."""
         return int.from_bytes(self._config_bytes()[offset : offset + size], "little")
 
     def write_config(self, offset: int, size: int, value: int) -> None:
@@ -251,6 +254,7 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
         self.events_read &= ~((value << (8 * (lo - clear_lo))) & _U32)
 
     def on_features_ok(self) -> None:
+        """Trace the feature dependencies §5.7.3 requires the driver to respect."""
         f = self.driver_features
         if f & bit(GpuFeature.BLOB_ALIGNMENT) and self.offer_blob_alignment and not f & bit(
             GpuFeature.RESOURCE_BLOB
@@ -303,6 +307,7 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
         return self.scanouts[index].rect.width
 
     def scanout_height(self, index: int) -> int:
+        """Height of the rectangle scanout ``index`` shows (0 when disabled)."""
         return self.scanouts[index].rect.height
 
     def resource_rgba(self, resource_id: int) -> Image | None:

@@ -336,6 +336,7 @@ class VirtioPciFunction:
     # -- guest accessors: configuration space -------------------------------------------------------------------
 
     def config_read(self, offset: int, size: int) -> int:
+        """A guest read of configuration space: 1, 2 or 4 aligned bytes (else all-ones)."""
         if size not in (1, 2, 4) or offset % size or not 0 <= offset <= 0x1000 - size:
             self.trace.record(Kind.VIOLATION, self.name, rule="PCI config access must be aligned 1/2/4 bytes",
                               offset=offset, size=size)
@@ -348,6 +349,8 @@ class VirtioPciFunction:
         return value
 
     def config_write(self, offset: int, size: int, value: int) -> None:
+        """A guest write of configuration space, through the write masks; COMMAND, PMCSR, MSI-X
+        control and the PCI_CFG window take effect."""
         if size not in (1, 2, 4) or offset % size or not 0 <= offset <= 0x1000 - size:
             self.trace.record(Kind.VIOLATION, self.name, rule="PCI config access must be aligned 1/2/4 bytes",
                               offset=offset, size=size)
@@ -412,6 +415,7 @@ class VirtioPciFunction:
         return self.power_state is PowerState.D0 and bool(self.command & PciCommand.MEMORY)
 
     def bar_read(self, bar: int, offset: int, size: int) -> int:
+        """A guest read of a BAR: all-ones outside a BAR or while memory decoding is off or not in D0."""
         ones = (1 << (8 * size)) - 1 if size in (1, 2, 4, 8) else 0xFFFFFFFF
         if size not in (1, 2, 4) or not 0 <= bar < PCI_NUM_BARS or not 0 <= offset <= self.bar_sizes[bar] - size:
             self.trace.record(Kind.VIOLATION, self.name, rule="BAR access outside a BAR", bar=bar, offset=offset)
@@ -424,6 +428,7 @@ class VirtioPciFunction:
         return value
 
     def bar_write(self, bar: int, offset: int, size: int, value: int) -> None:
+        """A guest write of a BAR, routed to MSI-X, common config, device config or notify."""
         if size not in (1, 2, 4) or not 0 <= bar < PCI_NUM_BARS or not 0 <= offset <= self.bar_sizes[bar] - size:
             self.trace.record(Kind.VIOLATION, self.name, rule="BAR access outside a BAR", bar=bar, offset=offset)
             return
