@@ -54,6 +54,7 @@ class Faults:
     """Fault injection for power-management tests. All off by default."""
 
     quiesce_never_completes: bool = False  # in-flight requests never finish once SUSPEND is requested
+    backend_hangs: bool = False  # in-flight requests never finish at all (a wedged backend)
     suspend_fails: bool = False  # the device cannot suspend: DEVICE_NEEDS_RESET
     resume_fails: bool = False  # the device cannot resume: DEVICE_NEEDS_RESET
 
@@ -148,6 +149,10 @@ class VirtioDevice:
     def resuming(self) -> bool:
         """DRIVER_OK was written to a suspended device and the resume is under way."""
         return self.lifecycle is _L.RESUMING
+
+    def request_stuck(self) -> bool:
+        """Fault injection: a request in flight must not complete now (:class:`Faults`)."""
+        return self.faults.backend_hangs or (self.faults.quiesce_never_completes and self.suspending)
 
     @property
     def quiescent(self) -> bool:

@@ -62,7 +62,7 @@ class Rng(VirtioDevice):
             self.after(delay, functools.partial(self._fill, chain, n), label="rng-fill")
 
     def _fill(self, chain: DescriptorChain, n: int) -> None:
-        if self.faults.quiesce_never_completes and self.suspending:
+        if self.request_stuck():
             return  # the request is stuck in the backend forever
         written = chain.write(self.ctx.memory, self.source.read(n))
         self.served += written

@@ -302,3 +302,22 @@ class HostileStatusWrites(RuleBasedStateMachine):
 TestHostileStatusWrites = HostileStatusWrites.TestCase
 TestHostileStatusWrites.settings = settings(max_examples=150, stateful_step_count=40, deadline=None,
                                             suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_a_wedged_backend_keeps_the_device_suspending() -> None:
+    """Device Suspend: the device presents SUSPEND=1/DRIVER_OK=0 only once in-flight requests completed; with a
+    backend that never completes them (``Faults.backend_hangs``) it stays SUSPENDING, still showing DRIVER_OK."""
+    dev = Rng()
+    drv = LoopbackDriver(dev)
+    drv.init()
+    dev.faults.backend_hangs = True
+    drv.submit(0, b"", 16)
+    drv.run_until(lambda: dev.inflight() == 1)
+    drv.run_until(lambda: False, 5 * MS)
+    assert dev.inflight() == 1 and drv.vqs[0].get_used() is None
+    dev.write_status(dev.status | Status.SUSPEND)
+    drv.run_until(lambda: False, 5 * MS)
+    assert dev.lifecycle is S.SUSPENDING and dev.status & Status.DRIVER_OK
+    dev.faults.backend_hangs = False
+    dev.write_status(0)
+    assert dev.lifecycle is S.RESET and dev.inflight() == 0

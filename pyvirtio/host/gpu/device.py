@@ -386,7 +386,7 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
 
     def _finish(self) -> None:
         self._busy = False
-        if self.faults.quiesce_never_completes and self.suspending:
+        if self.request_stuck():
             self._busy = True  # the command hangs in the backend for ever
             return
         if self.disabled or not self._cmdq:
