@@ -66,8 +66,8 @@ class VirtioDevice:
     #: max size of each virtqueue, by index
     queue_sizes: tuple[int, ...] = (256,)
 
-    def __init__(self, name: str, *, offer_suspend: bool = True, latency: int = 10 * US,
-                 extra_features: int = 0) -> None:
+    def __init__(self, name: str, *, offer_suspend: bool = True, latency: int = 10 * US) -> None:
+        """A device called ``name`` (unique on its bus); each step takes ``latency`` ns; SUSPEND offered or not."""
         self.name = name
         self.latency = latency
         self.offer_suspend = offer_suspend
@@ -77,14 +77,14 @@ class VirtioDevice:
         self.driver_features = 0
         self.status = 0  # the value the device presents
         self.config_generation = 0
-        self.lifecycle = DeviceLifecycle.RESET
+        self._lifecycle = DeviceLifecycle.RESET
         self.disabled = False  # bus mastering off (QEMU virtio_set_disabled); orthogonal to the lifecycle
         self._inflight: list[int] = []
         self._scheduled: set[int] = set()
         self._epoch = 0  # bumps on reset: stale completions are dropped
         self._deferred_config: list[Callable[[], None]] = []
-        #: further bits to offer, fixed at construction (transport extensions use ``attach``'s transport_features)
-        self.extra_features = extra_features
+        #: further bits to offer (set before plugging; transports declare theirs with ``attach``)
+        self.extra_features = 0
         self.transport_features = 0
         #: while set, a reset keeps device-type state (the 2023 FREEZING / freeze_mode proposals)
         self.retain_state_on_reset = False
@@ -123,8 +123,13 @@ class VirtioDevice:
 
     # -- lifecycle (read-only views kept for callers of the former booleans) -----------------------------------
 
+    @property
+    def lifecycle(self) -> DeviceLifecycle:
+        """Where the device is in its life; it only moves by a transition of the table."""
+        return self._lifecycle
+
     def _fire(self, event: LifecycleEvent) -> None:
-        self.lifecycle = next_state(self.lifecycle, event)
+        self._lifecycle = next_state(self._lifecycle, event)
 
     @property
     def suspending(self) -> bool:

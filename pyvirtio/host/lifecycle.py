@@ -28,13 +28,15 @@ driver writes and device progress to :class:`LifecycleEvent` values and looks th
                                                                |  SUSPENDED  |  no notification, no queue
                                                                +-------------+  access, config frozen
 
-       any state but RESET's own reset --device error, failed suspend or resume--> NEEDS_RESET (§2.1.2)
+       every other state --device error, failed suspend or resume--> NEEDS_RESET --reset--> RESET (§2.1.2)
 
 State by state, what the device presents in ``device status`` (virtio 1.4 §2.1, Device Suspend):
 
 * ``RESET``: 0. ``CONFIGURING``: the driver's bits so far, no DRIVER_OK. ``LIVE``: DRIVER_OK, SUSPEND=0.
 * ``SUSPENDING``: DRIVER_OK and SUSPEND (written, not yet acknowledged). ``SUSPENDED``: SUSPEND, no DRIVER_OK.
-* ``RESUMING``: SUSPEND and DRIVER_OK (written, not yet acknowledged).
+* ``RESUMING``: SUSPEND and DRIVER_OK (written, not yet acknowledged). In these three the device takes no
+  buffer, sends no notification and defers config changes (:data:`QUIESCENT`); with bus mastering off the
+  presented DRIVER_OK is dropped and the pending transition still completes.
 * ``NEEDS_RESET``: DEVICE_NEEDS_RESET plus whatever was presented; only a reset leaves it.
 
 Bus mastering (the PCI COMMAND register) is orthogonal and is not a state: a device with bus mastering off is

@@ -399,9 +399,7 @@ class VirtioPciFunction:
         length = self.cfg.get(cap + 12, 4)
         data_off = cap + VIRTIO_PCI_CFG_DATA
         if offset != data_off or size != 4 or length not in (1, 2, 4) or boff % length:
-            if write is None:
-                return value
-            return value
+            return value  # only a dword access of the data field, with a valid window, goes through
         if write is None:
             v = self.bar_read(bar, boff, length)
             self.cfg.set(data_off, 4, v)
