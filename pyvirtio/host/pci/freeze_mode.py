@@ -18,14 +18,13 @@ and offers bit ``N`` from the start (``fn.freeze_mode``); nothing is patched aft
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from pyvirtio.clock import US, S
+from pyvirtio.host.context import DeviceScheduler, DeviceTrace
+from pyvirtio.host.device import VirtioDevice
 from pyvirtio.spec.constants import FREEZE_MODE_FEATURE_DEFAULT, FreezeMode, bit
 from pyvirtio.trace import Kind
-
-if TYPE_CHECKING:
-    from pyvirtio.host.pci.function import VirtioPciFunction
 
 #: device-side freeze bandwidth: how fast the device can make its state persistent across a reset
 FREEZE_BYTES_PER_S = 4 << 30
@@ -41,6 +40,38 @@ def check_freeze_mode_bit(feature_bit: int) -> int:
     return feature_bit
 
 
+class _Options(Protocol):
+    @property
+    def freeze_mode_bit(self) -> int | None:
+        """The bit the function offers for the field (None: no field)."""
+
+
+class FreezeModeHost(Protocol):
+    """What the handshake uses of its function (a :class:`~pyvirtio.host.pci.function.VirtioPciFunction`)."""
+
+    freeze_mode: FreezeModeDevice | None
+
+    @property
+    def name(self) -> str:
+        """The function's (and its device's) name, for the trace."""
+
+    @property
+    def device(self) -> VirtioDevice:
+        """The device behind the function."""
+
+    @property
+    def scheduler(self) -> DeviceScheduler:
+        """The clock the handshake takes time on."""
+
+    @property
+    def trace(self) -> DeviceTrace:
+        """Where the handshake records the mode reached."""
+
+    @property
+    def options(self) -> _Options:
+        """How the function was plugged."""
+
+
 class FreezeModeDevice:
     """Device side of the handshake for one function (``fn.freeze_mode``).
 
@@ -49,7 +80,7 @@ class FreezeModeDevice:
     post-plug wiring) replaces that function's handler with the new object, which then serves offset 64.
     """
 
-    def __init__(self, fn: VirtioPciFunction, *, feature_bit: int = FREEZE_MODE_FEATURE_DEFAULT,
+    def __init__(self, fn: FreezeModeHost, *, feature_bit: int = FREEZE_MODE_FEATURE_DEFAULT,
                  bytes_per_s: int = FREEZE_BYTES_PER_S) -> None:
         check_freeze_mode_bit(feature_bit)
         if fn.options.freeze_mode_bit is None:
@@ -62,8 +93,9 @@ class FreezeModeDevice:
         self.bytes_per_s = bytes_per_s
         self.mode = int(FreezeMode.UNFREEZE)  # the mode reached, what reads return
         self._pending: int | None = None
-        if getattr(fn, "common", None) is not None:  # the deprecated post-plug call: this object takes over
-            fn.freeze_mode = fn.common.freeze_mode = self
+        common = getattr(fn, "common", None)
+        if common is not None:  # the deprecated post-plug call: this object takes over the field
+            fn.freeze_mode = common.freeze_mode = self
 
     def read_freeze_mode(self) -> int:
         """The mode reached (the previous one while a change is under way)."""
@@ -96,4 +128,4 @@ class FreezeModeDevice:
         self.fn.trace.record(Kind.PM, self.fn.name, event="freeze_mode", mode=value)
 
 
-__all__ = ["FREEZE_BYTES_PER_S", "FREEZE_MODE_BITS", "FreezeModeDevice", "check_freeze_mode_bit"]
+__all__ = ["FREEZE_BYTES_PER_S", "FREEZE_MODE_BITS", "FreezeModeDevice", "FreezeModeHost", "check_freeze_mode_bit"]
