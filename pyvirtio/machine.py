@@ -17,11 +17,13 @@ from pyvirtio.clock import MS, Scheduler
 from pyvirtio.host.device import VirtioDevice
 from pyvirtio.host.pci.function import PciOptions, ResetKind, VirtioPciFunction
 from pyvirtio.memory import Backing, GuestMemory
-from pyvirtio.spec.constants import MSI_ADDRESS_BASE
+from pyvirtio.spec.constants import FREEZE_MODE_FEATURE_DEFAULT, MSI_ADDRESS_BASE
 from pyvirtio.trace import Kind, Trace
 
 
 class MachineType(Enum):
+    """The QEMU machine type modelled: where functions sit and whether they get a PM capability."""
+
     PC = "pc"  # i440FX: functions sit on the root bus (conventional PCI): no PCIe port, no PM capability
     Q35 = "q35"  # PCIe: functions may sit behind a pcie-root-port and then get the PM capability
 
@@ -68,6 +70,7 @@ class Machine:
 
     @property
     def now(self) -> int:
+        """The virtual clock, in ns."""
         return self.scheduler.now
 
     def run_until(self, predicate: Callable[[], bool], timeout: int = 100 * MS) -> bool:
@@ -75,6 +78,7 @@ class Machine:
         return self.scheduler.run_until(predicate, timeout)
 
     def run_for(self, duration: int) -> None:
+        """Run the machine for ``duration`` ns of virtual time."""
         self.scheduler.run_for(duration)
 
     # -- bus --------------------------------------------------------------------------------------------------
@@ -87,20 +91,29 @@ class Machine:
         no_soft_reset: bool = False,
         msix_vectors: int | None = None,
         freeze_mode: bool = False,
+        freeze_mode_bit: int | None = None,
     ) -> VirtioPciFunction:
-        """Plug ``device`` behind a virtio PCI function. ``pcie_port`` needs a q35 machine (PCIe)."""
+        """Plug ``device`` behind a virtio PCI function. ``pcie_port`` needs a q35 machine (PCIe).
+
+        ``freeze_mode`` exposes the 2023 freeze_mode field behind feature bit ``freeze_mode_bit`` (44..49; default
+        :data:`~pyvirtio.spec.constants.FREEZE_MODE_FEATURE_DEFAULT`); giving the bit implies the field. The
+        function's handshake is then ``fn.freeze_mode``.
+        """
         if pcie_port and self.machine_type is not MachineType.Q35:
             raise ValueError("a PCIe root port needs machine type q35")
         if any(f.name == device.name for f in self.functions):
             raise ValueError(f"a device named {device.name!r} is already plugged")
+        if freeze_mode and freeze_mode_bit is None:
+            freeze_mode_bit = FREEZE_MODE_FEATURE_DEFAULT
         opts = PciOptions(pcie_port=pcie_port, no_soft_reset=no_soft_reset and pcie_port,
-                          msix_vectors=msix_vectors, freeze_mode=freeze_mode)
+                          msix_vectors=msix_vectors, freeze_mode_bit=freeze_mode_bit)
         fn = VirtioPciFunction(device, memory=self.memory, scheduler=self.scheduler, trace=self.trace, irq=self,
                                options=opts)
         self.functions.append(fn)
         return fn
 
     def function(self, name: str) -> VirtioPciFunction:
+        """The function of the device plugged as ``name``; KeyError if none."""
         for f in self.functions:
             if f.name == name:
                 return f
@@ -121,15 +134,18 @@ class Machine:
         return MSI_ADDRESS_BASE, data
 
     def free_msi(self, data: int) -> None:
+        """Forget the MSI handler of ``data`` (a message sent to it afterwards is dropped)."""
         self._msi_handlers.pop(data, None)
 
     def set_intx_handler(self, src: str, handler: Callable[[], None] | None) -> None:
+        """The guest handler of ``src``'s INTx line (None: unhandled)."""
         if handler is None:
             self._intx_handlers.pop(src, None)
         else:
             self._intx_handlers[src] = handler
 
     def msi(self, src: str, address: int, data: int, vector: int) -> None:
+        """An MSI message from ``src``: delivered to the guest handler of ``data``, else dropped (traced)."""
         irq = Interrupt(self.now, src, "msi", vector, data)
         handler = self._msi_handlers.get(data) if address & ~0xFFFFF == MSI_ADDRESS_BASE else None
         if handler is None:
@@ -138,6 +154,7 @@ class Machine:
         self._deliver(irq, handler)
 
     def intx(self, src: str, level: bool) -> None:
+        """``src`` drives its INTx line: a rising level is delivered to its handler (level-triggered)."""
         if not level:
             return
         handler = self._intx_handlers.get(src)

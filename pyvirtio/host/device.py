@@ -1,12 +1,17 @@
 """The transport-independent virtio device core (virtio 1.4 §2.1 status, §2.2 features, §2.4 reset, Device Suspend).
 
-A concrete device (rng, gpu, ...) subclasses :class:`VirtioDevice` and implements ``process_queue`` and the
-config hooks. The core owns everything generic:
+Contract. A concrete device (rng, gpu, ...) subclasses :class:`VirtioDevice`, sets ``device_id`` and
+``queue_sizes`` and implements ``process_queue`` and the config hooks. It reaches the outside world only through
+its :class:`~pyvirtio.host.context.DeviceContext` (guest memory, scheduler, trace, the two notifications), so the
+same model runs behind the virtio-pci function, behind a vhost-user connection, or behind a test harness.
+
+The core owns everything generic:
 
 * feature negotiation: FEATURES_OK is not latched when the driver accepts a bit that was not offered or omits
   VERSION_1 (§3.1.1);
-* the device-status state machine: a write of 0 resets; a write that clears a bit without a reset is a driver
-  error and is ignored (the only clears are the device's own, for SUSPEND);
+* the lifecycle, as data (:mod:`pyvirtio.host.lifecycle`): each driver status write is screened for the spec's
+  answer (a write of 0 resets; a write that clears a bit without a reset is a driver error and is ignored, the
+  only clears being the device's own for SUSPEND), then becomes at most one table lookup;
 * DEVICE_NEEDS_RESET with a configuration-change notification when DRIVER_OK is set (§2.1.2);
 * Device Suspend (virtio 1.4): SUSPEND is ignored unless DRIVER_OK is set and VIRTIO_F_SUSPEND negotiated; the
   device stops consuming buffers, lets in-flight requests complete (with used notifications), and only then
@@ -14,9 +19,13 @@ config hooks. The core owns everything generic:
   its config space; a config change is applied and notified once on resume; a failed suspend or resume sets
   DEVICE_NEEDS_RESET.
 
-Devices work in scheduled steps on the machine's virtual clock: a kick schedules ``process_queue`` after
-``latency`` ns; a device may hold a request in flight and complete it later with :meth:`VirtioDevice.after`.
-Every guest-caused error becomes the spec's answer; nothing raised by a device step escapes into the machine.
+What a transport calls (the device side of any transport): :meth:`VirtioDevice.attach`, ``offered_features``,
+``set_driver_features``, ``write_status``, ``reset``, ``enable_queue``, ``queue_reset``, ``kick``,
+``set_bus_master``, ``config_size`` / ``read_config`` / ``write_config`` (after ``accepts_config_write``).
+
+Devices work in scheduled steps on the context's clock: a kick schedules ``process_queue`` after ``latency`` ns;
+a device may hold a request in flight and complete it later with :meth:`VirtioDevice.after`. Every guest-caused
+error becomes the spec's answer; nothing raised by a device step escapes into the transport.
 """
 
 from __future__ import annotations
@@ -25,15 +34,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from pyvirtio.clock import US, Event
+from pyvirtio.clock import US
 from pyvirtio.errors import GuestMemoryError, QueueError
-from pyvirtio.spec.constants import DeviceId, Feature, PciClass, Status, bit
+from pyvirtio.host.lifecycle import QUIESCENT, DeviceLifecycle, LifecycleEvent, next_state
+from pyvirtio.spec.constants import DeviceId, Feature, Status, bit
 from pyvirtio.trace import Kind
 from pyvirtio.virtqueue.chain import DescriptorChain
 from pyvirtio.virtqueue.device import DeviceQueue
 
 if TYPE_CHECKING:
-    from pyvirtio.host.context import DeviceContext
+    from pyvirtio.host.context import Cancellable, DeviceContext
+
+_L = DeviceLifecycle
+_E = LifecycleEvent
 
 
 @dataclass
@@ -41,6 +54,7 @@ class Faults:
     """Fault injection for power-management tests. All off by default."""
 
     quiesce_never_completes: bool = False  # in-flight requests never finish once SUSPEND is requested
+    backend_hangs: bool = False  # in-flight requests never finish at all (a wedged backend)
     suspend_fails: bool = False  # the device cannot suspend: DEVICE_NEEDS_RESET
     resume_fails: bool = False  # the device cannot resume: DEVICE_NEEDS_RESET
 
@@ -49,11 +63,11 @@ class VirtioDevice:
     """Base of every device model. Subclasses set ``device_id``, ``queue_sizes`` and implement the hooks."""
 
     device_id: ClassVar[DeviceId]
-    pci_class: ClassVar[int] = PciClass.OTHERS
     #: max size of each virtqueue, by index
     queue_sizes: tuple[int, ...] = (256,)
 
     def __init__(self, name: str, *, offer_suspend: bool = True, latency: int = 10 * US) -> None:
+        """A device called ``name`` (unique on its bus); each step takes ``latency`` ns; SUSPEND offered or not."""
         self.name = name
         self.latency = latency
         self.offer_suspend = offer_suspend
@@ -63,44 +77,92 @@ class VirtioDevice:
         self.driver_features = 0
         self.status = 0  # the value the device presents
         self.config_generation = 0
-        self.suspending = False
-        self.suspended = False
-        self.resuming = False
-        self.disabled = False  # bus mastering off (QEMU virtio_set_disabled)
+        self._lifecycle = DeviceLifecycle.RESET
+        self.disabled = False  # bus mastering off (QEMU virtio_set_disabled); orthogonal to the lifecycle
         self._inflight: list[int] = []
         self._scheduled: set[int] = set()
         self._epoch = 0  # bumps on reset: stale completions are dropped
         self._deferred_config: list[Callable[[], None]] = []
-        self._kicked_while_suspended: set[int] = set()
-        #: transport-level bits an extension adds to the offer (e.g. the freeze_mode proposal's bit)
+        #: further bits to offer (set before plugging; transports declare theirs with ``attach``)
         self.extra_features = 0
+        self.transport_features = 0
         #: while set, a reset keeps device-type state (the 2023 FREEZING / freeze_mode proposals)
         self.retain_state_on_reset = False
 
     # -- wiring -----------------------------------------------------------------------------------------------
 
-    def attach(self, ctx: DeviceContext) -> None:
-        """Called once by the transport when the device is plugged."""
+    def attach(self, ctx: DeviceContext, *, transport_features: int = 0) -> None:
+        """Called once by the transport when the device is plugged: the queues live in ``ctx.memory``.
+
+        ``transport_features`` are bits the transport implements on the device's behalf (the freeze_mode
+        proposal's bit); they are part of the offer from then on."""
         self._ctx = ctx
+        self.transport_features = transport_features
         self.queues = [DeviceQueue(ctx.memory, n) for n in self.queue_sizes]
         self._inflight = [0] * len(self.queues)
 
     @property
     def ctx(self) -> DeviceContext:
+        """The context the device is attached to; RuntimeError before :meth:`attach`."""
         if self._ctx is None:
             raise RuntimeError(f"device {self.name} is not plugged")
         return self._ctx
 
     @property
     def now(self) -> int:
+        """The context's clock, in ns."""
         return self.ctx.scheduler.now
 
     def trace(self, kind: Kind, **detail: object) -> None:
+        """Record a trace event under the device's name."""
         self.ctx.trace.record(kind, self.name, **detail)
 
     def violation(self, rule: str, **detail: object) -> None:
         """Record that the guest broke a normative statement (the device already gave the spec's answer)."""
         self.trace(Kind.VIOLATION, rule=rule, **detail)
+
+    # -- lifecycle (read-only views kept for callers of the former booleans) -----------------------------------
+
+    @property
+    def lifecycle(self) -> DeviceLifecycle:
+        """Where the device is in its life; it only moves by a transition of the table."""
+        return self._lifecycle
+
+    def _fire(self, event: LifecycleEvent) -> None:
+        self._lifecycle = next_state(self._lifecycle, event)
+
+    @property
+    def suspending(self) -> bool:
+        """SUSPEND was written and the device is quiescing (lifecycle SUSPENDING)."""
+        return self.lifecycle is _L.SUSPENDING
+
+    @suspending.setter
+    def suspending(self, value: bool) -> None:
+        """Deprecated test hook: ``suspending = True`` on a LIVE device enters SUSPENDING without scheduling the
+        quiesce check, so the device stops taking buffers (a backend that hangs). Use the driver's SUSPEND write
+        otherwise."""
+        if not value or self.lifecycle is not _L.LIVE:
+            raise ValueError("suspending can only be forced to True on a LIVE device")
+        self._fire(_E.SUSPEND)
+
+    @property
+    def suspended(self) -> bool:
+        """SUSPEND is acknowledged (SUSPENDED, or RESUMING until the device presents DRIVER_OK again)."""
+        return self.lifecycle in (_L.SUSPENDED, _L.RESUMING)
+
+    @property
+    def resuming(self) -> bool:
+        """DRIVER_OK was written to a suspended device and the resume is under way."""
+        return self.lifecycle is _L.RESUMING
+
+    def request_stuck(self) -> bool:
+        """Fault injection: a request in flight must not complete now (:class:`Faults`)."""
+        return self.faults.backend_hangs or (self.faults.quiesce_never_completes and self.suspending)
+
+    @property
+    def quiescent(self) -> bool:
+        """Suspending, suspended or resuming: no buffer taken, no notification, config changes deferred."""
+        return self.lifecycle in QUIESCENT
 
     # -- hooks for subclasses ---------------------------------------------------------------------------------
 
@@ -109,6 +171,7 @@ class VirtioDevice:
         return 0
 
     def config_size(self) -> int:
+        """Bytes of device-specific configuration (0: the device has none)."""
         return 0
 
     def read_config(self, offset: int, size: int) -> int:
@@ -141,22 +204,25 @@ class VirtioDevice:
     # -- features ---------------------------------------------------------------------------------------------
 
     def offered_features(self) -> int:
+        """Every feature bit the device offers: device-type bits, the transport bits pyvirtio implements, extras."""
         feats = self.device_features() | bit(Feature.VERSION_1) | bit(Feature.EVENT_IDX)
         feats |= bit(Feature.INDIRECT_DESC) | bit(Feature.RING_RESET)
         if self.offer_suspend:
             feats |= bit(Feature.SUSPEND)
-        return feats | self.extra_features
+        return feats | self.extra_features | self.transport_features
 
     def negotiated(self, feature: int) -> bool:
+        """``feature`` was accepted by the driver and FEATURES_OK is latched."""
         return bool(self.status & Status.FEATURES_OK) and bool(self.driver_features & bit(feature))
 
     def set_driver_features(self, value: int) -> None:
+        """The driver's feature bits; ignored (a violation) once FEATURES_OK is latched (§2.2)."""
         if self.status & Status.FEATURES_OK:
             self.violation("§2.2 driver MUST NOT accept new feature bits after FEATURES_OK", value=value)
             return
         self.driver_features = value
 
-    # -- status machine ---------------------------------------------------------------------------------------
+    # -- status writes ----------------------------------------------------------------------------------------
 
     def _present(self, value: int) -> None:
         if value != self.status:
@@ -164,7 +230,11 @@ class VirtioDevice:
             self.trace(Kind.STATUS, status=value)
 
     def write_status(self, value: int) -> None:
-        """A driver write of ``device status`` (already width-checked by the transport)."""
+        """A driver write of ``device status`` (already width-checked by the transport).
+
+        A write of 0 is the reset (:meth:`reset`). Any other write is screened for the spec's answer, then handed
+        to the handler of the current lifecycle state; at most one lifecycle transition follows.
+        """
         value &= 0xFF
         if value == 0:
             self.reset()
@@ -172,9 +242,11 @@ class VirtioDevice:
         cur = self.status
         # DEVICE_NEEDS_RESET is the device's bit; a driver write neither sets nor clears it.
         value = (value & ~Status.DEVICE_NEEDS_RESET) | (cur & Status.DEVICE_NEEDS_RESET)
-        if self.suspended and not self.resuming and value & Status.DRIVER_OK:
-            self._begin_resume(value)
-            return
+        self._STATUS_WRITE[self.lifecycle](self, cur, value)
+
+    def _screen(self, cur: int, value: int) -> tuple[int, bool] | None:
+        """The spec's answer to a non-zero status write: the value to present and whether SUSPEND is requested,
+        or None when the write is ignored. Violations are traced here."""
         want_suspend = bool(value & Status.SUSPEND) and not (cur & Status.SUSPEND)
         if want_suspend and not (cur & Status.DRIVER_OK and self.driver_features & bit(Feature.SUSPEND)):
             self.violation("Device Suspend: device MUST ignore SUSPEND unless DRIVER_OK and VIRTIO_F_SUSPEND",
@@ -182,30 +254,74 @@ class VirtioDevice:
             value &= ~Status.SUSPEND
             want_suspend = False
         cleared = cur & ~value & 0xFF
-        if self.suspending or self.resuming:
+        if self.lifecycle in (_L.SUSPENDING, _L.RESUMING):
             cleared &= ~(Status.SUSPEND | Status.DRIVER_OK)
         if cleared:
             self.violation("§2.1 driver MUST NOT clear a device status bit (only reset)", was=cur, value=value)
-            return
+            return None
         if value & Status.FEATURES_OK and not cur & Status.FEATURES_OK and not self._features_acceptable():
             value &= ~Status.FEATURES_OK
         if value & Status.DRIVER_OK and not cur & Status.DRIVER_OK and not value & Status.FEATURES_OK:
             self.violation("§3.1.1 driver sets DRIVER_OK only after FEATURES_OK", value=value)
             value &= ~Status.DRIVER_OK
-        if self.suspending or self.resuming:
-            return  # the device is busy changing state; the pending transition decides what it presents
-        if want_suspend:
-            self._present(value)  # SUSPEND written, not yet acknowledged: still shows DRIVER_OK
+        return value, want_suspend
+
+    def _write_configuring(self, cur: int, value: int) -> None:
+        """RESET, CONFIGURING, LIVE: the driver's init sequence (§3.1.1), and SUSPEND from LIVE."""
+        screened = self._screen(cur, value)
+        if screened is None:
+            return
+        value, want_suspend = screened
+        if self.lifecycle is _L.RESET and value:
+            self._fire(_E.CONFIGURE)
+        self._present(value)
+        if want_suspend:  # SUSPEND written, not yet acknowledged: the device still shows DRIVER_OK
             self._begin_suspend()
             return
-        self._present(value)
         if value & Status.FEATURES_OK and not cur & Status.FEATURES_OK:
             self.on_features_ok()
         if value & Status.DRIVER_OK and not cur & Status.DRIVER_OK:
+            self._fire(_E.DRIVER_OK)
             self.on_driver_ok()
             for i, q in enumerate(self.queues):
                 if q.ready:
                     self.kick(i)
+
+    def _write_in_transition(self, cur: int, value: int) -> None:
+        """SUSPENDING, RESUMING: the pending transition decides what the device presents; the write is ignored."""
+        self._screen(cur, value)
+
+    def _write_suspended(self, cur: int, value: int) -> None:
+        """SUSPENDED: DRIVER_OK resumes (Device Suspend); other bits may be added, none cleared."""
+        if value & Status.DRIVER_OK:
+            self._begin_resume(value)
+            return
+        screened = self._screen(cur, value)
+        if screened is not None:
+            self._present(screened[0])
+
+    def _write_needs_reset(self, cur: int, value: int) -> None:
+        """NEEDS_RESET: bits may be added (FAILED, say) but nothing starts: only a reset leaves this state."""
+        screened = self._screen(cur, value)
+        if screened is None:
+            return
+        value, want_suspend = screened
+        if want_suspend:
+            self.trace(Kind.DEVICE, event="suspend_ignored", why="device needs reset")
+            value &= ~Status.SUSPEND
+        self._present(value)
+        if value & Status.FEATURES_OK and not cur & Status.FEATURES_OK:
+            self.on_features_ok()
+
+    _STATUS_WRITE: ClassVar[dict[DeviceLifecycle, Callable[[VirtioDevice, int, int], None]]] = {
+        _L.RESET: _write_configuring,
+        _L.CONFIGURING: _write_configuring,
+        _L.LIVE: _write_configuring,
+        _L.SUSPENDING: _write_in_transition,
+        _L.SUSPENDED: _write_suspended,
+        _L.RESUMING: _write_in_transition,
+        _L.NEEDS_RESET: _write_needs_reset,
+    }
 
     def _features_acceptable(self) -> bool:
         offered = self.offered_features()
@@ -219,15 +335,18 @@ class VirtioDevice:
         return True
 
     def reset(self) -> None:
-        """Device reset (§2.4): status 0, queues non-live, in-flight work dropped. The transport unmaps vectors."""
+        """Device reset (§2.4), the one path for every reset: a status write of 0, a transport or bus reset.
+
+        Status 0, queues non-live, in-flight work dropped, device-type state dropped unless
+        ``retain_state_on_reset``. The transport resets its own state (vectors, selectors) itself.
+        """
         self._epoch += 1
         for q in self.queues:
             q.reset()
         self._inflight = [0] * len(self.queues)
         self._scheduled.clear()
         self.driver_features = 0
-        self.suspending = self.suspended = self.resuming = False
-        self._kicked_while_suspended.clear()
+        self._fire(_E.RESET)
         self.on_reset()
         # Config changes deferred while suspended are applied now (they happened; only the notification is lost).
         deferred, self._deferred_config = self._deferred_config, []
@@ -238,20 +357,22 @@ class VirtioDevice:
 
     def needs_reset(self, why: str) -> None:
         """Enter DEVICE_NEEDS_RESET; notify a config change if DRIVER_OK was set (§2.1.2)."""
-        if self.status & Status.DEVICE_NEEDS_RESET:
+        if self.lifecycle is _L.NEEDS_RESET:
             return
         self.trace(Kind.DEVICE, event="needs_reset", why=why)
         was_live = bool(self.status & Status.DRIVER_OK)
+        self._fire(_E.ERROR)
         self._present(self.status | Status.DEVICE_NEEDS_RESET)
-        self.suspending = self.resuming = False
         if was_live:
             self.ctx.notify_config()
 
     # -- bus mastering (QEMU: clearing COMMAND.MASTER drops DRIVER_OK and disables the device) ------------------
 
     def set_bus_master(self, enabled: bool) -> None:
+        """The transport turned bus mastering on or off. Off drops the presented DRIVER_OK (QEMU)."""
         self.disabled = not enabled
         if not enabled and self.status & Status.DRIVER_OK:
+            self._fire(_E.DRIVER_OK_CLEARED)
             self._present(self.status & ~Status.DRIVER_OK)
         if enabled:
             for i in range(len(self.queues)):
@@ -261,39 +382,40 @@ class VirtioDevice:
 
     def _begin_suspend(self) -> None:
         self.trace(Kind.PM, event="suspend_requested")
+        self._fire(_E.SUSPEND)
         if self.faults.suspend_fails:
             self.needs_reset("suspend failed")
             return
-        self.suspending = True
         self.after(self.latency, self._try_finish_suspend, label="suspend")
 
     def inflight(self) -> int:
+        """Chains popped and not yet completed, over every queue."""
         return sum(self._inflight)
 
     def _try_finish_suspend(self) -> None:
-        if not self.suspending:
+        if self.lifecycle is not _L.SUSPENDING:
             return
         if self.inflight() or not self.quiesced() or self.faults.quiesce_never_completes:
             return  # re-checked after every completion
-        self.suspending = False
-        self.suspended = True
+        self._fire(_E.QUIESCED)
         self._present((self.status | Status.SUSPEND) & ~Status.DRIVER_OK)
         self.trace(Kind.PM, event="suspended")
 
     def _begin_resume(self, value: int) -> None:
         if value & ~self.status & ~(Status.DRIVER_OK | Status.SUSPEND) & 0xFF:
             self.violation("Device Suspend: resume writes DRIVER_OK only", value=value)
-        self.resuming = True
+        self._fire(_E.RESUME)
         self._present(self.status | Status.DRIVER_OK)
         self.trace(Kind.PM, event="resume_requested")
         self.after(self.latency, self._finish_resume, label="resume")
 
     def _finish_resume(self) -> None:
-        self.resuming = False
+        if self.lifecycle is not _L.RESUMING:
+            return  # an error in between already set DEVICE_NEEDS_RESET
         if self.faults.resume_fails:
             self.needs_reset("resume failed")
             return
-        self.suspended = False
+        self._fire(_E.RESUMED)
         self._present((self.status & ~Status.SUSPEND) | Status.DRIVER_OK)
         self.trace(Kind.PM, event="resumed")
         deferred, self._deferred_config = self._deferred_config, []
@@ -313,7 +435,7 @@ class VirtioDevice:
 
     def config_change(self, apply: Callable[[], None]) -> None:
         """A device-initiated config change. Applied and notified now, or deferred until resume if suspended."""
-        if self.suspending or self.suspended:
+        if self.quiescent:
             self._deferred_config.append(apply)
             self.trace(Kind.DEVICE, event="config_change_deferred")
             return
@@ -323,7 +445,8 @@ class VirtioDevice:
             self.ctx.notify_config()
 
     def accepts_config_write(self) -> bool:
-        if self.suspended or self.suspending:
+        """Whether a driver write of the device config may go through (not while suspended, Device Suspend)."""
+        if self.quiescent:
             self.violation("Device Suspend: driver MUST NOT write device config while suspended")
             return False
         return True
@@ -331,24 +454,35 @@ class VirtioDevice:
     # -- queues -----------------------------------------------------------------------------------------------
 
     def can_process(self) -> bool:
+        """The device may take buffers now: DRIVER_OK presented, LIVE, bus mastering on."""
         return (
             bool(self.status & Status.DRIVER_OK)
-            and not self.status & Status.DEVICE_NEEDS_RESET
-            and not self.suspending
-            and not self.suspended
+            and self.lifecycle is _L.LIVE
             and not self.disabled
         )
 
+    def enable_queue(self, index: int) -> bool:
+        """The driver enabled queue ``index`` (§2.7): take EVENT_IDX / INDIRECT_DESC from the driver's features,
+        validate the rings and make the queue live. Unusable rings: DEVICE_NEEDS_RESET, False."""
+        dq = self.queues[index]
+        dq.event_idx = bool(self.driver_features & bit(Feature.EVENT_IDX))
+        dq.indirect = bool(self.driver_features & bit(Feature.INDIRECT_DESC))
+        try:
+            dq.activate()
+        except QueueError as e:
+            self.violation("§2.7 queue rings must be aligned and inside guest memory", queue=index, error=str(e))
+            self.needs_reset(f"queue {index}: {e}")
+            return False
+        return True
+
     def kick(self, index: int) -> None:
-        """The driver notified queue ``index`` (or the core wants it looked at): schedule a processing step."""
+        """The driver notified queue ``index`` (or the core wants it looked at): schedule a processing step.
+
+        Ignored while quiescent: the device looks at every queue again when it resumes."""
         if not 0 <= index < len(self.queues):
             self.violation("§4.1.4.5 notification for a queue that does not exist", queue=index)
             return
-        if self.suspended or self.suspending:
-            if not self.resuming:
-                self._kicked_while_suspended.add(index)
-            return
-        if index in self._scheduled:
+        if self.quiescent or index in self._scheduled:
             return
         self._scheduled.add(index)
         self.after(self.latency, lambda: self._run_queue(index), label=f"q{index}")
@@ -390,14 +524,14 @@ class VirtioDevice:
         q.push(chain.head, written)
         self._inflight[index] = max(0, self._inflight[index] - 1)
         self._maybe_notify(index)
-        if self.suspending:
+        if self.lifecycle is _L.SUSPENDING:
             self.after(0, self._try_finish_suspend, label="suspend")
 
     def _maybe_notify(self, index: int) -> None:
         if self.queues[index].needs_notification():
             self.ctx.notify_queue(index)
 
-    def after(self, delay: int, fn: Callable[[], None], label: str = "") -> Event:
+    def after(self, delay: int, fn: Callable[[], None], label: str = "") -> Cancellable:
         """Schedule device work; dropped if the device is reset first. Errors become DEVICE_NEEDS_RESET."""
         epoch = self._epoch
 

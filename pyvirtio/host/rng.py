@@ -12,7 +12,7 @@ import hashlib
 
 from pyvirtio.clock import US
 from pyvirtio.host.device import VirtioDevice
-from pyvirtio.spec.constants import RNG_REQUESTQ, DeviceId, PciClass
+from pyvirtio.spec.constants import RNG_REQUESTQ, DeviceId
 from pyvirtio.virtqueue.chain import DescriptorChain
 
 
@@ -25,6 +25,7 @@ class EntropySource:
         self._buf = b""
 
     def read(self, n: int) -> bytes:
+        """The next ``n`` bytes of the stream."""
         while len(self._buf) < n:
             block = hashlib.sha256(self.seed.to_bytes(8, "little") + self._counter.to_bytes(8, "little")).digest()
             self._counter += 1
@@ -37,7 +38,6 @@ class Rng(VirtioDevice):
     """The entropy device. ``bytes_per_us`` sets how fast requests complete in virtual time."""
 
     device_id = DeviceId.ENTROPY
-    pci_class = PciClass.OTHERS
     queue_sizes = (64,)
     #: largest chunk served per request (QEMU virtio-rng serves what the backend gives, often less than asked)
     MAX_CHUNK = 64 * 1024
@@ -50,6 +50,7 @@ class Rng(VirtioDevice):
         self.served = 0
 
     def process_queue(self, index: int) -> None:
+        """Take every request and fill it after ``latency + len / rate`` of virtual time (§5.4.6)."""
         if index != RNG_REQUESTQ:
             return
         while self.can_process():
@@ -61,7 +62,7 @@ class Rng(VirtioDevice):
             self.after(delay, functools.partial(self._fill, chain, n), label="rng-fill")
 
     def _fill(self, chain: DescriptorChain, n: int) -> None:
-        if self.faults.quiesce_never_completes and self.suspending:
+        if self.request_stuck():
             return  # the request is stuck in the backend forever
         written = chain.write(self.ctx.memory, self.source.read(n))
         self.served += written

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 
+from pyvirtio.clock import US
 from pyvirtio.host.device import VirtioDevice
 from pyvirtio.spec.constants import DeviceId
 
@@ -15,21 +16,27 @@ TESTDEV_CONFIG_SIZE = 16
 
 
 class TestDevice(VirtioDevice):
+    """The test device (id 0x3F): a 16-byte config and one echo queue."""
+
     device_id = DeviceId.TEST
     queue_sizes = (16,)
     __test__ = False  # not a pytest class
 
-    def __init__(self, name: str = "testdev", **kw: object) -> None:
-        super().__init__(name, **kw)  # type: ignore[arg-type]
+    def __init__(self, name: str = "testdev", *, offer_suspend: bool = True, latency: int = 10 * US) -> None:
+        """A test device named ``name``; the keywords are :class:`VirtioDevice`'s."""
+        super().__init__(name, offer_suspend=offer_suspend, latency=latency)
         self.config = bytearray(TESTDEV_CONFIG_SIZE)
 
     def config_size(self) -> int:
+        """Sixteen bytes: value, scratch, wide."""
         return TESTDEV_CONFIG_SIZE
 
     def read_config(self, offset: int, size: int) -> int:
+        """Little-endian bytes of the config."""
         return int.from_bytes(self.config[offset : offset + size], "little")
 
     def write_config(self, offset: int, size: int, value: int) -> None:
+        """Only ``scratch`` (offset 4, 4 bytes) is writable; other writes are ignored."""
         if offset == 4 and size == 4:
             struct.pack_into("<I", self.config, 4, value)
 
@@ -44,6 +51,7 @@ class TestDevice(VirtioDevice):
         self.config_change(apply)
 
     def process_queue(self, index: int) -> None:
+        """Echo: copy each buffer's readable bytes into its writable part."""
         while self.can_process():
             chain = self.pop(index)
             if chain is None:

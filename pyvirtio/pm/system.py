@@ -91,9 +91,9 @@ def install_notifiers(guest: Guest, drv: GpuDriver) -> None:
 
 
 def _plug(machine: Machine, dev: VirtioDevice, opts: PlugOptions) -> tuple[VirtioPciFunction, FreezeModeDevice | None]:
-    fn = machine.plug(dev, pcie_port=opts.pcie_port, no_soft_reset=opts.no_soft_reset, freeze_mode=opts.freeze_mode)
-    # when Machine.plug takes freeze_mode_bit= and builds the field itself, this is fn.freeze_mode
-    return fn, FreezeModeDevice(fn, feature_bit=opts.freeze_mode_bit) if opts.freeze_mode else None
+    fn = machine.plug(dev, pcie_port=opts.pcie_port, no_soft_reset=opts.no_soft_reset,
+                      freeze_mode_bit=opts.freeze_mode_bit if opts.freeze_mode else None)
+    return fn, fn.freeze_mode
 
 
 def _plug_all(plan: BuildPlan, cfg: ScenarioConfig,

@@ -11,10 +11,9 @@ from pyvirtio.guest.driver import VirtioDriver
 from pyvirtio.guest.freeze_mode import set_freeze_mode
 from pyvirtio.guest.kernel import DevicePm, Guest, KernelConfig, PmPath
 from pyvirtio.guest.rng import RngDriver
-from pyvirtio.host.pci.freeze_mode import FreezeModeDevice
 from pyvirtio.host.pci.function import ResetKind
 from pyvirtio.machine import Machine
-from pyvirtio.spec.constants import CommonCfg, FreezeMode, PowerState
+from pyvirtio.spec.constants import FREEZE_MODE_FEATURE_DEFAULT, CommonCfg, FreezeMode, PowerState
 
 
 def s3(machine: Machine, guest: Guest) -> None:
@@ -124,8 +123,9 @@ def test_freeze_mode_handshake_takes_time_and_survives_reset() -> None:
     m = Machine(32 << 20)
     dev = TestDevice()
     dev.state_bytes = lambda: 400 << 20  # type: ignore[method-assign]
-    fn = m.plug(dev, freeze_mode=True)
-    fm = FreezeModeDevice(fn, feature_bit=44)
+    fn = m.plug(dev, freeze_mode_bit=44)
+    fm = fn.freeze_mode
+    assert fm is not None and fm.feature_bit == 44
     kernel = KernelConfig(freeze_mode=True, freeze_mode_bit=44)
     g = Guest(m, kernel)
     drv = g.bind(VirtioDriver(m, fn, g.alloc, name="testdev", extra_features=kernel.driver_features()))
@@ -150,7 +150,8 @@ def test_freeze_mode_handshake_takes_time_and_survives_reset() -> None:
 def test_freeze_mode_rejects_undefined_values_and_missing_feature() -> None:
     m = Machine(32 << 20)
     fn = m.plug(TestDevice(), freeze_mode=True)
-    fm = FreezeModeDevice(fn)
+    fm = fn.freeze_mode
+    assert fm is not None and fm.feature_bit == FREEZE_MODE_FEATURE_DEFAULT
     drv = VirtioDriver(m, fn, Guest(m, KernelConfig()).alloc, name="testdev")
     drv.probe()  # without the freeze_mode bit
     drv.t.write(CommonCfg.FREEZE_MODE, 3)
@@ -158,4 +159,4 @@ def test_freeze_mode_rejects_undefined_values_and_missing_feature() -> None:
     assert fm.mode == 0
     assert any("freeze_mode" in str(e.detail["rule"]) for e in m.trace.violations())
     with pytest.raises(ValueError):
-        FreezeModeDevice(fn, feature_bit=43)
+        m.plug(TestDevice("t2"), freeze_mode_bit=43)

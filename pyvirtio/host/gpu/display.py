@@ -37,6 +37,8 @@ class Display:
 
 @dataclass(frozen=True, slots=True)
 class Rect:
+    """A ``struct virtio_gpu_rect``: position and size in pixels."""
+
     x: int
     y: int
     width: int
@@ -70,6 +72,7 @@ class Cursor:
 
     @property
     def visible(self) -> bool:
+        """A cursor resource is bound."""
         return self.resource_id != 0
 
 
@@ -86,9 +89,11 @@ class Scanout:
 
     @property
     def enabled(self) -> bool:
+        """A resource is bound (SET_SCANOUT with a non-zero resource id)."""
         return self.resource_id != 0
 
     def disable(self) -> None:
+        """Unbind: no resource, empty rectangle, no blob framebuffer (the cursor stays)."""
         self.resource_id = 0
         self.rect = Rect(0, 0, 0, 0)
         self.blob_fb = None

@@ -64,17 +64,21 @@ class Resource:
 
     @property
     def resource_id(self) -> int:
+        """The resource id (alias of ``id``)."""
         return self.id
 
     @property
     def stride(self) -> int:
+        """Bytes per row of the host image (4 bytes per pixel)."""
         return self.width * GPU_BYTES_PER_PIXEL
 
     @property
     def backing_size(self) -> int:
+        """Total bytes of the attached mem entries (0 without backing)."""
         return sum(e.length for e in self.backing) if self.backing else 0
 
     def attach(self, entries: list[MemEntry]) -> None:
+        """RESOURCE_ATTACH_BACKING: remember the mem entries (already validated against guest RAM)."""
         self.backing = entries
         self._starts = []
         pos = 0
@@ -83,6 +87,7 @@ class Resource:
             pos += e.length
 
     def detach(self) -> None:
+        """RESOURCE_DETACH_BACKING: forget the mem entries."""
         self.backing = None
         self._starts = []
 

@@ -1,4 +1,10 @@
-"""A 4 KiB PCI configuration space with write masks and a capability list builder."""
+"""A 4 KiB PCI configuration space with write masks and a capability list builder.
+
+Contract. Guest writes go through :meth:`ConfigSpace.guest_write`: a bit changes only where the write mask
+allows it, and a 1 written where the write-1-to-clear mask is set clears that bit. The device side (``set``)
+ignores the masks. Capabilities are dword aligned and must fit the 256-byte legacy space (ValueError otherwise,
+a construction error, never a guest one).
+"""
 
 from __future__ import annotations
 
@@ -18,12 +24,15 @@ class ConfigSpace:
         self._next_free = 0x40
 
     def get(self, offset: int, size: int) -> int:
+        """Little-endian value of ``size`` bytes at ``offset`` (no masks: the device's view)."""
         return int.from_bytes(self.data[offset : offset + size], "little")
 
     def set(self, offset: int, size: int, value: int) -> None:
+        """Store ``value`` in ``size`` bytes at ``offset`` regardless of the masks (device side)."""
         self.data[offset : offset + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
 
     def set_wmask(self, offset: int, size: int, mask: int) -> None:
+        """Which bits of ``size`` bytes at ``offset`` a guest may write."""
         self.wmask[offset : offset + size] = mask.to_bytes(size, "little")
 
     def guest_write(self, offset: int, size: int, value: int) -> None:

@@ -2,7 +2,8 @@
 
 * ``le16 freeze_mode`` at the END of the common config (offset 64), so no existing offset moves;
 * a feature bit: the spec never assigned one, so pyvirtio uses a configurable bit from the "future extensions"
-  range, 44 by default (:data:`~pyvirtio.spec.constants.FREEZE_MODE_FEATURE_DEFAULT`) — NOT a spec number;
+  range 44..49 (:func:`check_freeze_mode_bit`), 44 by default
+  (:data:`~pyvirtio.spec.constants.FREEZE_MODE_FEATURE_DEFAULT`) — NOT a spec number;
 * defined values UNFREEZE = 0 and FREEZE_S3 = 3 (others ignored);
 * a request/response handshake: the driver writes the mode, then polls the field until the device reports the
   mode reached, because freezing gigabytes of device state takes time (Parav Pandit's objection). The device
@@ -10,40 +11,98 @@
 
 While FREEZE_S3 is reached, a reset (the driver's, or the machine's on S3 wake) keeps the device-type state
 (virtio-gpu resources); the virtio transport state (status, queues, vectors) is still reset.
+
+Contract. A function plugged with ``PciOptions(freeze_mode_bit=N)`` builds its :class:`FreezeModeDevice` itself
+and offers bit ``N`` from the start (``fn.freeze_mode``); nothing is patched after construction.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from pyvirtio.clock import US, S
-from pyvirtio.host.pci.function import VirtioPciFunction
+from pyvirtio.host.context import DeviceScheduler, DeviceTrace
+from pyvirtio.host.device import VirtioDevice
 from pyvirtio.spec.constants import FREEZE_MODE_FEATURE_DEFAULT, FreezeMode, bit
 from pyvirtio.trace import Kind
 
 #: device-side freeze bandwidth: how fast the device can make its state persistent across a reset
 FREEZE_BYTES_PER_S = 4 << 30
+#: The "reserved for future extensions" feature bits the proposal's bit may take (virtio 1.4 §6: 38..49 less
+#: those assigned since).
+FREEZE_MODE_BITS = range(44, 50)
+
+
+def check_freeze_mode_bit(feature_bit: int) -> int:
+    """``feature_bit`` if it lies in the unassigned range 44..49, else ValueError (the one place of this check)."""
+    if feature_bit not in FREEZE_MODE_BITS:
+        raise ValueError("the freeze_mode feature bit must come from the unassigned range 44..49")
+    return feature_bit
+
+
+class _Options(Protocol):
+    @property
+    def freeze_mode_bit(self) -> int | None:
+        """The bit the function offers for the field (None: no field)."""
+
+
+class FreezeModeHost(Protocol):
+    """What the handshake uses of its function (a :class:`~pyvirtio.host.pci.function.VirtioPciFunction`)."""
+
+    freeze_mode: FreezeModeDevice | None
+
+    @property
+    def name(self) -> str:
+        """The function's (and its device's) name, for the trace."""
+
+    @property
+    def device(self) -> VirtioDevice:
+        """The device behind the function."""
+
+    @property
+    def scheduler(self) -> DeviceScheduler:
+        """The clock the handshake takes time on."""
+
+    @property
+    def trace(self) -> DeviceTrace:
+        """Where the handshake records the mode reached."""
+
+    @property
+    def options(self) -> _Options:
+        """How the function was plugged."""
 
 
 class FreezeModeDevice:
-    """Device side of the handshake, installed on a function plugged with ``freeze_mode=True``."""
+    """Device side of the handshake for one function (``fn.freeze_mode``).
 
-    def __init__(self, fn: VirtioPciFunction, *, feature_bit: int = FREEZE_MODE_FEATURE_DEFAULT,
+    Built by :class:`~pyvirtio.host.pci.function.VirtioPciFunction` from its options. Deprecated: calling it on
+    a function that already has one (``FreezeModeDevice(fn, feature_bit=fn.freeze_mode.feature_bit)``, the old
+    post-plug wiring) replaces that function's handler with the new object, which then serves offset 64.
+    """
+
+    def __init__(self, fn: FreezeModeHost, *, feature_bit: int = FREEZE_MODE_FEATURE_DEFAULT,
                  bytes_per_s: int = FREEZE_BYTES_PER_S) -> None:
-        if not 44 <= feature_bit <= 49:
-            raise ValueError("the freeze_mode feature bit must come from the unassigned range 44..49")
-        if not fn.options.freeze_mode:
+        check_freeze_mode_bit(feature_bit)
+        if fn.options.freeze_mode_bit is None:
             raise ValueError("plug the device with freeze_mode=True to expose offset 64")
+        if feature_bit != fn.options.freeze_mode_bit:
+            raise ValueError(f"the function offers freeze_mode bit {fn.options.freeze_mode_bit}, not {feature_bit}: "
+                             f"plug it with freeze_mode_bit={feature_bit}")
         self.fn = fn
         self.feature_bit = feature_bit
         self.bytes_per_s = bytes_per_s
         self.mode = int(FreezeMode.UNFREEZE)  # the mode reached, what reads return
         self._pending: int | None = None
-        fn.device.extra_features |= bit(feature_bit)
-        fn.freeze_mode_handler = self
+        common = getattr(fn, "common", None)
+        if common is not None:  # the deprecated post-plug call: this object takes over the field
+            fn.freeze_mode = common.freeze_mode = self
 
     def read_freeze_mode(self) -> int:
+        """The mode reached (the previous one while a change is under way)."""
         return self.mode
 
     def write_freeze_mode(self, value: int) -> None:
+        """A driver request: ignored (a violation) without the feature or for an undefined value."""
         dev = self.fn.device
         if not dev.driver_features & bit(self.feature_bit):
             dev.violation("freeze_mode: written without the feature negotiated", value=value)
@@ -67,3 +126,6 @@ class FreezeModeDevice:
         self.mode = value
         self.fn.device.retain_state_on_reset = value == FreezeMode.FREEZE_S3
         self.fn.trace.record(Kind.PM, self.fn.name, event="freeze_mode", mode=value)
+
+
+__all__ = ["FREEZE_BYTES_PER_S", "FREEZE_MODE_BITS", "FreezeModeDevice", "FreezeModeHost", "check_freeze_mode_bit"]

@@ -4,10 +4,14 @@ Layout (QEMU ``virtio-pci.c``): BAR1 holds the MSI-X table (offset 0) and PBA (0
 BAR4 holds common config (0x0000), ISR (0x1000), device config (0x2000) and notify (0x3000, multiplier 4).
 Capabilities: [PCI Express, PM] when on a PCIe port, then COMMON, NOTIFY, ISR, DEVICE, PCI_CFG, MSI-X.
 
-The four guest-facing methods are :meth:`config_read`, :meth:`config_write`, :meth:`bar_read` and
-:meth:`bar_write`. Every access is validated: wrong width or misalignment is ignored (reads give 0, or all-ones
-outside a structure, as QEMU); register values out of range get the spec's answer. Nothing a guest writes can
-raise out of these methods.
+Contract. The four guest-facing methods are :meth:`VirtioPciFunction.config_read`, ``config_write``,
+``bar_read`` and ``bar_write``. Every access is validated: wrong width or misalignment is ignored (reads give 0,
+or all-ones outside a structure, as QEMU); register values out of range get the spec's answer. Nothing a guest
+writes can raise out of these methods.
+
+This module holds the configuration space, BAR routing, the ISR and INTx, queue notifications and the resets;
+the common-config register file is :mod:`pyvirtio.host.pci.common_cfg`, MSI-X is :mod:`pyvirtio.host.pci.msix`.
+The function is also the :class:`~pyvirtio.host.context.DeviceContext` its device sees.
 """
 
 from __future__ import annotations
@@ -18,14 +22,14 @@ from enum import Enum
 from typing import Protocol
 
 from pyvirtio.clock import Scheduler
-from pyvirtio.errors import QueueError
 from pyvirtio.host.device import VirtioDevice
+from pyvirtio.host.pci.common_cfg import CommonConfig, FreezeModeHandler
 from pyvirtio.host.pci.configspace import ConfigSpace, pack_virtio_cap
+from pyvirtio.host.pci.freeze_mode import FreezeModeDevice, check_freeze_mode_bit
+from pyvirtio.host.pci.msix import MSIX_BAR_SIZE, MsiSink, Msix
 from pyvirtio.memory import GuestMemory
 from pyvirtio.spec.constants import (
-    COMMON_CFG_SIZE,
-    COMMON_CFG_SIZE_WITH_FREEZE_MODE,
-    COMMON_CFG_WIDTH,
+    FREEZE_MODE_FEATURE_DEFAULT,
     MSI_ADDRESS_BASE,
     PCI_BAR0,
     PCI_BAR_MEM64,
@@ -35,12 +39,7 @@ from pyvirtio.spec.constants import (
     PCI_DEVICE_ID,
     PCI_HEADER_TYPE,
     PCI_INTERRUPT_PIN,
-    PCI_MSIX_CAP_SIZE,
-    PCI_MSIX_ENTRY_CTRL_MASKBIT,
-    PCI_MSIX_ENTRY_SIZE,
     PCI_MSIX_FLAGS,
-    PCI_MSIX_FLAGS_ENABLE,
-    PCI_MSIX_FLAGS_MASKALL,
     PCI_NUM_BARS,
     PCI_PM_CAP_SIZE,
     PCI_PM_CTRL,
@@ -70,9 +69,9 @@ from pyvirtio.spec.constants import (
     VIRTIO_PCI_NOTIFY_CAP_LEN,
     VIRTIO_PCI_REVISION_MODERN,
     VIRTIO_PCI_VENDOR_ID,
-    CommonCfg,
-    Feature,
+    DeviceId,
     PciCapId,
+    PciClass,
     PciCommand,
     PciStatusReg,
     Pmcsr,
@@ -83,9 +82,10 @@ from pyvirtio.spec.constants import (
 )
 from pyvirtio.trace import Kind, Trace
 
-MSIX_BAR_SIZE = 0x1000
-MSIX_PBA_OFFSET = 0x800
 MODERN_BAR_SIZE = 0x4000
+
+#: The PCI class code of each virtio device type (QEMU's virtio-*-pci wrappers); others are OTHERS.
+PCI_CLASS: dict[DeviceId, PciClass] = {DeviceId.GPU: PciClass.DISPLAY_OTHER}
 
 
 class ResetKind(Enum):
@@ -95,30 +95,34 @@ class ResetKind(Enum):
     WAKEUP = "wakeup"  # x86 S3 wake-up: pc_machine_wakeup resets every device
 
 
-class InterruptSink(Protocol):
-    """The machine side of interrupt delivery."""
+class InterruptSink(MsiSink, Protocol):
+    """The machine side of interrupt delivery: MSI messages and the INTx line."""
 
-    def msi(self, src: str, address: int, data: int, vector: int) -> None: ...
-
-    def intx(self, src: str, level: bool) -> None: ...
+    def intx(self, src: str, level: bool) -> None:
+        """Drive ``src``'s INTx line to ``level``."""
 
 
 @dataclass
 class PciOptions:
-    """How a function is plugged. ``pcie_port`` puts it behind a PCIe root port (QEMU then adds the PM cap)."""
+    """How a function is plugged. ``pcie_port`` puts it behind a PCIe root port (QEMU then adds the PM cap).
+
+    ``freeze_mode_bit`` exposes the 2023 freeze_mode field at common-config offset 64 behind that feature bit
+    (None: no field). ``freeze_mode=True`` alone means the default bit
+    (:data:`~pyvirtio.spec.constants.FREEZE_MODE_FEATURE_DEFAULT`); the two fields always agree.
+    """
 
     pcie_port: bool = False
     no_soft_reset: bool = False  # QEMU x-pcie-pm-no-soft-reset: PMCSR bit 3, only meaningful with pcie_port
     msix_vectors: int | None = None  # default: queues + 1
-    freeze_mode: bool = False  # expose the 2023 freeze_mode field at common-cfg offset 64 (see host.pci.freeze_mode)
+    freeze_mode: bool = False  # kept in step with freeze_mode_bit (see host.pci.freeze_mode)
+    freeze_mode_bit: int | None = None
 
-
-class FreezeModeHandler(Protocol):
-    """Extension point for the common-config ``freeze_mode`` field at offset 64 (the 2023 proposal)."""
-
-    def read_freeze_mode(self) -> int: ...
-
-    def write_freeze_mode(self, value: int) -> None: ...
+    def __post_init__(self) -> None:
+        if self.freeze_mode and self.freeze_mode_bit is None:
+            self.freeze_mode_bit = FREEZE_MODE_FEATURE_DEFAULT
+        if self.freeze_mode_bit is not None:
+            check_freeze_mode_bit(self.freeze_mode_bit)
+            self.freeze_mode = True
 
 
 class VirtioPciFunction:
@@ -141,18 +145,19 @@ class VirtioPciFunction:
         self.trace = trace
         self.irq = irq
         self.options = options or PciOptions()
-        self.freeze_mode_handler: FreezeModeHandler | None = None
-        device.attach(self)
+        fm_bit = self.options.freeze_mode_bit
+        #: the freeze_mode field's device side, or None when the function has no such field
+        self.freeze_mode = FreezeModeDevice(self, feature_bit=fm_bit) if fm_bit is not None else None
+        device.attach(self, transport_features=bit(fm_bit) if fm_bit is not None else 0)
         nq = len(device.queues)
-        self.nvectors = self.options.msix_vectors if self.options.msix_vectors is not None else nq + 1
-        if not 1 <= self.nvectors <= 0x800:
-            raise ValueError("MSI-X table size must be 1..2048")
+        nvectors = self.options.msix_vectors if self.options.msix_vectors is not None else nq + 1
         self.cfg = ConfigSpace()
+        self.msix = Msix(self.cfg, nvectors, sink=irq, trace=trace, name=self.name)
+        self.common = CommonConfig(device, nvectors=nvectors, trace=trace, reset=self._virtio_reset,
+                                   freeze_mode=self.freeze_mode)
         self.bar_sizes = [0] * PCI_NUM_BARS
         self.bar_flags = [0] * PCI_NUM_BARS
-        self.msix_table = bytearray(self.nvectors * PCI_MSIX_ENTRY_SIZE)
-        self.msix_pending = [False] * self.nvectors
-        self._mask_all_entries()
+        self.isr = 0
         self._build_config_space()
         self._reset_transport()
 
@@ -163,7 +168,7 @@ class VirtioPciFunction:
         c.set(PCI_VENDOR_ID, 2, VIRTIO_PCI_VENDOR_ID)
         c.set(PCI_DEVICE_ID, 2, VIRTIO_PCI_MODERN_DEVICE_ID_BASE + int(self.device.device_id))
         c.set(PCI_REVISION_ID, 1, VIRTIO_PCI_REVISION_MODERN)
-        c.set(PCI_CLASS_PROG, 3, int(self.device.pci_class))
+        c.set(PCI_CLASS_PROG, 3, int(PCI_CLASS.get(self.device.device_id, PciClass.OTHERS)))
         c.set(PCI_HEADER_TYPE, 1, 0)
         c.set(PCI_SUBSYSTEM_VENDOR_ID, 2, QEMU_SUBSYSTEM_VENDOR_ID)
         c.set(PCI_SUBSYSTEM_ID, 2, QEMU_SUBSYSTEM_DEVICE_ID)
@@ -182,10 +187,9 @@ class VirtioPciFunction:
             if self.options.no_soft_reset:  # read-only to the guest: not in wmask
                 c.set(self.pm_cap + PCI_PM_CTRL, 2, Pmcsr.NO_SOFT_RESET)
             c.w1cmask[self.pm_cap + PCI_PM_CTRL + 1] = Pmcsr.PME_STATUS >> 8
-        common_len = COMMON_CFG_SIZE_WITH_FREEZE_MODE if self.options.freeze_mode else COMMON_CFG_SIZE
         self.common_cap = c.add_capability(
             PciCapId.VENDOR,
-            pack_virtio_cap(VirtioPciCap.COMMON_CFG, QEMU_MODERN_BAR, QEMU_COMMON_OFFSET, common_len,
+            pack_virtio_cap(VirtioPciCap.COMMON_CFG, QEMU_MODERN_BAR, QEMU_COMMON_OFFSET, self.common.size,
                             VIRTIO_PCI_CAP_LEN),
         )
         nq = max(1, len(self.device.queues))
@@ -215,12 +219,7 @@ class VirtioPciFunction:
         c.set_wmask(self.pci_cfg_cap + 8, 4, 0xFFFFFFFF)
         c.set_wmask(self.pci_cfg_cap + 12, 4, 0xFFFFFFFF)
         c.set_wmask(self.pci_cfg_cap + VIRTIO_PCI_CFG_DATA, 4, 0xFFFFFFFF)
-        self.msix_cap = c.add_capability(
-            PciCapId.MSIX,
-            struct.pack("<HII", self.nvectors - 1, 0 | QEMU_MSIX_BAR, MSIX_PBA_OFFSET | QEMU_MSIX_BAR),
-            size=PCI_MSIX_CAP_SIZE,
-        )
-        c.set_wmask(self.msix_cap + PCI_MSIX_FLAGS + 1, 1, (PCI_MSIX_FLAGS_ENABLE | PCI_MSIX_FLAGS_MASKALL) >> 8)
+        self.msix_cap = self.msix.add_capability()
 
     def _add_bar(self, index: int, size: int, flags: int) -> None:
         self.bar_sizes[index] = size
@@ -231,40 +230,52 @@ class VirtioPciFunction:
         if flags & PCI_BAR_MEM64:
             self.cfg.set_wmask(off + 4, 4, 0xFFFFFFFF)
 
-    def _mask_all_entries(self) -> None:
-        """PCI 3.0: after reset every MSI-X table entry is zero with its Mask bit set."""
-        for v in range(self.nvectors):
-            struct.pack_into("<IIII", self.msix_table, v * PCI_MSIX_ENTRY_SIZE, 0, 0, 0, PCI_MSIX_ENTRY_CTRL_MASKBIT)
+    # -- state --------------------------------------------------------------------------------------------------
 
-    # -- transport state --------------------------------------------------------------------------------------
+    @property
+    def nvectors(self) -> int:
+        """Entries in the MSI-X table."""
+        return self.msix.nvectors
 
-    def _reset_transport(self) -> None:
-        """Transport part of a virtio reset: all vectors unmapped (NO_VECTOR), selectors cleared."""
-        self.device_feature_select = 0
-        self.driver_feature_select = 0
-        self.queue_select = 0
-        self.config_vector = VIRTIO_MSI_NO_VECTOR
-        self.queue_vectors = [VIRTIO_MSI_NO_VECTOR] * len(self.device.queues)
-        self.isr = 0
-        self._set_intx(False)
+    @property
+    def freeze_mode_handler(self) -> FreezeModeHandler | None:
+        """What serves common-config offset 64 (the freeze_mode field), None without the field."""
+        return self.common.freeze_mode
 
     @property
     def command(self) -> int:
+        """The PCI COMMAND register."""
         return self.cfg.get(PCI_COMMAND, 2)
 
     @property
     def msix_enabled(self) -> bool:
-        return bool(self.cfg.get(self.msix_cap + PCI_MSIX_FLAGS, 2) & PCI_MSIX_FLAGS_ENABLE)
+        """MSI-X Enable is set in the capability."""
+        return self.msix.enabled
 
     @property
     def power_state(self) -> PowerState:
+        """PMCSR PowerState (always D0 without the PM capability)."""
         if not self.pm_cap:
             return PowerState.D0
         return PowerState(self.cfg.get(self.pm_cap + PCI_PM_CTRL, 2) & Pmcsr.STATE_MASK)
 
     @property
     def no_soft_reset(self) -> bool:
+        """PMCSR No_Soft_Reset: a D3hot -> D0 transition keeps the function's state (PCIe)."""
         return bool(self.pm_cap) and bool(self.cfg.get(self.pm_cap + PCI_PM_CTRL, 2) & Pmcsr.NO_SOFT_RESET)
+
+    # -- resets -------------------------------------------------------------------------------------------------
+
+    def _reset_transport(self) -> None:
+        """Transport part of a virtio reset: all vectors unmapped (NO_VECTOR), selectors cleared, ISR 0."""
+        self.common.reset()
+        self.isr = 0
+        self._set_intx(False)
+
+    def _virtio_reset(self) -> None:
+        """Virtio reset (§2.4), device and transport: the one path for a status write of 0 and a bus reset."""
+        self.device.reset()
+        self._reset_transport()
 
     def system_reset(self, kind: ResetKind = ResetKind.COLD) -> bool:
         """A bus or machine reset (QEMU ``virtio_pci_bus_reset_hold``). Returns False if it was skipped.
@@ -275,8 +286,7 @@ class VirtioPciFunction:
         if self.no_soft_reset and self.power_state is PowerState.D3HOT:
             self.trace.record(Kind.RESET, self.name, kind=kind.value, skipped="No_Soft_Reset in D3hot")
             return False
-        self.device.reset()
-        self._reset_transport()
+        self._virtio_reset()
         # PCI core reset of config registers: command, BARs, MSI-X control and table, PowerState back to D0.
         self.cfg.set(PCI_COMMAND, 2, 0)
         self.device.set_bus_master(False)
@@ -285,10 +295,7 @@ class VirtioPciFunction:
                 self.cfg.set(PCI_BAR0 + 4 * i, 4, self.bar_flags[i])
                 if self.bar_flags[i] & PCI_BAR_MEM64:
                     self.cfg.set(PCI_BAR0 + 4 * i + 4, 4, 0)
-        flags = self.cfg.get(self.msix_cap + PCI_MSIX_FLAGS, 2)
-        self.cfg.set(self.msix_cap + PCI_MSIX_FLAGS, 2, flags & ~(PCI_MSIX_FLAGS_ENABLE | PCI_MSIX_FLAGS_MASKALL))
-        self._mask_all_entries()
-        self.msix_pending = [False] * self.nvectors
+        self.msix.reset()
         if self.pm_cap:
             pmcsr = self.cfg.get(self.pm_cap + PCI_PM_CTRL, 2)
             self.cfg.set(self.pm_cap + PCI_PM_CTRL, 2, pmcsr & ~Pmcsr.STATE_MASK)
@@ -298,47 +305,25 @@ class VirtioPciFunction:
     # -- DeviceContext: notifications ---------------------------------------------------------------------------
 
     def notify_queue(self, index: int) -> None:
-        vector = self.queue_vectors[index] if index < len(self.queue_vectors) else VIRTIO_MSI_NO_VECTOR
-        self._signal(VIRTIO_PCI_ISR_QUEUE, vector, f"queue{index}")
+        """Used-buffer notification for queue ``index``: its MSI-X vector, or ISR bit 0 and INTx."""
+        self._signal(VIRTIO_PCI_ISR_QUEUE, self.common.queue_vector(index), f"queue{index}")
 
     def notify_config(self) -> None:
+        """Configuration-change notification: the config vector, or ISR bits 0 and 1 and INTx."""
         # QEMU sets both ISR bits on a config change (the spec requires bit 1).
-        self._signal(VIRTIO_PCI_ISR_QUEUE | VIRTIO_PCI_ISR_CONFIG, self.config_vector, "config")
+        self._signal(VIRTIO_PCI_ISR_QUEUE | VIRTIO_PCI_ISR_CONFIG, self.common.config_vector, "config")
 
     def _signal(self, isr_bits: int, vector: int, why: str) -> None:
         if self.device.disabled:
             self.trace.record(Kind.INTERRUPT, self.name, why=why, dropped="bus master off")
             return
-        if self.msix_enabled:
+        if self.msix.enabled:
             if vector == VIRTIO_MSI_NO_VECTOR:
                 return  # §4.1.5.1.3: no interrupt for an unmapped event
-            self._msix_send(vector, why)
+            self.msix.send(vector, why)
             return
         self.isr |= isr_bits
         self._set_intx(True)
-
-    def _msix_entry(self, vector: int) -> tuple[int, int, int, int]:
-        lo, hi, data, ctrl = struct.unpack_from("<IIII", self.msix_table, vector * PCI_MSIX_ENTRY_SIZE)
-        return lo, hi, data, ctrl
-
-    def _msix_masked(self, vector: int) -> bool:
-        maskall = self.cfg.get(self.msix_cap + PCI_MSIX_FLAGS, 2) & PCI_MSIX_FLAGS_MASKALL
-        return bool(maskall) or bool(self._msix_entry(vector)[3] & PCI_MSIX_ENTRY_CTRL_MASKBIT)
-
-    def _msix_send(self, vector: int, why: str) -> None:
-        if self._msix_masked(vector):
-            self.msix_pending[vector] = True
-            self.trace.record(Kind.INTERRUPT, self.name, vector=vector, why=why, pending=True)
-            return
-        lo, hi, data, _ = self._msix_entry(vector)
-        self.trace.record(Kind.INTERRUPT, self.name, vector=vector, why=why)
-        self.irq.msi(self.name, (hi << 32) | lo, data, vector)
-
-    def _msix_unmasked(self) -> None:
-        for v in range(self.nvectors):
-            if self.msix_pending[v] and not self._msix_masked(v):
-                self.msix_pending[v] = False
-                self._msix_send(v, "pending")
 
     def _set_intx(self, level: bool) -> None:
         status = self.cfg.get(PCI_STATUS, 2)
@@ -351,6 +336,7 @@ class VirtioPciFunction:
     # -- guest accessors: configuration space -------------------------------------------------------------------
 
     def config_read(self, offset: int, size: int) -> int:
+        """A guest read of configuration space: 1, 2 or 4 aligned bytes (else all-ones)."""
         if size not in (1, 2, 4) or offset % size or not 0 <= offset <= 0x1000 - size:
             self.trace.record(Kind.VIOLATION, self.name, rule="PCI config access must be aligned 1/2/4 bytes",
                               offset=offset, size=size)
@@ -363,6 +349,8 @@ class VirtioPciFunction:
         return value
 
     def config_write(self, offset: int, size: int, value: int) -> None:
+        """A guest write of configuration space, through the write masks; COMMAND, PMCSR, MSI-X
+        control and the PCI_CFG window take effect."""
         if size not in (1, 2, 4) or offset % size or not 0 <= offset <= 0x1000 - size:
             self.trace.record(Kind.VIOLATION, self.name, rule="PCI config access must be aligned 1/2/4 bytes",
                               offset=offset, size=size)
@@ -370,17 +358,15 @@ class VirtioPciFunction:
         value &= (1 << (8 * size)) - 1
         self.trace.record(Kind.CONFIG_WRITE, self.name, offset=offset, size=size, value=value)
         old_command = self.command
-        old_msix = self.cfg.get(self.msix_cap + PCI_MSIX_FLAGS, 2)
+        old_msix = self.msix.flags
         old_pmcsr = self.cfg.get(self.pm_cap + PCI_PM_CTRL, 2) if self.pm_cap else 0
         self.cfg.guest_write(offset, size, value)
         if _covers(offset, size, PCI_COMMAND):
             self._command_written(old_command)
         if self.pm_cap and _overlaps(offset, size, self.pm_cap + PCI_PM_CTRL, 2):
             self._pmcsr_written(old_pmcsr)
-        if _overlaps(offset, size, self.msix_cap + PCI_MSIX_FLAGS, 2):
-            new = self.cfg.get(self.msix_cap + PCI_MSIX_FLAGS, 2)
-            if new != old_msix:
-                self._msix_unmasked()
+        if _overlaps(offset, size, self.msix_cap + PCI_MSIX_FLAGS, 2) and self.msix.flags != old_msix:
+            self.msix.deliver_pending()
         data_off = self.pci_cfg_cap + VIRTIO_PCI_CFG_DATA
         if offset < data_off + 4 and data_off < offset + size:
             self._pci_cfg_window(value, offset, size, value)
@@ -413,9 +399,7 @@ class VirtioPciFunction:
         length = self.cfg.get(cap + 12, 4)
         data_off = cap + VIRTIO_PCI_CFG_DATA
         if offset != data_off or size != 4 or length not in (1, 2, 4) or boff % length:
-            if write is None:
-                return value
-            return value
+            return value  # only a dword access of the data field, with a valid window, goes through
         if write is None:
             v = self.bar_read(bar, boff, length)
             self.cfg.set(data_off, 4, v)
@@ -429,6 +413,7 @@ class VirtioPciFunction:
         return self.power_state is PowerState.D0 and bool(self.command & PciCommand.MEMORY)
 
     def bar_read(self, bar: int, offset: int, size: int) -> int:
+        """A guest read of a BAR: all-ones outside a BAR or while memory decoding is off or not in D0."""
         ones = (1 << (8 * size)) - 1 if size in (1, 2, 4, 8) else 0xFFFFFFFF
         if size not in (1, 2, 4) or not 0 <= bar < PCI_NUM_BARS or not 0 <= offset <= self.bar_sizes[bar] - size:
             self.trace.record(Kind.VIOLATION, self.name, rule="BAR access outside a BAR", bar=bar, offset=offset)
@@ -441,6 +426,7 @@ class VirtioPciFunction:
         return value
 
     def bar_write(self, bar: int, offset: int, size: int, value: int) -> None:
+        """A guest write of a BAR, routed to MSI-X, common config, device config or notify."""
         if size not in (1, 2, 4) or not 0 <= bar < PCI_NUM_BARS or not 0 <= offset <= self.bar_sizes[bar] - size:
             self.trace.record(Kind.VIOLATION, self.name, rule="BAR access outside a BAR", bar=bar, offset=offset)
             return
@@ -454,11 +440,11 @@ class VirtioPciFunction:
 
     def _bar_read(self, bar: int, offset: int, size: int) -> int:
         if bar == QEMU_MSIX_BAR:
-            return self._msix_bar_read(offset, size)
+            return self.msix.bar_read(offset, size)
         region, roff = divmod(offset, QEMU_REGION_SIZE)
         base = region * QEMU_REGION_SIZE
         if base == QEMU_COMMON_OFFSET:
-            return self._common_read(roff, size)
+            return self.common.read(roff, size)
         if base == QEMU_ISR_OFFSET:
             if roff != 0:
                 return 0
@@ -477,12 +463,12 @@ class VirtioPciFunction:
 
     def _bar_write(self, bar: int, offset: int, size: int, value: int) -> None:
         if bar == QEMU_MSIX_BAR:
-            self._msix_bar_write(offset, size, value)
+            self.msix.bar_write(offset, size, value)
             return
         region, roff = divmod(offset, QEMU_REGION_SIZE)
         base = region * QEMU_REGION_SIZE
         if base == QEMU_COMMON_OFFSET:
-            self._common_write(roff, size, value)
+            self.common.write(roff, size, value)
         elif base == QEMU_DEVICE_OFFSET:
             if (size > 1 and roff % size) or roff + size > self.device.config_size():
                 self.device.violation("§4.1.4.6 device config write outside the config or misaligned", offset=roff)
@@ -507,174 +493,6 @@ class VirtioPciFunction:
         elif not self.device.status & Status.DRIVER_OK:
             self.device.violation("§3.1.1 driver MUST NOT notify before DRIVER_OK", queue=queue)
         self.device.kick(queue)
-
-    # -- MSI-X table and PBA ----------------------------------------------------------------------------------
-
-    def _msix_bar_read(self, offset: int, size: int) -> int:
-        if offset < len(self.msix_table):
-            if offset % size:
-                return 0
-            return int.from_bytes(self.msix_table[offset : offset + size], "little")
-        if offset >= MSIX_PBA_OFFSET:
-            bits = sum(1 << v for v, p in enumerate(self.msix_pending) if p)
-            shift = (offset - MSIX_PBA_OFFSET) * 8
-            return (bits >> shift) & ((1 << (8 * size)) - 1)
-        return 0
-
-    def _msix_bar_write(self, offset: int, size: int, value: int) -> None:
-        if offset + size > len(self.msix_table) or offset % size:
-            return  # PBA is read-only; outside the table nothing is there
-        self.msix_table[offset : offset + size] = value.to_bytes(size, "little")
-        if offset % PCI_MSIX_ENTRY_SIZE >= 12:
-            self._msix_unmasked()
-
-    # -- common configuration (§4.1.4.3) ------------------------------------------------------------------------
-
-    def _common_field(self, off: int, size: int, write: bool) -> bool:
-        width = COMMON_CFG_WIDTH.get(off)
-        limit = COMMON_CFG_SIZE_WITH_FREEZE_MODE if self.options.freeze_mode else COMMON_CFG_SIZE
-        if width is None or width != size or off >= limit:
-            self.device.violation("§4.1.4.3.2 common config fields must be accessed at their natural width",
-                                  offset=off, size=size, write=write)
-            return False
-        return True
-
-    def _selected(self) -> int | None:
-        q = self.queue_select
-        return q if q < len(self.device.queues) else None
-
-    def _common_read(self, off: int, size: int) -> int:
-        if not self._common_field(off, size, False):
-            return 0
-        d = self.device
-        q = self._selected()
-        dq = d.queues[q] if q is not None else None
-        match off:
-            case CommonCfg.DEVICE_FEATURE_SELECT:
-                return self.device_feature_select
-            case CommonCfg.DEVICE_FEATURE:
-                return (d.offered_features() >> (32 * self.device_feature_select)) & 0xFFFFFFFF \
-                    if self.device_feature_select < 8 else 0
-            case CommonCfg.DRIVER_FEATURE_SELECT:
-                return self.driver_feature_select
-            case CommonCfg.DRIVER_FEATURE:
-                return (d.driver_features >> (32 * self.driver_feature_select)) & 0xFFFFFFFF \
-                    if self.driver_feature_select < 8 else 0
-            case CommonCfg.CONFIG_MSIX_VECTOR:
-                return self.config_vector
-            case CommonCfg.NUM_QUEUES:
-                return len(d.queues)
-            case CommonCfg.DEVICE_STATUS:
-                return d.status
-            case CommonCfg.CONFIG_GENERATION:
-                return d.config_generation
-            case CommonCfg.QUEUE_SELECT:
-                return self.queue_select
-            case CommonCfg.QUEUE_SIZE:
-                return dq.size if dq else 0
-            case CommonCfg.QUEUE_MSIX_VECTOR:
-                return self.queue_vectors[q] if q is not None else VIRTIO_MSI_NO_VECTOR
-            case CommonCfg.QUEUE_ENABLE:
-                return int(dq.ready) if dq else 0
-            case CommonCfg.QUEUE_NOTIFY_OFF:
-                return q if q is not None else 0
-            case CommonCfg.QUEUE_DESC_LO:
-                return dq.desc_table & 0xFFFFFFFF if dq else 0
-            case CommonCfg.QUEUE_DESC_HI:
-                return dq.desc_table >> 32 if dq else 0
-            case CommonCfg.QUEUE_DRIVER_LO:
-                return dq.avail_ring & 0xFFFFFFFF if dq else 0
-            case CommonCfg.QUEUE_DRIVER_HI:
-                return dq.avail_ring >> 32 if dq else 0
-            case CommonCfg.QUEUE_DEVICE_LO:
-                return dq.used_ring & 0xFFFFFFFF if dq else 0
-            case CommonCfg.QUEUE_DEVICE_HI:
-                return dq.used_ring >> 32 if dq else 0
-            case CommonCfg.FREEZE_MODE:
-                return self.freeze_mode_handler.read_freeze_mode() if self.freeze_mode_handler else 0
-            case _:  # queue_notif_config_data, queue_reset (synchronous: reads 0), admin queue fields (none)
-                return 0
-
-    def _common_write(self, off: int, size: int, value: int) -> None:
-        if not self._common_field(off, size, True):
-            return
-        d = self.device
-        q = self._selected()
-        dq = d.queues[q] if q is not None else None
-        match off:
-            case CommonCfg.DEVICE_FEATURE_SELECT:
-                self.device_feature_select = value
-            case CommonCfg.DRIVER_FEATURE_SELECT:
-                self.driver_feature_select = value
-            case CommonCfg.DRIVER_FEATURE:
-                if self.driver_feature_select < 8:
-                    shift = 32 * self.driver_feature_select
-                    d.set_driver_features((d.driver_features & ~(0xFFFFFFFF << shift)) | (value << shift))
-            case CommonCfg.CONFIG_MSIX_VECTOR:
-                self.config_vector = value if value < self.nvectors else VIRTIO_MSI_NO_VECTOR
-            case CommonCfg.DEVICE_STATUS:
-                if value == 0:
-                    d.reset()
-                    self._reset_transport()
-                else:
-                    d.write_status(value)
-            case CommonCfg.QUEUE_SELECT:
-                self.queue_select = value
-            case CommonCfg.QUEUE_SIZE if dq is not None:
-                if dq.ready:
-                    d.violation("§4.1.4.3.2 queue_size written while the queue is enabled", queue=q)
-                elif not dq.set_size(value):
-                    d.violation("§2.7 split queue size must be a power of 2 no larger than the maximum",
-                                queue=q, value=value)
-            case CommonCfg.QUEUE_MSIX_VECTOR if q is not None:
-                self.queue_vectors[q] = value if value < self.nvectors else VIRTIO_MSI_NO_VECTOR
-            case CommonCfg.QUEUE_ENABLE if dq is not None and q is not None:
-                self._queue_enable(q, value)
-            case (CommonCfg.QUEUE_DESC_LO | CommonCfg.QUEUE_DESC_HI | CommonCfg.QUEUE_DRIVER_LO
-                  | CommonCfg.QUEUE_DRIVER_HI | CommonCfg.QUEUE_DEVICE_LO | CommonCfg.QUEUE_DEVICE_HI) \
-                    if dq is not None:
-                if dq.ready:
-                    d.violation("§4.1.4.3.2 queue addresses written while the queue is enabled", queue=q)
-                    return
-                attr = {int(CommonCfg.QUEUE_DESC_LO): "desc_table", CommonCfg.QUEUE_DESC_HI: "desc_table",
-                        CommonCfg.QUEUE_DRIVER_LO: "avail_ring", CommonCfg.QUEUE_DRIVER_HI: "avail_ring",
-                        CommonCfg.QUEUE_DEVICE_LO: "used_ring", CommonCfg.QUEUE_DEVICE_HI: "used_ring"}[off]
-                cur = getattr(dq, attr)
-                if off % 8 == 0:
-                    setattr(dq, attr, (cur & ~0xFFFFFFFF) | value)
-                else:
-                    setattr(dq, attr, (cur & 0xFFFFFFFF) | (value << 32))
-            case CommonCfg.QUEUE_RESET if q is not None:
-                if value == 1 and d.negotiated(Feature.RING_RESET):
-                    d.queue_reset(q)
-                    self.trace.record(Kind.QUEUE, self.name, queue=q, event="reset")
-            case CommonCfg.FREEZE_MODE if self.freeze_mode_handler is not None:
-                self.freeze_mode_handler.write_freeze_mode(value)
-            case _:
-                d.violation("§4.1.4.3 write to a read-only common config field", offset=off, value=value)
-
-    def _queue_enable(self, q: int, value: int) -> None:
-        d = self.device
-        dq = d.queues[q]
-        if value != 1:
-            # §4.1.4.3.2: the driver MUST NOT write 0 to queue_enable. QEMU answers with virtio_error.
-            d.violation("§4.1.4.3.2 driver MUST NOT write 0 to queue_enable", queue=q)
-            d.needs_reset("queue_enable written with 0")
-            return
-        if dq.ready:
-            return
-        if dq.size == 0:
-            d.violation("§4.1.4.3.2 queue enabled with size 0", queue=q)
-            return
-        dq.event_idx = bool(d.driver_features & bit(Feature.EVENT_IDX))
-        dq.indirect = bool(d.driver_features & bit(Feature.INDIRECT_DESC))
-        try:
-            dq.activate()
-        except QueueError as e:
-            d.violation("§2.7 queue rings must be aligned and inside guest memory", queue=q, error=str(e))
-            d.needs_reset(f"queue {q}: {e}")
-            return
-        self.trace.record(Kind.QUEUE, self.name, queue=q, event="enabled", size=dq.size, desc=dq.desc_table)
 
 
 def _covers(offset: int, size: int, target: int) -> bool:
