@@ -23,12 +23,8 @@ _ADDR_LIMIT = 1 << 64
 _WHAT = "allocator state"
 
 
-class AllocatorStateError(InvalidStateError, ValueError):
-    """Allocator state failed re-validation.
-
-    An :class:`~pyvirtio.errors.InvalidStateError`; also a ValueError for callers that caught the ValueError
-    this module used to raise (``pyvirtio.pm.system.boot_from_image``) — a transition, not a contract.
-    """
+class AllocatorStateError(InvalidStateError):
+    """Allocator state failed re-validation (one line naming the field)."""
 
 
 def _bad(name: str, value: object, why: str) -> AllocatorStateError:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from pyvirtio.cli.common import MACHINE_CHOICE, out
 from pyvirtio.guest.transport import (
     MsixCapability,
     PciCapability,
@@ -35,7 +35,6 @@ from pyvirtio.spec.constants import (
 if TYPE_CHECKING:
     from pyvirtio.machine import Machine
 
-console = Console()
 
 #: ``--device`` choices, in the order they are documented
 DEVICE_CHOICES = ("gpu", "rng", "test")
@@ -67,7 +66,7 @@ def build_machine(machine_type: str, devices: tuple[str, ...], pcie_port: bool, 
 
 
 @click.command()
-@click.option("--machine", "machine_type", type=click.Choice(["q35", "pc"]), default="q35", show_default=True)
+@click.option("--machine", "machine_type", type=MACHINE_CHOICE, default="q35", show_default=True)
 @click.option("--device", "devices", multiple=True, type=click.Choice(DEVICE_CHOICES),
               help="Devices to plug (repeatable). Default: gpu and rng.")
 @click.option("--pcie-port/--root-bus", default=True, show_default=True,
@@ -82,13 +81,13 @@ def info(machine_type: str, devices: tuple[str, ...], pcie_port: bool, no_soft_r
     if machine_type == "pc":
         pcie_port = False
     m = build_machine(machine_type, devices, pcie_port, no_soft_reset)
-    console.print(f"[bold]machine[/] {machine_type}, {m.memory.size >> 20} MiB guest RAM, {len(m.functions)} functions")
+    out.print(f"[bold]machine[/] {machine_type}, {m.memory.size >> 20} MiB guest RAM, {len(m.functions)} functions")
     for slot, fn in enumerate(m.functions):
         t = PciTransport(fn, m, fn.name)
         t.enable_device()  # memory decoding on, as a driver would, so the BAR structures answer
         vid, did = fn.config_read(PCI_VENDOR_ID, 2), fn.config_read(PCI_DEVICE_ID, 2)
         rev_class = fn.config_read(PCI_REVISION_ID, 4)
-        console.print(f"\n[bold cyan]00:{slot + 2:02x}.0 {fn.name}[/]  {vid:04x}:{did:04x} rev {rev_class & 0xFF} "
+        out.print(f"\n[bold cyan]00:{slot + 2:02x}.0 {fn.name}[/]  {vid:04x}:{did:04x} rev {rev_class & 0xFF} "
                       f"class {rev_class >> 8:06x}  virtio id {t.device_id} ({_dev_name(t.device_id)})")
         bars = Table(title="BARs", show_edge=False)
         for col in ("BAR", "size", "type"):
@@ -100,17 +99,17 @@ def info(machine_type: str, devices: tuple[str, ...], pcie_port: bool, no_soft_r
                 kind = (("64-bit " if flags & PCI_BAR_MEM64 else "32-bit ")
                         + ("prefetchable mem" if flags & PCI_BAR_PREFETCH else "mem"))
                 bars.add_row(str(i), f"{size:#x}", kind)
-        console.print(bars)
+        out.print(bars)
         caps = Table(title="capabilities (walked through config_read)", show_edge=False)
         for col in ("offset", "capability", "details"):
             caps.add_column(col)
         for cap in t.capabilities:
             caps.add_row(f"{cap.pos:#04x}", *describe_capability(cap))
-        console.print(caps)
+        out.print(caps)
         feats = t.device_features()
-        console.print(f"features {feats:#018x}: " + ", ".join(feature_names(t.device_id, feats)))
+        out.print(f"features {feats:#018x}: " + ", ".join(feature_names(t.device_id, feats)))
         qs = [t.queue_max_size(i) for i in range(t.num_queues())]
-        console.print(f"queues {len(qs)} (max sizes {qs}), MSI-X vectors {t.msix_table_size()}, "
+        out.print(f"queues {len(qs)} (max sizes {qs}), MSI-X vectors {t.msix_table_size()}, "
                       f"PM {f'D{int(t.power_state())}' if t.pm_cap else 'none'}"
                       f"{', No_Soft_Reset' if t.supports_pm_no_reset() else ''}")
 

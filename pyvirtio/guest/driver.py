@@ -153,7 +153,7 @@ class VirtioDriver:
         name: str = "virtio",
         use_msix: bool = True,
         accept_suspend: bool = True,
-        extra_features: int | None = None,
+        extra_features: int = 0,
         transport: Transport | None = None,
     ) -> None:
         if transport is None:
@@ -170,9 +170,7 @@ class VirtioDriver:
             raise DriverError(f"{name}: device id {self.t.device_id} is not {self.device_id}")
         self.use_msix = use_msix
         #: transport-level bits a kernel extension understands (e.g. the freeze_mode proposal's bit)
-        self.extra_features = extra_features or 0
-        #: whether the constructor was told :attr:`extra_features` (False: Guest.bind may still add to them)
-        self.extra_features_explicit = extra_features is not None
+        self.extra_features = extra_features
         self.accept_suspend = accept_suspend
         self.features = 0
         self.vqs: list[DriverQueue] = []

@@ -50,6 +50,12 @@ class SleepRefused(PyvirtioError):
     """A PM notifier or a device's suspend callback refused the transition; the guest stays awake."""
 
 
+class SleepAborted(SleepRefused):
+    """A device's ``.suspend``/``.freeze`` callback failed (the others were rolled back); the guest stays awake.
+
+    Distinct from a notifier's refusal, which happens before any device is touched."""
+
+
 @dataclass(frozen=True)
 class KernelConfig:
     """What the guest kernel's virtio core does on PM transitions."""
@@ -125,14 +131,11 @@ class Guest:
         """Bind ``drv`` to this kernel (probing it unless ``probe`` is False, as for an image kernel's drivers,
         which load their state instead) and add it to the PM order.
 
-        The driver must offer :meth:`KernelConfig.driver_features`: a driver built with ``extra_features=`` that
-        lacks one raises :class:`DriverError`. A driver built without ``extra_features`` gets them added here —
-        the compatibility path for callers that predate the keyword; it goes once they all pass it.
+        The driver must have been built offering :meth:`KernelConfig.driver_features` (``extra_features=``); a
+        driver that lacks one raises :class:`DriverError`: the kernel never patches a driver after construction.
         """
         need = self.kernel.driver_features()
-        if not drv.extra_features_explicit:
-            drv.extra_features |= need  # compatibility path (see the docstring)
-        elif need & ~drv.extra_features:
+        if need & ~drv.extra_features:
             raise DriverError(f"{drv.name}: driver offers extra features {drv.extra_features:#x}, kernel "
                               f"{self.kernel.name} needs {need:#x} (pass extra_features=driver_features())")
         if probe:
@@ -233,7 +236,7 @@ class Guest:
             for drv in reversed(done):
                 self.dev_resume(drv, self.pm[drv.name])
             self.notify(PmEvent.POST_SUSPEND)
-            raise SleepRefused(f"device suspend failed: {e}") from e
+            raise SleepAborted(f"device suspend failed: {e}") from e
         for drv in reversed(self.drivers):
             self._suspend_noirq(drv, self.pm[drv.name])
 
@@ -258,7 +261,7 @@ class Guest:
             self.trace(event="freeze_aborted", why=str(e))
             for drv in reversed(done):
                 self._restore(drv)
-            raise SleepRefused(f"device freeze failed: {e}") from e
+            raise SleepAborted(f"device freeze failed: {e}") from e
 
     def restore_all(self) -> None:
         """Hibernation ``.thaw`` / ``.restore``: virtio_pci_restore, in probe order."""

@@ -93,7 +93,7 @@ class RngDriver(VirtioDriver):
         name: str = "virtio",
         use_msix: bool = True,
         accept_suspend: bool = True,
-        extra_features: int | None = None,
+        extra_features: int = 0,
         transport: Transport | None = None,
     ) -> None:
         super().__init__(platform, fn, alloc, name=name, use_msix=use_msix, accept_suspend=accept_suspend,

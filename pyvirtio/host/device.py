@@ -136,15 +136,6 @@ class VirtioDevice:
         """SUSPEND was written and the device is quiescing (lifecycle SUSPENDING)."""
         return self.lifecycle is _L.SUSPENDING
 
-    @suspending.setter
-    def suspending(self, value: bool) -> None:
-        """Deprecated test hook: ``suspending = True`` on a LIVE device enters SUSPENDING without scheduling the
-        quiesce check, so the device stops taking buffers (a backend that hangs). Use the driver's SUSPEND write
-        otherwise."""
-        if not value or self.lifecycle is not _L.LIVE:
-            raise ValueError("suspending can only be forced to True on a LIVE device")
-        self._fire(_E.SUSPEND)
-
     @property
     def suspended(self) -> bool:
         """SUSPEND is acknowledged (SUSPENDED, or RESUMING until the device presents DRIVER_OK again)."""

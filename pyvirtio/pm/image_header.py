@@ -22,7 +22,7 @@ from pyvirtio.pm.profiles import Profile, parse_profile
 
 #: Version of the header's content (the kinds and state formats): a change that old readers would misread bumps
 #: it. Version 1 (no ``header_version`` key) stored Python class paths.
-HEADER_VERSION = 2
+HEADER_VERSION = 3
 #: The drivers an image holds state for, in probe order.
 DRIVER_NAMES = ("gpu", "rng")
 _KEYS = {"header_version", "profile", "freeze_mode_bit", "config", "kernel", "allocator", "gpu_driver", "drivers"}

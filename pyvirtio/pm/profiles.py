@@ -17,20 +17,17 @@ from enum import Enum
 from pyvirtio.errors import UserInputError
 from pyvirtio.guest.gpu.flavours import GpuDriverKind
 from pyvirtio.guest.kernel import KernelConfig
+from pyvirtio.host.pci.freeze_mode import check_freeze_mode_bit as check_device_freeze_mode_bit
 from pyvirtio.spec.constants import FREEZE_MODE_FEATURE_DEFAULT, bit
-
-#: The feature bits the freeze_mode proposal may use: the spec's "reserved for future extensions" range. The
-#: spec never assigned one (see :data:`~pyvirtio.spec.constants.FREEZE_MODE_FEATURE_DEFAULT`).
-FREEZE_MODE_FEATURE_BITS = range(44, 50)
 
 
 def check_freeze_mode_bit(n: int) -> int:
-    """``n`` if it may carry the freeze_mode feature (:data:`FREEZE_MODE_FEATURE_BITS`), else a one-line
-    :class:`UserInputError`. The one place the range is checked."""
-    if n not in FREEZE_MODE_FEATURE_BITS:
-        raise UserInputError(f"--freeze-mode-bit must be in the unassigned range "
-                             f"{FREEZE_MODE_FEATURE_BITS.start}..{FREEZE_MODE_FEATURE_BITS.stop - 1}")
-    return n
+    """``n`` if it may carry the freeze_mode feature, else a one-line :class:`UserInputError` (the range check
+    itself is the device's, :func:`pyvirtio.host.pci.freeze_mode.check_freeze_mode_bit`)."""
+    try:
+        return check_device_freeze_mode_bit(n)
+    except ValueError as e:
+        raise UserInputError(f"--freeze-mode-bit: {e}") from None
 
 
 class Mechanism(Enum):

@@ -22,7 +22,7 @@ import numpy as np
 
 from pyvirtio.clock import MS
 from pyvirtio.errors import PyvirtioError
-from pyvirtio.guest.kernel import PmEvent, SleepRefused
+from pyvirtio.guest.kernel import PmEvent, SleepAborted, SleepRefused
 from pyvirtio.host.pci.function import ResetKind
 from pyvirtio.pm import gpu_probe as gpu
 from pyvirtio.pm.config import ScenarioConfig
@@ -157,15 +157,12 @@ def _rng_alive(system: System) -> bool:
 def _suspend_and_resume(system: System, cell: CellResult, *, s2idle: bool) -> None:
     m, guest = system.machine, system.guest
     t0 = m.now
-    mark = len(m.trace)
     try:
         guest.suspend(s2idle=s2idle)
-    except SleepRefused as e:
-        # Guest.suspend runs the notifier chain, then the device callbacks; it records suspend_aborted in the
-        # trace when a device callback failed (and rolls the others back). Without that, a notifier refused.
-        aborted = any(ev.kind is Kind.PM and ev.detail.get("event") == "suspend_aborted"
-                      for ev in m.trace.events[mark:])
-        raise _SleepFailed(Outcome.ABORTED if aborted else Outcome.REFUSED, str(e)) from e
+    except SleepAborted as e:  # a device callback failed (the others were rolled back)
+        raise _SleepFailed(Outcome.ABORTED, str(e)) from e
+    except SleepRefused as e:  # a notifier refused before any device was touched
+        raise _SleepFailed(Outcome.REFUSED, str(e)) from e
     cell.suspend_ms = _ms(m.now - t0)
     m.stop_cpu()
     m.trace.record(Kind.PM, "machine", event="sleep",

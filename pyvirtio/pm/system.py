@@ -71,16 +71,12 @@ def make_gpu_device(device: GpuDeviceConfig, cfg: ScenarioConfig) -> PmGpu:
 
 def make_gpu_driver(plan: BuildPlan, machine: Machine, fn: VirtioPciFunction, alloc: GuestAllocator) -> GpuDriver:
     """The guest's virtio-gpu driver of the plan's flavour (looked up in :data:`FLAVOURS`)."""
-    drv = FLAVOURS[plan.gpu_driver](machine, fn, alloc, name="gpu")
-    drv.extra_features |= plan.driver_features  # becomes the constructor's extra_features= keyword
-    return drv
+    return FLAVOURS[plan.gpu_driver](machine, fn, alloc, name="gpu", extra_features=plan.driver_features)
 
 
 def make_rng_driver(plan: BuildPlan, machine: Machine, fn: VirtioPciFunction, alloc: GuestAllocator) -> RngDriver:
     """The guest's virtio-rng driver."""
-    drv = RngDriver(machine, fn, alloc, name="rng")
-    drv.extra_features |= plan.driver_features  # becomes the constructor's extra_features= keyword
-    return drv
+    return RngDriver(machine, fn, alloc, name="rng", extra_features=plan.driver_features)
 
 
 def install_notifiers(guest: Guest, drv: GpuDriver) -> None:
@@ -164,7 +160,7 @@ def boot_from_image(path: str | Path) -> System:
     guest = Guest(machine, plan.kernel)
     try:
         guest.alloc = GuestAllocator.from_state(machine.memory, h.allocator)
-    except ValueError as e:
+    except InvalidStateError as e:
         raise UserInputError(f"S4 image {path}: {e}") from None
     gdrv = make_gpu_driver(plan, machine, gfn, guest.alloc)
     rdrv = make_rng_driver(plan, machine, rfn, guest.alloc)

@@ -65,6 +65,8 @@ def bit(n: int) -> int:
 #: The abandoned 2023 freeze_mode proposal never got a feature bit; pyvirtio uses a configurable one from the
 #: "reserved for future extensions" range 44..49. It is NOT assigned by the spec.
 FREEZE_MODE_FEATURE_DEFAULT = 44
+#: the bits the freeze_mode proposal may use: the spec's "reserved for future extensions" range (never assigned)
+FREEZE_MODE_FEATURE_BITS = range(44, 50)
 
 # --------------------------------------------------------------------------------------------------------------
 # Device ids and PCI identity (§2.1)

@@ -348,8 +348,7 @@ class Board:
 
 def test_bind_checks_the_kernel_features_instead_of_patching() -> None:
     """``KernelConfig.driver_features``: a freeze_mode kernel's drivers offer its bit. A driver built with the
-    bit negotiates it; one built with ``extra_features`` lacking it is refused; one built without the keyword
-    gets it (the compatibility path)."""
+    bit negotiates it; one built without it is refused, and bind never patches the driver."""
     kernel = KernelConfig(freeze_mode=True, freeze_mode_bit=44)
     assert kernel.driver_features() == bit(44) and KernelConfig().driver_features() == 0
     r = rig()
@@ -358,9 +357,10 @@ def test_bind_checks_the_kernel_features_instead_of_patching() -> None:
     assert good.has(44)
     with pytest.raises(DriverError, match="needs 0x100000000000"):
         guest.bind(VirtioDriver(r.platform, rig().fn, guest.alloc, name="b", extra_features=0))
-    legacy = VirtioDriver(r.platform, rig().fn, guest.alloc, name="c")
-    guest.bind(legacy, probe=False)
-    assert legacy.extra_features == bit(44)
+    plain = VirtioDriver(r.platform, rig().fn, guest.alloc, name="c")
+    with pytest.raises(DriverError, match="needs 0x100000000000"):
+        guest.bind(plain, probe=False)
+    assert plain.extra_features == 0
 
 
 def test_driver_state_strict_and_core_parsing() -> None:

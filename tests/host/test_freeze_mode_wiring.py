@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyvirtio.host.pci.freeze_mode import FREEZE_MODE_BITS, FreezeModeDevice, check_freeze_mode_bit
+from pyvirtio.host.pci.freeze_mode import FreezeModeDevice, check_freeze_mode_bit
 from pyvirtio.host.pci.function import PciOptions
 from pyvirtio.host.testdev import TestDevice
 from pyvirtio.machine import Machine
@@ -21,6 +21,7 @@ from pyvirtio.spec.constants import (
     PciCommand,
     bit,
 )
+from pyvirtio.spec.constants import FREEZE_MODE_FEATURE_BITS as FREEZE_MODE_BITS
 
 
 def _offered(fn) -> int:  # type: ignore[no-untyped-def]
@@ -86,16 +87,3 @@ def test_without_the_field_nothing_is_offered_and_offset_64_is_not_there() -> No
     assert _common_cap_length(fn) == COMMON_CFG_SIZE
     assert fn.bar_read(QEMU_MODERN_BAR, QEMU_COMMON_OFFSET + CommonCfg.FREEZE_MODE, 2) == 0
     assert m.trace.violations()
-
-
-def test_deprecated_post_plug_call_takes_over_the_same_bit_only() -> None:
-    """The old wiring (``FreezeModeDevice(fn, feature_bit=...)`` after plugging) still works for the bit the
-    function offers, and refuses another bit or a function without the field."""
-    m = Machine(8 << 20)
-    fn = m.plug(TestDevice(), freeze_mode=True)
-    fm = FreezeModeDevice(fn, feature_bit=FREEZE_MODE_FEATURE_DEFAULT)
-    assert fn.freeze_mode_handler is fm and fn.freeze_mode is fm
-    with pytest.raises(ValueError, match="freeze_mode_bit=45"):
-        FreezeModeDevice(fn, feature_bit=45)
-    with pytest.raises(ValueError, match="freeze_mode=True"):
-        FreezeModeDevice(m.plug(TestDevice("t2")))

@@ -92,7 +92,7 @@ def test_drain_timeout_aborts_the_freeze() -> None:
 
     system = build_system(parse_profile("s4-replay"), ScenarioConfig(resources=0))
     system.gpu_dev.faults.quiesce_never_completes = True
-    system.gpu_dev.suspending = True  # the backend hangs on the next command
+    system.gpu_dev.faults.backend_hangs = True  # the backend hangs on the next command
     system.gpu_drv.submit(0x0100, b"", fence=True)
     system.machine.run_for(1_000_000)
     with pytest.raises(SleepRefused, match="ETIMEDOUT"):
@@ -157,7 +157,7 @@ def _virgl(system: System) -> None:
 
 def _hang(system: System) -> None:
     system.gpu_dev.faults.quiesce_never_completes = True
-    system.gpu_dev.suspending = True  # the backend hangs on the next command
+    system.gpu_dev.faults.backend_hangs = True  # the backend hangs on the next command
     system.gpu_drv.submit(0x0100, b"", fence=True)
 
 

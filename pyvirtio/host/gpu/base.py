@@ -59,6 +59,7 @@ class GpuBase(VirtioDevice):
     num_scanouts: int
     host_memory_limit: int
     blob_alignment: int
+    offer_blob_alignment: bool
     num_capsets: int
     displays: list[Display]
     resources: dict[int, Resource]

@@ -167,7 +167,8 @@ class Commands2D(GpuBase):
                            blob_mem=blob_mem)
         if size == 0:
             raise GpuError(GpuResp.ERR_INVALID_PARAMETER, "blob size 0")
-        if self.negotiated(GpuFeature.BLOB_ALIGNMENT) and size % self.blob_alignment:
+        # bit 5 is BLOB_ALIGNMENT only on a device that offered it (on a 2023 FREEZING device it is FREEZING)
+        if self.offer_blob_alignment and self.negotiated(GpuFeature.BLOB_ALIGNMENT) and size % self.blob_alignment:
             raise GpuError(GpuResp.ERR_INVALID_PARAMETER, "§5.7.6.8 driver MUST align blob size to blob_alignment",
                            size=size, blob_alignment=self.blob_alignment)
         if virgl and p.hdr.ctx_id not in self.contexts:

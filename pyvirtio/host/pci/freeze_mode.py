@@ -23,20 +23,19 @@ from typing import Protocol
 from pyvirtio.clock import US, S
 from pyvirtio.host.context import DeviceScheduler, DeviceTrace
 from pyvirtio.host.device import VirtioDevice
-from pyvirtio.spec.constants import FREEZE_MODE_FEATURE_DEFAULT, FreezeMode, bit
+from pyvirtio.spec.constants import FREEZE_MODE_FEATURE_BITS, FREEZE_MODE_FEATURE_DEFAULT, FreezeMode, bit
 from pyvirtio.trace import Kind
 
 #: device-side freeze bandwidth: how fast the device can make its state persistent across a reset
 FREEZE_BYTES_PER_S = 4 << 30
-#: The "reserved for future extensions" feature bits the proposal's bit may take (virtio 1.4 §6: 38..49 less
-#: those assigned since).
-FREEZE_MODE_BITS = range(44, 50)
 
 
 def check_freeze_mode_bit(feature_bit: int) -> int:
-    """``feature_bit`` if it lies in the unassigned range 44..49, else ValueError (the one place of this check)."""
-    if feature_bit not in FREEZE_MODE_BITS:
-        raise ValueError("the freeze_mode feature bit must come from the unassigned range 44..49")
+    """``feature_bit`` if it lies in :data:`~pyvirtio.spec.constants.FREEZE_MODE_FEATURE_BITS` (unassigned bits of
+    virtio 1.4 §6), else ValueError. The one place of this check (the PM profiles turn it into a user error)."""
+    if feature_bit not in FREEZE_MODE_FEATURE_BITS:
+        lo, hi = FREEZE_MODE_FEATURE_BITS.start, FREEZE_MODE_FEATURE_BITS.stop - 1
+        raise ValueError(f"the freeze_mode feature bit must come from the unassigned range {lo}..{hi}")
     return feature_bit
 
 
@@ -75,9 +74,8 @@ class FreezeModeHost(Protocol):
 class FreezeModeDevice:
     """Device side of the handshake for one function (``fn.freeze_mode``).
 
-    Built by :class:`~pyvirtio.host.pci.function.VirtioPciFunction` from its options. Deprecated: calling it on
-    a function that already has one (``FreezeModeDevice(fn, feature_bit=fn.freeze_mode.feature_bit)``, the old
-    post-plug wiring) replaces that function's handler with the new object, which then serves offset 64.
+    Built by :class:`~pyvirtio.host.pci.function.VirtioPciFunction` from its options
+    (``machine.plug(dev, freeze_mode_bit=N)``); nobody builds one after plugging.
     """
 
     def __init__(self, fn: FreezeModeHost, *, feature_bit: int = FREEZE_MODE_FEATURE_DEFAULT,
@@ -93,9 +91,6 @@ class FreezeModeDevice:
         self.bytes_per_s = bytes_per_s
         self.mode = int(FreezeMode.UNFREEZE)  # the mode reached, what reads return
         self._pending: int | None = None
-        common = getattr(fn, "common", None)
-        if common is not None:  # the deprecated post-plug call: this object takes over the field
-            fn.freeze_mode = common.freeze_mode = self
 
     def read_freeze_mode(self) -> int:
         """The mode reached (the previous one while a change is under way)."""
@@ -128,4 +123,4 @@ class FreezeModeDevice:
         self.fn.trace.record(Kind.PM, self.fn.name, event="freeze_mode", mode=value)
 
 
-__all__ = ["FREEZE_BYTES_PER_S", "FREEZE_MODE_BITS", "FreezeModeDevice", "FreezeModeHost", "check_freeze_mode_bit"]
+__all__ = ["FREEZE_BYTES_PER_S", "FreezeModeDevice", "FreezeModeHost", "check_freeze_mode_bit"]
