@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from gpu.helpers import Rig, make_rig
+from host.gpu.helpers import Rig, make_rig
 
 from pyvirtio.errors import InvalidStateError
 from pyvirtio.guest.gpu.driver import GpuDriver, GpuDriverState, GpuObject, ObjectKind

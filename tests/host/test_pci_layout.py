@@ -12,7 +12,7 @@ import pytest
 from pyvirtio.devices import Rng, TestDevice
 from pyvirtio.machine import Machine
 
-from .helpers import cread, cwrite, enable, find_caps
+from .pci_helpers import cread, cwrite, enable, find_caps
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pyvirtio.machine import Machine
 from pyvirtio.spec.constants import Status
 from pyvirtio.trace import Kind
 
-from .helpers import cread, cwrite
+from .pci_helpers import cread, cwrite
 
 
 def live(machine: Machine, alloc, *, accept_suspend: bool = True, **kw):  # type: ignore[no-untyped-def]
@@ -47,7 +47,7 @@ def test_status_sequence_0f_1f_1b_1f_0f(machine: Machine, alloc) -> None:  # typ
 def test_device_must_ignore_suspend_before_driver_ok(machine: Machine) -> None:
     """Device Suspend, device MUST ignore SUSPEND unless initialization completed (DRIVER_OK)."""
     fn = machine.plug(Rng())
-    from .helpers import enable
+    from .pci_helpers import enable
 
     enable(fn)
     for s in (0x01, 0x03):

@@ -1,4 +1,4 @@
-"""Model-vs-reality comparison logic (the real-VM runs are in tests/realvm)."""
+"""Model-vs-reality comparison logic (the real-VM runs are in tests/vm)."""
 
 from __future__ import annotations
 

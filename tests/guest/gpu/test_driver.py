@@ -23,7 +23,7 @@ from pyvirtio.host.gpu.device import Gpu, Pending
 from pyvirtio.host.gpu.freezing import PmGpu
 from pyvirtio.spec.constants import GpuBlobMem, GpuCfg, GpuFeature, GpuFormat
 
-from .helpers import Rig, make_rig
+from host.gpu.helpers import Rig, make_rig
 
 
 @pytest.fixture

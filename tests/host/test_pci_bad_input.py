@@ -14,7 +14,7 @@ from pyvirtio.machine import Machine
 from pyvirtio.spec.constants import Status
 from pyvirtio.trace import Kind
 
-from .helpers import cread, cwrite, enable
+from .pci_helpers import cread, cwrite, enable
 
 
 def live_rng(machine: Machine, alloc, **kw):  # type: ignore[no-untyped-def]
