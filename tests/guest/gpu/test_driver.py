@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
+from host.gpu.helpers import Rig, make_rig
 
 from pyvirtio.errors import DriverTimeout
 from pyvirtio.guest.gpu.driver import (
@@ -22,8 +23,6 @@ from pyvirtio.guest.kernel import PmEvent
 from pyvirtio.host.gpu.device import Gpu, Pending
 from pyvirtio.host.gpu.freezing import PmGpu
 from pyvirtio.spec.constants import GpuBlobMem, GpuCfg, GpuFeature, GpuFormat
-
-from host.gpu.helpers import Rig, make_rig
 
 
 @pytest.fixture
