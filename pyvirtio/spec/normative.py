@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
-from importlib import resources
+from pathlib import Path
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -309,7 +309,7 @@ def parse_inventory(text: str, source: str = INVENTORY_FILE) -> Inventory:
 @cache
 def load_inventory() -> Inventory:
     """The inventory shipped with pyvirtio (package data ``pyvirtio/spec/normative.toml``), validated once."""
-    text = resources.files(__package__ or "pyvirtio.spec").joinpath(INVENTORY_FILE).read_text(encoding="utf-8")
+    text = Path(__file__).with_name(INVENTORY_FILE).read_text(encoding="utf-8")  # package data, beside this file
     return parse_inventory(text)
 
 
