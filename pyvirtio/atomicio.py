@@ -34,9 +34,11 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically: readers see the old file or the whole new one."""
     with atomic_open(path) as f:
         f.write(data)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """:func:`write_atomic` of ``text`` encoded as UTF-8."""
     write_atomic(path, text.encode())

@@ -20,6 +20,8 @@ S = 1_000_000_000
 
 @dataclass(order=True)
 class Event:
+    """A scheduled callback; events order by ``(when, seq)``, so equal times run in scheduling order."""
+
     when: int
     seq: int
     callback: Callable[[], None] = field(compare=False)
@@ -27,6 +29,7 @@ class Event:
     cancelled: bool = field(default=False, compare=False)
 
     def cancel(self) -> None:
+        """Keep the callback from running; the event is dropped when it reaches the head of the queue."""
         self.cancelled = True
 
 
@@ -51,9 +54,11 @@ class Scheduler:
         return ev
 
     def pending(self) -> int:
+        """Number of scheduled events not cancelled."""
         return sum(1 for e in self._queue if not e.cancelled)
 
     def next_time(self) -> int | None:
+        """Virtual time of the next event that will run, or None if nothing is scheduled."""
         while self._queue and self._queue[0].cancelled:
             heapq.heappop(self._queue)
         return self._queue[0].when if self._queue else None

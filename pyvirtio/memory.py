@@ -23,6 +23,8 @@ _U64 = struct.Struct("<Q")
 
 
 class Backing(Enum):
+    """What holds a region's bytes: private anonymous memory, or a memfd another process can map."""
+
     ANONYMOUS = "anonymous"
     MEMFD = "memfd"
 
@@ -50,9 +52,11 @@ class Region:
 
     @property
     def end(self) -> int:
+        """First guest-physical address after the region."""
         return self.base + self.size
 
     def close(self) -> None:
+        """Unmap the region and close its memfd, if any; the region is unusable afterwards."""
         self.mm.close()
         if self.fd >= 0:
             os.close(self.fd)
@@ -77,6 +81,7 @@ class GuestMemory:
     def from_ranges(
         cls, ranges: list[tuple[int, int]], *, backing: Backing = Backing.ANONYMOUS
     ) -> GuestMemory:
+        """Memory with one region per ``(base, size)``, named ``ram0``, ``ram1``, ...; ValueError on overlap."""
         mem = cls()
         for i, (base, size) in enumerate(ranges):
             mem.add_region(base, size, backing=backing, name=f"ram{i}")
@@ -85,6 +90,7 @@ class GuestMemory:
     def add_region(
         self, base: int, size: int, *, backing: Backing = Backing.ANONYMOUS, name: str = "ram"
     ) -> Region:
+        """Add a zero-filled region at ``[base, base+size)``; ValueError if it overlaps an existing one."""
         for r in self._regions:
             if base < r.end and r.base < base + size:
                 raise ValueError(f"region [{base:#x}, +{size:#x}) overlaps {r.name}")
@@ -97,13 +103,16 @@ class GuestMemory:
 
     @property
     def regions(self) -> tuple[Region, ...]:
+        """The regions in ascending address order."""
         return tuple(self._regions)
 
     @property
     def size(self) -> int:
+        """Total bytes of guest RAM (holes between regions not counted)."""
         return sum(r.size for r in self._regions)
 
     def close(self) -> None:
+        """Close every region; release views from :meth:`view` first."""
         for r in self._regions:
             r.close()
 
@@ -137,10 +146,12 @@ class GuestMemory:
     # -- bytes ------------------------------------------------------------------------------------------------
 
     def read(self, addr: int, n: int) -> bytes:
+        """Copy of ``[addr, addr+n)``; :class:`~pyvirtio.errors.GuestMemoryError` unless inside one region."""
         mm, off = self._locate(addr, n)
         return mm[off : off + n]
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        """Store ``data`` at ``addr``; GuestMemoryError (nothing written) unless it fits inside one region."""
         n = len(data) if not isinstance(data, memoryview) else data.nbytes
         mm, off = self._locate(addr, n)
         mm[off : off + n] = data
@@ -151,40 +162,49 @@ class GuestMemory:
         return memoryview(mm)[off : off + n]
 
     def fill(self, addr: int, n: int, byte: int = 0) -> None:
+        """Set ``[addr, addr+n)`` to ``byte``; bounds-checked like :meth:`write`."""
         mm, off = self._locate(addr, n)
         mm[off : off + n] = bytes([byte]) * n
 
     # -- little-endian integers -------------------------------------------------------------------------------
 
     def read_u8(self, addr: int) -> int:
+        """The byte at ``addr`` (bounds-checked)."""
         mm, off = self._locate(addr, 1)
         return mm[off]
 
     def read_u16(self, addr: int) -> int:
+        """The le16 at ``addr`` (bounds-checked)."""
         mm, off = self._locate(addr, 2)
         return int(_U16.unpack_from(mm, off)[0])
 
     def read_u32(self, addr: int) -> int:
+        """The le32 at ``addr`` (bounds-checked)."""
         mm, off = self._locate(addr, 4)
         return int(_U32.unpack_from(mm, off)[0])
 
     def read_u64(self, addr: int) -> int:
+        """The le64 at ``addr`` (bounds-checked)."""
         mm, off = self._locate(addr, 8)
         return int(_U64.unpack_from(mm, off)[0])
 
     def write_u8(self, addr: int, value: int) -> None:
+        """Store the low 8 bits of ``value`` at ``addr`` (bounds-checked)."""
         mm, off = self._locate(addr, 1)
         mm[off] = value & 0xFF
 
     def write_u16(self, addr: int, value: int) -> None:
+        """Store the low 16 bits of ``value`` as le16 at ``addr`` (bounds-checked)."""
         mm, off = self._locate(addr, 2)
         _U16.pack_into(mm, off, value & 0xFFFF)
 
     def write_u32(self, addr: int, value: int) -> None:
+        """Store the low 32 bits of ``value`` as le32 at ``addr`` (bounds-checked)."""
         mm, off = self._locate(addr, 4)
         _U32.pack_into(mm, off, value & 0xFFFFFFFF)
 
     def write_u64(self, addr: int, value: int) -> None:
+        """Store the low 64 bits of ``value`` as le64 at ``addr`` (bounds-checked)."""
         mm, off = self._locate(addr, 8)
         _U64.pack_into(mm, off, value & 0xFFFFFFFFFFFFFFFF)
 
@@ -194,5 +214,6 @@ class GuestMemory:
         return fmt.unpack_from(mm, off)
 
     def pack_into(self, fmt: struct.Struct, addr: int, *values: int) -> None:
+        """``fmt.pack_into`` at a guest address, bounds-checked for ``fmt.size`` bytes."""
         mm, off = self._locate(addr, fmt.size)
         fmt.pack_into(mm, off, *values)

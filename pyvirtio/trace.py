@@ -18,6 +18,8 @@ def dedup(values: Iterable[int]) -> list[int]:
 
 
 class Kind(Enum):
+    """What a :class:`TraceEvent` records."""
+
     CONFIG_READ = "config_read"
     CONFIG_WRITE = "config_write"
     BAR_READ = "bar_read"
@@ -33,6 +35,8 @@ class Kind(Enum):
 
 @dataclass(frozen=True)
 class TraceEvent:
+    """One trace entry: virtual time ``t`` (ns), its kind, the source device or component, and details."""
+
     t: int
     kind: Kind
     src: str
@@ -52,6 +56,7 @@ class Trace:
         self.register_accesses = register_accesses
 
     def record(self, kind: Kind, src: str, /, **detail: Any) -> None:
+        """Append an event at the clock's current time (register accesses dropped if not kept)."""
         if not self.register_accesses and kind in _REGISTER_KINDS:
             return
         self.events.append(TraceEvent(self._clock.now, kind, src, detail))
@@ -63,6 +68,7 @@ class Trace:
         return len(self.events)
 
     def select(self, kind: Kind | None = None, src: str | None = None) -> list[TraceEvent]:
+        """Events of ``kind`` from ``src`` in order; None matches any."""
         return [e for e in self.events if (kind is None or e.kind is kind) and (src is None or e.src == src)]
 
     def status_sequence(self, src: str, since: int = 0) -> list[int]:
@@ -71,6 +77,7 @@ class Trace:
                      if e.kind is Kind.STATUS and e.src == src)
 
     def violations(self, src: str | None = None) -> list[TraceEvent]:
+        """The :attr:`Kind.VIOLATION` events (of ``src``, if given): normative rules a guest broke."""
         return self.select(Kind.VIOLATION, src)
 
 

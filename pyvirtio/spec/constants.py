@@ -1,8 +1,8 @@
 """Every number pyvirtio uses, in one place.
 
 Values follow ``shared/spec/virtio-reference.md`` (virtio 1.4 cs01, Linux uapi, QEMU). Section numbers in the
-comments refer to that document. Nothing else in the package may hard-code a register offset, a bit number or a
-command code: import it from here.
+``# §`` comments refer to that document ("reference §x"); docstrings cite the spec itself ("virtio 1.4 §x").
+Nothing else in the package may hard-code a register offset, a bit number or a command code: import it from here.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ DRIVER_STATUS_BITS = (
 
 
 class Feature(IntEnum):
-    """Transport feature *bit numbers* (virtio 1.4 "Reserved Feature Bits")."""
+    """Transport feature *bit numbers* (virtio 1.4 §6 "Reserved Feature Bits")."""
 
     NOTIFY_ON_EMPTY = 24
     ANY_LAYOUT = 27
@@ -74,6 +74,8 @@ FREEZE_MODE_FEATURE_BITS = range(44, 50)
 
 
 class DeviceId(IntEnum):
+    """Virtio device ids (virtio 1.4 §5 "Device Types"); the modern PCI device id is 0x1040 + id (§4.1.2)."""
+
     NET = 1
     BLOCK = 2
     CONSOLE = 3
@@ -124,6 +126,8 @@ PCI_NUM_BARS = 6
 
 
 class PciCommand(IntFlag):
+    """Bits of the PCI Command register at ``PCI_COMMAND`` (PCI 3.0 §6.2.2)."""
+
     IO = 0x0001
     MEMORY = 0x0002
     MASTER = 0x0004
@@ -131,6 +135,8 @@ class PciCommand(IntFlag):
 
 
 class PciStatusReg(IntFlag):
+    """Bits of the PCI Status register at ``PCI_STATUS`` (PCI 3.0 §6.2.3)."""
+
     INTERRUPT = 0x0008
     CAP_LIST = 0x0010
 
@@ -140,6 +146,8 @@ PCI_BAR_PREFETCH = 0x8
 
 
 class PciCapId(IntEnum):
+    """Capability ids of the PCI capability list (PCI 3.0 §6.7): power management, vendor, PCIe, MSI-X."""
+
     PM = 0x01
     VENDOR = 0x09
     EXP = 0x10
@@ -154,6 +162,8 @@ PCI_PM_PMC_VERSION_1_2 = 0x0003  # QEMU forces PMC = 0x0003: version 3, no D1/D2
 
 
 class Pmcsr(IntFlag):
+    """Fields of the PM capability's PMCSR register at ``PCI_PM_CTRL`` (PCI PM 1.2 §3.2.4; reference §2.8)."""
+
     STATE_MASK = 0x0003
     NO_SOFT_RESET = 0x0008
     PME_ENABLE = 0x0100
@@ -163,6 +173,8 @@ class Pmcsr(IntFlag):
 
 
 class PowerState(IntEnum):
+    """Device power states D0..D3hot: the values of the PMCSR ``PowerState`` field (``Pmcsr.STATE_MASK``)."""
+
     D0 = 0
     D1 = 1
     D2 = 2
@@ -194,7 +206,7 @@ MSI_ADDRESS_BASE = 0xFEE00000
 
 
 class VirtioPciCap(IntEnum):
-    """``cfg_type`` values of ``struct virtio_pci_cap``."""
+    """``cfg_type`` values of ``struct virtio_pci_cap`` (virtio 1.4 §4.1.4)."""
 
     COMMON_CFG = 1
     NOTIFY_CFG = 2
@@ -222,7 +234,7 @@ VIRTIO_PCI_CFG_DATA = 16
 
 
 class CommonCfg(IntEnum):
-    """Byte offsets in ``struct virtio_pci_common_cfg`` (§2.3, 64 bytes in 1.4)."""
+    """Byte offsets in ``struct virtio_pci_common_cfg`` (virtio 1.4 §4.1.4.3; 64 bytes, reference §2.3)."""
 
     DEVICE_FEATURE_SELECT = 0
     DEVICE_FEATURE = 4
@@ -283,7 +295,7 @@ COMMON_CFG_SIZE_WITH_FREEZE_MODE = 66
 
 
 class FreezeMode(IntEnum):
-    """Values of the 2023 ``freeze_mode`` proposal (§2.9). Never merged."""
+    """Values of the common-config ``freeze_mode`` field of the 2023 proposal (reference §2.9). Never merged."""
 
     UNFREEZE = 0
     FREEZE_S3 = 3
@@ -318,6 +330,8 @@ VIRTQ_MAX_CHAIN_BYTES = 1 << 32
 
 
 class DescFlag(IntFlag):
+    """``flags`` bits of ``struct virtq_desc`` (virtio 1.4 §2.7.5; INDIRECT: §2.7.5.3)."""
+
     NEXT = 1
     WRITE = 2
     INDIRECT = 4
@@ -361,7 +375,7 @@ GPU_MAX_SCANOUTS = 16
 
 
 class GpuFeature(IntEnum):
-    """virtio-gpu feature *bit numbers* (§4.1)."""
+    """virtio-gpu feature *bit numbers* (virtio 1.4 §5.7.3)."""
 
     VIRGL = 0
     EDID = 1
@@ -374,7 +388,7 @@ class GpuFeature(IntEnum):
 
 
 class GpuCfg(IntEnum):
-    """Byte offsets in ``struct virtio_gpu_config``."""
+    """Byte offsets in ``struct virtio_gpu_config`` (virtio 1.4 §5.7.4)."""
 
     EVENTS_READ = 0
     EVENTS_CLEAR = 4
@@ -389,6 +403,8 @@ GPU_EVENT_DISPLAY = 1 << 0
 
 
 class GpuCmd(IntEnum):
+    """Command codes of ``enum virtio_gpu_ctrl_type``, the request header ``type`` (virtio 1.4 §5.7.6.7)."""
+
     GET_DISPLAY_INFO = 0x0100
     RESOURCE_CREATE_2D = 0x0101
     RESOURCE_UNREF = 0x0102
@@ -420,6 +436,8 @@ class GpuCmd(IntEnum):
 
 
 class GpuResp(IntEnum):
+    """Response codes of ``enum virtio_gpu_ctrl_type``, the response header ``type`` (virtio 1.4 §5.7.6.7)."""
+
     OK_NODATA = 0x1100
     OK_DISPLAY_INFO = 0x1101
     OK_CAPSET_INFO = 0x1102
@@ -436,11 +454,15 @@ class GpuResp(IntEnum):
 
 
 class GpuFlag(IntFlag):
+    """``flags`` bits of ``struct virtio_gpu_ctrl_hdr`` (virtio 1.4 §5.7.6.7)."""
+
     FENCE = 1 << 0
     INFO_RING_IDX = 1 << 1
 
 
 class GpuFormat(IntEnum):
+    """``enum virtio_gpu_formats``: the pixel formats of 2D resources and blob scanouts (virtio 1.4 §5.7.6.8)."""
+
     B8G8R8A8_UNORM = 1
     B8G8R8X8_UNORM = 2
     A8R8G8B8_UNORM = 3
@@ -452,12 +474,16 @@ class GpuFormat(IntEnum):
 
 
 class GpuBlobMem(IntEnum):
+    """``blob_mem`` of RESOURCE_CREATE_BLOB: where a blob's memory lives (virtio 1.4 §5.7.6.8)."""
+
     GUEST = 0x0001
     HOST3D = 0x0002
     HOST3D_GUEST = 0x0003
 
 
 class GpuBlobFlag(IntFlag):
+    """``blob_flags`` of RESOURCE_CREATE_BLOB: how the driver will use the blob (virtio 1.4 §5.7.6.8)."""
+
     USE_MAPPABLE = 0x0001
     USE_SHAREABLE = 0x0002
     USE_CROSS_DEVICE = 0x0004
@@ -505,7 +531,7 @@ GPU_RING_IDX_MAX = 63
 
 
 class GpuCapset(IntEnum):
-    """Capability-set ids (spec listing; older Linux uapi lacks 3 and 5)."""
+    """Capability-set ids of GET_CAPSET_INFO (virtio 1.4 §5.7.6.8; older Linux uapi lacks 3 and 5)."""
 
     VIRGL = 1
     VIRGL2 = 2
@@ -515,6 +541,8 @@ class GpuCapset(IntEnum):
 
 
 class GpuMapCache(IntEnum):
+    """Caching type in ``map_info`` of RESP_OK_MAP_INFO after RESOURCE_MAP_BLOB (virtio 1.4 §5.7.6.9)."""
+
     MASK = 0x0F
     NONE = 0x00
     CACHED = 0x01

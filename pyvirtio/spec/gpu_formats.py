@@ -33,6 +33,7 @@ PAD_BYTE = 0xFF
 
 
 def is_valid(fmt: int) -> bool:
+    """Whether ``fmt`` is one of the eight ``enum virtio_gpu_formats`` values (§5.7.6.8)."""
     return fmt in CHANNELS
 
 

@@ -179,9 +179,11 @@ class CtrlHdr:
 
     @classmethod
     def unpack(cls, raw: bytes | bytearray | memoryview, offset: int = 0) -> CtrlHdr:
+        """Decode the 24-byte header at ``offset``; ``struct.error`` if ``raw`` is too short."""
         return cls(*HDR.unpack_from(raw, offset))
 
     def pack(self) -> bytes:
+        """The 24-byte wire form (padding zero)."""
         return HDR.pack(self.type, self.flags, self.fence_id, self.ctx_id, self.ring_idx)
 
 

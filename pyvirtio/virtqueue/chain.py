@@ -34,9 +34,11 @@ class Descriptor:
 
     @classmethod
     def from_bytes(cls, raw: bytes, offset: int = 0) -> Descriptor:
+        """Decode the 16-byte descriptor at ``offset`` of ``raw``."""
         return cls(*DESC_STRUCT.unpack_from(raw, offset))
 
     def to_bytes(self) -> bytes:
+        """The 16-byte little-endian wire form."""
         return DESC_STRUCT.pack(self.addr, self.len, self.flags, self.next)
 
     @classmethod
@@ -45,6 +47,7 @@ class Descriptor:
         return cls(*mem.unpack_from(DESC_STRUCT, addr))
 
     def store(self, mem: GuestMemory, addr: int) -> None:
+        """Write the descriptor at guest address ``addr`` (bounds-checked)."""
         mem.pack_into(DESC_STRUCT, addr, self.addr, self.len, self.flags, self.next)
 
 
@@ -64,10 +67,12 @@ class DescriptorChain:
 
     @property
     def readable_len(self) -> int:
+        """Total bytes of the device-readable segments."""
         return sum(n for _, n in self.readable)
 
     @property
     def writable_len(self) -> int:
+        """Total bytes of the device-writable segments: the most the device may report as written."""
         return sum(n for _, n in self.writable)
 
     def read(self, mem: GuestMemory, n: int | None = None, offset: int = 0) -> bytes:

@@ -105,10 +105,12 @@ class DeviceQueue:
 
     @property
     def max_size(self) -> int:
+        """The largest Queue Size the device offers (the reset value of ``size``)."""
         return self._max_size
 
     @property
     def size(self) -> int:
+        """Queue Size as configured (0: queue unavailable); set it with :meth:`set_size`."""
         return self._size
 
     def set_size(self, n: int) -> bool:
@@ -126,6 +128,7 @@ class DeviceQueue:
 
     @property
     def desc_table(self) -> int:
+        """Guest address of the Descriptor Area; set only while not ready (else InvalidStateError), to a u64."""
         return self._desc
 
     @desc_table.setter
@@ -134,6 +137,7 @@ class DeviceQueue:
 
     @property
     def avail_ring(self) -> int:
+        """Guest address of the Driver Area (available ring); set only while not ready, like :attr:`desc_table`."""
         return self._avail
 
     @avail_ring.setter
@@ -142,6 +146,7 @@ class DeviceQueue:
 
     @property
     def used_ring(self) -> int:
+        """Guest address of the Device Area (used ring); set only while not ready, like :attr:`desc_table`."""
         return self._used
 
     @used_ring.setter
@@ -170,6 +175,7 @@ class DeviceQueue:
 
     @property
     def ready(self) -> bool:
+        """Whether the queue is enabled; setting True calls :meth:`activate`, False disables it."""
         return self._ready
 
     @ready.setter
@@ -181,6 +187,7 @@ class DeviceQueue:
 
     @property
     def layout(self) -> RingLayout:
+        """The configured size and ring addresses as a :class:`RingLayout`."""
         return RingLayout(self._size, self._desc, self._avail, self._used)
 
     def activate(self) -> None:
@@ -435,6 +442,7 @@ class DeviceQueue:
 
     @property
     def notification_enabled(self) -> bool:
+        """The last wish passed to :meth:`set_notification` (True after reset)."""
         return self._notify
 
     def rewind(self, n: int) -> None:

@@ -120,10 +120,12 @@ class DriverQueue:
 
     @property
     def num_free(self) -> int:
+        """Descriptors not in use by an outstanding buffer."""
         return self._num_free
 
     @property
     def num_max(self) -> int:
+        """Queue Size: the number of descriptors."""
         return self._n
 
     @property
@@ -143,6 +145,7 @@ class DriverQueue:
 
     @property
     def callbacks_enabled(self) -> bool:
+        """Whether used buffer notifications are wanted (:meth:`enable_cb` / :meth:`disable_cb`)."""
         return self._cb_enabled
 
     # -- supplying buffers (§2.7.13)
