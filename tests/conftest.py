@@ -19,3 +19,33 @@ def machine() -> Machine:
 @pytest.fixture
 def alloc(machine: Machine) -> GuestAllocator:
     return GuestAllocator(machine.memory, HEAP_BASE, HEAP_SIZE)
+
+
+# -- naming the normative statement a test checks ---------------------------------------------------------------
+#
+#   @pytest.mark.spec("dev:pci/isr#2", "drv:status#3")
+#   def test_...(): ...
+#
+# The ids are those of pyvirtio/spec/normative.toml; an unknown id fails collection, so a test cannot name a
+# statement that does not exist. tests/spec/test_inventory_coverage.py holds the inventory and the markers to
+# each other.
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "spec(*ids): the normative statements (pyvirtio/spec/normative.toml ids) "
+                                       "this test checks")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from pyvirtio.spec.normative import load_inventory
+
+    inventory = load_inventory()
+    unknown: list[str] = []
+    for item in items:
+        for mark in item.iter_markers("spec"):
+            if not mark.args:
+                unknown.append(f"{item.nodeid}: @pytest.mark.spec() names no statement")
+            unknown.extend(f"{item.nodeid}: unknown statement id {sid!r}" for sid in mark.args
+                           if not isinstance(sid, str) or sid not in inventory)
+    if unknown:
+        raise pytest.UsageError("tests name unknown normative statements:\n  " + "\n  ".join(unknown))
