@@ -13,7 +13,6 @@ import sys
 import click
 
 from pyvirtio.cli.common import EXIT_ERROR, CommandError, Group
-from pyvirtio.cli.compare import compare_cmd
 from pyvirtio.cli.gpu import gpu
 from pyvirtio.cli.info import info
 from pyvirtio.cli.pm import pm
@@ -31,7 +30,6 @@ main.add_command(info)
 main.add_command(gpu)
 main.add_command(pm)
 main.add_command(vm)
-vm.add_command(compare_cmd)
 
 
 def run() -> None:

@@ -14,6 +14,7 @@ import click
 from rich.table import Table
 
 from pyvirtio.cli.common import EXIT_RESULT, MACHINE_CHOICE, SLEEP_CHOICE, Group, err, millis, out, yes_no
+from pyvirtio.cli.compare import compare_cmd
 from pyvirtio.report import CellResult, Outcome, Report, Source
 from pyvirtio.vm.provisioning import GuestAssets, default_cache_dir, provision
 from pyvirtio.vm.scenario import run_cell, run_matrix
@@ -68,6 +69,9 @@ cache_option = click.option("--cache", type=click.Path(file_okay=False, path_typ
 @click.group("vm", cls=Group)
 def vm() -> None:
     """Real QEMU 7.2 + Debian Linux 6.1 guest under TCG: S3, s2idle and S4 on pc and q35."""
+
+
+vm.add_command(compare_cmd)
 
 
 @vm.command("provision")

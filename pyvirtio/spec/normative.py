@@ -109,10 +109,12 @@ class Statement:
 
     @property
     def implemented(self) -> bool:
+        """Some code names this statement (``implemented_in`` is not empty)."""
         return bool(self.implemented_in)
 
     @property
     def tested(self) -> bool:
+        """Some test names this statement (``tests`` is not empty)."""
         return bool(self.tests)
 
 
@@ -159,10 +161,12 @@ class SectionCoverage:
 
     @property
     def implemented_pct(self) -> float:
+        """Share of the applicable statements that are implemented, in percent (100 when none applies)."""
         return 100.0 * self.implemented / self.applicable if self.applicable else 100.0
 
     @property
     def tested_pct(self) -> float:
+        """Share of the applicable statements that a test names, in percent (100 when none applies)."""
         return 100.0 * self.tested / self.applicable if self.applicable else 100.0
 
 
