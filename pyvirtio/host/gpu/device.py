@@ -130,7 +130,9 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
     * GET_CAPSET_INFO / GET_CAPSET with no capsets: ERR_INVALID_PARAMETER;
     * MOVE_CURSOR ignores every field but ``pos`` (spec §5.7.6.10; QEMU also takes visibility from its
       resource_id);
-    * a disabled scanout has no image (:meth:`scanout_image` returns None);
+    * a disabled scanout has no image (:meth:`scanout_image` returns None); SET_SCANOUT of a virgl resource is
+      accepted whatever its format, as QEMU's virgl path does, and shows black (pyvirtio renders no 3D): no
+      command sequence makes :meth:`scanout_image` or :meth:`save_png` raise;
     * a reset while ``retain_state_on_reset`` (freeze_mode FREEZE_S3, or the FREEZING command) keeps the
       resources and contexts and disables every scanout (Jiqian Chen's QEMU patch).
     """

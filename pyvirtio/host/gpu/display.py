@@ -21,7 +21,7 @@ from pyvirtio.atomicio import write_atomic
 from pyvirtio.host.gpu.resources import Resource, rows_view
 from pyvirtio.memory import GuestMemory
 from pyvirtio.spec.constants import GPU_BYTES_PER_PIXEL, GPU_CURSOR_SIZE
-from pyvirtio.spec.gpu_formats import Image, to_rgba
+from pyvirtio.spec.gpu_formats import Image, is_valid, to_rgba
 
 
 @dataclass
@@ -140,10 +140,15 @@ def blend_cursor(img: Image, cursor: Cursor) -> None:
 
 
 def compose(scanout: Scanout, res: Resource, mem: GuestMemory) -> Image:
-    """What the monitor shows for an enabled scanout: opaque RGBA plus the cursor."""
+    """What the monitor shows for an enabled scanout: opaque RGBA plus the cursor.
+
+    Total over guest input: a format that is not one of the eight ``enum virtio_gpu_formats`` values shows black.
+    Only a virgl resource can carry one (RESOURCE_CREATE_3D takes the renderer's formats, and QEMU's virgl
+    SET_SCANOUT accepts any of them); pyvirtio renders no 3D, so such a scanout is black whatever its format.
+    """
     fmt = scanout.blob_fb.format if scanout.blob_fb is not None else res.format
     raw = resource_pixels(res, scanout.rect, mem, scanout.blob_fb)
-    img = to_rgba(raw, fmt, opaque=True) if fmt else np.zeros((*raw.shape[:2], 4), dtype=np.uint8)
+    img = to_rgba(raw, fmt, opaque=True) if is_valid(fmt) else np.zeros((*raw.shape[:2], 4), dtype=np.uint8)
     img[..., 3] = 0xFF
     blend_cursor(img, scanout.cursor)
     return img

@@ -14,12 +14,14 @@ from .helpers import (
     ALL_FORMATS,
     B8G8R8A8,
     B8G8R8X8,
+    CREATE_3D,
     OK_NODATA,
     Rig,
     attach,
     create_2d,
     flush,
     make_rig,
+    req,
     resp_type,
     set_scanout,
     transfer,
@@ -180,3 +182,19 @@ def test_save_png_atomic_and_exact(rig: Rig, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="disabled"):
         rig.dev.save_png(1, tmp_path / "off.png")
     assert not (tmp_path / "off.png").exists()
+
+
+@pytest.mark.parametrize("fmt", [0, 5, 0x1234, 0xFFFFFFFF, B8G8R8A8])
+def test_a_3d_resource_of_any_format_on_a_scanout_composes(virgl: Rig, fmt: int, tmp_path: Path) -> None:
+    """Issue 9 defect 7: a guest must never make the host's display composition raise. §5.7.6.9 RESOURCE_CREATE_3D
+    takes any format (the renderer's business, not ``enum virtio_gpu_formats``), and SET_SCANOUT of a virgl
+    resource is accepted whatever its format, as QEMU's virgl path does (it hands the texture to the GL display).
+    pyvirtio renders no 3D, so the scanout shows black, opaque; ``scanout_image`` and ``save_png`` never raise."""
+    c3d = {24: ("I", 5), 28: ("I", 2), 32: ("I", fmt), 40: ("I", 32), 44: ("I", 16), 48: ("I", 1), 52: ("I", 1)}
+    assert resp_type(virgl.drv.call(req(CREATE_3D, 72, c3d))) == OK_NODATA
+    assert resp_type(virgl.drv.call(set_scanout(0, 5, 0, 0, 32, 16))) == OK_NODATA
+    img = virgl.dev.scanout_image(0)
+    assert img is not None and img.shape == (16, 32, 4)
+    assert (img[..., :3] == 0).all() and (img[..., 3] == 255).all()
+    virgl.dev.save_png(0, tmp_path / "3d.png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "3d.png").convert("RGBA")), img)

@@ -1,11 +1,14 @@
 """Property: random command streams — valid, broken and pure noise — through a real DriverQueue never break the
 device. After every well-formed chain the device is not in DEVICE_NEEDS_RESET, every response type is a code the
 spec defines (§5.7.6.7), nothing outside guest RAM is touched, and a known-valid sequence afterwards still puts
-the right pixels on the screen."""
+the right pixels on the screen. And no command sequence makes the host's display composition raise
+(``scanout_image``, ``save_png``: issue 9 defect 7)."""
 
 from __future__ import annotations
 
 import struct
+import tempfile
+from pathlib import Path
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -17,16 +20,22 @@ from .helpers import (
     ALL_FORMATS,
     ALL_RESPONSES,
     B8G8R8A8,
+    BLOB_MEM_GUEST,
+    BLOB_MEM_HOST3D,
+    CREATE_3D,
     OK_NODATA,
     UPDATE_CURSOR,
     attach,
     create_2d,
+    create_blob,
     cursor,
     flush,
     hdr,
     make_rig,
+    req,
     resp_type,
     set_scanout,
+    set_scanout_blob,
     transfer,
 )
 from .test_bad_input import install_spy
@@ -139,4 +148,71 @@ def test_random_command_streams(batches: list[list[tuple[int, list[bytes], list[
     img = r.dev.scanout_image(0)
     assert img is not None
     assert np.array_equal(img[..., :3], pix[..., [2, 1, 0]]) and (img[..., 3] == 255).all()
+    assert not r.dev.status & Status.DEVICE_NEEDS_RESET
+
+
+@st.composite
+def display_op(draw: st.DrawFn) -> list[tuple[int, bytes]]:
+    """Commands that change what a scanout shows: resources of every kind (2D, 3D of any format, guest and
+    host blobs), often put on a scanout at once, scanouts with drawn rectangles and formats, cursors, unrefs and
+    detaches. Returns ``(queue, request)`` pairs."""
+    rid = draw(st.integers(1, 3))
+    sid = draw(st.integers(0, 1))
+    w, h = draw(st.sampled_from([16, 17, 64, 1])), draw(st.sampled_from([16, 33, 64, 1]))
+    any_fmt = st.one_of(st.sampled_from(ALL_FORMATS), u32)
+    rect = (draw(st.sampled_from([0, 1, 8])), draw(st.sampled_from([0, 1, 8])),
+            draw(st.sampled_from([16, 17, 64, 0])), draw(st.sampled_from([16, 33, 64, 0])))
+    whole = set_scanout(sid, rid, 0, 0, w, h)
+    shown = draw(st.booleans())
+    kind = draw(st.sampled_from(["2d", "3d", "3d", "blob", "scanout", "scanout_blob", "cursor", "unref", "detach",
+                                 "transfer", "flush"]))
+    addr = draw(st.sampled_from([0x200000, 0x240000]))
+    if kind == "2d":
+        ops = [create_2d(rid, draw(any_fmt), w, h), attach(rid, [(addr, w * h * 4)])]
+        return [(0, r) for r in (*ops, transfer(rid, 0, 0, w, h, 0), whole)] if shown else [(0, r) for r in ops]
+    if kind == "3d":
+        fields = {24: ("I", rid), 28: ("I", 2), 32: ("I", draw(any_fmt)), 40: ("I", w), 44: ("I", h),
+                  48: ("I", draw(st.sampled_from([0, 1, 2]))), 52: ("I", draw(st.sampled_from([0, 1, 3])))}
+        c3d = req(CREATE_3D, 72, fields, ctx_id=draw(st.sampled_from([0, 1])))
+        return [(0, c3d), (0, whole)] if shown else [(0, c3d)]
+    if kind == "blob":
+        blob_mem = draw(st.sampled_from([BLOB_MEM_GUEST, BLOB_MEM_HOST3D]))
+        size = draw(st.sampled_from([4096, 64 * 64 * 4, 16]))
+        entries = [(addr, size)] if blob_mem == BLOB_MEM_GUEST else []
+        return [(0, create_blob(rid, blob_mem, 1, entries, draw(st.sampled_from([0, 5])), size, ctx_id=1))]
+    if kind == "scanout":
+        return [(0, set_scanout(sid, rid, *rect))]
+    if kind == "scanout_blob":
+        return [(0, set_scanout_blob(sid, rid, rect, w, h, draw(any_fmt), draw(st.sampled_from([w * 4, 64 * 4, 0])),
+                                     draw(st.sampled_from([0, 4, 4096]))))]
+    if kind == "cursor":
+        return [(1, cursor(UPDATE_CURSOR, sid, rect[0], rect[1], rid, 1, 1))]
+    if kind == "unref":
+        return [(0, hdr(0x102) + struct.pack("<II", rid, 0))]
+    if kind == "detach":
+        return [(0, hdr(0x107) + struct.pack("<II", rid, 0))]
+    if kind == "transfer":
+        return [(0, transfer(rid, *rect, 0))]
+    return [(0, flush(rid, *rect))]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(display_op(), min_size=1, max_size=10))
+def test_no_command_sequence_makes_the_display_raise(batches: list[list[tuple[int, bytes]]]) -> None:
+    """Issue 9 defect 7: whatever a guest sends (2D, 3D resources of arbitrary formats, blobs, scanouts,
+    cursors, unrefs), after every command each scanout either shows an opaque image of its rectangle or is
+    disabled (None), and ``save_png`` writes it: the host's composition never raises."""
+    r = make_rig(memory=RAM, dev_kw={"num_scanouts": 2, "virgl": True, "context_init": True},
+                 want_virgl=True, want_context_init=True, create_framebuffers=False)
+    r.drv.call(req(0x200, 96, {}, ctx_id=1))  # a context for HOST3D blobs
+    with tempfile.TemporaryDirectory() as tmp:
+        for queue, request in (op for batch in batches for op in batch):
+            r.drv.raw([request], [24] if queue == 0 else [], queue)
+            for sid in range(2):
+                img = r.dev.scanout_image(sid)
+                if img is None:
+                    continue
+                s = r.dev.scanouts[sid]
+                assert img.shape == (s.rect.height, s.rect.width, 4) and (img[..., 3] == 255).all()
+                r.dev.save_png(sid, Path(tmp) / f"s{sid}.png")
     assert not r.dev.status & Status.DEVICE_NEEDS_RESET
