@@ -79,9 +79,11 @@ class VirtioDevice:
         self.config_generation = 0
         self._lifecycle = DeviceLifecycle.RESET
         self.disabled = False  # bus mastering off (QEMU virtio_set_disabled); orthogonal to the lifecycle
-        self._inflight: list[int] = []
+        self._taken: list[dict[int, DescriptorChain]] = []  # per queue: chains popped, not completed (by id)
         self._scheduled: set[int] = set()
         self._epoch = 0  # bumps on reset: stale completions are dropped
+        self._queue_epoch: list[int] = []  # per queue, bumps on a queue reset: that queue's work is dropped
+        self._queue_resetting: set[int] = set()  # queue resets still cancelling taken work (queue_reset reads 1)
         self._deferred_config: list[Callable[[], None]] = []
         #: further bits to offer (set before plugging; transports declare theirs with ``attach``)
         self.extra_features = 0
@@ -99,7 +101,9 @@ class VirtioDevice:
         self._ctx = ctx
         self.transport_features = transport_features
         self.queues = [DeviceQueue(ctx.memory, n) for n in self.queue_sizes]
-        self._inflight = [0] * len(self.queues)
+        self._taken = [{} for _ in self.queues]
+        self._queue_epoch = [0] * len(self.queues)
+        self._queue_resetting = set()
 
     @property
     def ctx(self) -> DeviceContext:
@@ -183,6 +187,10 @@ class VirtioDevice:
 
     def on_features_ok(self) -> None:
         """FEATURES_OK was latched; ``driver_features`` is final."""
+
+    def on_queue_reset(self, index: int) -> None:
+        """The driver reset queue ``index`` (§2.6.1): drop device-specific work taken from it (requests queued
+        inside the device). The core has already dropped its scheduled work and taken chains."""
 
     def state_bytes(self) -> int:
         """How many bytes of device-type state a freeze must preserve (gpu: resource memory)."""
@@ -334,7 +342,8 @@ class VirtioDevice:
         self._epoch += 1
         for q in self.queues:
             q.reset()
-        self._inflight = [0] * len(self.queues)
+        self._taken = [{} for _ in self.queues]
+        self._queue_resetting.clear()
         self._scheduled.clear()
         self.driver_features = 0
         self._fire(_E.RESET)
@@ -380,14 +389,16 @@ class VirtioDevice:
         self.after(self.latency, self._try_finish_suspend, label="suspend")
 
     def inflight(self) -> int:
-        """Chains popped and not yet completed, over every queue."""
-        return sum(self._inflight)
+        """Chains popped and not yet completed (nor cancelled by a queue reset), over every queue."""
+        return sum(len(t) for t in self._taken)
 
     def _try_finish_suspend(self) -> None:
         if self.lifecycle is not _L.SUSPENDING:
             return
-        if self.inflight() or not self.quiesced() or self.faults.quiesce_never_completes:
-            return  # re-checked after every completion
+        # A queue reset still cancelling work is work in progress: the cancelled requests are not "used", and
+        # the device only presents SUSPEND once nothing it took can still touch guest memory.
+        if self.inflight() or self._queue_resetting or not self.quiesced() or self.faults.quiesce_never_completes:
+            return  # re-checked after every completion and every finished queue reset
         self._fire(_E.QUIESCED)
         self._present((self.status | Status.SUSPEND) & ~Status.DRIVER_OK)
         self.trace(Kind.PM, event="suspended")
@@ -454,8 +465,15 @@ class VirtioDevice:
 
     def enable_queue(self, index: int) -> bool:
         """The driver enabled queue ``index`` (§2.7): take EVENT_IDX / INDIRECT_DESC from the driver's features,
-        validate the rings and make the queue live. Unusable rings: DEVICE_NEEDS_RESET, False."""
+        validate the rings and make the queue live. Unusable rings: DEVICE_NEEDS_RESET, False. While a reset of
+        the queue is still in progress the enable is refused (a driver violation, §4.1.4.3.2) and False."""
+        if index in self._queue_resetting:
+            self.violation("§4.1.4.3.2 driver MUST NOT enable a queue whose reset is still in progress", queue=index)
+            return False
         dq = self.queues[index]
+        # spec: dev:vq-reenable#1
+        # A re-enabled queue is activated from the fields as the driver programmed them since the reset (size,
+        # ring addresses) and the negotiated ring features, exactly as at first set-up.
         dq.event_idx = bool(self.driver_features & bit(Feature.EVENT_IDX))
         dq.indirect = bool(self.driver_features & bit(Feature.INDIRECT_DESC))
         try:
@@ -503,17 +521,23 @@ class VirtioDevice:
             if chain is None:
                 return None
             if chain.error is None:
-                self._inflight[index] += 1
+                self._taken[index][id(chain)] = chain
                 return chain
             self.violation("§2.7 malformed descriptor chain", queue=index, head=chain.head, error=chain.error)
             q.push(chain.head, 0)
             self._maybe_notify(index)
 
     def complete(self, index: int, chain: DescriptorChain, written: int) -> None:
-        """Return ``chain`` to the driver with ``written`` bytes in its writable part, and notify if due."""
+        """Return ``chain`` to the driver with ``written`` bytes in its writable part, and notify if due.
+
+        A chain that is no longer taken (its queue or the device was reset since :meth:`pop`) is dropped: it is
+        the driver's again, so it goes to no used ring and causes no notification."""
+        if self._taken[index].pop(id(chain), None) is not chain:
+            # spec: dev:vq-reset#1
+            self.trace(Kind.QUEUE, event="cancelled_completion_dropped", queue=index, head=chain.head)
+            return
         q = self.queues[index]
         q.push(chain.head, written)
-        self._inflight[index] = max(0, self._inflight[index] - 1)
         self._maybe_notify(index)
         if self.lifecycle is _L.SUSPENDING:
             self.after(0, self._try_finish_suspend, label="suspend")
@@ -522,17 +546,59 @@ class VirtioDevice:
         if self.queues[index].needs_notification():
             self.ctx.notify_queue(index)
 
-    def after(self, delay: int, fn: Callable[[], None], label: str = "") -> Cancellable:
-        """Schedule device work; dropped if the device is reset first. Errors become DEVICE_NEEDS_RESET."""
+    def after(self, delay: int, fn: Callable[[], None], label: str = "", *, queue: int | None = None) -> Cancellable:
+        """Schedule device work; dropped if the device is reset first. Errors become DEVICE_NEEDS_RESET.
+
+        Work for a request taken from queue ``queue`` names it: it is then also dropped if that queue is reset
+        first (§2.6.1.1.1), so it never writes the request's buffers nor completes it."""
         epoch = self._epoch
+        # spec: dev:vq-reset#1
+        # The queue's epoch as it is now: work of a queue reset in between never runs.
+        qepoch = self._queue_epoch[queue] if queue is not None else 0
 
         def run() -> None:
-            if epoch == self._epoch:
-                self.guarded(fn)
+            if epoch != self._epoch:
+                return
+            if queue is not None and qepoch != self._queue_epoch[queue]:
+                return
+            self.guarded(fn)
 
         return self.ctx.scheduler.schedule(delay, run, label=f"{self.name}:{label}")
 
+    # -- virtqueue reset (virtio 1.4 §2.6.1, VIRTIO_F_RING_RESET) ---------------------------------------------
+
     def queue_reset(self, index: int) -> None:
-        """Per-queue reset (VIRTIO_F_RING_RESET): the queue returns to its defaults."""
+        """The driver reset queue ``index`` (§2.6.1; the transport checked VIRTIO_F_RING_RESET).
+
+        Everything taken from the queue is cancelled: scheduled work for it is dropped (its queue epoch moves),
+        chains popped and not completed are forgotten (they are the driver's again: never written, never used,
+        never notified), and the device type drops what it queued internally (:meth:`on_queue_reset`). The
+        queue returns to its reset defaults at once. A reset that cancelled work takes one device step
+        (``latency``: the backend abandoning what it had taken, as a vhost-user backend stopping a ring does);
+        until then :meth:`queue_reset_pending` is True (``queue_reset`` reads 1, §4.1.4.3.2) and a SUSPEND in
+        progress waits for it. With nothing taken the reset is over at once, as in QEMU.
+        """
+        # spec: dev:vq-reset#1
+        self._queue_epoch[index] += 1
+        cancelled = len(self._taken[index])
+        self._taken[index].clear()
+        self._scheduled.discard(index)
+        self.on_queue_reset(index)
+        # spec: dev:vq-reset#2
         self.queues[index].reset()
-        self._inflight[index] = 0
+        if cancelled or index in self._queue_resetting:
+            self._queue_resetting.add(index)
+            self.trace(Kind.QUEUE, event="reset_cancelling", queue=index, cancelled=cancelled)
+            self.after(self.latency, lambda: self._finish_queue_reset(index), label=f"q{index}-reset", queue=index)
+        elif self.lifecycle is _L.SUSPENDING:
+            self.after(0, self._try_finish_suspend, label="suspend")  # device-internal work may have gone
+
+    def _finish_queue_reset(self, index: int) -> None:
+        self._queue_resetting.discard(index)
+        self.trace(Kind.QUEUE, event="reset_done", queue=index)
+        if self.lifecycle is _L.SUSPENDING:
+            self._try_finish_suspend()
+
+    def queue_reset_pending(self, index: int) -> bool:
+        """Whether a reset of queue ``index`` is still in progress (what ``queue_reset`` reads, §4.1.4.3.2)."""
+        return index in self._queue_resetting

@@ -59,7 +59,7 @@ class Rng(VirtioDevice):
                 return
             n = min(chain.writable_len, self.MAX_CHUNK)
             delay = self.latency + (n * US) // self.bytes_per_us
-            self.after(delay, functools.partial(self._fill, chain, n), label="rng-fill")
+            self.after(delay, functools.partial(self._fill, chain, n), label="rng-fill", queue=index)
 
     def _fill(self, chain: DescriptorChain, n: int) -> None:
         if self.request_stuck():

@@ -340,6 +340,14 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
         self.hostmem = 0
         self.trace(Kind.DEVICE, event="resources_destroyed", count=count, virgl=virgl)
 
+    def on_queue_reset(self, index: int) -> None:
+        """§2.6.1: a control-queue reset drops the command running and those queued behind it (none executes
+        or is answered); the cursor queue holds nothing (its requests run at once)."""
+        if index == GPU_CONTROLQ:
+            # spec: dev:vq-reset#1
+            self._cmdq.clear()
+            self._busy = False
+
     def state_bytes(self) -> int:
         """Host memory the resources use: what a freeze must preserve."""
         return int(self.hostmem)
@@ -384,7 +392,7 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
         if self._busy or not self._cmdq:
             return
         self._busy = True
-        self.after(self._cmdq[0].cost, self._finish, label="gpu-cmd")
+        self.after(self._cmdq[0].cost, self._finish, label="gpu-cmd", queue=GPU_CONTROLQ)
 
     def _finish(self) -> None:
         self._busy = False
