@@ -130,9 +130,11 @@ class CommonConfig:
                 return int(getattr(dq, _QUEUE_ADDRESS[off])) & 0xFFFFFFFF if dq else 0
             case CommonCfg.QUEUE_DESC_HI | CommonCfg.QUEUE_DRIVER_HI | CommonCfg.QUEUE_DEVICE_HI:
                 return int(getattr(dq, _QUEUE_ADDRESS[off])) >> 32 if dq else 0
+            case CommonCfg.QUEUE_RESET:  # 1 while the device is still cancelling the queue's work
+                return int(d.queue_reset_pending(q)) if q is not None else 0
             case CommonCfg.FREEZE_MODE:
                 return self.freeze_mode.read_freeze_mode() if self.freeze_mode else 0
-            case _:  # queue_notif_config_data, queue_reset (synchronous: reads 0), admin queue fields (none)
+            case _:  # queue_notif_config_data, admin queue fields (none)
                 return 0
 
     def write(self, off: int, size: int, value: int) -> None:
