@@ -239,7 +239,8 @@ class HostileStatusWrites(RuleBasedStateMachine):
         self.m.run_for(wait)
 
     def _features(self, suspend: bool, extra: int) -> None:
-        feats = bit(Feature.VERSION_1) | bit(Feature.EVENT_IDX) | (bit(Feature.SUSPEND) if suspend else 0) | extra
+        feats = bit(Feature.VERSION_1) | bit(Feature.EVENT_IDX) | bit(Feature.RING_RESET) | extra
+        feats |= bit(Feature.SUSPEND) if suspend else 0
         for sel in (0, 1):
             self._cw(CommonCfg.DRIVER_FEATURE_SELECT, 4, sel)
             self._cw(CommonCfg.DRIVER_FEATURE, 4, (feats >> (32 * sel)) & 0xFFFFFFFF)
@@ -276,6 +277,12 @@ class HostileStatusWrites(RuleBasedStateMachine):
     def kick(self) -> None:
         self.fn.bar_write(QEMU_MODERN_BAR, QEMU_NOTIFY_OFFSET, 2, 0)
 
+    @rule()
+    def reset_queue(self) -> None:
+        """§4.1.4.3.2: write 1 to queue_reset (acted on only with VIRTIO_F_RING_RESET negotiated)."""
+        self._cw(CommonCfg.QUEUE_SELECT, 2, 0)
+        self._cw(CommonCfg.QUEUE_RESET, 2, 1)
+
     @rule(on=st.booleans())
     def bus_master(self, on: bool) -> None:
         cmd = PciCommand.MEMORY | (PciCommand.MASTER if on else 0)
@@ -293,6 +300,13 @@ class HostileStatusWrites(RuleBasedStateMachine):
     def status_matches_lifecycle(self) -> None:
         self.seen.add(self.dev.lifecycle)
         assert _consistent(self.dev.lifecycle, self.dev.status), (self.dev.lifecycle, hex(self.dev.status))
+
+    @invariant()
+    def queue_reset_reads_the_reset_in_progress(self) -> None:
+        """§4.1.4.3.2: queue_reset reads 1 exactly while a reset of the selected queue is in progress."""
+        self._cw(CommonCfg.QUEUE_SELECT, 2, 0)
+        got = self.fn.bar_read(QEMU_MODERN_BAR, QEMU_COMMON_OFFSET + CommonCfg.QUEUE_RESET, 2)
+        assert got == int(self.dev.queue_reset_pending(0))
 
     @invariant()
     def no_internal_error(self) -> None:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from pyvirtio.clock import MS, US
 from pyvirtio.dma import GuestAllocator
@@ -254,3 +257,133 @@ def test_idle_queue_reset_is_immediate_and_the_queue_can_be_reenabled(machine: M
     assert machine.run_until(lambda: used_idx(machine.memory, vq) == 1, 5 * MS)
     assert dev.queues[RNG_REQUESTQ].size == size and vq.get_used() == ("x", 32)
     assert [e for e in machine.trace.select(Kind.QUEUE) if e.detail.get("event") == "reset"]
+
+
+# -- property: queue resets interleaved with requests, SUSPEND and resume -----------------------------------------
+
+
+class QueueResetInterleavings(RuleBasedStateMachine):
+    """A conforming driver makes requests, resets the queue (§2.6.1), re-enables it with a drawn size, suspends
+    and resumes (Device Suspend), resets the device and lets time pass, in any order. Invariants: a request
+    cancelled by a queue or device reset never writes its buffer, a reset queue's old rings are never touched
+    again, while SUSPENDED the device neither writes a buffer nor the used ring, every completion is one of the
+    live requests, the device never sets DEVICE_NEEDS_RESET, and with time a SUSPEND or a queue reset always
+    completes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dev, self.drv = slow_rng()
+        self.mem = self.drv.ctx.memory
+        self.vq: DriverQueue | None = self.drv.vqs[RNG_REQUESTQ]
+        self.live: dict[int, tuple[int, int]] = {}  # token -> (buffer, length) of requests not yet answered
+        self.cancelled: list[tuple[int, int]] = []
+        self.old_rings: list[tuple[DriverQueue, int]] = []  # rings of reset queues and their final used.idx
+        self.frozen: tuple[int, list[int]] | None = None  # (served, used.idx of every ring) when SUSPENDED
+        self.next_token = 0
+
+    def _cancel_all(self) -> None:
+        self.cancelled.extend(self.live.values())
+        self.live.clear()
+        if self.vq is not None:
+            self.old_rings.append((self.vq, used_idx(self.mem, self.vq)))
+        self.vq = None
+
+    @rule(n=st.sampled_from([1, 16, 64]), wait=st.sampled_from([0, 25 * US, 25 * US]))
+    def request(self, n: int, wait: int) -> None:
+        """Make a buffer available (only on an enabled queue of a LIVE device: Device Suspend, driver side), and
+        maybe give the device the time to take it (a request then stays in flight for ``n`` us)."""
+        if self.vq is None or self.dev.lifecycle is not S.LIVE or not self.vq.num_free:
+            return
+        token = self.next_token
+        self.next_token += 1
+        _, buf = self.drv.submit(RNG_REQUESTQ, b"", n, token)
+        self.live[token] = (buf, n)
+        self.run(wait)
+
+    @rule()
+    def reset_queue(self) -> None:
+        """Write queue_reset: every request the device has not answered is the driver's again."""
+        self.dev.queue_reset(RNG_REQUESTQ)
+        self._drain()
+        self._cancel_all()
+
+    @rule(size=st.sampled_from([1, 2, 4, 16]))
+    def reenable(self, size: int) -> None:
+        """Re-enable the queue once the reset reads as done (§4.1.4.3.2, driver side)."""
+        if self.vq is not None or self.dev.queue_reset_pending(RNG_REQUESTQ) or self.dev.quiescent:
+            return
+        self.vq = reenable(self.drv, RNG_REQUESTQ, size)
+
+    @rule()
+    def suspend(self) -> None:
+        if self.dev.lifecycle is S.LIVE:
+            self.dev.write_status(self.dev.status | Status.SUSPEND)
+
+    @rule()
+    def resume(self) -> None:
+        if self.dev.lifecycle is S.SUSPENDED:
+            self.dev.write_status(self.dev.status | Status.DRIVER_OK)
+
+    @rule()
+    def reset_device(self) -> None:
+        """A whole device reset and the §3.1.1 sequence again (everything outstanding is cancelled too)."""
+        self._drain()
+        self._cancel_all()
+        self.drv.init(RING_RESET)
+        self.vq = self.drv.vqs[RNG_REQUESTQ]
+
+    @rule(ns=st.sampled_from([0, 5 * US, 30 * US, 200 * US]))
+    def run(self, ns: int) -> None:
+        self.drv.ctx.scheduler.run_for(ns)
+        self._drain()
+
+    @rule()
+    def settle(self) -> None:
+        """Dev Suspend: a SUSPEND or resume request completes; a queue reset completes (nothing here hangs)."""
+        self.drv.ctx.scheduler.run_for(2 * MS)
+        self._drain()
+        assert self.dev.lifecycle not in (S.SUSPENDING, S.RESUMING)
+        assert not self.dev.queue_reset_pending(RNG_REQUESTQ)
+
+    def _drain(self) -> None:
+        if self.vq is None or self.dev.lifecycle is S.SUSPENDED:
+            return
+        for token, length in self.vq.drain_used():
+            assert isinstance(token, int) and token in self.live, token
+            buf, n = self.live.pop(token)
+            assert 1 <= length <= n
+
+    @invariant()
+    def cancelled_requests_never_write(self) -> None:
+        for buf, n in self.cancelled:
+            assert self.mem.read(buf, n) == bytes(n)
+
+    @invariant()
+    def old_rings_are_never_touched(self) -> None:
+        for vq, idx in self.old_rings:
+            assert used_idx(self.mem, vq) == idx
+
+    @invariant()
+    def suspended_means_frozen(self) -> None:
+        if self.dev.lifecycle is not S.SUSPENDED:
+            self.frozen = None
+            return
+        rings = [vq for vq, _ in self.old_rings] + ([self.vq] if self.vq is not None else [])
+        now = (self.dev.served, [used_idx(self.mem, vq) for vq in rings])
+        if self.frozen is None or len(self.frozen[1]) != len(now[1]):  # a queue reset while suspended adds none
+            self.frozen = now
+            self.frozen = now
+        assert now == self.frozen
+
+    @invariant()
+    def never_needs_reset(self) -> None:
+        assert not self.dev.status & Status.DEVICE_NEEDS_RESET
+        assert self.drv.ctx.trace.violations() == []
+
+
+TestQueueResetInterleavings = QueueResetInterleavings.TestCase
+TestQueueResetInterleavings.settings = settings(max_examples=60, stateful_step_count=30, deadline=None,
+                                                suppress_health_check=[HealthCheck.too_slow])
+TestQueueResetInterleavings = pytest.mark.spec("dev:vq-reset#1", "dev:vq-reset#2", "dev:vq-reenable#1",
+                                               "dev:suspend#3", "dev:suspend#6",
+                                               "dev:suspend#7")(TestQueueResetInterleavings)
