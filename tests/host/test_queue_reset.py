@@ -346,7 +346,7 @@ class QueueResetInterleavings(RuleBasedStateMachine):
         assert not self.dev.queue_reset_pending(RNG_REQUESTQ)
 
     def _drain(self) -> None:
-        if self.vq is None or self.dev.lifecycle is S.SUSPENDED:
+        if self.vq is None:
             return
         for token, length in self.vq.drain_used():
             assert isinstance(token, int) and token in self.live, token
@@ -370,7 +370,7 @@ class QueueResetInterleavings(RuleBasedStateMachine):
             return
         rings = [vq for vq, _ in self.old_rings] + ([self.vq] if self.vq is not None else [])
         now = (self.dev.served, [used_idx(self.mem, vq) for vq in rings])
-        if self.frozen is None or len(self.frozen[1]) != len(now[1]):  # a queue reset while suspended adds none
+        if self.frozen is None:
             self.frozen = now
             self.frozen = now
         assert now == self.frozen
