@@ -85,7 +85,8 @@ class VirtioDevice:
         self._queue_epoch: list[int] = []  # per queue, bumps on a queue reset: that queue's work is dropped
         self._queue_resetting: set[int] = set()  # queue resets still cancelling taken work (queue_reset reads 1)
         self._deferred_config: list[Callable[[], None]] = []
-        #: further bits to offer (set before plugging; transports declare theirs with ``attach``)
+        #: further bits to offer (set before plugging; transports declare theirs with ``attach``). NON-CONFORMING
+        #: unless the device implements them: a test hook for a device that offers what it cannot honour (§2.2.2).
         self.extra_features = 0
         self.transport_features = 0
         #: while set, a reset keeps device-type state (the 2023 FREEZING / freeze_mode proposals)
@@ -204,6 +205,9 @@ class VirtioDevice:
 
     def offered_features(self) -> int:
         """Every feature bit the device offers: device-type bits, the transport bits pyvirtio implements, extras."""
+        # spec: dev:reserved-features#1, dev:features#3, dev:features#1, dev:reserved-features#5
+        # VERSION_1 always; then only bits the core implements, none of which needs another (EVENT_IDX,
+        # INDIRECT_DESC, RING_RESET, SUSPEND); never SR_IOV (no SR-IOV capability) nor any other bit of §6.
         feats = self.device_features() | bit(Feature.VERSION_1) | bit(Feature.EVENT_IDX)
         feats |= bit(Feature.INDIRECT_DESC) | bit(Feature.RING_RESET)
         if self.offer_suspend:
@@ -247,6 +251,7 @@ class VirtioDevice:
         """The spec's answer to a non-zero status write: the value to present and whether SUSPEND is requested,
         or None when the write is ignored. Violations are traced here."""
         want_suspend = bool(value & Status.SUSPEND) and not (cur & Status.SUSPEND)
+        # spec: dev:suspend#1
         if want_suspend and not (cur & Status.DRIVER_OK and self.driver_features & bit(Feature.SUSPEND)):
             self.violation("Device Suspend: device MUST ignore SUSPEND unless DRIVER_OK and VIRTIO_F_SUSPEND",
                            value=value)
@@ -259,7 +264,7 @@ class VirtioDevice:
             self.violation("§2.1 driver MUST NOT clear a device status bit (only reset)", was=cur, value=value)
             return None
         if value & Status.FEATURES_OK and not cur & Status.FEATURES_OK and not self._features_acceptable():
-            value &= ~Status.FEATURES_OK
+            value &= ~Status.FEATURES_OK  # spec: dev:features#2 (a refused set: FEATURES_OK does not stick)
         if value & Status.DRIVER_OK and not cur & Status.DRIVER_OK and not value & Status.FEATURES_OK:
             self.violation("§3.1.1 driver sets DRIVER_OK only after FEATURES_OK", value=value)
             value &= ~Status.DRIVER_OK
@@ -323,6 +328,9 @@ class VirtioDevice:
     }
 
     def _features_acceptable(self) -> bool:
+        # spec: dev:features#2, dev:features#4
+        # Any subset of the offer that includes VERSION_1 is accepted, and the answer depends on nothing but the
+        # offer: a set accepted once is accepted again after any reset.
         offered = self.offered_features()
         extra = self.driver_features & ~offered
         if extra:
@@ -339,6 +347,9 @@ class VirtioDevice:
         Status 0, queues non-live, in-flight work dropped, device-type state dropped unless
         ``retain_state_on_reset``. The transport resets its own state (vectors, selectors) itself.
         """
+        # spec: dev:reset#2
+        # Work scheduled before the reset is dropped (epoch), the queues are no longer live, nothing taken
+        # survives: after status reads 0 the device neither notifies nor touches a queue until re-initialised.
         self._epoch += 1
         for q in self.queues:
             q.reset()
@@ -353,7 +364,7 @@ class VirtioDevice:
         for fn in deferred:
             fn()
         self.trace(Kind.RESET)
-        self._present(0)
+        self._present(0)  # spec: dev:reset#1
 
     def needs_reset(self, why: str) -> None:
         """Enter DEVICE_NEEDS_RESET; notify a config change if DRIVER_OK was set (§2.1.2)."""
@@ -362,9 +373,9 @@ class VirtioDevice:
         self.trace(Kind.DEVICE, event="needs_reset", why=why)
         was_live = bool(self.status & Status.DRIVER_OK)
         self._fire(_E.ERROR)
-        self._present(self.status | Status.DEVICE_NEEDS_RESET)
+        self._present(self.status | Status.DEVICE_NEEDS_RESET)  # spec: dev:status#2
         if was_live:
-            self.ctx.notify_config()
+            self.ctx.notify_config()  # spec: dev:status#3
 
     # -- bus mastering (QEMU: clearing COMMAND.MASTER drops DRIVER_OK and disables the device) ------------------
 
@@ -384,7 +395,7 @@ class VirtioDevice:
         self.trace(Kind.PM, event="suspend_requested")
         self._fire(_E.SUSPEND)
         if self.faults.suspend_fails:
-            self.needs_reset("suspend failed")
+            self.needs_reset("suspend failed")  # spec: dev:suspend#6 (cannot suspend: DEVICE_NEEDS_RESET)
             return
         self.after(self.latency, self._try_finish_suspend, label="suspend")
 
@@ -399,6 +410,9 @@ class VirtioDevice:
         # the device only presents SUSPEND once nothing it took can still touch guest memory.
         if self.inflight() or self._queue_resetting or not self.quiesced() or self.faults.quiesce_never_completes:
             return  # re-checked after every completion and every finished queue reset
+        # spec: dev:suspend#6, dev:suspend#8
+        # Nothing is taken any more (no new buffer since SUSPEND: can_process), every request was used and
+        # notified: only now SUSPEND=1, DRIVER_OK=0.
         self._fire(_E.QUIESCED)
         self._present((self.status | Status.SUSPEND) & ~Status.DRIVER_OK)
         self.trace(Kind.PM, event="suspended")
@@ -415,8 +429,9 @@ class VirtioDevice:
         if self.lifecycle is not _L.RESUMING:
             return  # an error in between already set DEVICE_NEEDS_RESET
         if self.faults.resume_fails:
-            self.needs_reset("resume failed")
+            self.needs_reset("resume failed")  # spec: dev:suspend#7 (cannot resume: DEVICE_NEEDS_RESET)
             return
+        # spec: dev:suspend#7
         self._fire(_E.RESUMED)
         self._present((self.status & ~Status.SUSPEND) | Status.DRIVER_OK)
         self.trace(Kind.PM, event="resumed")
@@ -425,7 +440,7 @@ class VirtioDevice:
             fn()
         if deferred:
             self._bump_generation()
-            self.ctx.notify_config()
+            self.ctx.notify_config()  # spec: dev:suspend#5
         # Requests or kicks that arrived while suspended are looked at now (Cloud Hypervisor's livelock lesson).
         for i in range(len(self.queues)):
             self.kick(i)
@@ -437,7 +452,7 @@ class VirtioDevice:
 
     def config_change(self, apply: Callable[[], None]) -> None:
         """A device-initiated config change. Applied and notified now, or deferred until resume if suspended."""
-        if self.quiescent:
+        if self.quiescent:  # spec: dev:suspend#3, dev:suspend#4
             self._deferred_config.append(apply)
             self.trace(Kind.DEVICE, event="config_change_deferred")
             return
@@ -448,7 +463,7 @@ class VirtioDevice:
 
     def accepts_config_write(self) -> bool:
         """Whether a driver write of the device config may go through (not while suspended, Device Suspend)."""
-        if self.quiescent:
+        if self.quiescent:  # spec: dev:suspend#2
             self.violation("Device Suspend: driver MUST NOT write device config while suspended")
             return False
         return True
@@ -457,6 +472,7 @@ class VirtioDevice:
 
     def can_process(self) -> bool:
         """The device may take buffers now: DRIVER_OK presented, LIVE, bus mastering on."""
+        # spec: dev:status#1, dev:suspend#3
         return (
             bool(self.status & Status.DRIVER_OK)
             and self.lifecycle is _L.LIVE
@@ -491,13 +507,15 @@ class VirtioDevice:
         if not 0 <= index < len(self.queues):
             self.violation("§4.1.4.5 notification for a queue that does not exist", queue=index)
             return
-        if self.quiescent or index in self._scheduled:
+        if self.quiescent or index in self._scheduled:  # spec: dev:suspend#3
             return
         self._scheduled.add(index)
         self.after(self.latency, lambda: self._run_queue(index), label=f"q{index}")
 
     def _run_queue(self, index: int) -> None:
         self._scheduled.discard(index)
+        # spec: dev:split/avail-event#3
+        # A notification is only a reason to look: a queue with nothing new (or not ready) is left as it is.
         if not self.can_process() or not self.queues[index].ready:
             return
         self.guarded(lambda: self.process_queue(index))
@@ -508,7 +526,7 @@ class VirtioDevice:
             step()
         except (QueueError, GuestMemoryError) as e:
             self.violation("guest structure invalid", error=str(e))
-            self.needs_reset(str(e))
+            self.needs_reset(str(e))  # spec: dev:status#2
         except Exception as e:  # a device bug must not take the machine down either
             self.trace(Kind.DEVICE, event="device_error", error=repr(e))
             self.needs_reset(f"internal error: {e!r}")

@@ -57,7 +57,11 @@ class Rng(VirtioDevice):
             chain = self.pop(index)
             if chain is None:
                 return
+            # spec: dev:rng/operation#1 (one byte at least, up to MAX_CHUNK: possibly less than the buffer)
             n = min(chain.writable_len, self.MAX_CHUNK)
+            if chain.readable:  # served all the same: only the writable part is written
+                self.violation("§5.4.6.1 driver MUST NOT place device-readable buffers on the entropy queue",
+                               head=chain.head)
             delay = self.latency + (n * US) // self.bytes_per_us
             self.after(delay, functools.partial(self._fill, chain, n), label="rng-fill", queue=index)
 
@@ -66,4 +70,4 @@ class Rng(VirtioDevice):
             return  # the request is stuck in the backend forever
         written = chain.write(self.ctx.memory, self.source.read(n))
         self.served += written
-        self.complete(RNG_REQUESTQ, chain, written)
+        self.complete(RNG_REQUESTQ, chain, written)  # spec: dev:split/used#2 (bytes written, then used.idx)

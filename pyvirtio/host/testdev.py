@@ -33,6 +33,7 @@ class TestDevice(VirtioDevice):
 
     def read_config(self, offset: int, size: int) -> int:
         """Little-endian bytes of the config."""
+        # spec: dev:config-space#1 (readable in any state, before FEATURES_OK included)
         return int.from_bytes(self.config[offset : offset + size], "little")
 
     def write_config(self, offset: int, size: int, value: int) -> None:
@@ -57,4 +58,5 @@ class TestDevice(VirtioDevice):
             if chain is None:
                 return
             data = chain.read(self.ctx.memory)
+            # spec: dev:split/used#2 (the echo is written, then used.idx)
             self.complete(index, chain, chain.write(self.ctx.memory, data))

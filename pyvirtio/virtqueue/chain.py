@@ -85,6 +85,8 @@ class DescriptorChain:
         want = -1 if n is None else n
         if want == 0:
             return b""
+        # spec: dev:split/framing#1, dev:split/desc#1
+        # Only the readable segments are read, gathered in chain order whatever their number and sizes.
         segs = self.readable
         if len(segs) == 1 and offset == 0:  # fast path: one segment, read from the start
             addr, ln = segs[0]
@@ -112,6 +114,8 @@ class DescriptorChain:
         """
         if offset < 0:
             raise ValueError("offset must be >= 0")
+        # spec: dev:split/framing#1, dev:split/desc#1
+        # Only the writable segments are written, scattered in chain order whatever their number and sizes.
         src = memoryview(data).cast("B")
         total = len(src)
         pos = 0

@@ -255,7 +255,7 @@ class DeviceQueue:
         na = self._next_avail
         try:
             if na == self._shadow_avail and self._read_avail_idx() == na:
-                return None
+                return None  # spec: dev:split/avail-event#3 (a notification that brought nothing new)
             head: int = mem.unpack_from(_U16, self._avail_entries + VIRTQ_AVAIL_ELEM_SIZE * (na & self._mask))[0]
             if head >= self._size:
                 raise QueueError(f"available ring entry {na} names head {head} >= queue size {self._size}")
@@ -270,6 +270,8 @@ class DeviceQueue:
 
     def _walk(self, head: int) -> DescriptorChain:
         """Follow the chain at ``head`` applying every MUST of §2.7.4-§2.7.5.3."""
+        # spec: dev:split/desc#2
+        # The walk only reads descriptors (direct and indirect); nothing here writes the descriptor table.
         mem = self.mem
         unpack = mem.unpack_from
         contains = mem.contains
@@ -281,6 +283,9 @@ class DeviceQueue:
         hops = 0
         while True:
             addr, ln, flags, nxt = unpack(DESC_STRUCT, desc_base + VIRTQ_DESC_SIZE * i)
+            # spec: dev:split/indirect#1, dev:split/indirect#2
+            # INDIRECT is looked at before WRITE (ignored on the descriptor that refers to a table), and may end
+            # a chain of any number of direct descriptors.
             if flags & _F_INDIRECT:
                 err = self._walk_indirect(addr, ln, flags, readable, writable)
                 if err is not None:
@@ -378,6 +383,7 @@ class DeviceQueue:
             raise QueueError("push without a popped chain in flight")
         mem = self.mem
         try:
+            # spec: dev:split/used#1
             mem.pack_into(_USED_ELEM, self._used_entries + VIRTQ_USED_ELEM_SIZE * (nu & self._mask), head, written)
             nu = (nu + 1) & _M
             mem.pack_into(_U16, self._used_idx_addr, nu)  # §2.7.8: len is set before idx
@@ -406,8 +412,12 @@ class DeviceQueue:
             if self._event_idx:
                 if added > _M:  # u16 arithmetic cannot tell; spurious notifications are allowed
                     return True
+                # spec: dev:split/used-event#4, dev:split/used-event#5, dev:split/used-event#6
+                # avail.flags is not even read; notify iff the batch wrote the entry at used_event.
                 event: int = self.mem.unpack_from(_U16, self._used_event_addr)[0]
                 return vring_need_event(event, nu, old)
+            # spec: dev:split/used-event#1, dev:split/used-event#2, dev:split/used-event#3
+            # used_event is not read; avail.flags bit 0 alone decides.
             flags: int = self.mem.unpack_from(_U16, self._avail)[0]
         except GuestMemoryError as e:  # pragma: no cover
             raise QueueError(str(e)) from e
@@ -428,15 +438,15 @@ class DeviceQueue:
         mem = self.mem
         try:
             if self._event_idx:
+                # spec: dev:split/avail-event#2 (used.flags is never written: it stays 0)
                 if enabled:
                     idx: int = mem.unpack_from(_U16, self._avail_idx_addr)[0]
                     mem.pack_into(_U16, self._avail_event_addr, idx)
                 else:
                     mem.pack_into(_U16, self._avail_event_addr, (self._next_avail - 1) & _M)
             else:
-                flags: int = mem.unpack_from(_U16, self._used + VIRTQ_RING_FLAGS)[0]
-                flags = flags & ~VIRTQ_USED_F_NO_NOTIFY if enabled else flags | VIRTQ_USED_F_NO_NOTIFY
-                mem.pack_into(_U16, self._used + VIRTQ_RING_FLAGS, flags)
+                # spec: dev:split/avail-event#1 (exactly 0 or 1, whatever the word held before)
+                mem.pack_into(_U16, self._used + VIRTQ_RING_FLAGS, 0 if enabled else VIRTQ_USED_F_NO_NOTIFY)
         except GuestMemoryError as e:  # pragma: no cover
             raise QueueError(str(e)) from e
 

@@ -134,8 +134,10 @@ def test_the_device_walks_every_state_through_table_transitions_only() -> None:
         assert TRANSITIONS[(frm, ev)] is to
 
 
+@pytest.mark.spec("dev:suspend#6", "dev:status#2", "dev:status#3")
 def test_failed_suspend_goes_through_suspending_to_needs_reset() -> None:
-    """Device Suspend: a device that cannot suspend sets DEVICE_NEEDS_RESET, and notifies (DRIVER_OK was set)."""
+    """§3.4.2: a device that cannot suspend MUST set DEVICE_NEEDS_RESET (§2.1.2: and MUST notify a config
+    change, DRIVER_OK being set)."""
     dev = RecordingRng()
     drv = LoopbackDriver(dev)
     drv.init()
@@ -145,6 +147,7 @@ def test_failed_suspend_goes_through_suspending_to_needs_reset() -> None:
     assert dev.status & Status.DEVICE_NEEDS_RESET and drv.ctx.config_notifications == 1
 
 
+@pytest.mark.spec("dev:status#2")
 def test_needs_reset_only_a_reset_leaves_it() -> None:
     """§2.1.2 DEVICE_NEEDS_RESET: the device waits for a reset. Writes may add bits (FAILED) but neither SUSPEND
     nor DRIVER_OK starts anything, and the driver cannot clear DEVICE_NEEDS_RESET."""
@@ -318,8 +321,9 @@ TestHostileStatusWrites.settings = settings(max_examples=150, stateful_step_coun
                                             suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.spec("dev:suspend#8")
 def test_a_wedged_backend_keeps_the_device_suspending() -> None:
-    """Device Suspend: the device presents SUSPEND=1/DRIVER_OK=0 only once in-flight requests completed; with a
+    """§3.4.2: the device presents SUSPEND=1/DRIVER_OK=0 only once in-flight requests completed; with a
     backend that never completes them (``Faults.backend_hangs``) it stays SUSPENDING, still showing DRIVER_OK."""
     dev = Rng()
     drv = LoopbackDriver(dev)

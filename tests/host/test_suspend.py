@@ -33,8 +33,10 @@ def in_flight(machine: Machine, drv: RngDriver, dev: Rng, n: int = 3, size: int 
     return reqs
 
 
+@pytest.mark.spec("dev:suspend#6", "dev:suspend#7")
 def test_status_sequence_0f_1f_1b_1f_0f(machine: Machine, alloc) -> None:  # type: ignore[no-untyped-def]
-    """Suspend: write 0x1F, read 0x1B (SUSPEND=1, DRIVER_OK=0); resume: write 0x1F, read 0x0F."""
+    """§3.4.2: the device MUST suspend when SUSPEND is set, and MUST resume when DRIVER_OK is set again.
+    Suspend: write 0x1F, read 0x1B (SUSPEND=1, DRIVER_OK=0); resume: write 0x1F, read 0x0F."""
     dev, fn, drv = live(machine, alloc)
     assert cread(fn, 20, 1) == 0x0F
     cwrite(fn, 20, 1, 0x1F)
@@ -44,8 +46,9 @@ def test_status_sequence_0f_1f_1b_1f_0f(machine: Machine, alloc) -> None:  # typ
     assert machine.trace.status_sequence("rng")[-5:] == [0x0F, 0x1F, 0x1B, 0x1F, 0x0F]
 
 
+@pytest.mark.spec("dev:suspend#1")
 def test_device_must_ignore_suspend_before_driver_ok(machine: Machine) -> None:
-    """Device Suspend, device MUST ignore SUSPEND unless initialization completed (DRIVER_OK)."""
+    """§3.4.2: the device MUST ignore SUSPEND unless initialization completed (DRIVER_OK)."""
     fn = machine.plug(Rng())
     from .pci_helpers import enable
 
@@ -71,9 +74,10 @@ def test_device_must_ignore_suspend_without_the_feature(machine: Machine, alloc)
         drv.suspend_bit()
 
 
+@pytest.mark.spec("dev:suspend#8")
 def test_inflight_complete_before_suspend_shows(machine: Machine, alloc) -> None:  # type: ignore[no-untyped-def]
-    """Device SHOULD: stop consuming, wait for in-flight buffers to be used and send used notifications,
-    before presenting SUSPEND=1/DRIVER_OK=0."""
+    """§3.4.2: the device SHOULD stop consuming, wait for in-flight buffers to be used and send used
+    notifications, before presenting SUSPEND=1/DRIVER_OK=0."""
     dev, fn, drv = live(machine, alloc)
     reqs = in_flight(machine, drv, dev)
     cwrite(fn, 20, 1, 0x1F)
@@ -83,9 +87,10 @@ def test_inflight_complete_before_suspend_shows(machine: Machine, alloc) -> None
     assert dev.inflight() == 0
 
 
+@pytest.mark.spec("dev:suspend#8")
 def test_driver_polls_until_suspended_and_nothing_is_lost(machine: Machine, alloc) -> None:  # type: ignore[no-untyped-def]
-    """Driver MUST re-read status until SUSPEND=1 and DRIVER_OK=0; buffers made available but not yet popped
-    stay available and are served after resume."""
+    """Driver MUST re-read status until SUSPEND=1 and DRIVER_OK=0; §3.4.2 the device SHOULD stop consuming
+    buffers: those made available but not yet popped stay available and are served after resume."""
     dev, fn, drv = live(machine, alloc)
     reqs = in_flight(machine, drv, dev, n=2)
     waiting = drv.request(64)  # available, not consumed before the suspend request
@@ -96,8 +101,9 @@ def test_driver_polls_until_suspended_and_nothing_is_lost(machine: Machine, allo
     assert machine.run_until(lambda: waiting.done, 10 * MS)
 
 
+@pytest.mark.spec("dev:suspend#3")
 def test_no_notifications_and_no_queue_access_while_suspended(machine: Machine, alloc) -> None:  # type: ignore[no-untyped-def]
-    """Device MUST NOT send notifications or access virtqueues while suspended."""
+    """§3.4.2: the device MUST NOT send notifications or access virtqueues while suspended."""
     dev, fn, drv = live(machine, alloc)
     drv.suspend_bit()
     n_irq = len(machine.interrupts)
@@ -115,8 +121,9 @@ def test_no_notifications_and_no_queue_access_while_suspended(machine: Machine, 
     assert machine.run_until(lambda: req.done, 10 * MS)  # looked at again on resume
 
 
+@pytest.mark.spec("dev:suspend#2")
 def test_config_writes_ignored_while_suspended(machine: Machine, alloc) -> None:  # type: ignore[no-untyped-def]
-    """Device SHOULD ignore config-space writes while suspended (device status excepted)."""
+    """§3.4.2: the device SHOULD ignore config-space writes while suspended (device status excepted)."""
     dev = TestDevice()
     fn = machine.plug(dev)
     drv = VirtioDriver(machine, fn, alloc, name="testdev")
@@ -129,9 +136,10 @@ def test_config_writes_ignored_while_suspended(machine: Machine, alloc) -> None:
     assert drv.t.config_read(4, 4) == 0x1234
 
 
+@pytest.mark.spec("dev:suspend#3", "dev:suspend#4", "dev:suspend#5")
 def test_config_change_deferred_and_notified_once_on_resume(machine: Machine, alloc) -> None:  # type: ignore[no-untyped-def]
-    """Device MUST NOT modify config space or send a config notification while suspended; MUST send it on
-    resume. The driver sees the change exactly once."""
+    """§3.4.2: the device MUST NOT modify config space or send a config notification while suspended; MUST
+    send it on resume. The driver sees the change exactly once."""
     dev = TestDevice()
     fn = machine.plug(dev)
     drv = VirtioDriver(machine, fn, alloc, name="testdev")
@@ -153,8 +161,10 @@ def test_config_change_deferred_and_notified_once_on_resume(machine: Machine, al
     assert len(machine.interrupts) == n_irq + 1
 
 
+@pytest.mark.spec("dev:suspend#6", "dev:status#2")
 def test_device_that_cannot_suspend_sets_needs_reset(machine: Machine, alloc) -> None:  # type: ignore[no-untyped-def]
-    """Device MUST either suspend or set DEVICE_NEEDS_RESET."""
+    """§3.4.2: the device MUST either suspend or set DEVICE_NEEDS_RESET (§2.1.2: SHOULD set it on an error
+    that needs a reset)."""
     dev, fn, drv = live(machine, alloc)
     dev.faults.suspend_fails = True
     with pytest.raises(DriverError, match="NEEDS_RESET"):
@@ -162,8 +172,10 @@ def test_device_that_cannot_suspend_sets_needs_reset(machine: Machine, alloc) ->
     assert drv.t.get_status() & Status.DEVICE_NEEDS_RESET
 
 
+@pytest.mark.spec("dev:suspend#7", "dev:status#2")
 def test_device_that_cannot_resume_sets_needs_reset_and_driver_recovers(machine: Machine, alloc) -> None:  # type: ignore[no-untyped-def]
-    """Device MUST either resume or set DEVICE_NEEDS_RESET; the driver recovers through a full restore."""
+    """§3.4.2: the device MUST either resume or set DEVICE_NEEDS_RESET (§2.1.2); the driver recovers through a
+    full restore."""
     dev, fn, drv = live(machine, alloc)
     drv.suspend_bit()
     dev.faults.resume_fails = True
@@ -188,8 +200,10 @@ def test_quiesce_that_never_finishes_times_out(machine: Machine, alloc) -> None:
     assert drv.t.get_status() == 0x1F
 
 
+@pytest.mark.spec("dev:reset#1")
 def test_reset_while_suspended(machine: Machine, alloc) -> None:  # type: ignore[no-untyped-def]
-    """§2.4: a reset (write 0) works in any state, including SUSPEND; the device can be re-initialized."""
+    """§2.4.1: a reset (write 0) works in any state, including SUSPEND: the device MUST reinitialise status to
+    0; it can be re-initialized."""
     dev, fn, drv = live(machine, alloc)
     drv.suspend_bit()
     drv.t.reset()

@@ -146,6 +146,7 @@ def test_indirect_without_negotiation(make_rig):
     assert "VIRTIO_F_INDIRECT_DESC" in (pop_bad_chain(rig).error or "")
 
 
+@pytest.mark.spec("dev:split/indirect#1", "dev:split/indirect#2")
 def test_direct_chain_then_indirect_is_valid(make_rig):
     """virtio 1.4 §2.7.5.3.2 MUST: the device MUST handle normal chained descriptors followed by one INDIRECT
     descriptor, and MUST ignore the WRITE flag of the descriptor that refers to the table."""

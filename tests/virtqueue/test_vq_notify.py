@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from vq_helpers import Rig
@@ -29,6 +30,7 @@ def roundtrip(rig: Rig, n: int = 1) -> None:
 # -- used buffer notifications (device -> driver), §2.7.7
 
 
+@pytest.mark.spec("dev:split/used-event#1", "dev:split/used-event#2", "dev:split/used-event#3")
 def test_used_notify_flags_without_event_idx(make_rig):
     """virtio 1.4 §2.7.7.2 MUST/SHOULD NOT: without EVENT_IDX the device MUST notify when avail.flags is 0 and
     SHOULD NOT when it is 1 (VIRTQ_AVAIL_F_NO_INTERRUPT); used_event is ignored."""
@@ -61,6 +63,7 @@ def test_enable_cb_reports_pending(make_rig):
         assert rig.drv.enable_cb() is True
 
 
+@pytest.mark.spec("dev:split/used-event#4", "dev:split/used-event#5", "dev:split/used-event#6")
 def test_used_event_with_event_idx(make_rig):
     """virtio 1.4 §2.7.7.2 MUST: with EVENT_IDX the device MUST notify when the used idx it wrote the entry at
     equals used_event, otherwise SHOULD NOT; the low bit of avail.flags is ignored."""
@@ -79,6 +82,7 @@ def test_used_event_with_event_idx(make_rig):
     assert rig.dev.needs_notification() is True
 
 
+@pytest.mark.spec("dev:split/used-event#5", "dev:split/used-event#6")
 def test_used_event_batch(make_rig):
     """virtio 1.4 §2.7.7.2 (Linux/QEMU vring_need_event): a batch of pushes notifies once if it passed
     used_event anywhere inside the batch, and not if used_event lies outside it."""
@@ -114,6 +118,7 @@ def _device_at(rig: Rig, idx: int) -> DeviceQueue:
     return DeviceQueue.from_state(rig.mem, st_)
 
 
+@pytest.mark.spec("dev:split/used-event#5", "dev:split/used-event#6")
 def test_used_event_u16_wrap(make_rig):
     """virtio 1.4 §2.7.7.2 + §2.7.13.3 (idx wraps naturally at 65536): used_event comparisons work across the
     65535 -> 0 wrap of used.idx."""
@@ -153,6 +158,7 @@ def test_used_event_spec_example_65536(make_rig):
 # -- available buffer notifications (driver -> device), §2.7.10
 
 
+@pytest.mark.spec("dev:split/avail-event#1")
 def test_avail_notify_flags_without_event_idx(make_rig):
     """virtio 1.4 §2.7.10.1 MUST/SHOULD NOT: without EVENT_IDX the driver MUST kick when used.flags is 0 and
     SHOULD NOT when it is VIRTQ_USED_F_NO_NOTIFY; the driver initialises used.flags to 0."""
@@ -188,6 +194,7 @@ def test_avail_event_with_event_idx(make_rig):
     assert rig.drv.kick_prepare() is True, "batch [2, 4) contains avail_event 2"
 
 
+@pytest.mark.spec("dev:split/avail-event#2")
 def test_device_disable_notification_with_event_idx(make_rig):
     """virtio 1.4 §2.7.10.2: with EVENT_IDX the device MUST keep used.flags 0 and suppresses kicks through
     avail_event; disabling parks it where the driver cannot reach it, enabling asks for the next buffer."""

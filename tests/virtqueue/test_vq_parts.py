@@ -62,6 +62,7 @@ def test_descriptor_encoding():
         mem.close()
 
 
+@pytest.mark.spec("dev:split/framing#1", "dev:split/desc#1")
 def test_chain_gather_scatter():
     """virtio 1.4 §2.7.4: the buffer is the concatenation of its readable (then writable) segments, whatever
     their arrangement; the device never writes past the writable part (§2.7.5.1 MUST NOT write readable)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -220,6 +221,7 @@ def _descs(size: int, n: int) -> st.SearchStrategy[list[tuple[int, int, int, int
     event_idx=st.booleans(),
     data=st.data(),
 )
+@pytest.mark.spec("dev:split/desc#2")
 def test_structured_garbage_never_escapes(size, indirect, event_idx, data):
     """virtio 1.4 §2.7 (device side treats the rings as untrusted): garbage descriptor tables, indirect tables
     and avail rings make pop return chains or None or raise QueueError — nothing else — every returned segment
@@ -240,6 +242,7 @@ def test_structured_garbage_never_escapes(size, indirect, event_idx, data):
         rig.mem.close()
 
 
+@pytest.mark.spec("dev:split/desc#2")
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(size=st.sampled_from([1, 4, 16]), indirect=st.booleans(), data=st.data())
 def test_raw_garbage_never_escapes(size, indirect, data):

@@ -38,6 +38,8 @@ class Commands2D(GpuBase):
     """Handlers of the 2D and blob control commands (mixed into :class:`~pyvirtio.host.gpu.device.Gpu`)."""
 
     def _get_display_info(self, p: Pending) -> Reply:
+        # spec: dev:gpu/init#1
+        # The host's displays as they are (enabled ones with their preferred mode), for the driver's first modeset.
         parts = []
         for i in range(GPU_MAX_SCANOUTS):
             d = self.displays[i] if i < self.num_scanouts else None
@@ -52,6 +54,7 @@ class Commands2D(GpuBase):
         if sid >= self.num_scanouts:
             raise GpuError(GpuResp.ERR_INVALID_PARAMETER, "§5.7.6.8 GET_EDID scanout out of range", scanout=sid)
         d = self.displays[sid]
+        # spec: dev:gpu/init#2 (an EDID for every scanout, matching the display info)
         block = edid.generate(d.width, d.height, serial=sid)
         payload = protocol.RESP_EDID_BODY.pack(GPU_EDID_BLOCK_SIZE, 0) + block + bytes(GPU_EDID_MAX - len(block))
         return GpuResp.OK_EDID, payload

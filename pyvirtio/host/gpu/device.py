@@ -170,6 +170,7 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
         if not 1 <= num_scanouts <= GPU_MAX_SCANOUTS:
             raise ValueError(f"num_scanouts must be 1..{GPU_MAX_SCANOUTS}, not {num_scanouts}")
         check_mode(width, height)
+        # spec: dev:features#1 (never offer CONTEXT_INIT without VIRGL, BLOB_ALIGNMENT without RESOURCE_BLOB)
         if context_init and not virgl:
             raise ValueError("VIRTIO_GPU_F_CONTEXT_INIT requires VIRTIO_GPU_F_VIRGL (§5.7.3)")
         if offer_blob_alignment and offer_freezing:
@@ -212,6 +213,7 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
     @property
     def offered(self) -> int:
         """The device-type feature bits offered (bit 5 is BLOB_ALIGNMENT or FREEZING, never both)."""
+        # spec: dev:features#3 (only the bits this model implements; FREEZING only when asked for)
         feats = 0
         for on, feat in (
             (self.offer_virgl, GpuFeature.VIRGL),
@@ -242,6 +244,8 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
 
     def read_config(self, offset: int, size: int) -> int:
         """events_read, events_clear (reads 0), num_scanouts, num_capsets[, blob_alignment] (§5.7.4)."""
+        # spec: dev:config-space#1
+        # Whatever the status: blob_alignment is there as soon as BLOB_ALIGNMENT is offered, not only negotiated.
         return int.from_bytes(self._config_bytes()[offset : offset + size], "little")
 
     def write_config(self, offset: int, size: int, value: int) -> None:
@@ -395,6 +399,9 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
         self.after(self._cmdq[0].cost, self._finish, label="gpu-cmd", queue=GPU_CONTROLQ)
 
     def _finish(self) -> None:
+        # spec: dev:gpu/fencing#1
+        # A command's effect and its response both happen here, when its processing time is over: a fenced
+        # request is answered only once it has completed.
         self._busy = False
         if self.request_stuck():
             self._busy = True  # the command hangs in the backend for ever
@@ -462,7 +469,7 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
             written = chain.write(self.ctx.memory, data)
             if written < len(data):
                 self.violation("§5.7.6.7 response buffer too small", size=chain.writable_len, needed=len(data))
-        self.complete(GPU_CONTROLQ, chain, written)
+        self.complete(GPU_CONTROLQ, chain, written)  # spec: dev:split/used#2 (response written, then used.idx)
 
 
 __all__ = ["HANDLERS", "Gpu", "GpuError", "Handler", "Pending", "Reply", "unknown_command"]

@@ -24,6 +24,7 @@ from .helpers import (
 )
 
 
+@pytest.mark.spec("dev:gpu/fencing#1")
 def test_fenced_response_only_when_done_5_7_6_5(rig: Rig) -> None:
     """§5.7.6.5 / §5.7.6.7 MUST: a fenced command is returned only after its processing finished. A transfer
     costs bytes / bandwidth of virtual time, during which the request is in flight."""
@@ -52,8 +53,9 @@ def test_fences_complete_in_order(rig: Rig) -> None:
     assert done == [r.fence_id for r in reqs]
 
 
+@pytest.mark.spec("dev:suspend#8")
 def test_suspend_waits_for_inflight_commands(rig: Rig) -> None:
-    """Device Suspend (virtio 1.4): in-flight requests complete before SUSPEND shows."""
+    """Device Suspend (§3.4.2, SHOULD): in-flight requests complete (used, notified) before SUSPEND shows."""
     fb = rig.drv.framebuffers[0]
     req = rig.drv.transfer_to_host_2d(fb, (0, 0, 320, 200))
     rig.machine.run_until(lambda: rig.dev.inflight() == 1)
@@ -92,8 +94,10 @@ def test_hotplug_sets_event_display_and_driver_requeries_5_7_4_2(rig: Rig) -> No
     assert not rig.drv.display_info[1].enabled
 
 
+@pytest.mark.spec("dev:suspend#3", "dev:suspend#4", "dev:suspend#5")
 def test_hotplug_while_suspended_is_deferred(rig: Rig) -> None:
-    """Device Suspend: no config change and no notification while suspended; applied and notified on resume."""
+    """§3.4.2: while suspended the device MUST NOT change its config space nor send a config notification; the
+    change is applied and MUST be notified on resume."""
     rig.drv.suspend_bit()
     irqs = len(rig.machine.interrupts)
     rig.dev.resize(0, 800, 600)
@@ -137,8 +141,11 @@ def test_unref_disables_the_scanout_showing_it(rig: Rig) -> None:
     assert resp_type(rig.drv.call(transfer(fb.id, 0, 0, 1, 1, 0))) == ERR_RESOURCE
 
 
+@pytest.mark.spec("dev:features#1")
 def test_constructor_feature_options() -> None:
-    """Bit 5 is BLOB_ALIGNMENT (spec) or the abandoned FREEZING (2023), never both."""
+    """Bit 5 is BLOB_ALIGNMENT (spec) or the abandoned FREEZING (2023), never both; §2.2.2 the device MUST NOT
+    offer a feature that requires one it does not offer (CONTEXT_INIT needs VIRGL, BLOB_ALIGNMENT needs
+    RESOURCE_BLOB: refused)."""
     g = Gpu(offer_freezing=True)
     assert g.offered & (1 << 5) and not g.offer_blob_alignment and g.config_size() == 16
     with pytest.raises(ValueError, match="bit 5"):
@@ -164,3 +171,26 @@ def test_only_enabled_displays_get_framebuffers() -> None:
     r = make_rig(dev_kw={"num_scanouts": 1, "enabled_scanouts": 0})
     assert r.drv.framebuffers[0].width == 1024  # §5.7.5 MAY fall back to 1024x768 at display 0
     assert GpuFormat(r.drv.framebuffers[0].format) is GpuFormat.B8G8R8X8_UNORM
+
+
+@pytest.mark.spec("dev:gpu/init#1", "dev:gpu/init#2")
+@pytest.mark.parametrize("edid", [True, False])
+def test_display_info_and_edid_drive_the_first_modeset(edid: bool) -> None:
+    """§5.7.5 (in the device requirements, addressed to the driver): the driver SHOULD query GET_DISPLAY_INFO
+    and use it for the initial scanout set-up, and with EDID negotiated SHOULD also fetch each EDID. The device
+    answers both from the host's displays: after probing a 3-head device whose displays have different modes
+    (the third disconnected), the device saw GET_DISPLAY_INFO and — only with EDID — one GET_EDID per scanout;
+    each enabled scanout shows a framebuffer of exactly its display's mode, whose EDID preferred mode matches."""
+    r = make_rig(dev_kw={"num_scanouts": 3, "enabled_scanouts": 2, "width": 320, "height": 200, "edid": edid},
+                 probe=False)
+    r.dev.displays[1].width, r.dev.displays[1].height = 640, 480
+    r.drv.probe()
+    assert r.dev.commands["GET_DISPLAY_INFO"] >= 1
+    assert r.dev.commands["GET_EDID"] == (3 if edid else 0)
+    sizes = [(r.dev.scanout_width(i), r.dev.scanout_height(i)) for i in range(3)]
+    assert sizes == [(320, 200), (640, 480), (0, 0)]
+    for i, (w, h) in enumerate(sizes[:2]):
+        if edid:
+            e = r.drv.edids[i]
+            assert (e[56] | (e[58] >> 4) << 8, e[59] | (e[61] >> 4) << 8) == (w, h)
+    assert not r.dev.status & Status.DEVICE_NEEDS_RESET
