@@ -17,14 +17,20 @@ The core owns everything generic:
   device stops consuming buffers, lets in-flight requests complete (with used notifications), and only then
   presents SUSPEND=1/DRIVER_OK=0. While suspended it sends no notification, touches no queue and does not change
   its config space; a config change is applied and notified once on resume; a failed suspend or resume sets
-  DEVICE_NEEDS_RESET.
+  DEVICE_NEEDS_RESET;
+* virtqueue reset (§2.6.1, VIRTIO_F_RING_RESET): everything taken from the queue is cancelled — scheduled work
+  for it never runs, its chains are the driver's again (never written, used or notified) — and the queue is
+  back to its defaults; a reset that cancelled work stays in progress for one device step
+  (:meth:`VirtioDevice.queue_reset_pending`, what ``queue_reset`` reads), and a SUSPEND waits for it.
 
 What a transport calls (the device side of any transport): :meth:`VirtioDevice.attach`, ``offered_features``,
 ``set_driver_features``, ``write_status``, ``reset``, ``enable_queue``, ``queue_reset``, ``kick``,
-``set_bus_master``, ``config_size`` / ``read_config`` / ``write_config`` (after ``accepts_config_write``).
+``queue_reset_pending``, ``set_bus_master``, ``config_size`` / ``read_config`` / ``write_config`` (after
+``accepts_config_write``).
 
 Devices work in scheduled steps on the context's clock: a kick schedules ``process_queue`` after ``latency`` ns;
-a device may hold a request in flight and complete it later with :meth:`VirtioDevice.after`. Every guest-caused
+a device may hold a request in flight and complete it later with :meth:`VirtioDevice.after` (naming the queue,
+so that a queue reset cancels it). Every guest-caused
 error becomes the spec's answer; nothing raised by a device step escapes into the transport.
 """
 

@@ -13,7 +13,7 @@ import struct
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from pyvirtio.clock import MS, US
 from pyvirtio.dma import GuestAllocator
@@ -381,9 +381,9 @@ class QueueResetInterleavings(RuleBasedStateMachine):
         assert self.drv.ctx.trace.violations() == []
 
 
-TestQueueResetInterleavings = QueueResetInterleavings.TestCase
-TestQueueResetInterleavings.settings = settings(max_examples=60, stateful_step_count=30, deadline=None,
-                                                suppress_health_check=[HealthCheck.too_slow])
-TestQueueResetInterleavings = pytest.mark.spec("dev:vq-reset#1", "dev:vq-reset#2", "dev:vq-reenable#1",
-                                               "dev:suspend#3", "dev:suspend#6",
-                                               "dev:suspend#7")(TestQueueResetInterleavings)
+@pytest.mark.spec("dev:vq-reset#1", "dev:vq-reset#2", "dev:vq-reenable#1", "dev:suspend#3", "dev:suspend#6",
+                  "dev:suspend#7")
+def test_queue_reset_interleaved_with_requests_and_suspend() -> None:
+    """§2.6.1 with Device Suspend (§3.4.2), as a state machine: see :class:`QueueResetInterleavings`."""
+    run_state_machine_as_test(QueueResetInterleavings, settings=settings(
+        max_examples=60, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]))
