@@ -30,8 +30,8 @@ What a transport calls (the device side of any transport): :meth:`VirtioDevice.a
 
 Devices work in scheduled steps on the context's clock: a kick schedules ``process_queue`` after ``latency`` ns;
 a device may hold a request in flight and complete it later with :meth:`VirtioDevice.after` (naming the queue,
-so that a queue reset cancels it). Every guest-caused
-error becomes the spec's answer; nothing raised by a device step escapes into the transport.
+so that a queue reset cancels it). Every guest-caused error becomes the spec's answer; nothing raised by a device
+step escapes into the transport.
 """
 
 from __future__ import annotations
