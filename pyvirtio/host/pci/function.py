@@ -299,9 +299,9 @@ class VirtioPciFunction:
 
         A message pending in the PBA belongs to the device before the reset: it is forgotten, never sent once
         status reads 0 (QEMU ``virtio_pci_reset`` -> ``msix_unuse_all_vectors`` clears the pending bits)."""
+        self.msix.clear_pending()  # spec: dev:reset#2
         self.device.reset()
         self._reset_transport()
-        self.msix.clear_pending()  # spec: dev:reset#2
 
     def system_reset(self, kind: ResetKind = ResetKind.COLD) -> bool:
         """A bus or machine reset (QEMU ``virtio_pci_bus_reset_hold``). Returns False if it was skipped.
@@ -361,8 +361,9 @@ class VirtioPciFunction:
         return not self.device.disabled and not self.device.suspended
 
     def _lifecycle_changed(self, state: DeviceLifecycle) -> None:
-        """The device moved in its lifecycle: a message held while it was suspended goes out once it is not."""
-        if not self.device.suspended:
+        """The device moved in its lifecycle: a message held while it was suspended goes out once it runs again
+        (resumed, or failed to resume: DEVICE_NEEDS_RESET); a reset has forgotten it already."""
+        if state in (DeviceLifecycle.LIVE, DeviceLifecycle.NEEDS_RESET):
             self.msix.deliver_pending()
 
     def _set_intx(self, level: bool) -> None:
