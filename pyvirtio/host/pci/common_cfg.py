@@ -189,6 +189,7 @@ class CommonConfig:
                 else:
                     setattr(dq, attr, (cur & 0xFFFFFFFF) | (value << 32))
             case CommonCfg.QUEUE_RESET if q is not None:
+                # spec: dev:pci/common-cfg#10, dev:pci/common-cfg#12 (the queue back to its defaults: not enabled)
                 if value == 1 and d.negotiated(Feature.RING_RESET):
                     d.queue_reset(q)
                     self.trace.record(Kind.QUEUE, self.name, queue=q, event="reset")
