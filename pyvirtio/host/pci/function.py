@@ -447,19 +447,28 @@ class VirtioPciFunction:
         read returns. Like QEMU the window reaches the BAR's registers whatever the BAR's mapping (firmware uses
         it before it assigns BARs).
 
-        A window the driver set up wrongly (length not 1, 2 or 4, an offset not a multiple of it, outside the
-        BAR) performs no access: a write is dropped, a read gives 0 (traced violations; §4.1.4.9.2 is the
-        driver's MUST).
+        A window of length 0 (not programmed yet: reading the capability whole) performs nothing. A window the
+        driver set up wrongly — a length other than 1, 2 or 4, an offset not a multiple of it (§4.1.4.9.2, the
+        driver's MUST NOT), a range outside the BAR — performs no access either: a write is dropped, a read gives
+        0; each is traced as a violation naming the rule.
         """
         cap = self.pci_cfg_cap
         bar = self.cfg.get(cap + 4, 1)
         boff = self.cfg.get(cap + 8, 4)
         length = self.cfg.get(cap + 12, 4)
         data = cap + VIRTIO_PCI_CFG_DATA
-        if (length not in (1, 2, 4) or boff % length or bar >= PCI_NUM_BARS
-                or not boff + length <= self.bar_sizes[bar]):
-            self.trace.record(Kind.VIOLATION, self.name, bar=bar, offset=boff, length=length, write=write,
-                              rule="§4.1.4.9.2 PCI_CFG window: length 1, 2 or 4, aligned offset inside the BAR")
+        if length == 0:
+            return
+        rule = ""
+        if length not in (1, 2, 4):
+            rule = "§4.1.4.9 PCI_CFG window: cap.length must be 1, 2 or 4"
+        elif boff % length:
+            rule = "§4.1.4.9.2 driver MUST NOT write a cap.offset that is not a multiple of cap.length"
+        elif bar >= PCI_NUM_BARS or boff + length > self.bar_sizes[bar]:
+            rule = "PCI_CFG window: BAR access outside a BAR"
+        if rule:
+            self.trace.record(Kind.VIOLATION, self.name, rule=rule, bar=bar, offset=boff, length=length,
+                              write=write)
             if not write:
                 self.cfg.set(data, 4, 0)
             return
