@@ -557,11 +557,13 @@ class VirtioDevice:
         """Schedule device work; dropped if the device is reset first. Errors become DEVICE_NEEDS_RESET.
 
         A step that may touch guest memory (``dma``, the default) does not run while bus mastering is off: it
-        waits and runs when bus mastering is back (:meth:`set_bus_master`). A PCI function may not master the
-        bus while COMMAND.BME is 0; QEMU (``virtio_device_disabled`` in ``virtqueue_pop``/``virtqueue_fill``/
-        ``virtqueue_flush``/``virtio_notify_vector``, since commit 9d7bd08) stops taking buffers and *drops* the
-        used-ring update and the notification of a request that completes meanwhile; pyvirtio defers instead,
-        so no buffer is lost and guest memory is untouched until bus mastering is on again.
+        waits and runs, in order, when bus mastering is back (:meth:`set_bus_master`); status-only steps pass
+        ``dma=False``. A PCI function may not master the bus while COMMAND.BME is 0. QEMU (commit 9d7bd0826f,
+        "virtio-pci: disable vring processing when bus-mastering is disabled", 5.0) sets ``vdev->disabled`` in
+        ``virtio_write_config``; then ``virtqueue_pop`` takes nothing, ``virtqueue_fill``/``virtqueue_flush``
+        return early (no used element, ``inuse`` decremented) and ``virtio_notify_vector`` sends nothing: a
+        request completing meanwhile is *dropped*, not deferred. pyvirtio defers it instead, so guest memory is
+        untouched while BME is 0 and no buffer is lost.
         """
         epoch = self._epoch
 
