@@ -11,9 +11,9 @@ writes can raise out of these methods.
 
 Bus mastering (PCI COMMAND.BME) is off at power-on and after a bus reset: until the driver sets it the device
 touches no guest memory and sends no MSI-X message (an MSI is a memory write; it stays pending in the PBA and
-goes out when BME is set); INTx is not a memory request and is not gated by BME. A virtio reset forgets every
-pending message, and while the device is suspended (virtio 1.4 Device Suspend) messages stay pending and go out
-when it resumes.
+goes out when BME is set — QEMU drops it); INTx is not a memory request and is not gated by BME. A virtio reset
+forgets every pending message, and while the device is suspended (virtio 1.4 Device Suspend) messages stay
+pending and go out when it resumes.
 
 This module holds the configuration space, BAR routing, the ISR and INTx, queue notifications and the resets;
 the common-config register file is :mod:`pyvirtio.host.pci.common_cfg`, MSI-X is :mod:`pyvirtio.host.pci.msix`.
@@ -157,7 +157,9 @@ class VirtioPciFunction:
         #: the freeze_mode field's device side, or None when the function has no such field
         self.freeze_mode = FreezeModeDevice(self, feature_bit=fm_bit) if fm_bit is not None else None
         device.attach(self, transport_features=bit(fm_bit) if fm_bit is not None else 0)
-        # PCI: COMMAND is 0 at power-on, so the function starts without bus mastering (QEMU: disabled until set).
+        # PCI: COMMAND is 0 at power-on, so the function starts without bus mastering. (QEMU: DMA and MSI go through
+        # the function's bus-master address space, whose enable region follows COMMAND.MASTER in
+        # pci_default_write_config; before the driver sets it nothing reaches guest memory.)
         device.set_bus_master(False)  # spec: dev:pci#1
         device.lifecycle_listeners.append(self._lifecycle_changed)
         nq = len(device.queues)
