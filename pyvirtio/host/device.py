@@ -86,6 +86,11 @@ class VirtioDevice:
         self._lifecycle = DeviceLifecycle.RESET
         self.disabled = False  # bus mastering off (QEMU virtio_set_disabled); orthogonal to the lifecycle
         self._taken: list[dict[int, DescriptorChain]] = []  # per queue: chains popped, not completed (by id)
+        self._held: list[Callable[[], None]] = []  # device steps waiting for bus mastering (see :meth:`after`)
+        #: the value of ``config_generation`` the driver read last; a change never presents it again
+        self._generation_read: int | None = None
+        #: called with the new state after every lifecycle transition (the transport's hook, e.g. MSI-X)
+        self.lifecycle_listeners: list[Callable[[DeviceLifecycle], None]] = []
         self._scheduled: set[int] = set()
         self._epoch = 0  # bumps on reset: stale completions are dropped
         self._queue_epoch: list[int] = []  # per queue, bumps on a queue reset: that queue's work is dropped
@@ -141,6 +146,8 @@ class VirtioDevice:
 
     def _fire(self, event: LifecycleEvent) -> None:
         self._lifecycle = next_state(self._lifecycle, event)
+        for listener in self.lifecycle_listeners:
+            listener(self._lifecycle)
 
     @property
     def suspending(self) -> bool:
@@ -362,6 +369,7 @@ class VirtioDevice:
         self._taken = [{} for _ in self.queues]
         self._queue_resetting.clear()
         self._scheduled.clear()
+        self._held.clear()
         self.driver_features = 0
         self._fire(_E.RESET)
         self.on_reset()
@@ -369,6 +377,8 @@ class VirtioDevice:
         deferred, self._deferred_config = self._deferred_config, []
         for fn in deferred:
             fn()
+        if deferred:
+            self._bump_generation()  # spec: dev:pci/common-cfg#5
         self.trace(Kind.RESET)
         self._present(0)  # spec: dev:reset#1
 
@@ -386,12 +396,22 @@ class VirtioDevice:
     # -- bus mastering (QEMU: clearing COMMAND.MASTER drops DRIVER_OK and disables the device) ------------------
 
     def set_bus_master(self, enabled: bool) -> None:
-        """The transport turned bus mastering on or off. Off drops the presented DRIVER_OK (QEMU)."""
+        """The transport turned bus mastering on or off.
+
+        Off: the device may not touch guest memory, so every step that may (:meth:`after`) waits; a LIVE device
+        drops the presented DRIVER_OK (QEMU ``virtio_write_config``). During a SUSPEND or resume transition the
+        transition alone decides what is presented: SUSPEND=1/DRIVER_OK=0 only once the device is suspended.
+        On: the held steps run, in order, and every queue is looked at again.
+        """
         self.disabled = not enabled
-        if not enabled and self.status & Status.DRIVER_OK:
+        # spec: dev:suspend#6, dev:suspend#7
+        if not enabled and self.status & Status.DRIVER_OK and self.lifecycle not in (_L.SUSPENDING, _L.RESUMING):
             self._fire(_E.DRIVER_OK_CLEARED)
             self._present(self.status & ~Status.DRIVER_OK)
         if enabled:
+            held, self._held = self._held, []
+            for run in held:
+                self.ctx.scheduler.schedule(0, run, label=f"{self.name}:bus-master")
             for i in range(len(self.queues)):
                 self.kick(i)
 
@@ -403,7 +423,7 @@ class VirtioDevice:
         if self.faults.suspend_fails:
             self.needs_reset("suspend failed")  # spec: dev:suspend#6 (cannot suspend: DEVICE_NEEDS_RESET)
             return
-        self.after(self.latency, self._try_finish_suspend, label="suspend")
+        self.after(self.latency, self._try_finish_suspend, label="suspend", dma=False)
 
     def inflight(self) -> int:
         """Chains popped and not yet completed (nor cancelled by a queue reset), over every queue."""
@@ -429,7 +449,7 @@ class VirtioDevice:
         self._fire(_E.RESUME)
         self._present(self.status | Status.DRIVER_OK)
         self.trace(Kind.PM, event="resume_requested")
-        self.after(self.latency, self._finish_resume, label="resume")
+        self.after(self.latency, self._finish_resume, label="resume", dma=False)
 
     def _finish_resume(self) -> None:
         if self.lifecycle is not _L.RESUMING:
@@ -454,7 +474,18 @@ class VirtioDevice:
     # -- config changes ---------------------------------------------------------------------------------------
 
     def _bump_generation(self) -> None:
-        self.config_generation = (self.config_generation + 1) & 0xFF
+        """The config changed: a new 8-bit generation, never the one the driver read last (so a driver comparing
+        its before and after reads sees the change, however many changes wrapped the counter meanwhile)."""
+        # spec: dev:pci/common-cfg#5
+        gen = (self.config_generation + 1) & 0xFF
+        if gen == self._generation_read:
+            gen = (gen + 1) & 0xFF
+        self.config_generation = gen
+
+    def read_generation(self) -> int:
+        """``config_generation`` as a driver reads it through the transport (remembered, see above)."""
+        self._generation_read = self.config_generation
+        return self.config_generation
 
     def config_change(self, apply: Callable[[], None]) -> None:
         """A device-initiated config change. Applied and notified now, or deferred until resume if suspended."""
@@ -564,17 +595,28 @@ class VirtioDevice:
         q.push(chain.head, written)
         self._maybe_notify(index)
         if self.lifecycle is _L.SUSPENDING:
-            self.after(0, self._try_finish_suspend, label="suspend")
+            self.after(0, self._try_finish_suspend, label="suspend", dma=False)
 
     def _maybe_notify(self, index: int) -> None:
         if self.queues[index].needs_notification():
             self.ctx.notify_queue(index)
 
-    def after(self, delay: int, fn: Callable[[], None], label: str = "", *, queue: int | None = None) -> Cancellable:
+    def after(self, delay: int, fn: Callable[[], None], label: str = "", *, queue: int | None = None,
+              dma: bool = True) -> Cancellable:
         """Schedule device work; dropped if the device is reset first. Errors become DEVICE_NEEDS_RESET.
 
         Work for a request taken from queue ``queue`` names it: it is then also dropped if that queue is reset
-        first (§2.6.1.1.1), so it never writes the request's buffers nor completes it."""
+        first (§2.6.1.1.1), so it never writes the request's buffers nor completes it.
+
+        A step that may touch guest memory (``dma``, the default) does not run while bus mastering is off: it
+        waits and runs, in order, when bus mastering is back (:meth:`set_bus_master`); status-only steps pass
+        ``dma=False``. A PCI function may not master the bus while COMMAND.BME is 0. QEMU (commit 9d7bd0826f,
+        "virtio-pci: disable vring processing when bus-mastering is disabled", 5.0) sets ``vdev->disabled`` in
+        ``virtio_write_config``; then ``virtqueue_pop`` takes nothing, ``virtqueue_fill``/``virtqueue_flush``
+        return early (no used element, ``inuse`` decremented) and ``virtio_notify_vector`` sends nothing: a
+        request completing meanwhile is *dropped*, not deferred. pyvirtio defers it instead, so guest memory is
+        untouched while BME is 0 and no buffer is lost.
+        """
         epoch = self._epoch
         # spec: dev:vq-reset#1
         # The queue's epoch as it is now: work of a queue reset in between never runs.
@@ -584,6 +626,9 @@ class VirtioDevice:
             if epoch != self._epoch:
                 return
             if queue is not None and qepoch != self._queue_epoch[queue]:
+                return
+            if dma and self.disabled:
+                self._held.append(run)  # spec: dev:pci#1
                 return
             self.guarded(fn)
 
@@ -613,9 +658,10 @@ class VirtioDevice:
         if cancelled or index in self._queue_resetting:
             self._queue_resetting.add(index)
             self.trace(Kind.QUEUE, event="reset_cancelling", queue=index, cancelled=cancelled)
-            self.after(self.latency, lambda: self._finish_queue_reset(index), label=f"q{index}-reset", queue=index)
+            self.after(self.latency, lambda: self._finish_queue_reset(index), label=f"q{index}-reset", queue=index,
+                       dma=False)
         elif self.lifecycle is _L.SUSPENDING:
-            self.after(0, self._try_finish_suspend, label="suspend")  # device-internal work may have gone
+            self.after(0, self._try_finish_suspend, label="suspend", dma=False)  # device-internal work may have gone
 
     def _finish_queue_reset(self, index: int) -> None:
         self._queue_resetting.discard(index)

@@ -45,6 +45,7 @@ def test_wrong_width_or_misaligned_common_access_is_ignored(machine: Machine, of
     assert violations(machine)
 
 
+@pytest.mark.spec("dev:pci/common-cfg#14")
 def test_non_power_of_two_queue_size_is_ignored(machine: Machine) -> None:
     """§2.7 (split ring) MUST: Queue Size is a power of 2; the device keeps the old value."""
     fn = machine.plug(Rng())
@@ -69,6 +70,7 @@ def test_queue_enable_written_with_zero_sets_needs_reset(machine: Machine, alloc
     assert drv.needs_reset_seen
 
 
+@pytest.mark.spec("dev:pci/msix#9")
 def test_msix_vector_beyond_table_reads_no_vector(machine: Machine) -> None:
     """§4.1.5.1.2: a vector the device cannot map reads back as NO_VECTOR (0xffff)."""
     fn = machine.plug(Rng())
@@ -81,6 +83,7 @@ def test_msix_vector_beyond_table_reads_no_vector(machine: Machine) -> None:
     assert cread(fn, 26, 2) == 0xFFFF
 
 
+@pytest.mark.spec("dev:pci/msix#7", "dev:pci/common-cfg#6", "dev:pci/common-cfg#7")
 def test_reset_unmaps_vectors(machine: Machine, alloc) -> None:  # type: ignore[no-untyped-def]
     """§4.1.4.3.2 MUST on reset: present 0 in queue_enable and unmap all MSI-X events (NO_VECTOR)."""
     dev, fn, drv = live_rng(machine, alloc)

@@ -22,6 +22,7 @@ def fn(machine: Machine):  # type: ignore[no-untyped-def]
     return f
 
 
+@pytest.mark.spec("dev:pci/discovery#1", "dev:pci/discovery#2", "dev:pci/discovery#4", "dev:pci/discovery#5")
 def test_header_ids_per_4_1_2(machine: Machine) -> None:
     """§4.1.2 MUST: vendor 0x1AF4, device 0x1040 + virtio id; SHOULD: revision >= 1, subsystem >= 0x40."""
     fn = machine.plug(Rng())
@@ -42,6 +43,8 @@ def test_config_space_is_4k(machine: Machine) -> None:
     assert fn.config_read(0x1000, 4) == 0xFFFFFFFF  # beyond 4 KiB: all-ones, no exception
 
 
+@pytest.mark.spec("dev:pci/common-cfg#2", "dev:pci/notify-cap#1", "dev:pci/isr#1", "dev:pci/pci-cfg#1",
+                  "dev:pci/caps#1")
 def test_required_virtio_capabilities_4_1_4(fn) -> None:  # type: ignore[no-untyped-def]
     """§4.1.4 MUST: at least one COMMON, NOTIFY, ISR and PCI_CFG capability (+ DEVICE if config exists)."""
     caps = find_caps(fn)
@@ -62,7 +65,10 @@ def test_required_virtio_capabilities_4_1_4(fn) -> None:  # type: ignore[no-unty
     assert 0x11 in caps  # MSI-X
 
 
+@pytest.mark.spec("dev:pci/device-cfg#1")
 def test_device_cfg_capability_when_device_has_config(machine: Machine) -> None:
+    """§4.1.4.6: a device with a device-specific config presents DEVICE_CFG; §4.1.4.6.1: its offset (0x2000) is
+    4-byte aligned."""
     fn = machine.plug(TestDevice())
     caps = find_caps(fn)
     types = {fn.config_read(p + 3, 1): p for p in caps[0x09]}
@@ -70,6 +76,7 @@ def test_device_cfg_capability_when_device_has_config(machine: Machine) -> None:
     assert (fn.config_read(p + 4, 1), fn.config_read(p + 8, 4), fn.config_read(p + 12, 4)) == (4, 0x2000, 16)
 
 
+@pytest.mark.spec("dev:pci/common-cfg#3", "dev:pci/layout#1")
 def test_common_cfg_offsets_1_4(fn) -> None:  # type: ignore[no-untyped-def]
     """§4.1.4.3: field offsets 0..63, including queue_notif_config_data, queue_reset and the admin fields."""
     cwrite(fn, 0, 4, 1)  # device_feature_select = 1
@@ -95,11 +102,14 @@ def test_common_cfg_offsets_1_4(fn) -> None:  # type: ignore[no-untyped-def]
     assert (cread(fn, 60, 2), cread(fn, 62, 2)) == (0, 0)  # no admin queues
 
 
+@pytest.mark.spec("dev:pci/common-cfg#13")
 def test_queue_select_beyond_num_queues_reads_zero(fn) -> None:  # type: ignore[no-untyped-def]
+    """§4.1.4.3.1: queue_size reads 0 when queue_select names a queue that does not exist."""
     cwrite(fn, 22, 2, 7)
     assert cread(fn, 24, 2) == 0  # §4.1.4.3: queue_size 0 = not available
 
 
+@pytest.mark.spec("dev:pci#1")
 def test_bar_sizing(machine: Machine) -> None:
     """PCI BAR sizing: writing all-ones reads back the size mask and the type bits."""
     fn = machine.plug(Rng())
@@ -111,6 +121,7 @@ def test_bar_sizing(machine: Machine) -> None:
     assert (~(fn.config_read(0x14, 4) & ~0xF) + 1) & 0xFFFFFFFF == 0x1000
 
 
+@pytest.mark.spec("dev:pci/pci-cfg#2", "dev:pci/pci-cfg#3")
 def test_pci_cfg_window_reaches_the_bar(fn) -> None:  # type: ignore[no-untyped-def]
     """§4.1.4.9: driver sets bar/offset/length in the PCI_CFG cap; pci_cfg_data performs the BAR access."""
     p = next(p for p in find_caps(fn)[0x09] if fn.config_read(p + 3, 1) == 5)
@@ -124,7 +135,9 @@ def test_pci_cfg_window_reaches_the_bar(fn) -> None:  # type: ignore[no-untyped-
     assert fn.config_read(p + 16, 4) == 64
 
 
+@pytest.mark.spec("dev:pci/msix#2")
 def test_msix_capability_and_table(fn) -> None:  # type: ignore[no-untyped-def]
+    """§4.1.5.1.2.1: Table Size reports the vectors (queues + config); table and PBA in BAR1; entries masked."""
     p = find_caps(fn)[0x11][0]
     ctrl, table, pba = struct.unpack("<HII", bytes(fn.config_read(p + 2 + i, 1) for i in range(10)))
     assert (ctrl & 0x7FF) + 1 == 2  # queues + config
@@ -134,6 +147,7 @@ def test_msix_capability_and_table(fn) -> None:  # type: ignore[no-untyped-def]
     assert fn.bar_read(1, 12, 4) & 1
 
 
+@pytest.mark.spec("dev:pci/isr#2", "dev:pci/isr#4", "dev:pci/isr#5")
 def test_isr_read_to_clear_and_intx_when_msix_off(machine: Machine, alloc) -> None:  # type: ignore[no-untyped-def]
     """§4.1.4.5: ISR bit 1 on config change, reading ISR clears it and de-asserts INTx."""
     from pyvirtio.guest.rng import RngDriver
@@ -154,6 +168,7 @@ def test_isr_read_to_clear_and_intx_when_msix_off(machine: Machine, alloc) -> No
     assert fn.bar_read(4, 0x1000, 1) == 0  # read-to-clear
 
 
+@pytest.mark.spec("dev:pci/common-cfg#5")
 def test_config_generation_changes_with_device_config(machine: Machine, alloc) -> None:  # type: ignore[no-untyped-def]
     """§4.1.4.3.1 MUST: config_generation changes when device config changed."""
     dev = TestDevice()
@@ -192,6 +207,7 @@ def test_pm_capability_only_behind_pcie_port(machine: Machine) -> None:
     assert fn.config_read(pm + 4, 2) == 0x0000
 
 
+@pytest.mark.spec("dev:pci#1")
 def test_pmcsr_no_soft_reset_is_read_only(machine: Machine) -> None:
     """PCI PM 1.2: No_Soft_Reset (PMCSR bit 3) is set by the function, read-only to software."""
     fn = machine.plug(Rng(), pcie_port=True, no_soft_reset=True)
@@ -203,6 +219,7 @@ def test_pmcsr_no_soft_reset_is_read_only(machine: Machine) -> None:
     assert fn.config_read(pm + 4, 2) == 0x000B  # D3hot, as QEMU reads in §7A
 
 
+@pytest.mark.spec("dev:pci#1")
 def test_pmcsr_rejects_d1_d2(machine: Machine) -> None:
     """QEMU pci_pm_update: D1/D2 not advertised in PMC -> the write keeps the old PowerState."""
     fn = machine.plug(Rng(), pcie_port=True)
@@ -214,7 +231,10 @@ def test_pmcsr_rejects_d1_d2(machine: Machine) -> None:
     assert fn.config_read(pm + 4, 2) & 3 == 3
 
 
+@pytest.mark.spec("dev:pci#1")
 def test_bars_unmapped_outside_d0(machine: Machine) -> None:
+    """PCI PM (§4.1.1: the function meets PCI): outside D0 the function answers config accesses only; BAR reads
+    give all-ones and writes are dropped, and D0 brings the registers back."""
     fn = machine.plug(Rng(), pcie_port=True)
     enable(fn)
     pm = find_caps(fn)[0x01][0]

@@ -67,6 +67,7 @@ class CommonConfig:
         self.device_feature_select = 0
         self.driver_feature_select = 0
         self.queue_select = 0
+        # spec: dev:pci/msix#7
         self.config_vector = VIRTIO_MSI_NO_VECTOR
         self.queue_vectors = [VIRTIO_MSI_NO_VECTOR] * len(self.device.queues)
 
@@ -87,7 +88,9 @@ class CommonConfig:
         return q if q < len(self.device.queues) else None
 
     def _vector(self, value: int) -> int:
-        """§4.1.5.1.2: a vector the function cannot map is NO_VECTOR."""
+        """§4.1.5.1.2: any event may be mapped to any table entry or unmapped (NO_VECTOR); only a vector beyond
+        the table, which the function cannot map, is refused, and a refused mapping reads NO_VECTOR."""
+        # spec: dev:pci/msix#4, dev:pci/msix#5, dev:pci/msix#8, dev:pci/msix#9
         return value if value < self.nvectors else VIRTIO_MSI_NO_VECTOR
 
     def read(self, off: int, size: int) -> int:
@@ -100,29 +103,30 @@ class CommonConfig:
         match off:
             case CommonCfg.DEVICE_FEATURE_SELECT:
                 return self.device_feature_select
-            case CommonCfg.DEVICE_FEATURE:
+            case CommonCfg.DEVICE_FEATURE:  # spec: dev:pci/common-cfg#3 (0 for words beyond the offer)
                 return (d.offered_features() >> (32 * self.device_feature_select)) & 0xFFFFFFFF \
                     if self.device_feature_select < FEATURE_WORDS else 0
             case CommonCfg.DRIVER_FEATURE_SELECT:
                 return self.driver_feature_select
-            case CommonCfg.DRIVER_FEATURE:
+            case CommonCfg.DRIVER_FEATURE:  # spec: dev:pci/common-cfg#4 (what the driver wrote, per window)
                 return (d.driver_features >> (32 * self.driver_feature_select)) & 0xFFFFFFFF \
                     if self.driver_feature_select < FEATURE_WORDS else 0
-            case CommonCfg.CONFIG_MSIX_VECTOR:
+            case CommonCfg.CONFIG_MSIX_VECTOR:  # spec: dev:pci/msix#6
                 return self.config_vector
             case CommonCfg.NUM_QUEUES:
                 return len(d.queues)
             case CommonCfg.DEVICE_STATUS:
                 return d.status
-            case CommonCfg.CONFIG_GENERATION:
-                return d.config_generation
+            case CommonCfg.CONFIG_GENERATION:  # spec: dev:pci/common-cfg#5 (never the value read last, if changed)
+                return d.read_generation()
             case CommonCfg.QUEUE_SELECT:
                 return self.queue_select
             case CommonCfg.QUEUE_SIZE:
+                # spec: dev:pci/common-cfg#13 (0: no such queue), dev:pci/common-cfg#14 (a power of 2, set_size)
                 return dq.size if dq else 0
-            case CommonCfg.QUEUE_MSIX_VECTOR:
+            case CommonCfg.QUEUE_MSIX_VECTOR:  # spec: dev:pci/msix#6
                 return self.queue_vectors[q] if q is not None else VIRTIO_MSI_NO_VECTOR
-            case CommonCfg.QUEUE_ENABLE:
+            case CommonCfg.QUEUE_ENABLE:  # spec: dev:pci/common-cfg#7 (a reset makes every queue non-ready)
                 return int(dq.ready) if dq else 0
             case CommonCfg.QUEUE_NOTIFY_OFF:
                 return q if q is not None else 0
@@ -157,6 +161,7 @@ class CommonConfig:
                 self.config_vector = self._vector(value)
             case CommonCfg.DEVICE_STATUS:
                 if value == 0:
+                    # spec: dev:pci/common-cfg#6 (synchronous: device_status reads 0 when the write returns)
                     self._virtio_reset()
                 else:
                     d.write_status(value)
@@ -165,7 +170,7 @@ class CommonConfig:
             case CommonCfg.QUEUE_SIZE if dq is not None:
                 if dq.ready:
                     d.violation("§4.1.4.3.2 queue_size written while the queue is enabled", queue=q)
-                elif not dq.set_size(value):
+                elif not dq.set_size(value):  # spec: dev:pci/common-cfg#14 (anything else is refused)
                     d.violation("§2.7 split queue size must be a power of 2 no larger than the maximum",
                                 queue=q, value=value)
             case CommonCfg.QUEUE_MSIX_VECTOR if q is not None:
@@ -180,11 +185,13 @@ class CommonConfig:
                     return
                 attr = _QUEUE_ADDRESS[off]
                 cur = getattr(dq, attr)
+                # spec: dev:pci/layout#1 (each 32-bit half of a 64-bit field on its own)
                 if off % 8 == 0:
                     setattr(dq, attr, (cur & ~0xFFFFFFFF) | value)
                 else:
                     setattr(dq, attr, (cur & 0xFFFFFFFF) | (value << 32))
             case CommonCfg.QUEUE_RESET if q is not None:
+                # spec: dev:pci/common-cfg#10, dev:pci/common-cfg#12 (the queue back to its defaults: not enabled)
                 if value == 1 and d.negotiated(Feature.RING_RESET):
                     d.queue_reset(q)
                     self.trace.record(Kind.QUEUE, self.name, queue=q, event="reset")

@@ -9,6 +9,12 @@ Contract. The four guest-facing methods are :meth:`VirtioPciFunction.config_read
 or all-ones outside a structure, as QEMU); register values out of range get the spec's answer. Nothing a guest
 writes can raise out of these methods.
 
+Bus mastering (PCI COMMAND.BME) is off at power-on and after a bus reset: until the driver sets it the device
+touches no guest memory and sends no MSI-X message (an MSI is a memory write; it stays pending in the PBA and
+goes out when BME is set — QEMU drops it); INTx is not a memory request and is not gated by BME. A virtio reset
+forgets every pending message, and while the device is suspended (virtio 1.4 Device Suspend) messages stay
+pending and go out when it resumes.
+
 This module holds the configuration space, BAR routing, the ISR and INTx, queue notifications and the resets;
 the common-config register file is :mod:`pyvirtio.host.pci.common_cfg`, MSI-X is :mod:`pyvirtio.host.pci.msix`.
 The function is also the :class:`~pyvirtio.host.context.DeviceContext` its device sees.
@@ -23,6 +29,7 @@ from typing import Protocol
 
 from pyvirtio.clock import Scheduler
 from pyvirtio.host.device import VirtioDevice
+from pyvirtio.host.lifecycle import DeviceLifecycle
 from pyvirtio.host.pci.common_cfg import CommonConfig, FreezeModeHandler
 from pyvirtio.host.pci.configspace import ConfigSpace, pack_virtio_cap
 from pyvirtio.host.pci.freeze_mode import FreezeModeDevice, check_freeze_mode_bit
@@ -40,6 +47,7 @@ from pyvirtio.spec.constants import (
     PCI_HEADER_TYPE,
     PCI_INTERRUPT_PIN,
     PCI_MSIX_FLAGS,
+    PCI_MSIX_FLAGS_ENABLE,
     PCI_NUM_BARS,
     PCI_PM_CAP_SIZE,
     PCI_PM_CTRL,
@@ -149,10 +157,16 @@ class VirtioPciFunction:
         #: the freeze_mode field's device side, or None when the function has no such field
         self.freeze_mode = FreezeModeDevice(self, feature_bit=fm_bit) if fm_bit is not None else None
         device.attach(self, transport_features=bit(fm_bit) if fm_bit is not None else 0)
+        # PCI: COMMAND is 0 at power-on, so the function starts without bus mastering. (QEMU: DMA and MSI go through
+        # the function's bus-master address space, whose enable region follows COMMAND.MASTER in
+        # pci_default_write_config; before the driver sets it nothing reaches guest memory.)
+        device.set_bus_master(False)  # spec: dev:pci#1
+        device.lifecycle_listeners.append(self._lifecycle_changed)
         nq = len(device.queues)
+        # spec: dev:pci/msix#1, dev:pci/msix#3 (one vector per queue and one for config changes, as QEMU)
         nvectors = self.options.msix_vectors if self.options.msix_vectors is not None else nq + 1
         self.cfg = ConfigSpace()
-        self.msix = Msix(self.cfg, nvectors, sink=irq, trace=trace, name=self.name)
+        self.msix = Msix(self.cfg, nvectors, sink=irq, trace=trace, name=self.name, may_send=self._may_send_msi)
         self.common = CommonConfig(device, nvectors=nvectors, trace=trace, reset=self._virtio_reset,
                                    freeze_mode=self.freeze_mode)
         self.bar_sizes = [0] * PCI_NUM_BARS
@@ -165,13 +179,15 @@ class VirtioPciFunction:
 
     def _build_config_space(self) -> None:
         c = self.cfg
-        c.set(PCI_VENDOR_ID, 2, VIRTIO_PCI_VENDOR_ID)
+        # spec: dev:pci#1 (a type 0 header, BARs sized by their write masks, a capability list)
+        c.set(PCI_VENDOR_ID, 2, VIRTIO_PCI_VENDOR_ID)  # spec: dev:pci/discovery#1
+        # spec: dev:pci/discovery#2, dev:pci/discovery#3 (0x1040 + device id: the non-transitional range)
         c.set(PCI_DEVICE_ID, 2, VIRTIO_PCI_MODERN_DEVICE_ID_BASE + int(self.device.device_id))
-        c.set(PCI_REVISION_ID, 1, VIRTIO_PCI_REVISION_MODERN)
+        c.set(PCI_REVISION_ID, 1, VIRTIO_PCI_REVISION_MODERN)  # spec: dev:pci/discovery#4
         c.set(PCI_CLASS_PROG, 3, int(PCI_CLASS.get(self.device.device_id, PciClass.OTHERS)))
         c.set(PCI_HEADER_TYPE, 1, 0)
         c.set(PCI_SUBSYSTEM_VENDOR_ID, 2, QEMU_SUBSYSTEM_VENDOR_ID)
-        c.set(PCI_SUBSYSTEM_ID, 2, QEMU_SUBSYSTEM_DEVICE_ID)
+        c.set(PCI_SUBSYSTEM_ID, 2, QEMU_SUBSYSTEM_DEVICE_ID)  # spec: dev:pci/discovery#5
         c.set(PCI_INTERRUPT_PIN, 1, 1)  # INTA#
         c.set_wmask(PCI_COMMAND, 2, PciCommand.IO | PciCommand.MEMORY | PciCommand.MASTER | PciCommand.INTX_DISABLE)
         c.set_wmask(0x3C, 1, 0xFF)  # interrupt line
@@ -187,30 +203,38 @@ class VirtioPciFunction:
             if self.options.no_soft_reset:  # read-only to the guest: not in wmask
                 c.set(self.pm_cap + PCI_PM_CTRL, 2, Pmcsr.NO_SOFT_RESET)
             c.w1cmask[self.pm_cap + PCI_PM_CTRL + 1] = Pmcsr.PME_STATUS >> 8
+        # Every virtio capability's cap_len covers its type-specific fields: 16 bytes, 20 for NOTIFY and PCI_CFG.
+        # spec: dev:pci/caps#1
+        # spec: dev:pci/common-cfg#1, dev:pci/common-cfg#2 (one COMMON_CFG, at BAR4 + 0: 4-byte aligned)
         self.common_cap = c.add_capability(
             PciCapId.VENDOR,
             pack_virtio_cap(VirtioPciCap.COMMON_CFG, QEMU_MODERN_BAR, QEMU_COMMON_OFFSET, self.common.size,
                             VIRTIO_PCI_CAP_LEN),
         )
         nq = max(1, len(self.device.queues))
+        # One NOTIFY_CFG at BAR4 + 0x3000 (2-byte aligned), multiplier 4 (= 2^2, an even power of 2), queue q
+        # at q * 4 (queue_notify_off = q), length 4 * queues: at least 2 and every queue's address + 2 inside.
+        # spec: dev:pci/notify-cap#1, dev:pci/notify-cap#2, dev:pci/notify-cap#3
+        # spec: dev:pci/notify-cap#4, dev:pci/notify-cap#5
         self.notify_cap = c.add_capability(
             PciCapId.VENDOR,
             pack_virtio_cap(VirtioPciCap.NOTIFY_CFG, QEMU_MODERN_BAR, QEMU_NOTIFY_OFFSET,
                             nq * QEMU_NOTIFY_OFF_MULTIPLIER, VIRTIO_PCI_NOTIFY_CAP_LEN,
                             struct.pack("<I", QEMU_NOTIFY_OFF_MULTIPLIER)),
         )
-        self.isr_cap = c.add_capability(
+        self.isr_cap = c.add_capability(  # spec: dev:pci/isr#1
             PciCapId.VENDOR,
             pack_virtio_cap(VirtioPciCap.ISR_CFG, QEMU_MODERN_BAR, QEMU_ISR_OFFSET, 1, VIRTIO_PCI_CAP_LEN),
         )
         self.device_cap = 0
         if self.device.config_size():
+            # spec: dev:pci/device-cfg#1 (BAR4 + 0x2000: 4-byte aligned)
             self.device_cap = c.add_capability(
                 PciCapId.VENDOR,
                 pack_virtio_cap(VirtioPciCap.DEVICE_CFG, QEMU_MODERN_BAR, QEMU_DEVICE_OFFSET,
                                 self.device.config_size(), VIRTIO_PCI_CAP_LEN),
             )
-        self.pci_cfg_cap = c.add_capability(
+        self.pci_cfg_cap = c.add_capability(  # spec: dev:pci/pci-cfg#1
             PciCapId.VENDOR,
             pack_virtio_cap(VirtioPciCap.PCI_CFG, 0, 0, 0, VIRTIO_PCI_CFG_CAP_LEN, b"\0\0\0\0"),
         )
@@ -273,7 +297,11 @@ class VirtioPciFunction:
         self._set_intx(False)
 
     def _virtio_reset(self) -> None:
-        """Virtio reset (§2.4), device and transport: the one path for a status write of 0 and a bus reset."""
+        """Virtio reset (§2.4), device and transport: the one path for a status write of 0 and a bus reset.
+
+        A message pending in the PBA belongs to the device before the reset: it is forgotten, never sent once
+        status reads 0 (QEMU ``virtio_pci_reset`` -> ``msix_unuse_all_vectors`` clears the pending bits)."""
+        self.msix.clear_pending()  # spec: dev:reset#2
         self.device.reset()
         self._reset_transport()
 
@@ -306,26 +334,43 @@ class VirtioPciFunction:
 
     def notify_queue(self, index: int) -> None:
         """Used-buffer notification for queue ``index``: its MSI-X vector, or ISR bit 0 and INTx."""
+        # spec: dev:pci/isr#3 (ISR bit 0 only without MSI-X, set in _signal before INTx)
         self._signal(VIRTIO_PCI_ISR_QUEUE, self.common.queue_vector(index), f"queue{index}")
 
     def notify_config(self) -> None:
-        """Configuration-change notification: the config vector, or ISR bits 0 and 1 and INTx."""
-        # QEMU sets both ISR bits on a config change (the spec requires bit 1).
+        """Configuration-change notification: ISR bit 1 first, whatever the interrupt mechanism; then the config
+        vector, or ISR bit 0 too and INTx (QEMU ``virtio_notify_config`` sets both bits)."""
+        self.isr |= VIRTIO_PCI_ISR_CONFIG  # spec: dev:pci/isr#2
         self._signal(VIRTIO_PCI_ISR_QUEUE | VIRTIO_PCI_ISR_CONFIG, self.common.config_vector, "config")
 
     def _signal(self, isr_bits: int, vector: int, why: str) -> None:
-        if self.device.disabled:
-            self.trace.record(Kind.INTERRUPT, self.name, why=why, dropped="bus master off")
-            return
         if self.msix.enabled:
             if vector == VIRTIO_MSI_NO_VECTOR:
-                return  # §4.1.5.1.3: no interrupt for an unmapped event
-            self.msix.send(vector, why)
+                # spec: dev:pci/used-notify#1, dev:pci/config-notify#1
+                self.trace.record(Kind.INTERRUPT, self.name, why=why, dropped="NO_VECTOR")
+                return
+            # spec: dev:pci/msix#4 (any event goes out through the table entry it is mapped to)
+            self.msix.send(vector, why)  # held pending while bus mastering is off or the device suspended
             return
-        self.isr |= isr_bits
+        # INTx is not a memory request: PCI does not gate it with Bus Master Enable.
+        self.isr |= isr_bits  # spec: dev:pci/isr#3
         self._set_intx(True)
 
+    def _may_send_msi(self) -> bool:
+        """An MSI-X message may go out now: bus mastering on (an MSI is a memory write, PCI) and the device not
+        suspended (virtio 1.4 Device Suspend). Otherwise it stays pending in the PBA."""
+        # spec: dev:pci#1, dev:suspend#3
+        return not self.device.disabled and not self.device.suspended
+
+    def _lifecycle_changed(self, state: DeviceLifecycle) -> None:
+        """The device moved in its lifecycle: a message held while it was suspended goes out once it runs again
+        (resumed, or failed to resume: DEVICE_NEEDS_RESET); a reset has forgotten it already."""
+        if state in (DeviceLifecycle.LIVE, DeviceLifecycle.NEEDS_RESET):
+            self.msix.deliver_pending()
+
     def _set_intx(self, level: bool) -> None:
+        """PCI Status.Interrupt follows ``level``; the INTx line too unless COMMAND.INTX_DISABLE masks it."""
+        # spec: dev:pci/isr#4
         status = self.cfg.get(PCI_STATUS, 2)
         new = (status | PciStatusReg.INTERRUPT) if level else (status & ~PciStatusReg.INTERRUPT)
         self.cfg.set(PCI_STATUS, 2, new)
@@ -341,10 +386,9 @@ class VirtioPciFunction:
             self.trace.record(Kind.VIOLATION, self.name, rule="PCI config access must be aligned 1/2/4 bytes",
                               offset=offset, size=size)
             return (1 << (8 * size)) - 1 if size in (1, 2, 4) else 0xFFFFFFFF
+        if _overlaps(offset, size, self.pci_cfg_cap + VIRTIO_PCI_CFG_DATA, 4):
+            self._pci_cfg_access(write=False)  # loads pci_cfg_data first
         value = self.cfg.get(offset, size)
-        data_off = self.pci_cfg_cap + VIRTIO_PCI_CFG_DATA
-        if offset < data_off + 4 and data_off < offset + size:
-            value = self._pci_cfg_window(None, offset, size, value)
         self.trace.record(Kind.CONFIG_READ, self.name, offset=offset, size=size, value=value)
         return value
 
@@ -366,17 +410,24 @@ class VirtioPciFunction:
         if self.pm_cap and _overlaps(offset, size, self.pm_cap + PCI_PM_CTRL, 2):
             self._pmcsr_written(old_pmcsr)
         if _overlaps(offset, size, self.msix_cap + PCI_MSIX_FLAGS, 2) and self.msix.flags != old_msix:
-            self.msix.deliver_pending()
-        data_off = self.pci_cfg_cap + VIRTIO_PCI_CFG_DATA
-        if offset < data_off + 4 and data_off < offset + size:
-            self._pci_cfg_window(value, offset, size, value)
+            self._msix_control_written(old_msix)
+        if _overlaps(offset, size, self.pci_cfg_cap + VIRTIO_PCI_CFG_DATA, 4):
+            self._pci_cfg_access(write=True)  # the bytes just written are in pci_cfg_data
 
     def _command_written(self, old: int) -> None:
         new = self.command
         if (old ^ new) & PciCommand.MASTER:
             self.device.set_bus_master(bool(new & PciCommand.MASTER))
+            self.msix.deliver_pending()  # what was held while bus mastering was off
         if (old ^ new) & PciCommand.INTX_DISABLE:
             self._set_intx(bool(self.cfg.get(PCI_STATUS, 2) & PciStatusReg.INTERRUPT))
+
+    def _msix_control_written(self, old: int) -> None:
+        """MSI-X Enable or Mask All changed: deliver what may go now; INTx follows the ISR only without MSI-X."""
+        if (old ^ self.msix.flags) & PCI_MSIX_FLAGS_ENABLE:
+            # spec: dev:pci/isr#4 (MSI-X off: Status.Interrupt = OR of the ISR bits; on: INTx is not used)
+            self._set_intx(not self.msix.enabled and bool(self.isr))
+        self.msix.deliver_pending()
 
     def _pmcsr_written(self, old: int) -> None:
         """QEMU ``pci_pm_update``: no D1/D2 (PMC does not offer them), no D3hot -> D1/D2; no reset on D3->D0."""
@@ -391,21 +442,50 @@ class VirtioPciFunction:
             self.trace.record(Kind.PM, self.name, event="power_state", frm=f"D{old_state}",
                               to="D3hot" if new_state == PowerState.D3HOT else f"D{new_state}")
 
-    def _pci_cfg_window(self, write: int | None, offset: int, size: int, value: int) -> int:
-        """VIRTIO_PCI_CAP_PCI_CFG: a config-space window onto a BAR (§4.1.4.9)."""
+    def _pci_cfg_access(self, *, write: bool) -> None:
+        """VIRTIO_PCI_CAP_PCI_CFG (§4.1.4.9): any driver access to ``pci_cfg_data``, of any width, performs a
+        ``cap.length``-byte access of BAR ``cap.bar`` at ``cap.offset``. A write takes the first ``cap.length``
+        bytes of ``pci_cfg_data``; a read stores its result there (the rest keeps its bytes) before the config
+        read returns. Like QEMU the window reaches the BAR's registers whatever the BAR's mapping (firmware uses
+        it before it assigns BARs).
+
+        A window of length 0 (not programmed yet: reading the capability whole) performs nothing. A window the
+        driver set up wrongly — a length other than 1, 2 or 4, an offset not a multiple of it (§4.1.4.9.2, the
+        driver's MUST NOT), a range outside the BAR — performs no access either: a write is dropped, a read gives
+        0; each is traced as a violation naming the rule.
+        """
         cap = self.pci_cfg_cap
         bar = self.cfg.get(cap + 4, 1)
         boff = self.cfg.get(cap + 8, 4)
         length = self.cfg.get(cap + 12, 4)
-        data_off = cap + VIRTIO_PCI_CFG_DATA
-        if offset != data_off or size != 4 or length not in (1, 2, 4) or boff % length:
-            return value  # only a dword access of the data field, with a valid window, goes through
-        if write is None:
-            v = self.bar_read(bar, boff, length)
-            self.cfg.set(data_off, 4, v)
-            return v
-        self.bar_write(bar, boff, length, write & ((1 << (8 * length)) - 1))
-        return value
+        data = cap + VIRTIO_PCI_CFG_DATA
+        if length == 0:
+            return
+        rule = ""
+        if length not in (1, 2, 4):
+            rule = "§4.1.4.9 PCI_CFG window: cap.length must be 1, 2 or 4"
+        elif boff % length:
+            rule = "§4.1.4.9.2 driver MUST NOT write a cap.offset that is not a multiple of cap.length"
+        elif bar >= PCI_NUM_BARS or boff + length > self.bar_sizes[bar]:
+            rule = "PCI_CFG window: BAR access outside a BAR"
+        if rule:
+            self.trace.record(Kind.VIOLATION, self.name, rule=rule, bar=bar, offset=boff, length=length,
+                              write=write)
+            if not write:
+                self.cfg.set(data, 4, 0)
+            return
+        if write:
+            # spec: dev:pci/pci-cfg#2
+            value = self.cfg.get(data, length)
+            self.trace.record(Kind.BAR_WRITE, self.name, bar=bar, offset=boff, size=length, value=value,
+                              via="pci_cfg")
+            self._bar_write(bar, boff, length, value)
+        else:
+            # spec: dev:pci/pci-cfg#3
+            value = self._bar_read(bar, boff, length)
+            self.trace.record(Kind.BAR_READ, self.name, bar=bar, offset=boff, size=length, value=value,
+                              via="pci_cfg")
+            self.cfg.set(data, length, value)
 
     # -- guest accessors: BARs --------------------------------------------------------------------------------
 
@@ -449,7 +529,7 @@ class VirtioPciFunction:
             if roff != 0:
                 return 0
             value = self.isr
-            self.isr = 0  # read-to-clear, de-asserts INTx
+            self.isr = 0  # spec: dev:pci/isr#5 (read-to-clear, de-asserts INTx)
             self._set_intx(False)
             return value
         if base == QEMU_DEVICE_OFFSET:

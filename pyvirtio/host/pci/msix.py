@@ -3,13 +3,17 @@
 Contract. :class:`Msix` owns the vector table (``BAR1 + 0``) and the pending-bit array (``BAR1 + 0x800``, QEMU's
 layout) and the capability's Message Control word in the function's configuration space. A message sent to a
 masked vector (its Mask bit, or the function's Mask All) sets the vector's pending bit instead and is delivered
-when the vector is unmasked. Guest accesses of the wrong width, misaligned or outside the table are ignored
-(reads give 0); the PBA is read-only. Nothing here raises on guest input.
+when the vector is unmasked. The function may also hold every message (``may_send`` false: bus mastering off, an
+MSI is a memory write; the device suspended, virtio 1.4 Device Suspend): it stays pending until the function
+calls :meth:`Msix.deliver_pending` again. :meth:`Msix.clear_pending` forgets every pending message (a virtio
+reset: QEMU ``msix_unuse_all_vectors``). Guest accesses of the wrong width, misaligned or outside the table are
+ignored (reads give 0); the PBA is read-only. Nothing here raises on guest input.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Protocol
 
 from pyvirtio.host.pci.configspace import ConfigSpace
@@ -45,12 +49,16 @@ class MsiSink(Protocol):
 class Msix:
     """The MSI-X capability of one function with ``nvectors`` table entries."""
 
-    def __init__(self, cfg: ConfigSpace, nvectors: int, *, sink: MsiSink, trace: Trace, name: str) -> None:
+    def __init__(self, cfg: ConfigSpace, nvectors: int, *, sink: MsiSink, trace: Trace, name: str,
+                 may_send: Callable[[], bool] | None = None) -> None:
+        """A table of ``nvectors`` entries (1..2048); ``may_send`` says whether the function may send a message
+        now (None: always)."""
         if not 1 <= nvectors <= MSIX_MAX_VECTORS:
             raise ValueError(f"MSI-X table size must be 1..{MSIX_MAX_VECTORS}")
         self.cfg = cfg
         self.nvectors = nvectors
         self.sink = sink
+        self.may_send: Callable[[], bool] = may_send if may_send is not None else (lambda: True)
         self.trace = trace
         self.name = name
         self.table = bytearray(nvectors * PCI_MSIX_ENTRY_SIZE)
@@ -60,6 +68,7 @@ class Msix:
 
     def add_capability(self) -> int:
         """Append the capability to the configuration space (table in BAR1 at 0, PBA at 0x800); its offset."""
+        # spec: dev:pci/msix#2 (Table Size = entries - 1, PCI encoding)
         self.cap = self.cfg.add_capability(
             PciCapId.MSIX,
             struct.pack("<HII", self.nvectors - 1, 0 | QEMU_MSIX_BAR, MSIX_PBA_OFFSET | QEMU_MSIX_BAR),
@@ -90,6 +99,10 @@ class Msix:
         """Conventional reset: Enable and Mask All cleared, every entry masked, nothing pending."""
         self.cfg.set(self.cap + PCI_MSIX_FLAGS, 2, self.flags & ~(PCI_MSIX_FLAGS_ENABLE | PCI_MSIX_FLAGS_MASKALL))
         self.mask_all_entries()
+        self.clear_pending()
+
+    def clear_pending(self) -> None:
+        """Forget every pending message (a reset: what was pending must never be sent afterwards)."""
         self.pending = [False] * self.nvectors
 
     def entry(self, vector: int) -> tuple[int, int, int, int]:
@@ -104,8 +117,8 @@ class Msix:
     # -- delivery ---------------------------------------------------------------------------------------------
 
     def send(self, vector: int, why: str) -> None:
-        """Signal ``vector`` (a valid table index): delivered now, or left pending while masked."""
-        if self.masked(vector):
+        """Signal ``vector`` (a valid table index): delivered now, or left pending while masked or held."""
+        if self.masked(vector) or not self.may_send():
             self.pending[vector] = True
             self.trace.record(Kind.INTERRUPT, self.name, vector=vector, why=why, pending=True)
             return
@@ -114,7 +127,10 @@ class Msix:
         self.sink.msi(self.name, (hi << 32) | lo, data, vector)
 
     def deliver_pending(self) -> None:
-        """Send every pending message whose vector is no longer masked (after an unmask)."""
+        """Send every pending message whose vector is no longer masked (after an unmask, or when the function may
+        send again); nothing while the function holds its messages."""
+        if not self.may_send():
+            return
         for v in range(self.nvectors):
             if self.pending[v] and not self.masked(v):
                 self.pending[v] = False
