@@ -219,11 +219,14 @@ def test_freeze_register_sequence() -> None:
     assert drv.alloc.allocations == 0  # ring memory released
 
 
-def test_restore_shares_the_init_sequence_and_does_not_renegotiate() -> None:
+@pytest.mark.parametrize("linux", [False, True], ids=["conforming", "linux-quirks"])
+def test_restore_shares_the_init_sequence_and_does_not_renegotiate(linux: bool) -> None:
     """``virtio_device_restore``: reset first, then the same §3.1.1 sequence as probe with the features
-    negotiated before — written again, the offer not even read (no new negotiation) — queues, DRIVER_OK."""
+    negotiated before — written again, no new negotiation — queues, DRIVER_OK. The conforming driver reads the
+    offer to check it still holds those features (§2.2.1: validate the offer, accept only offered bits); Linux
+    does not even read it."""
     r = rig()
-    drv = driver(r)
+    drv = driver(r, linux_quirks=linux)
     drv.probe()
     feats = r.fn.driver_features
     drv.freeze()
@@ -232,21 +235,65 @@ def test_restore_shares_the_init_sequence_and_does_not_renegotiate() -> None:
     drv.restore()
     assert status_after(r, mark) == PROBE
     assert r.fn.driver_features == feats == drv.features
-    assert not [a for a in r.fn.log[mark_log:] if a.space == "bar4" and a.offset == CommonCfg.DEVICE_FEATURE]
+    offer_read = [a for a in r.fn.log[mark_log:] if a.space == "bar4" and a.offset == CommonCfg.DEVICE_FEATURE]
+    assert bool(offer_read) is not linux
     assert r.fn.config_read(PCI_COMMAND, 2) & PciCommand.MASTER
     assert r.fn.queues[0].enable == 1
 
 
-def test_restore_of_a_failed_device_sets_failed_again() -> None:
-    """Linux ``virtio_device_restore``: a device that was FAILED at freeze gets FAILED again after ACKNOWLEDGE."""
+@pytest.mark.spec("drv:features#1", "drv:features#2")
+def test_restore_refuses_a_device_that_no_longer_offers_the_features() -> None:
+    """§2.2.1: the driver MUST validate the offer and MUST NOT accept a feature the device does not offer: a
+    device that lost a negotiated feature across the sleep is given up (FAILED) instead of being told to use
+    it."""
+    r = rig()
+    drv = driver(r)
+    drv.probe()
+    drv.freeze()
+    r.fn.features &= ~bit(Feature.EVENT_IDX)
+    with pytest.raises(DriverError, match="no longer offers"):
+        drv.restore()
+    assert r.fn.status & Status.FAILED and drv.failed
+    assert not r.fn.driver_features & ~r.fn.features  # nothing unoffered was written
+    assert not any(v & Status.FEATURES_OK for v in status_after(r, len(r.fn.status_writes) - 4))
+
+
+@pytest.mark.spec("drv:status#3", "drv:init#5")
+def test_restore_of_a_failed_device_stops_after_failed() -> None:
+    """Issue 9 defect 8. §2.1.1: if the driver sets FAILED it MUST reset the device before attempting to
+    re-initialise; §3.1.1: after giving up it MUST NOT continue the initialization. A device that was FAILED at
+    freeze is reset, shows ACKNOWLEDGE then FAILED again, and nothing more: no DRIVER, no features, no queue,
+    no DRIVER_OK. Linux (``linux_quirks``) goes on initialising after FAILED: that mode is kept for the real-VM
+    comparison and tested below."""
     r = rig()
     drv = driver(r)
     drv.probe()
     r.fn.status |= Status.FAILED
     drv.freeze()
+    mark, mark_log = len(r.fn.status_writes), len(r.fn.log)
+    drv.restore()
+    assert status_after(r, mark) == [0x00, 0x01, 0x81]
+    assert drv.failed and r.fn.queues[0].enable == 0
+    assert not [a for a in r.fn.log[mark_log:] if a.write and a.space == "bar4"
+                and a.offset in (CommonCfg.DRIVER_FEATURE, CommonCfg.QUEUE_ENABLE)]
+    # the next attempt starts with a reset again (and stops again: the driver gave up on this device)
     mark = len(r.fn.status_writes)
     drv.restore()
-    assert status_after(r, mark)[:3] == [0x00, 0x01, 0x81]
+    assert status_after(r, mark) == [0x00, 0x01, 0x81]
+
+
+def test_restore_of_a_failed_device_linux_quirks_sets_failed_and_continues() -> None:
+    """Linux ``virtio_device_restore`` (``linux_quirks=True``): a device that was FAILED at freeze gets FAILED
+    again after ACKNOWLEDGE, and the initialization goes on (non-conforming: §3.1.1 MUST NOT continue)."""
+    r = rig()
+    drv = driver(r, linux_quirks=True)
+    drv.probe()
+    r.fn.status |= Status.FAILED
+    drv.freeze()
+    mark = len(r.fn.status_writes)
+    drv.restore()
+    assert status_after(r, mark) == [0x00, 0x01, 0x81, 0x83, 0x8B, 0x8F]
+    assert r.fn.queues[0].enable == 1
 
 
 def test_restore_without_hooks_sets_driver_ok_but_builds_no_queue() -> None:
