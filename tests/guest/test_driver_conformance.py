@@ -273,7 +273,8 @@ class Raw:
     def queue(self, index: int = 0, size: int = 8, *, enable: bool = True) -> None:
         self.w(CommonCfg.QUEUE_SELECT, index)
         self.w(CommonCfg.QUEUE_SIZE, size)
-        for i, f in enumerate(sorted(f for f in CommonCfg if CommonCfg.QUEUE_DESC_LO <= f <= CommonCfg.QUEUE_DEVICE_HI)):
+        areas = sorted(f for f in CommonCfg if CommonCfg.QUEUE_DESC_LO <= f <= CommonCfg.QUEUE_DEVICE_HI)
+        for i, f in enumerate(areas):  # desc 0x4000, driver (avail) 0x8000, device (used) 0xC000; high halves 0
             self.w(f, 0x4000 * (i // 2 + 1) if i % 2 == 0 else 0)
         if enable:
             self.w(CommonCfg.QUEUE_ENABLE, 1)
