@@ -21,6 +21,7 @@ from pyvirtio.spec.constants import (
     VIRTQ_DESC_LEN_MAX,
     VIRTQ_DESC_SIZE,
     VIRTQ_IDX_MASK,
+    VIRTQ_MAX_CHAIN_BYTES,
     VIRTQ_RING_ENTRIES,
     VIRTQ_RING_FLAGS,
     VIRTQ_RING_IDX,
@@ -45,7 +46,7 @@ _U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")
 _ADDR_LIMIT = 1 << 64
 #: The most bytes one descriptor chain may describe in total (§2.7.5.2).
-CHAIN_BYTES_MAX = 1 << 32
+CHAIN_BYTES_MAX = VIRTQ_MAX_CHAIN_BYTES
 _M = VIRTQ_IDX_MASK
 _F_NEXT = int(DescFlag.NEXT)
 _F_WRITE = int(DescFlag.WRITE)

@@ -64,6 +64,7 @@ def status_after(r: Rig, mark: int) -> list[int]:
 # -- probe: virtio 1.4 §3.1.1 ------------------------------------------------------------------------------------
 
 
+@pytest.mark.spec("drv:status#1", "drv:init#1", "drv:features#2", "drv:features#3", "drv:reserved-features#1")
 def test_probe_negotiates_the_features_both_sides_know() -> None:
     """virtio 1.4 §3.1.1 steps 1-8 (reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK, re-read, queues, DRIVER_OK);
     step 4: the driver writes back only the subset of offered bits it understands (not RING_PACKED, not an
@@ -86,6 +87,7 @@ def test_probe_features_by_constructor() -> None:
     assert drv.has(44) and not drv.has(Feature.SUSPEND)
 
 
+@pytest.mark.spec("drv:features#4", "drv:init#4")
 def test_probe_refuses_a_device_without_version_1() -> None:
     """virtio 1.4 §3.1.1: on failure the driver SHOULD set FAILED; a modern driver needs VERSION_1."""
     r = rig(features=bit(Feature.EVENT_IDX))
@@ -95,6 +97,7 @@ def test_probe_refuses_a_device_without_version_1() -> None:
     assert not any(v & Status.FEATURES_OK for v in r.fn.status_writes)
 
 
+@pytest.mark.spec("drv:init#4", "drv:init#5")
 def test_features_ok_refused_is_an_error_and_nothing_goes_live() -> None:
     """virtio 1.4 §3.1.1 step 6: FEATURES_OK not set on re-read means the device does not support the subset —
     the device is unusable: FAILED is set, DRIVER_OK never written, no queue enabled."""
@@ -107,6 +110,7 @@ def test_features_ok_refused_is_an_error_and_nothing_goes_live() -> None:
     assert r.fn.writes(CommonCfg.QUEUE_ENABLE) == []
 
 
+@pytest.mark.spec("drv:pci/common-cfg#4", "drv:pci/msix#3", "drv:pci/avail-notify#3")
 def test_queue_setup_writes() -> None:
     """virtio 1.4 §4.1.5.1.3 (virtqueue configuration): select, size, the three areas (64-bit, lo/hi), vector
     (read back: §4.1.5.1.2), enable — before DRIVER_OK; MSI-X vector 0 for config, i+1 for queue i."""
@@ -143,6 +147,7 @@ def test_queue_setup_without_msix_uses_intx_and_no_vectors() -> None:
     assert "dev" in r.platform.intx_handlers
 
 
+@pytest.mark.spec("drv:pci/msix#3", "drv:init#4")
 def test_refused_vector_is_an_error() -> None:
     """virtio 1.4 §4.1.5.1.2: a vector that reads back NO_VECTOR was not mapped; the driver must not go on."""
     r = rig()
@@ -150,6 +155,7 @@ def test_refused_vector_is_an_error() -> None:
     with pytest.raises(DriverError, match="vector not accepted"):
         driver(r).probe()
     assert r.fn.config_vector == VIRTIO_MSI_NO_VECTOR
+    assert r.fn.status & Status.FAILED  # §3.1.1: the driver SHOULD set FAILED when it gives up
 
 
 def test_interrupts_reach_the_callbacks_and_config_changes_wait_while_disabled() -> None:
@@ -193,6 +199,7 @@ def test_driver_takes_a_ready_transport() -> None:
         VirtioDriver(r.platform, None, r.alloc)
 
 
+@pytest.mark.spec("drv:pci/discovery#1")
 def test_wrong_device_id_is_refused() -> None:
     """A driver binds to its device id only (virtio 1.4 §4.1.2.1: PCI device id 0x1040 + virtio id)."""
     r = rig()
@@ -204,6 +211,7 @@ def test_wrong_device_id_is_refused() -> None:
 # -- freeze / restore: Linux virtio_device_freeze / virtio_device_restore -----------------------------------------
 
 
+@pytest.mark.spec("drv:cleanup#2")
 def test_freeze_register_sequence() -> None:
     """``virtio_pci_freeze``: config delivery off, the driver's .freeze (reset: write 0, virtio 1.4 §4.1.4.3.2),
     queues deleted (MSI-X disabled), then bus mastering off."""
@@ -329,6 +337,7 @@ def test_rng_freeze_reclaims_requests_in_flight() -> None:
 # -- Device Suspend (virtio 1.4) -------------------------------------------------------------------------------------
 
 
+@pytest.mark.spec("drv:suspend#2", "drv:suspend#6")
 def test_suspend_bit_polls_until_the_device_acknowledges() -> None:
     """Device Suspend: after setting SUSPEND the driver MUST poll until SUSPEND=1 and DRIVER_OK=0; to resume it
     writes DRIVER_OK and MUST wait until SUSPEND=0 and DRIVER_OK=1."""
@@ -343,6 +352,7 @@ def test_suspend_bit_polls_until_the_device_acknowledges() -> None:
     assert r.fn.status_writes[-2:] == [0x1F, 0x1F]
 
 
+@pytest.mark.spec("drv:suspend#2")
 def test_suspend_bit_completes_when_the_device_gets_there_later() -> None:
     """The poll waits (virtual time) for a device that quiesces after 3 ms."""
     r = rig()
@@ -366,6 +376,7 @@ def test_suspend_bit_times_out_with_no_device_behind() -> None:
     assert r.fn.status == 0x1F  # SUSPEND written, never acknowledged
 
 
+@pytest.mark.spec("drv:suspend#1")
 def test_suspend_bit_needs_reset_and_negotiation() -> None:
     """Device Suspend: a device that cannot suspend MUST set DEVICE_NEEDS_RESET (the driver reports it); the
     driver SHOULD NOT set SUSPEND unless VIRTIO_F_SUSPEND was negotiated."""
