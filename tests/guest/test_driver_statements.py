@@ -288,7 +288,7 @@ def test_notifications_are_16_bit_queue_indexes_and_accesses_are_naturally_sized
     assert [(a.size, a.value, a.offset - QEMU_NOTIFY_OFFSET) for a in notes] == [(2, 2, 8), (2, 0, 0), (2, 1, 4)]
     for _, off, size, _ in common_accesses(r.fn):
         assert COMMON_CFG_WIDTH[off] == size and off % size == 0
-    with pytest.raises(ValueError, match="misaligned|§4\\.1\\.3\\.1"):
+    with pytest.raises(ValueError, match=r"§4\.1\.3\.1"):
         drv.t.config_read(2, 4)
 
 
