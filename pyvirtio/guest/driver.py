@@ -100,7 +100,9 @@ class Action(Enum):
     WRITE_CONFIG = "write device configuration"  # not while negotiating (drv:init#2) nor suspended (drv:suspend#5)
     ADD_BUFFER = "make a buffer available"  # also needs submissions running (drv:suspend#3)
     NOTIFY = "send an available-buffer notification"  # only once DRIVER_OK (drv:init#6); submissions running (#4)
-    RESET_QUEUE = "reset a queue"  # a configured queue, device not suspended or failed
+    RESET_QUEUE = "reset or re-enable a queue"  # a configured queue, device not suspended or failed
+    SUSPEND = "set SUSPEND"  # only a live device (drv:suspend#1); never after FAILED (drv:status#3)
+    RESUME = "resume from SUSPEND"  # only a device the driver suspended
 
 
 #: Which phases allow each :class:`Action` (the rules of virtio 1.4 §3.1.1 and Device Suspend, as data). While
@@ -113,6 +115,8 @@ PHASE_ALLOWS: Mapping[Action, frozenset[DriverPhase]] = MappingProxyType({
     Action.ADD_BUFFER: frozenset({DriverPhase.CONFIGURING, DriverPhase.LIVE, DriverPhase.SUSPENDED}),
     Action.NOTIFY: frozenset({DriverPhase.LIVE, DriverPhase.SUSPENDED}),
     Action.RESET_QUEUE: frozenset({DriverPhase.CONFIGURING, DriverPhase.LIVE}),
+    Action.SUSPEND: frozenset({DriverPhase.LIVE}),
+    Action.RESUME: frozenset({DriverPhase.SUSPENDED}),
 })
 
 
@@ -318,11 +322,12 @@ class VirtioDriver:
     def _fail(self, why: str) -> DriverError:
         """Give up on the device (virtio 1.4 §3.1.1: SHOULD set FAILED, MUST NOT continue): set FAILED, keep
         ``failed``; returns the error to raise."""
-        # spec: drv:init#4, drv:init#5, drv:features#4
-        self.phase = DriverPhase.FAILED
+        # spec: drv:init#4, drv:init#5
+        if self.phase is not DriverPhase.FAILED:
+            self.phase = DriverPhase.FAILED
+            with contextlib.suppress(PyvirtioError):
+                self.t.add_status(Status.FAILED)
         self.failed = True
-        with contextlib.suppress(PyvirtioError):
-            self.t.add_status(Status.FAILED)
         return DriverError(f"{self.name}: {why}")
 
     def reset_device(self) -> None:
@@ -361,6 +366,7 @@ class VirtioDriver:
         if negotiate or not self.linux_quirks:
             # spec: drv:features#2
             offered = t.device_features()
+            # spec: drv:features#4
             if not offered & bit(Feature.VERSION_1):
                 raise self._fail("device does not offer VERSION_1")
             if negotiate:
@@ -556,7 +562,8 @@ class VirtioDriver:
         configure it exactly as at discovery — zeroed rings (new ones when ``size`` differs from the current
         size), size, addresses, the same MSI-X vector read back, then ``queue_enable`` — optionally with another
         ``size`` (rounded down to a power of 2, at most the device maximum). :class:`DriverError` if the queue
-        was not reset."""
+        was not reset, or the device is no longer configured or live (e.g. FAILED meanwhile)."""
+        self._require(Action.RESET_QUEUE)
         if index not in self.reset_queues:
             raise DriverError(f"{self.name}: queue {index} was not reset")
         vq = self.vqs[index]
@@ -750,10 +757,11 @@ class VirtioDriver:
         if not self.has(Feature.SUSPEND):
             raise DriverError(f"{self.name}: VIRTIO_F_SUSPEND not negotiated")
         status = t.get_status()
-        if status & Status.SUSPEND and not status & Status.DRIVER_OK:
+        if self.phase is DriverPhase.SUSPENDED and status & Status.SUSPEND and not status & Status.DRIVER_OK:
             return  # already suspended
-        if not status & Status.DRIVER_OK:
-            raise DriverError(f"{self.name}: SUSPEND needs DRIVER_OK (status {status:#x})")
+        if not status & Status.DRIVER_OK or not self.allows(Action.SUSPEND):
+            raise DriverError(f"{self.name}: SUSPEND needs a live device with DRIVER_OK (status {status:#x}, "
+                              f"{self.phase.value})")
         self.stop_submissions()
         self.config_disable()
         # spec: drv:suspend#3, drv:suspend#4, drv:suspend#5
@@ -773,11 +781,19 @@ class VirtioDriver:
         t = self.t
         status = t.get_status()
         if status & Status.DRIVER_OK and not status & Status.SUSPEND:
+            if self.phase is DriverPhase.SUSPENDED:
+                self._resumed()
             return
+        self._require(Action.RESUME)
         t.set_status(status | Status.DRIVER_OK)
         # spec: drv:suspend#6
         self._poll_status(lambda s: not s & Status.SUSPEND and bool(s & Status.DRIVER_OK),
                           timeout or self.SUSPEND_TIMEOUT, "resume")
+        self._resumed()
+
+    def _resumed(self) -> None:
+        """The resume is confirmed: the device is live again; held notifications, configuration changes and
+        submissions go on."""
         self.phase = DriverPhase.LIVE
         self._flush_kicks()
         self.config_enable()

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pyvirtio.devices import Gpu, Rng
 from pyvirtio.dma import GuestAllocator
+from pyvirtio.errors import DriverError
 from pyvirtio.guest.checker import CHECKED, DriverChecker
 from pyvirtio.guest.driver import VirtioDriver
 from pyvirtio.guest.fake import FakeFunction, FakePlatform, acknowledge_suspend
@@ -398,3 +401,57 @@ def test_the_checker_flags_a_breach(statement: str) -> None:
     d = raw()
     BREACHES[statement](d)
     assert statement in d.ck.ids(), "\n".join(map(str, d.ck.violations)) or "nothing flagged"
+
+
+# -- any order of operations ------------------------------------------------------------------------------------------
+
+OPS = ("request", "read", "kick", "suspend", "resume", "freeze", "restore", "reset_vq", "enable_vq", "give_up",
+       "slow_reset", "slow_queue_reset", "config_irq", "needs_reset")
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(st.sampled_from(OPS), max_size=25))
+@pytest.mark.spec(*CHECKED)
+def test_any_sequence_of_driver_operations_breaks_no_statement(ops: list[str]) -> None:
+    """Property (hypothesis) over the driver's phase state machine (:data:`~pyvirtio.guest.driver.PHASE_ALLOWS`):
+    whatever the order in which a guest asks for requests, kicks, Device Suspend and resume, freeze and restore,
+    queue resets, giving up on the device (FAILED), slow resets and DEVICE_NEEDS_RESET, every access the driver
+    makes obeys the statements the checker watches; the only errors are driver errors (refusals, time-outs)."""
+    fn, platform, alloc = _fake(queue_sizes=(16,))
+    fn.on_status = acknowledge_suspend
+    ck = DriverChecker(fn)
+    drv = RngDriver(platform, ck, alloc, name="rng")
+    drv.probe()
+    for op in ops:
+        try:
+            if op == "request":
+                drv.request(8)
+            elif op == "read":
+                drv.read(8, timeout=1_000_000)
+            elif op == "kick":
+                drv.kick(0) if drv.vqs else None
+            elif op == "suspend":
+                drv.suspend_bit(timeout=2_000_000)
+            elif op == "resume":
+                drv.resume_bit(timeout=2_000_000)
+            elif op == "freeze":
+                drv.freeze()
+            elif op == "restore":
+                drv.restore()
+            elif op == "reset_vq":
+                drv.reset_vq(0, timeout=5_000_000)
+            elif op == "enable_vq":
+                drv.enable_vq(0, 8)
+            elif op == "give_up":
+                drv._fail("the test gives up")
+            elif op == "slow_reset":
+                fn.reset_reads = 2
+            elif op == "slow_queue_reset":
+                fn.queue_reset_reads = 3
+            elif op == "config_irq":
+                platform.signal(fn, 0)
+            elif op == "needs_reset":
+                fn.status |= Status.DEVICE_NEEDS_RESET
+        except DriverError:
+            pass
+    assert ck.finish() == [], "\n".join(map(str, ck.violations))
