@@ -332,9 +332,11 @@ class VirtioDriver:
 
     def reset_device(self) -> None:
         """Reset the device (virtio 1.4 §2.4: write 0, then poll until status reads 0): the driver is back at
-        :attr:`DriverPhase.RESET`, a DEVICE_NEEDS_RESET it saw is over and no notification is held."""
+        :attr:`DriverPhase.RESET`, a DEVICE_NEEDS_RESET it saw is over, no notification is held, and a suspension
+        is over too (submissions are no longer stopped by it; the phase alone says what may be done)."""
         self.t.reset()
         self.phase = DriverPhase.RESET
+        self.submitting = True
         self.needs_reset_seen = False
         self.reset_queues.clear()
         self._held_kicks.clear()
@@ -346,9 +348,10 @@ class VirtioDriver:
         ``negotiate``, else the ones negotiated before, checked against the offer — then FEATURES_OK and its
         re-read. Preceded by ``pci_enable_device``/``pci_set_master``.
 
-        A driver that had given up on the device (``failed``) sets FAILED again after ACKNOWLEDGE and stops there
-        (returns False): §2.1.1, the driver MUST reset before re-initialising, and §3.1.1, it MUST NOT continue.
-        With ``linux_quirks`` it goes on as Linux ``virtio_device_restore`` does (and does not re-read the offer).
+        At a restore, a driver that had given up on the device (``failed``) sets FAILED again after ACKNOWLEDGE and
+        stops there (returns False): §2.1.1, the driver MUST reset before re-initialising, and §3.1.1, it MUST NOT
+        continue. With ``linux_quirks`` it goes on as Linux ``virtio_device_restore`` does (and does not re-read
+        the offer).
         Raises :class:`DriverError` (FAILED set) if VERSION_1 is missing, features are no longer offered, or the
         device refuses FEATURES_OK."""
         t = self.t
@@ -357,7 +360,7 @@ class VirtioDriver:
         self.reset_device()
         t.add_status(Status.ACKNOWLEDGE)
         self.phase = DriverPhase.NEGOTIATING
-        if self.failed:
+        if self.failed and not negotiate:
             t.add_status(Status.FAILED)
             if not self.linux_quirks:
                 self.phase = DriverPhase.FAILED
@@ -402,7 +405,9 @@ class VirtioDriver:
     def probe(self) -> None:
         """Linux ``virtio_dev_probe``: the initialization sequence with feature negotiation around
         :meth:`setup` (virtio 1.4 §3.1.1). Raises :class:`DriverError` (FAILED set) if the device lacks
-        VERSION_1, refuses FEATURES_OK or a queue, or set-up fails otherwise."""
+        VERSION_1, refuses FEATURES_OK or a queue, or set-up fails otherwise. A new probe is a new attempt: the
+        device was reset first (§2.1.1), whatever happened before."""
+        self.failed = False
         self._initialise(negotiate=True, device_setup=self.setup)
         self.probed = True
 

@@ -402,3 +402,42 @@ def test_needs_reset_noticed_at_the_deadline_without_an_interrupt() -> None:
     with pytest.raises(DeviceNeedsReset):
         drv.read(8, timeout=3 * MS)
     assert platform.now == 3 * MS
+
+
+@pytest.mark.spec("drv:status#3")
+def test_a_new_probe_after_a_failed_one_starts_with_a_reset_and_may_succeed() -> None:
+    """§2.1.1 / §3.1.1: after setting FAILED the driver may reset the device and try again: a second probe
+    resets first and, the device now cooperating, brings it up."""
+    fn, platform, alloc = fake()
+    fn.refuse_features_ok = True
+    drv = RngDriver(platform, fn, alloc, name="rng")
+    with pytest.raises(DriverError, match="refused features"):
+        drv.probe()
+    assert drv.failed and fn.status & Status.FAILED
+    fn.refuse_features_ok = False
+    mark = len(fn.status_writes)
+    drv.probe()
+    assert fn.status_writes[mark:] == [0x00, 0x01, 0x03, 0x0B, 0x0F] and not drv.failed
+
+
+@pytest.mark.spec("drv:suspend#2", "drv:suspend#3")
+def test_a_failed_suspend_falls_back_and_the_restore_submits_again() -> None:
+    """Device Suspend: a device that needs a reset instead of suspending (DEVICE_NEEDS_RESET) makes the driver
+    stop, then freeze and restore; submissions stopped for the SUSPEND end with that reset, so the restoring
+    GPU flavour replays its modeset and draws again."""
+    from pyvirtio.guest.gpu.flavours import S4ReplayGpuDriver
+
+    m = Machine(64 << 20, seed=1)
+    dev = Gpu(num_scanouts=1, width=64, height=48)
+    drv = S4ReplayGpuDriver(m, m.plug(dev), GuestAllocator(m.memory, *HEAP))
+    drv.probe()
+    dev.faults.suspend_fails = True
+    with pytest.raises(DeviceNeedsReset):
+        drv.suspend_bit()
+    assert not drv.submitting
+    drv.hibernation = True  # a plain Gpu forgets its resources on reset: re-create them
+    drv.freeze()
+    drv.restore()
+    assert drv.submitting and not drv.errors
+    fb = drv.framebuffers[0]
+    drv.draw(0, np.full((fb.height, fb.width, 4), 7, np.uint8))
