@@ -3,9 +3,12 @@ the kernel's PM core. Nothing here imports :mod:`pyvirtio.host`: drivers reach a
 PCI accessors (``config_read/config_write/bar_read/bar_write``) and a platform (clock, interrupts).
 
 * :mod:`~pyvirtio.guest.transport` — the :class:`Transport` protocol, :class:`PciTransport`, the capability walk;
-* :mod:`~pyvirtio.guest.driver` — :class:`VirtioDriver`: the init sequence once, freeze/restore, Device Suspend;
+* :mod:`~pyvirtio.guest.driver` — :class:`VirtioDriver`: the init sequence once, freeze/restore, Device Suspend,
+  queue reset; the phase state machine that says what the driver may do when;
 * :mod:`~pyvirtio.guest.rng`, :mod:`~pyvirtio.guest.gpu` — device drivers;
 * :mod:`~pyvirtio.guest.kernel`, :mod:`~pyvirtio.guest.freeze_mode` — the guest kernel's PM core;
 * :mod:`~pyvirtio.guest.fake` — the test seam: a PCI function of bytes and a platform with a virtual clock, so
-  driver tests need no device model.
+  driver tests need no device model;
+* :mod:`~pyvirtio.guest.checker` — :class:`DriverChecker`, a PCI function wrapper that records every access
+  breaking a driver statement of virtio 1.4 (by inventory id): pyvirtio's drivers are run under it.
 """

@@ -7,9 +7,11 @@ lower, so the real :class:`~pyvirtio.guest.transport.PciTransport` is exercised 
   presents a modern virtio-pci function's configuration header, capability list (virtio 1.4 §4.1.4: COMMON,
   NOTIFY, ISR, DEVICE; MSI-X; optionally PCI PM) and the common configuration registers (§4.1.4.3) with the
   register semantics a driver relies on — feature select windows, FEATURES_OK accepted or refused, reset,
-  per-queue registers, MSI-X vectors accepted or refused, ISR read-to-clear — and records every access. There
-  is no device: nothing happens on its own. A test that wants a reaction (SUSPEND acknowledged, a config change)
-  sets :attr:`FakeFunction.on_status` or schedules it on the platform's clock.
+  per-queue registers, ``queue_reset`` (§4.1.4.3.2), MSI-X vectors accepted or refused, ISR read-to-clear — and
+  records every access. There is no device: nothing happens on its own. A test that wants a reaction (SUSPEND
+  acknowledged, a config change) sets :attr:`FakeFunction.on_status` or schedules it on the platform's clock; a
+  slow reset or queue reset is scripted by how many reads still present it as ongoing
+  (:attr:`FakeFunction.reset_reads`, :attr:`FakeFunction.queue_reset_reads`).
 * :class:`FakePlatform` implements :class:`~pyvirtio.guest.transport.Platform` with a
   :class:`~pyvirtio.clock.Scheduler`: waiting moves virtual time only, MSIs are routed to handlers.
 
@@ -80,6 +82,7 @@ _CONFIG_SIZE = 0x100
 _FIRST_CAP = 0x40
 _MSIX_BAR_SIZE = 0x1000
 _MSIX_PBA_OFFSET = 0x800
+_MSIX_MAX_VECTORS = 0x800  # Table Size is 11 bits: 1..2048 entries (PCI 3.0 §6.8.2.3)
 _MODERN_BAR_SIZE = 0x4000
 _CLASS_OTHER = 0xFF0000
 
@@ -106,11 +109,17 @@ class FakeQueue:
     desc: int = 0
     driver: int = 0
     device: int = 0
+    #: a queue reset is ongoing (``queue_reset`` reads 1)
+    resetting: bool = False
+    #: reads of ``queue_reset`` that still present 1 before the ongoing queue reset completes
+    reset_reads_left: int = 0
 
     def reset(self) -> None:
-        """Back to the reset values (§4.1.4.3.2: queue_enable 0, vectors unmapped; size back to the maximum)."""
+        """Back to the reset values (§4.1.4.3.2: queue_enable 0, queue_reset 0, vectors unmapped; size back to
+        the maximum)."""
         self.size, self.msix_vector, self.enable = self.max_size, VIRTIO_MSI_NO_VECTOR, 0
         self.desc = self.driver = self.device = 0
+        self.resetting, self.reset_reads_left = False, 0
 
 
 def acknowledge_suspend(old: int, new: int) -> int:
@@ -127,8 +136,11 @@ class FakeFunction:
 
     ``features`` are the offered feature bits; ``queue_sizes`` the maximum size of each queue;
     ``device_config`` the device-specific configuration (no DEVICE_CFG capability when empty); ``pm`` adds a
-    PCI PM capability (with No_Soft_Reset when ``no_soft_reset``). FEATURES_OK is refused when the driver
-    accepted a bit that was not offered, or when :attr:`refuse_features_ok` is set (virtio 1.4 §3.1.1 step 6).
+    PCI PM capability (with No_Soft_Reset when ``no_soft_reset``); ``msix_vectors`` is the MSI-X table size
+    (1..2048; 0: no MSI-X capability); ``pci_device_id`` overrides the PCI device id (default 0x1040 + id, e.g.
+    0x1005 for a transitional entropy device) and ``revision`` the revision id. FEATURES_OK is refused when the
+    driver accepted a bit that was not offered, or when :attr:`refuse_features_ok` is set (virtio 1.4 §3.1.1
+    step 6).
     """
 
     def __init__(
@@ -141,10 +153,18 @@ class FakeFunction:
         msix_vectors: int | None = None,
         pm: bool = False,
         no_soft_reset: bool = False,
+        pci_device_id: int | None = None,
+        revision: int = VIRTIO_PCI_REVISION_MODERN,
     ) -> None:
         self.features = features
         self.queues = [FakeQueue(n, n) for n in queue_sizes]
         self.nvectors = msix_vectors if msix_vectors is not None else len(queue_sizes) + 1
+        if not 0 <= self.nvectors <= _MSIX_MAX_VECTORS:
+            raise ValueError(f"MSI-X table size {self.nvectors} is not in 0..{_MSIX_MAX_VECTORS}")
+        table_bytes = self.nvectors * PCI_MSIX_ENTRY_SIZE
+        #: where the pending bit array starts in the MSI-X BAR (after the table), and the BAR's size
+        self.msix_pba_offset = max(_MSIX_PBA_OFFSET, table_bytes)
+        self.msix_bar_size = max(_MSIX_BAR_SIZE, 1 << (self.msix_pba_offset * 2 - 1).bit_length())
         self.device_config = bytearray(device_config)
         self.cfg = bytearray(_CONFIG_SIZE)
         self.wmask = bytearray(_CONFIG_SIZE)
@@ -156,6 +176,15 @@ class FakeFunction:
         self.log: list[Access] = []
         #: every value written to ``device_status``, in order
         self.status_writes: list[int] = []
+        #: ``(presented, written)`` for every ``device_status`` write: what the device showed just before
+        self.status_log: list[tuple[int, int]] = []
+        #: reads of ``device_status`` after a reset that still present the old value (a reset that takes a while)
+        self.reset_reads = 0
+        #: reads of ``queue_reset`` after writing 1 that still present 1 (a queue reset that takes a while;
+        #: -1: it never completes)
+        self.queue_reset_reads = 0
+        #: queue indexes the driver wrote 1 to ``queue_reset`` for, in order
+        self.queue_resets: list[int] = []
         #: queue indexes written to the notify region, in order
         self.notifications: list[int] = []
         #: ``(presented, written) -> presented``: how the fake answers a status write (default: as written)
@@ -172,9 +201,13 @@ class FakeFunction:
         self.driver_feature_select = 0
         self.queue_select = 0
         self.config_vector = VIRTIO_MSI_NO_VECTOR
+        self.msix_cap = 0
+        self._stale_status = 0
+        self._stale_reads = 0
         self._last_cap = 0
         self._next_free = _FIRST_CAP
-        self._build(device_id, pm, no_soft_reset)
+        pci_id = pci_device_id if pci_device_id is not None else VIRTIO_PCI_MODERN_DEVICE_ID_BASE + device_id
+        self._build(pci_id, revision, pm, no_soft_reset)
 
     # -- construction -------------------------------------------------------------------------------------------
 
@@ -186,15 +219,15 @@ class FakeFunction:
     def _get(buf: bytes | bytearray, off: int, size: int) -> int:
         return int.from_bytes(buf[off : off + size], "little")
 
-    def _build(self, device_id: int, pm: bool, no_soft_reset: bool) -> None:
+    def _build(self, pci_id: int, revision: int, pm: bool, no_soft_reset: bool) -> None:
         c = self.cfg
         self._set(c, PCI_VENDOR_ID, 2, VIRTIO_PCI_VENDOR_ID)
-        self._set(c, PCI_DEVICE_ID, 2, VIRTIO_PCI_MODERN_DEVICE_ID_BASE + device_id)
-        self._set(c, PCI_REVISION_ID, 4, (_CLASS_OTHER << 8) | VIRTIO_PCI_REVISION_MODERN)
+        self._set(c, PCI_DEVICE_ID, 2, pci_id)
+        self._set(c, PCI_REVISION_ID, 4, (_CLASS_OTHER << 8) | (revision & 0xFF))
         self._set(c, PCI_INTERRUPT_PIN, 1, 1)
         self._set(self.wmask, PCI_COMMAND, 2, PciCommand.MEMORY | PciCommand.MASTER | PciCommand.INTX_DISABLE)
         self._set(self.wmask, PCI_INTERRUPT_LINE, 1, 0xFF)
-        for index, size, flags in ((QEMU_MSIX_BAR, _MSIX_BAR_SIZE, 0),
+        for index, size, flags in ((QEMU_MSIX_BAR, self.msix_bar_size, 0),
                                    (QEMU_MODERN_BAR, _MODERN_BAR_SIZE, PCI_BAR_MEM64 | PCI_BAR_PREFETCH)):
             off = PCI_BAR0 + 4 * index
             self._set(c, off, 4, flags)
@@ -215,10 +248,12 @@ class FakeFunction:
         if self.device_config:
             self.add_virtio_capability(VirtioPciCap.DEVICE_CFG, QEMU_MODERN_BAR, QEMU_DEVICE_OFFSET,
                                        len(self.device_config))
-        self.msix_cap = self.add_capability(
-            PciCapId.MSIX, struct.pack("<HII", self.nvectors - 1, QEMU_MSIX_BAR, _MSIX_PBA_OFFSET | QEMU_MSIX_BAR),
-            PCI_MSIX_CAP_SIZE)
-        self._set(self.wmask, self.msix_cap + PCI_MSIX_FLAGS, 2, PCI_MSIX_FLAGS_ENABLE | PCI_MSIX_FLAGS_MASKALL)
+        if self.nvectors:
+            self.msix_cap = self.add_capability(
+                PciCapId.MSIX,
+                struct.pack("<HII", self.nvectors - 1, QEMU_MSIX_BAR, self.msix_pba_offset | QEMU_MSIX_BAR),
+                PCI_MSIX_CAP_SIZE)
+            self._set(self.wmask, self.msix_cap + PCI_MSIX_FLAGS, 2, PCI_MSIX_FLAGS_ENABLE | PCI_MSIX_FLAGS_MASKALL)
 
     def add_capability(self, cap_id: int, body: bytes, size: int | None = None) -> int:
         """Append a capability (``body`` follows the id/next bytes) to the list; returns its offset. Tests use it
@@ -307,7 +342,7 @@ class FakeFunction:
         if bar == QEMU_MSIX_BAR:
             if offset + size <= len(self.msix_table):
                 return self._get(self.msix_table, offset, size)
-            return 0 if offset >= _MSIX_PBA_OFFSET else ones
+            return 0 if offset >= self.msix_pba_offset else ones
         if bar != QEMU_MODERN_BAR:
             return ones
         region, off = divmod(offset, QEMU_REGION_SIZE)
@@ -362,6 +397,9 @@ class FakeFunction:
             CommonCfg.CONFIG_GENERATION: self.generation,
             CommonCfg.QUEUE_SELECT: self.queue_select,
         }
+        if f == CommonCfg.DEVICE_STATUS and self._stale_reads:
+            self._stale_reads -= 1  # the reset is still ongoing
+            return self._stale_status
         if f in simple:
             return simple[f]
         if q is None:
@@ -378,7 +416,25 @@ class FakeFunction:
             CommonCfg.QUEUE_DEVICE_LO: q.device & 0xFFFFFFFF,
             CommonCfg.QUEUE_DEVICE_HI: q.device >> 32,
         }
+        if f == CommonCfg.QUEUE_RESET:
+            return self._queue_reset_read(q)
         return per_queue.get(f, 0)
+
+    def _ring_reset_negotiated(self) -> bool:
+        return bool(self.features & self.driver_features & bit(Feature.RING_RESET))
+
+    def _queue_reset_read(self, q: FakeQueue) -> int:
+        """§4.1.4.3.2: 1 while the queue reset is ongoing; the read that completes it presents 0 (and the queue
+        is back to its reset values, queue_enable 0)."""
+        if not q.resetting:
+            return 0
+        if q.reset_reads_left < 0:
+            return 1  # stuck: never completes
+        if q.reset_reads_left:
+            q.reset_reads_left -= 1
+            return 1
+        q.reset()
+        return 0
 
     def _common_write(self, off: int, size: int, value: int) -> None:
         if off not in COMMON_CFG_WIDTH or COMMON_CFG_WIDTH[off] != size:
@@ -401,6 +457,14 @@ class FakeFunction:
             self._queue_write(q, f, value)
 
     def _queue_write(self, q: FakeQueue, f: CommonCfg, value: int) -> None:
+        if f == CommonCfg.QUEUE_RESET:
+            if value == 1 and self._ring_reset_negotiated():
+                self.queue_resets.append(self.queue_select)
+                q.resetting = True
+                q.reset_reads_left = self.queue_reset_reads if self.queue_reset_reads >= 0 else -1
+                if q.reset_reads_left == 0:
+                    q.reset()  # completes at once
+            return
         if f == CommonCfg.QUEUE_SIZE:
             q.size = value
         elif f == CommonCfg.QUEUE_MSIX_VECTOR:
@@ -417,8 +481,12 @@ class FakeFunction:
 
     def _write_status(self, value: int) -> None:
         self.status_writes.append(value)
+        self.status_log.append((self.status, value))
         if value == 0:
+            old = self.status
             self.reset()
+            if self.reset_reads and old:
+                self._stale_status, self._stale_reads = old, self.reset_reads
             return
         if value & Status.FEATURES_OK and not self.status & Status.FEATURES_OK and (
                 self.refuse_features_ok or self.driver_features & ~self.features):

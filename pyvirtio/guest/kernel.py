@@ -273,4 +273,4 @@ class Guest:
         ``.shutdown`` stops config delivery and resets each device, as the observed Debian 6.1 kernel does."""
         for drv in reversed(self.drivers):
             drv.config_disable()
-            drv.t.reset()
+            drv.reset_device()

@@ -14,8 +14,14 @@ from typing import ClassVar
 
 from pyvirtio.clock import MS
 from pyvirtio.dma import GuestAllocator
-from pyvirtio.errors import DriverTimeout
-from pyvirtio.guest.driver import DriverState, VirtioDriver, state_bool, state_error, state_fields
+from pyvirtio.guest.driver import (
+    DriverState,
+    SubmissionsStopped,
+    VirtioDriver,
+    state_bool,
+    state_error,
+    state_fields,
+)
 from pyvirtio.guest.transport import PciFunctionAccess, Platform, Transport
 from pyvirtio.spec.constants import DeviceId
 
@@ -79,7 +85,8 @@ class RngState(DriverState):
 
 
 class RngDriver(VirtioDriver):
-    """The virtio-rng driver: one request queue (virtio 1.4 §5.4.2)."""
+    """The virtio-rng driver: one request queue (virtio 1.4 §5.4.2). It binds to the modern PCI id 0x1044 and to
+    the transitional 0x1005 (§4.1.2.2; the transport maps both to device id 4)."""
 
     device_id = DeviceId.ENTROPY
     queue_sizes = (None,)
@@ -95,42 +102,52 @@ class RngDriver(VirtioDriver):
         accept_suspend: bool = True,
         extra_features: int = 0,
         transport: Transport | None = None,
+        linux_quirks: bool = False,
     ) -> None:
         super().__init__(platform, fn, alloc, name=name, use_msix=use_msix, accept_suspend=accept_suspend,
-                         extra_features=extra_features, transport=transport)
+                         extra_features=extra_features, transport=transport, linux_quirks=linux_quirks)
         self.outstanding: list[RngRequest] = []
         self.completed: list[RngRequest] = []
         self.lost: list[RngRequest] = []
-        self.submitting = True
 
     def request(self, n: int) -> RngRequest:
-        """Make one ``n``-byte device-writable buffer available and kick (non-blocking, virtio 1.4 §5.4.6).
+        """Make one ``n``-byte buffer available, device-writable only, and kick (non-blocking, virtio 1.4
+        §5.4.6.1: the driver MUST NOT place device-readable buffers on the queue).
 
-        RuntimeError while submissions are stopped (Device Suspend: no new buffers while suspending).
-        """
+        :class:`~pyvirtio.guest.driver.SubmissionsStopped` while submissions are stopped (Device Suspend: no new
+        buffers while suspended); :class:`DriverError` when the queue is not set up (e.g. a FAILED device)."""
         if not self.submitting:
-            raise RuntimeError(f"{self.name}: submissions are stopped")
+            raise SubmissionsStopped(f"{self.name}: submissions are stopped")
+        if n <= 0:
+            raise ValueError(f"{self.name}: a request needs at least one byte")
         addr = self.alloc.alloc(n, 8)
         req = RngRequest(addr, n)
-        self.vqs[0].add([], [(addr, n)], req)
+        try:
+            # spec: drv:rng/operation#1
+            self.add_buffer(0, [], [(addr, n)], req)
+        except BaseException:
+            self.alloc.free(addr)
+            raise
         self.outstanding.append(req)
         self.kick(0)
         return req
 
     def read(self, n: int, timeout: int = 100 * MS) -> bytes:
-        """:meth:`request` ``n`` bytes and wait for them; :class:`DriverTimeout` after ``timeout`` ns."""
+        """:meth:`request` ``n`` bytes and wait for them (:meth:`wait_for`): :class:`DriverTimeout` after
+        ``timeout`` ns, :class:`~pyvirtio.guest.driver.DeviceNeedsReset` as soon as the device needs a reset."""
         req = self.request(n)
-        if not self.platform.run_until(lambda: req.done, timeout):
-            raise DriverTimeout(f"{self.name}: no entropy within {timeout} ns")
+        self.wait_for(lambda: req.done, timeout, f"no entropy within {timeout} ns")
         return req.data
 
     def vq_callback(self, index: int) -> None:
-        """Reclaim used buffers: copy what the device wrote (at most the buffer size) and free the buffer."""
+        """Reclaim used buffers: the used length is the number of random bytes received (§5.4.6.1), so exactly
+        that many (at most the buffer size) are taken; the buffer is freed."""
         if not self.vqs:
             return
         for token, length in self.vqs[0].drain_used():
             if not isinstance(token, RngRequest):
                 continue  # a buffer somebody else put on our queue (tests do)
+            # spec: drv:rng/operation#2, drv:split/used#1
             token.data = self.alloc.mem.read(token.addr, min(length, token.size))
             token.done = True
             self.alloc.free(token.addr)
@@ -155,13 +172,6 @@ class RngDriver(VirtioDriver):
             self._abandon(req)
         super().driver_restore()
 
-    def stop_submissions(self) -> None:
-        """No new requests until :meth:`start_submissions` (before SUSPEND)."""
-        self.submitting = False
-
-    def start_submissions(self) -> None:
-        """Requests may be made again."""
-        self.submitting = True
 
     # -- S4 image state ---------------------------------------------------------------------------------------
 

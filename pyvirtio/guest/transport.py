@@ -10,6 +10,11 @@ MSI-X, PMCSR).
   :class:`~pyvirtio.guest.fake.FakeFunction`, or a transport of their own.
 * :func:`walk_capabilities` reads the capability list into typed :class:`PciCapability` records;
   :attr:`PciTransport.capabilities` keeps them (``pyvirtio info`` renders them).
+* :func:`poll` is how the guest waits for a register to change (Linux polls with ``msleep(1)``): a device reset
+  (§4.1.4.3.2: ``device_status`` reads 0) and a queue reset (``queue_reset`` reads 0).
+
+Contract: a register that does not answer in time raises :class:`~pyvirtio.errors.DriverTimeout`; a hostile
+capability list or structure is skipped or refused with :class:`~pyvirtio.errors.DriverError`, never a crash.
 """
 
 from __future__ import annotations
@@ -58,11 +63,30 @@ from pyvirtio.spec.constants import (
     PciStatusReg,
     Pmcsr,
     PowerState,
+    Status,
     VirtioPciCap,
 )
 
 #: Highest modern virtio PCI device id (0x1040 + 63, virtio 1.4 §4.1.2.1).
 _MODERN_DEVICE_ID_LAST = 0x107F
+#: The Transitional PCI Device IDs and the virtio device each one is (virtio 1.4 §4.1.2.1 table): a driver for one
+#: of these types matches its transitional id too (§4.1.2.2).
+TRANSITIONAL_DEVICE_IDS: dict[int, int] = {
+    0x1000: 1,  # network
+    0x1001: 2,  # block
+    0x1002: 5,  # memory balloon (traditional)
+    0x1003: 3,  # console
+    0x1004: 8,  # SCSI host
+    0x1005: 4,  # entropy source
+    0x1009: 9,  # 9P transport
+}
+#: How often the guest re-reads a register it waits on (Linux ``msleep(1)``).
+POLL_INTERVAL = 1 * MS
+#: The common-config fields of virtio 1.0 end here; a COMMON_CFG structure shorter than this cannot be used.
+_COMMON_MIN_LEN = CommonCfg.QUEUE_DEVICE_HI + 4
+#: Fields the driver never writes (virtio 1.4 §4.1.4.3.2).
+_DRIVER_READ_ONLY = frozenset({CommonCfg.DEVICE_FEATURE, CommonCfg.NUM_QUEUES, CommonCfg.CONFIG_GENERATION,
+                               CommonCfg.QUEUE_NOTIFY_OFF, CommonCfg.QUEUE_NOTIF_CONFIG_DATA})
 #: Capabilities live in the device-specific part of the 256-byte header (PCI 3.0 §6.7).
 _CAP_MIN, _CAP_END = 0x40, 0x100
 #: The standard type-0 header that ``pci_save_state`` keeps (PCI 3.0 §6.1).
@@ -118,6 +142,31 @@ class Window:
     bar: int
     offset: int
     length: int
+
+
+def virtio_device_id(vendor: int, pci_device: int) -> int | None:
+    """The virtio device id a PCI function with these ids is, or None if it is no virtio device (virtio 1.4
+    §4.1.2.2): vendor 0x1AF4 and either a modern id 0x1040..0x107F (0x1040 + virtio id) or a Transitional PCI
+    Device ID of :data:`TRANSITIONAL_DEVICE_IDS`. The revision id is not looked at: any matches."""
+    # spec: drv:pci/discovery#1, drv:pci/discovery#2, drv:pci/discovery#3
+    if vendor != VIRTIO_PCI_VENDOR_ID:
+        return None
+    if VIRTIO_PCI_MODERN_DEVICE_ID_BASE <= pci_device <= _MODERN_DEVICE_ID_LAST:
+        return pci_device - VIRTIO_PCI_MODERN_DEVICE_ID_BASE
+    return TRANSITIONAL_DEVICE_IDS.get(pci_device)
+
+
+def poll(platform: Platform, check: Callable[[], bool], timeout: int, interval: int = POLL_INTERVAL) -> bool:
+    """Re-read until ``check()`` holds (True) or ``timeout`` ns pass (False), the way a driver polls a register:
+    at least once per ``interval`` of virtual time, and after every event in between."""
+    waited = 0
+    while True:
+        chunk = max(0, min(interval, timeout - waited))
+        if platform.run_until(check, chunk):
+            return True
+        waited += chunk
+        if waited >= timeout:
+            return False
 
 
 # -- the capability list ------------------------------------------------------------------------------------------
@@ -196,8 +245,11 @@ def walk_capabilities(fn: PciFunctionAccess) -> list[PciCapability]:
     """Read ``fn``'s capability list in order, with aligned dword reads (virtio 1.4 §4.1.4, PCI 3.0 §6.7).
 
     Stops at a null pointer, a pointer outside 0x40..0xFF, or a loop (a hostile list cannot hang the walk).
-    Returns an empty list when Status.Capabilities List is clear.
+    Returns an empty list when Status.Capabilities List is clear. Only reads: the driver writes no capability
+    field (§4.1.4.1). ``cap_len`` is not used to bound anything, so a capability longer than the structure the
+    driver knows is read like any other (§4.1.4.1).
     """
+    # spec: drv:pci/caps#3, drv:pci/caps#7, drv:pci/layout-detection/legacy#3
 
     def cfg8(off: int) -> int:  # byte read done as an aligned dword read (what the walk must tolerate)
         return (fn.config_read(off & ~3, 4) >> (8 * (off & 3))) & 0xFF
@@ -264,6 +316,10 @@ class Transport(Protocol):
 
     def reset(self) -> None:
         """Reset the device and wait until status reads 0 (§4.1.4.3.2)."""
+        ...
+
+    def reset_queue(self, index: int, timeout: int) -> None:
+        """Reset queue ``index`` (VIRTIO_F_RING_RESET) and wait until the reset is complete (§4.1.4.3.2)."""
         ...
 
     # §2.2 features
@@ -367,9 +423,10 @@ class Transport(Protocol):
 class PciTransport:
     """A virtio-pci modern transport driver over one function (implements :class:`Transport`).
 
-    Construction checks the PCI identity (virtio 1.4 §4.1.2), walks the capability list and picks, for each
-    structure type, the first capability whose BAR is valid (§4.1.4); it raises :class:`DriverError` when
-    COMMON, NOTIFY or ISR is missing.
+    Construction checks the PCI identity (virtio 1.4 §4.1.2.2: vendor 0x1AF4, a modern device id 0x1040..0x107F
+    or a transitional one of :data:`TRANSITIONAL_DEVICE_IDS`, any revision), walks the capability list and picks,
+    for each structure type, the first capability it can use (§4.1.4.1); it raises :class:`DriverError` when
+    COMMON, NOTIFY or ISR is missing (e.g. a legacy-only device: pyvirtio is a modern-only driver, §4.1.5.1.1.1).
     """
 
     RESET_TIMEOUT = 100 * MS
@@ -380,10 +437,13 @@ class PciTransport:
         self.name = name
         vendor = fn.config_read(PCI_VENDOR_ID, 2)
         device = fn.config_read(PCI_DEVICE_ID, 2)
-        if vendor != VIRTIO_PCI_VENDOR_ID or not VIRTIO_PCI_MODERN_DEVICE_ID_BASE <= device <= _MODERN_DEVICE_ID_LAST:
-            raise DriverError(f"not a modern virtio PCI function ({vendor:04x}:{device:04x})")
-        #: the virtio device id: PCI device id - 0x1040 (virtio 1.4 §4.1.2.1)
-        self.device_id = device - VIRTIO_PCI_MODERN_DEVICE_ID_BASE
+        virtio_id = virtio_device_id(vendor, device)
+        if virtio_id is None:
+            raise DriverError(f"not a virtio PCI function ({vendor:04x}:{device:04x})")
+        #: the virtio device id: PCI device id - 0x1040, or the transitional id's type (virtio 1.4 §4.1.2.1)
+        self.device_id = virtio_id
+        #: the PCI device id the function presents
+        self.pci_device_id = device
         #: the capability list as walked at construction, in list order
         self.capabilities: list[PciCapability] = walk_capabilities(fn)
         self.common: Window | None = None
@@ -399,12 +459,16 @@ class PciTransport:
         for cap in self.capabilities:
             self._select(cap)
         if self.common is None or self.notify_cfg is None or self.isr is None:
+            # spec: drv:pci/layout-detection/legacy#4
             raise DriverError("virtio PCI function lacks a COMMON, NOTIFY or ISR capability")
 
     # -- discovery --------------------------------------------------------------------------------------------
 
     def _select(self, cap: PciCapability) -> None:
-        """Take ``cap`` unless an earlier capability of its kind was taken (§4.1.4: the first one wins)."""
+        """Take ``cap`` unless an earlier capability of its kind was taken (§4.1.4.1: the first one the driver can
+        use wins). A reserved ``cfg_type`` or ``bar`` is skipped, so is a COMMON_CFG too short for the fields the
+        driver uses; a longer structure than the driver knows is fine (it only maps the fields it needs)."""
+        # spec: drv:pci/caps#1, drv:pci/caps#2, drv:pci/caps#4, drv:pci/caps#5, drv:pci/caps#6
         if isinstance(cap, MsixCapability):
             self.msix_cap = self.msix_cap or cap.pos
         elif isinstance(cap, PmCapability):
@@ -415,7 +479,8 @@ class PciTransport:
             elif cap.bar > _BAR_LAST:
                 return  # §4.1.4: reserved BAR values are ignored
             elif cap.cfg_type == VirtioPciCap.COMMON_CFG and self.common is None:
-                self.common = cap.window
+                if cap.length >= _COMMON_MIN_LEN:
+                    self.common = cap.window
             elif cap.cfg_type == VirtioPciCap.NOTIFY_CFG and self.notify_cfg is None:
                 self.notify_cfg = cap.window
                 self.notify_mult = cap.notify_off_multiplier or 0
@@ -443,7 +508,9 @@ class PciTransport:
         return data + msix.to_bytes(2, "little")
 
     def restore_config(self, saved: bytes) -> None:
-        """``pci_restore_state``: BARs first, then command, then MSI-X control."""
+        """``pci_restore_state``: BARs first, then command, then MSI-X control (the standard header and the MSI-X
+        control word only: no virtio capability field is written, §4.1.4.1)."""
+        # spec: drv:pci/caps#7
         for o in range(PCI_BAR0, PCI_BAR0 + 4 * PCI_NUM_BARS, 4):
             self.fn.config_write(o, 4, int.from_bytes(saved[o : o + 4], "little"))
         self.fn.config_write(PCI_INTERRUPT_LINE, 1, saved[PCI_INTERRUPT_LINE])
@@ -481,13 +548,24 @@ class PciTransport:
         return self.common
 
     def read(self, field: CommonCfg) -> int:
-        """Read common-configuration ``field`` with its natural width (virtio 1.4 §4.1.4.3)."""
+        """Read common-configuration ``field`` with its natural width, aligned (virtio 1.4 §4.1.3.1)."""
         c = self._common()
+        # spec: drv:pci/layout#1
         return self.fn.bar_read(c.bar, c.offset + field, COMMON_CFG_WIDTH[field])
 
     def write(self, field: CommonCfg, value: int) -> None:
-        """Write common-configuration ``field`` with its natural width (virtio 1.4 §4.1.4.3)."""
+        """Write common-configuration ``field`` with its natural width, aligned (virtio 1.4 §4.1.3.1).
+
+        ValueError (a driver bug, not a device fault) for a field the driver MUST NOT write (§4.1.4.3.2:
+        device_feature, num_queues, config_generation, queue_notify_off, queue_notif_config_data) and for a 0
+        written to ``queue_enable``."""
+        # spec: drv:pci/common-cfg#1, drv:pci/common-cfg#6
+        if field in _DRIVER_READ_ONLY:
+            raise ValueError(f"{self.name}: the driver never writes {field.name} (§4.1.4.3.2)")
+        if field == CommonCfg.QUEUE_ENABLE and value != 1:
+            raise ValueError(f"{self.name}: the driver never writes {value} to queue_enable (§4.1.4.3.2)")
         c = self._common()
+        # spec: drv:pci/layout#1
         self.fn.bar_write(c.bar, c.offset + field, COMMON_CFG_WIDTH[field], value)
 
     def get_status(self) -> int:
@@ -499,13 +577,16 @@ class PciTransport:
         self.write(CommonCfg.DEVICE_STATUS, value)
 
     def add_status(self, bits: int) -> None:
-        """Linux ``virtio_add_status``: read-modify-write of the whole byte."""
+        """Linux ``virtio_add_status``: read-modify-write of the whole byte, so no bit is ever cleared (§2.1.1)."""
+        # spec: drv:status#2
         self.set_status(self.get_status() | bits)
 
     def reset(self) -> None:
-        """Write 0 and wait until 0 reads back (§4.1.4.3.2 MUST)."""
+        """Write 0 and poll until 0 reads back (§4.1.4.3.2 MUST, §2.4.2): only then is the reset complete and
+        may the device be initialised again. :class:`DriverTimeout` if it never reads 0."""
         self.set_status(0)
-        if not self.platform.run_until(lambda: self.get_status() == 0, self.RESET_TIMEOUT):
+        # spec: drv:reset#1, drv:pci/common-cfg#5
+        if not poll(self.platform, lambda: self.get_status() == 0, self.RESET_TIMEOUT):
             raise DriverTimeout(f"{self.name}: device did not complete reset")
 
     def device_features(self) -> int:
@@ -532,7 +613,14 @@ class PciTransport:
         return self.read(CommonCfg.QUEUE_SIZE)
 
     def setup_queue(self, index: int, size: int, desc: int, driver: int, device: int, vector: int) -> int:
-        """Program and enable queue ``index``; returns the vector the device accepted (NO_VECTOR = failed)."""
+        """Program and enable queue ``index`` (§4.1.5.1.3; the same at first set-up and when re-enabling after a
+        queue reset, §2.6.1.2): size (a power of 2), the three areas as lo/hi halves, the MSI-X vector read back
+        (§4.1.5.1.2.2), and only then ``queue_enable`` = 1. Returns the vector the device accepted (NO_VECTOR =
+        failed). ValueError when ``size`` is not a power of 2 (a driver bug)."""
+        # spec: drv:pci/common-cfg#3
+        if size <= 0 or size & (size - 1):
+            raise ValueError(f"{self.name}: queue size {size} is not a power of 2 (§4.1.4.3.2)")
+        # spec: drv:pci/common-cfg#4, drv:vq-reenable#1
         self.write(CommonCfg.QUEUE_SELECT, index)
         self.write(CommonCfg.QUEUE_SIZE, size)
         for lo, addr in ((CommonCfg.QUEUE_DESC_LO, desc), (CommonCfg.QUEUE_DRIVER_LO, driver),
@@ -542,9 +630,38 @@ class PciTransport:
         accepted = VIRTIO_MSI_NO_VECTOR
         if vector != VIRTIO_MSI_NO_VECTOR:
             self.write(CommonCfg.QUEUE_MSIX_VECTOR, vector)
-            accepted = self.read(CommonCfg.QUEUE_MSIX_VECTOR)  # §4.1.5.1.2: read back to confirm
+            # spec: drv:pci/msix#3
+            accepted = self.read(CommonCfg.QUEUE_MSIX_VECTOR)
         self.write(CommonCfg.QUEUE_ENABLE, 1)
         return accepted
+
+    def reset_queue(self, index: int, timeout: int) -> None:
+        """Reset queue ``index`` (VIRTIO_F_RING_RESET, §4.1.4.3.2): write 1 to ``queue_reset``, then poll until
+        ``queue_reset`` and ``queue_enable`` both read 0 — only then is the reset complete (§2.6.1.1.2). The queue
+        is selected again before every read (an interrupt handler may notify another queue meanwhile).
+
+        :class:`DriverTimeout` when the reset does not complete within ``timeout`` ns, :class:`DriverError` when
+        the common configuration has no ``queue_reset`` field or the device enters DEVICE_NEEDS_RESET meanwhile.
+        """
+        if self._common().length < CommonCfg.QUEUE_RESET + COMMON_CFG_WIDTH[CommonCfg.QUEUE_RESET]:
+            raise DriverError(f"{self.name}: common configuration has no queue_reset field")
+        self.write(CommonCfg.QUEUE_SELECT, index)
+        self.write(CommonCfg.QUEUE_RESET, 1)
+        broken = False
+
+        def done() -> bool:
+            nonlocal broken
+            self.write(CommonCfg.QUEUE_SELECT, index)
+            if self.read(CommonCfg.QUEUE_RESET) == 0 and self.read(CommonCfg.QUEUE_ENABLE) == 0:
+                return True
+            broken = bool(self.get_status() & Status.DEVICE_NEEDS_RESET)
+            return broken
+
+        # spec: drv:vq-reset#1, drv:pci/common-cfg#7
+        if not poll(self.platform, done, timeout) or broken:
+            if broken:
+                raise DriverError(f"{self.name}: device set DEVICE_NEEDS_RESET during the reset of queue {index}")
+            raise DriverTimeout(f"{self.name}: queue {index} reset did not complete")
 
     def queue_enabled(self, index: int) -> bool:
         """Whether queue ``index`` reads ``queue_enable`` = 1."""
@@ -557,15 +674,19 @@ class PciTransport:
         return self.read(CommonCfg.QUEUE_DESC_LO) | (self.read(CommonCfg.QUEUE_DESC_HI) << 32)
 
     def set_config_vector(self, vector: int) -> int:
-        """Write ``config_msix_vector`` and read it back: NO_VECTOR means refused (virtio 1.4 §4.1.5.1.2)."""
+        """Write ``config_msix_vector`` and read it back: NO_VECTOR means refused (virtio 1.4 §4.1.5.1.2.2)."""
         self.write(CommonCfg.CONFIG_MSIX_VECTOR, vector)
+        # spec: drv:pci/msix#3
         return self.read(CommonCfg.CONFIG_MSIX_VECTOR)
 
     def notify(self, index: int) -> None:
-        """Available-buffer notification: 16-bit write of the queue index at its notify address (§4.1.4.4)."""
+        """Available-buffer notification (§4.1.5.2): without VIRTIO_F_NOTIFICATION_DATA and
+        VIRTIO_F_NOTIF_CONFIG_DATA (pyvirtio accepts neither) a 16-bit write of the queue index at the queue's
+        notify address (§4.1.4.4)."""
         assert self.notify_cfg is not None
         self.write(CommonCfg.QUEUE_SELECT, index)
         off = self.read(CommonCfg.QUEUE_NOTIFY_OFF)
+        # spec: drv:pci/avail-notify#1, drv:pci/avail-notify#3
         self.fn.bar_write(self.notify_cfg.bar, self.notify_cfg.offset + off * self.notify_mult, 2, index)
 
     def read_isr(self) -> int:
@@ -580,19 +701,31 @@ class PciTransport:
         return self.read(CommonCfg.CONFIG_GENERATION)
 
     def config_read(self, offset: int, size: int) -> int:
-        """Read device configuration; :class:`DriverError` past the DEVICE_CFG structure (virtio 1.4 §4.1.4.6)."""
+        """Read device configuration; :class:`DriverError` past the DEVICE_CFG structure (virtio 1.4 §4.1.4.6).
+
+        The structure may be any size: the driver only checks that the field it reads lies inside (§2.5.1), and
+        reads exactly that field, aligned, with its width (§4.1.3.1); ValueError for a misaligned or odd width."""
+        # spec: drv:config-space#3, drv:config-space#4, drv:pci/layout#1
+        if size not in (1, 2, 4) or offset % size:
+            raise ValueError(f"{self.name}: device config access of {size} bytes at {offset:#x} (§4.1.3.1)")
         if self.device_cfg is None or offset + size > self.device_cfg.length:
             raise DriverError(f"{self.name}: device config read beyond the structure")
         return self.fn.bar_read(self.device_cfg.bar, self.device_cfg.offset + offset, size)
 
     def config_write(self, offset: int, size: int, value: int) -> None:
-        """Write device configuration; :class:`DriverError` past the DEVICE_CFG structure (virtio 1.4 §4.1.4.6)."""
+        """Write device configuration; :class:`DriverError` past the DEVICE_CFG structure (virtio 1.4 §4.1.4.6),
+        ValueError for a misaligned or odd width (§4.1.3.1)."""
+        # spec: drv:pci/layout#1
+        if size not in (1, 2, 4) or offset % size:
+            raise ValueError(f"{self.name}: device config access of {size} bytes at {offset:#x} (§4.1.3.1)")
         if self.device_cfg is None or offset + size > self.device_cfg.length:
             raise DriverError(f"{self.name}: device config write beyond the structure")
         self.fn.bar_write(self.device_cfg.bar, self.device_cfg.offset + offset, size, value)
 
     def config_read_consistent(self, fields: list[tuple[int, int]], tries: int = 16) -> list[int]:
-        """Read several fields under one ``config_generation`` (§2.5.1 driver read loop)."""
+        """Read several fields under one ``config_generation`` (§2.5.1 driver read loop): read the generation,
+        the fields, the generation again, and retry while it changed. :class:`DriverError` after ``tries``."""
+        # spec: drv:config-space#1
         for _ in range(tries):
             before = self.generation()
             values = [self.config_read(o, s) for o, s in fields]
@@ -609,8 +742,11 @@ class PciTransport:
         return (self.fn.config_read(self.msix_cap + PCI_MSIX_FLAGS, 2) & PCI_MSIX_FLAGS_QSIZE) + 1
 
     def setup_msix(self, handlers: list[Callable[[], None]]) -> bool:
-        """Program one table entry per handler and enable MSI-X. False if the table is too small."""
+        """Program one table entry per handler and enable MSI-X. False if there is no MSI-X capability or the
+        table is too small (any Table Size 0..0x7FF is handled: the caller falls back to INTx, §4.1.5.1.2.2), so no
+        event is ever routed to a vector beyond the table."""
         n = self.msix_table_size()
+        # spec: drv:pci/msix#1, drv:pci/msix#2
         if n < len(handlers):
             return False
         table = self.fn.config_read(self.msix_cap + PCI_MSIX_TABLE, 4)

@@ -21,6 +21,7 @@ from pyvirtio.spec.constants import (
     VIRTQ_DESC_LEN_MAX,
     VIRTQ_DESC_SIZE,
     VIRTQ_IDX_MASK,
+    VIRTQ_MAX_CHAIN_BYTES,
     VIRTQ_RING_ENTRIES,
     VIRTQ_RING_FLAGS,
     VIRTQ_RING_IDX,
@@ -39,11 +40,13 @@ from pyvirtio.virtqueue.layout import (
     vring_need_event,
 )
 
-__all__ = ["DriverQueue", "QueueFull"]
+__all__ = ["CHAIN_BYTES_MAX", "DriverQueue", "QueueFull"]
 
 _U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")
 _ADDR_LIMIT = 1 << 64
+#: The most bytes one descriptor chain may describe in total (§2.7.5.2).
+CHAIN_BYTES_MAX = VIRTQ_MAX_CHAIN_BYTES
 _M = VIRTQ_IDX_MASK
 _F_NEXT = int(DescFlag.NEXT)
 _F_WRITE = int(DescFlag.WRITE)
@@ -72,6 +75,7 @@ class DriverQueue:
         alloc: GuestAllocator | None = None,
     ) -> None:
         problem = layout.problem(mem)
+        # spec: drv:split/alignment#1
         if problem is not None:
             raise QueueError(problem[1])
         if indirect and alloc is None:
@@ -98,6 +102,7 @@ class DriverQueue:
     def _init_rings(self) -> None:
         """Zero the three parts (§2.7.10: the driver MUST initialise used.flags to 0) and the bookkeeping."""
         lay, n = self.layout, self._n
+        # spec: drv:split/avail-event#1
         self.mem.fill(lay.desc, desc_table_size(n))
         self.mem.fill(lay.avail, avail_ring_size(n))
         self.mem.fill(lay.used, used_ring_size(n))
@@ -156,7 +161,13 @@ class DriverQueue:
         Uses one indirect table when negotiated and the buffer has more than one segment (Linux
         ``virtqueue_use_indirect``), falling back to direct descriptors if the allocator is exhausted.
         Raises :class:`QueueFull` when descriptors run out, :class:`QueueError` when broken or when the chain
-        would be longer than the Queue Size (§2.7.5.3.1), ValueError for a None token or a bad segment.
+        would be longer than the Queue Size (§2.7.5.3.1), ValueError for a None token, a bad segment or a buffer
+        of more than 2^32 bytes in total (§2.7.5.2).
+
+        What it writes obeys the driver rules of §2.7: device-readable descriptors first (§2.7.4.2); INDIRECT only
+        when negotiated, never with NEXT, never inside a table (§2.7.5.3.1); the descriptors and the ring entry
+        before ``idx``, which only ever moves forward (§2.7.6.1, §2.7.13.3.1). Addresses are used as given: they
+        are guest-physical (no VIRTIO_F_ACCESS_PLATFORM, §6.1).
         """
         if self.broken:
             raise QueueError("virtqueue is broken")
@@ -166,16 +177,24 @@ class DriverQueue:
         total = n_out + len(in_)
         if total == 0:
             raise ValueError("a buffer needs at least one segment")
+        # spec: drv:split/indirect#3, drv:split/framing#2
         if total > self._n:
             raise QueueError(f"chain of {total} descriptors is longer than queue size {self._n} (§2.7.5.3.1)")
         in_len = 0
+        all_len = 0
         for writable, segs in ((False, out), (True, in_)):
             for addr, ln in segs:
+                # spec: drv:reserved-features#3
                 if not (0 <= addr < _ADDR_LIMIT and 0 <= ln <= VIRTQ_DESC_LEN_MAX):
                     raise ValueError(f"segment ({addr:#x}, {ln:#x}) is not a 64-bit address and 32-bit length")
+                all_len += ln
                 if writable:
                     in_len += ln
+        # spec: drv:split/desc#1
+        if all_len > CHAIN_BYTES_MAX:
+            raise ValueError(f"buffer of {all_len:#x} bytes is longer than 2^32 bytes (§2.7.5.2)")
         table = _NO_TABLE
+        # spec: drv:split/indirect#1
         if self.indirect and total > 1 and self._num_free and self.alloc is not None:
             try:
                 table = self.alloc.alloc(VIRTQ_DESC_SIZE * total, VIRTQ_DESC_ALIGN)
@@ -193,13 +212,16 @@ class DriverQueue:
             buf = bytearray(VIRTQ_DESC_SIZE * total)
             last = total - 1
             for j, (addr, ln) in enumerate((*out, *in_)):
+                # spec: drv:split/framing#1, drv:split/indirect#2
                 flags = (_F_WRITE if j >= n_out else 0) | (_F_NEXT if j < last else 0)
                 DESC_STRUCT.pack_into(buf, VIRTQ_DESC_SIZE * j, addr, ln, flags, j + 1)
             mem.write(table, buf)
             nxt = free_next[head]
+            # spec: drv:split/indirect#4
             pack_into(DESC_STRUCT, desc + VIRTQ_DESC_SIZE * head, table, VIRTQ_DESC_SIZE * total, _F_INDIRECT, nxt)
             self._free_head = nxt
         else:
+            # spec: drv:split/framing#1
             i = head
             j = 0
             for addr, ln in out:
@@ -219,7 +241,8 @@ class DriverQueue:
         self._ndesc[head] = needed
         self._table[head] = table
         self._in_len[head] = in_len
-        # §2.7.13.2-3: ring entry first, then idx
+        # §2.7.13.2-3: ring entry first, then idx; idx only moves forward
+        # spec: drv:split/avail-idx#1, drv:split/avail#1
         ai = self._avail_idx
         pack_into(_U16, self._avail_entries + VIRTQ_AVAIL_ELEM_SIZE * (ai & self._mask), head)
         ai = (ai + 1) & _M
@@ -232,9 +255,12 @@ class DriverQueue:
     def kick_prepare(self) -> bool:
         """Whether to notify the device about the buffers added since the last call (§2.7.10).
 
-        Without EVENT_IDX: unless used.flags has VIRTQ_USED_F_NO_NOTIFY. With EVENT_IDX: if the batch wrote
-        the avail entry at ``avail_event`` (``vring_need_event``). False when nothing was added.
+        Without EVENT_IDX: unless used.flags has VIRTQ_USED_F_NO_NOTIFY (``avail_event`` is not looked at). With
+        EVENT_IDX: if the batch wrote the avail entry at ``avail_event`` (``vring_need_event``), whatever bit 0 of
+        used.flags says. False when nothing was added. ``idx`` was published by :meth:`add` before either field
+        is read here (§2.7.13.4.1).
         """
+        # spec: drv:split/notify#1
         added = self._num_added
         self._num_added = 0
         if added == 0:
@@ -243,8 +269,10 @@ class DriverQueue:
         if self.event_idx:
             if added > _M:  # u16 arithmetic cannot tell; a spurious kick is allowed (§2.7.10)
                 return True
+            # spec: drv:split/avail-event#5, drv:split/avail-event#6, drv:split/avail-event#7
             event: int = self.mem.unpack_from(_U16, self._avail_event_addr)[0]
             return vring_need_event(event, new, (new - added) & _M)
+        # spec: drv:split/avail-event#2, drv:split/avail-event#3, drv:split/avail-event#4
         flags: int = self.mem.unpack_from(_U16, self._used_flags_addr)[0]
         return not flags & VIRTQ_USED_F_NO_NOTIFY
 
@@ -255,11 +283,14 @@ class DriverQueue:
         return QueueError(f"broken ring: {why}")
 
     def get_used(self) -> tuple[object, int] | None:
-        """Reclaim the next used buffer as ``(token, len)``, or None if the device has returned nothing new.
+        """Reclaim the next used buffer as ``(token, len)``, or None if the device has returned nothing new (a
+        spurious notification is harmless, §2.7.7.1).
 
         The device-written used.idx, id and len are validated; garbage marks the queue broken and raises
-        :class:`QueueError`.
+        :class:`QueueError`. ``len`` is at most the buffer's device-writable bytes: callers trust only that
+        many (§2.7.8.3).
         """
+        # spec: drv:split/used-event#3, drv:split/used#1
         if self.broken:
             raise QueueError("virtqueue is broken")
         mem = self.mem
@@ -317,6 +348,7 @@ class DriverQueue:
         if not self._cb_enabled:
             return
         self._cb_enabled = False
+        # spec: drv:split/used-event#1, drv:split/used-event#2
         if self.event_idx:
             self.mem.pack_into(_U16, self._used_event_addr, (self._last_used - 1) & _M)
         else:
@@ -328,6 +360,7 @@ class DriverQueue:
         Linux ``virtqueue_enable_cb``: clear NO_INTERRUPT (or set used_event = last_used), then poll.
         """
         self._cb_enabled = True
+        # spec: drv:split/used-event#1, drv:split/used-event#2
         if self.event_idx:
             self.mem.pack_into(_U16, self._used_event_addr, self._last_used)
         else:
@@ -338,9 +371,12 @@ class DriverQueue:
     # -- reset
 
     def detach_unused(self) -> list[object]:
-        """After a device reset, reclaim every outstanding token (Linux ``virtqueue_detach_unused_buf``).
+        """After a device reset or a reset of this queue, reclaim every outstanding token (Linux
+        ``virtqueue_detach_unused_buf``).
 
-        Like Linux, each detached buffer also takes avail.idx back by one.
+        The caller makes sure the queue is not live any more (§3.3.1): exposed buffers are only reclaimed once
+        the device can no longer use them. Like Linux, each detached buffer also takes avail.idx back by one: the
+        device forgot the queue, so nothing is "unexposed" (§2.7.6.1) and :meth:`reinit` zeroes the ring anyway.
         """
         tokens: list[object] = []
         for head in range(self._n):

@@ -64,6 +64,7 @@ def status_after(r: Rig, mark: int) -> list[int]:
 # -- probe: virtio 1.4 §3.1.1 ------------------------------------------------------------------------------------
 
 
+@pytest.mark.spec("drv:status#1", "drv:init#1", "drv:features#2", "drv:features#3", "drv:reserved-features#1")
 def test_probe_negotiates_the_features_both_sides_know() -> None:
     """virtio 1.4 §3.1.1 steps 1-8 (reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK, re-read, queues, DRIVER_OK);
     step 4: the driver writes back only the subset of offered bits it understands (not RING_PACKED, not an
@@ -86,6 +87,7 @@ def test_probe_features_by_constructor() -> None:
     assert drv.has(44) and not drv.has(Feature.SUSPEND)
 
 
+@pytest.mark.spec("drv:features#4", "drv:init#4")
 def test_probe_refuses_a_device_without_version_1() -> None:
     """virtio 1.4 §3.1.1: on failure the driver SHOULD set FAILED; a modern driver needs VERSION_1."""
     r = rig(features=bit(Feature.EVENT_IDX))
@@ -95,6 +97,7 @@ def test_probe_refuses_a_device_without_version_1() -> None:
     assert not any(v & Status.FEATURES_OK for v in r.fn.status_writes)
 
 
+@pytest.mark.spec("drv:init#4", "drv:init#5")
 def test_features_ok_refused_is_an_error_and_nothing_goes_live() -> None:
     """virtio 1.4 §3.1.1 step 6: FEATURES_OK not set on re-read means the device does not support the subset —
     the device is unusable: FAILED is set, DRIVER_OK never written, no queue enabled."""
@@ -107,6 +110,7 @@ def test_features_ok_refused_is_an_error_and_nothing_goes_live() -> None:
     assert r.fn.writes(CommonCfg.QUEUE_ENABLE) == []
 
 
+@pytest.mark.spec("drv:pci/common-cfg#4", "drv:pci/msix#3", "drv:pci/avail-notify#3")
 def test_queue_setup_writes() -> None:
     """virtio 1.4 §4.1.5.1.3 (virtqueue configuration): select, size, the three areas (64-bit, lo/hi), vector
     (read back: §4.1.5.1.2), enable — before DRIVER_OK; MSI-X vector 0 for config, i+1 for queue i."""
@@ -143,6 +147,7 @@ def test_queue_setup_without_msix_uses_intx_and_no_vectors() -> None:
     assert "dev" in r.platform.intx_handlers
 
 
+@pytest.mark.spec("drv:pci/msix#3", "drv:init#4")
 def test_refused_vector_is_an_error() -> None:
     """virtio 1.4 §4.1.5.1.2: a vector that reads back NO_VECTOR was not mapped; the driver must not go on."""
     r = rig()
@@ -150,6 +155,7 @@ def test_refused_vector_is_an_error() -> None:
     with pytest.raises(DriverError, match="vector not accepted"):
         driver(r).probe()
     assert r.fn.config_vector == VIRTIO_MSI_NO_VECTOR
+    assert r.fn.status & Status.FAILED  # §3.1.1: the driver SHOULD set FAILED when it gives up
 
 
 def test_interrupts_reach_the_callbacks_and_config_changes_wait_while_disabled() -> None:
@@ -193,6 +199,7 @@ def test_driver_takes_a_ready_transport() -> None:
         VirtioDriver(r.platform, None, r.alloc)
 
 
+@pytest.mark.spec("drv:pci/discovery#1")
 def test_wrong_device_id_is_refused() -> None:
     """A driver binds to its device id only (virtio 1.4 §4.1.2.1: PCI device id 0x1040 + virtio id)."""
     r = rig()
@@ -204,6 +211,7 @@ def test_wrong_device_id_is_refused() -> None:
 # -- freeze / restore: Linux virtio_device_freeze / virtio_device_restore -----------------------------------------
 
 
+@pytest.mark.spec("drv:cleanup#2")
 def test_freeze_register_sequence() -> None:
     """``virtio_pci_freeze``: config delivery off, the driver's .freeze (reset: write 0, virtio 1.4 §4.1.4.3.2),
     queues deleted (MSI-X disabled), then bus mastering off."""
@@ -219,11 +227,14 @@ def test_freeze_register_sequence() -> None:
     assert drv.alloc.allocations == 0  # ring memory released
 
 
-def test_restore_shares_the_init_sequence_and_does_not_renegotiate() -> None:
+@pytest.mark.parametrize("linux", [False, True], ids=["conforming", "linux-quirks"])
+def test_restore_shares_the_init_sequence_and_does_not_renegotiate(linux: bool) -> None:
     """``virtio_device_restore``: reset first, then the same §3.1.1 sequence as probe with the features
-    negotiated before — written again, the offer not even read (no new negotiation) — queues, DRIVER_OK."""
+    negotiated before — written again, no new negotiation — queues, DRIVER_OK. The conforming driver reads the
+    offer to check it still holds those features (§2.2.1: validate the offer, accept only offered bits); Linux
+    does not even read it."""
     r = rig()
-    drv = driver(r)
+    drv = driver(r, linux_quirks=linux)
     drv.probe()
     feats = r.fn.driver_features
     drv.freeze()
@@ -232,21 +243,65 @@ def test_restore_shares_the_init_sequence_and_does_not_renegotiate() -> None:
     drv.restore()
     assert status_after(r, mark) == PROBE
     assert r.fn.driver_features == feats == drv.features
-    assert not [a for a in r.fn.log[mark_log:] if a.space == "bar4" and a.offset == CommonCfg.DEVICE_FEATURE]
+    offer_read = [a for a in r.fn.log[mark_log:] if a.space == "bar4" and a.offset == CommonCfg.DEVICE_FEATURE]
+    assert bool(offer_read) is not linux
     assert r.fn.config_read(PCI_COMMAND, 2) & PciCommand.MASTER
     assert r.fn.queues[0].enable == 1
 
 
-def test_restore_of_a_failed_device_sets_failed_again() -> None:
-    """Linux ``virtio_device_restore``: a device that was FAILED at freeze gets FAILED again after ACKNOWLEDGE."""
+@pytest.mark.spec("drv:features#1", "drv:features#2")
+def test_restore_refuses_a_device_that_no_longer_offers_the_features() -> None:
+    """§2.2.1: the driver MUST validate the offer and MUST NOT accept a feature the device does not offer: a
+    device that lost a negotiated feature across the sleep is given up (FAILED) instead of being told to use
+    it."""
+    r = rig()
+    drv = driver(r)
+    drv.probe()
+    drv.freeze()
+    r.fn.features &= ~bit(Feature.EVENT_IDX)
+    with pytest.raises(DriverError, match="no longer offers"):
+        drv.restore()
+    assert r.fn.status & Status.FAILED and drv.failed
+    assert not r.fn.driver_features & ~r.fn.features  # nothing unoffered was written
+    assert not any(v & Status.FEATURES_OK for v in status_after(r, len(r.fn.status_writes) - 4))
+
+
+@pytest.mark.spec("drv:status#3", "drv:init#5")
+def test_restore_of_a_failed_device_stops_after_failed() -> None:
+    """Issue 9 defect 8. §2.1.1: if the driver sets FAILED it MUST reset the device before attempting to
+    re-initialise; §3.1.1: after giving up it MUST NOT continue the initialization. A device that was FAILED at
+    freeze is reset, shows ACKNOWLEDGE then FAILED again, and nothing more: no DRIVER, no features, no queue,
+    no DRIVER_OK. Linux (``linux_quirks``) goes on initialising after FAILED: that mode is kept for the real-VM
+    comparison and tested below."""
     r = rig()
     drv = driver(r)
     drv.probe()
     r.fn.status |= Status.FAILED
     drv.freeze()
+    mark, mark_log = len(r.fn.status_writes), len(r.fn.log)
+    drv.restore()
+    assert status_after(r, mark) == [0x00, 0x01, 0x81]
+    assert drv.failed and r.fn.queues[0].enable == 0
+    assert not [a for a in r.fn.log[mark_log:] if a.write and a.space == "bar4"
+                and a.offset in (CommonCfg.DRIVER_FEATURE, CommonCfg.QUEUE_ENABLE)]
+    # the next attempt starts with a reset again (and stops again: the driver gave up on this device)
     mark = len(r.fn.status_writes)
     drv.restore()
-    assert status_after(r, mark)[:3] == [0x00, 0x01, 0x81]
+    assert status_after(r, mark) == [0x00, 0x01, 0x81]
+
+
+def test_restore_of_a_failed_device_linux_quirks_sets_failed_and_continues() -> None:
+    """Linux ``virtio_device_restore`` (``linux_quirks=True``): a device that was FAILED at freeze gets FAILED
+    again after ACKNOWLEDGE, and the initialization goes on (non-conforming: §3.1.1 MUST NOT continue)."""
+    r = rig()
+    drv = driver(r, linux_quirks=True)
+    drv.probe()
+    r.fn.status |= Status.FAILED
+    drv.freeze()
+    mark = len(r.fn.status_writes)
+    drv.restore()
+    assert status_after(r, mark) == [0x00, 0x01, 0x81, 0x83, 0x8B, 0x8F]
+    assert r.fn.queues[0].enable == 1
 
 
 def test_restore_without_hooks_sets_driver_ok_but_builds_no_queue() -> None:
@@ -282,6 +337,7 @@ def test_rng_freeze_reclaims_requests_in_flight() -> None:
 # -- Device Suspend (virtio 1.4) -------------------------------------------------------------------------------------
 
 
+@pytest.mark.spec("drv:suspend#2", "drv:suspend#6")
 def test_suspend_bit_polls_until_the_device_acknowledges() -> None:
     """Device Suspend: after setting SUSPEND the driver MUST poll until SUSPEND=1 and DRIVER_OK=0; to resume it
     writes DRIVER_OK and MUST wait until SUSPEND=0 and DRIVER_OK=1."""
@@ -296,6 +352,7 @@ def test_suspend_bit_polls_until_the_device_acknowledges() -> None:
     assert r.fn.status_writes[-2:] == [0x1F, 0x1F]
 
 
+@pytest.mark.spec("drv:suspend#2")
 def test_suspend_bit_completes_when_the_device_gets_there_later() -> None:
     """The poll waits (virtual time) for a device that quiesces after 3 ms."""
     r = rig()
@@ -319,6 +376,7 @@ def test_suspend_bit_times_out_with_no_device_behind() -> None:
     assert r.fn.status == 0x1F  # SUSPEND written, never acknowledged
 
 
+@pytest.mark.spec("drv:suspend#1")
 def test_suspend_bit_needs_reset_and_negotiation() -> None:
     """Device Suspend: a device that cannot suspend MUST set DEVICE_NEEDS_RESET (the driver reports it); the
     driver SHOULD NOT set SUSPEND unless VIRTIO_F_SUSPEND was negotiated."""

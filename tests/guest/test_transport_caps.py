@@ -48,6 +48,7 @@ def test_capability_list_is_typed_and_in_order() -> None:
     assert t.device_cfg == device.window and t.notify_mult == QEMU_NOTIFY_OFF_MULTIPLIER
 
 
+@pytest.mark.spec("drv:pci/caps#7")
 def test_walk_reads_only_aligned_dwords_of_the_list() -> None:
     """PCI config reads of a capability header are done as aligned dwords (as real PCI code must tolerate)."""
     fn = FakeFunction()
@@ -56,6 +57,7 @@ def test_walk_reads_only_aligned_dwords_of_the_list() -> None:
     assert header_reads and all(a.offset % a.size == 0 for a in header_reads)
 
 
+@pytest.mark.spec("drv:pci/caps#2", "drv:pci/caps#4")
 def test_first_structure_of_each_type_wins_and_reserved_bars_are_ignored() -> None:
     """virtio 1.4 §4.1.4: the driver uses the first capability of each type it can use; a capability with a
     reserved BAR value (> 5) is ignored."""
@@ -81,6 +83,7 @@ def test_a_looping_or_escaping_list_ends_the_walk() -> None:
     assert len(walk_capabilities(fn)) == 2
 
 
+@pytest.mark.spec("drv:pci/layout-detection/legacy#3", "drv:pci/layout-detection/legacy#4")
 def test_no_capability_list() -> None:
     """Status.Capabilities List clear: nothing is walked, and a modern transport cannot be found."""
     fn = FakeFunction()
@@ -90,6 +93,7 @@ def test_no_capability_list() -> None:
         PciTransport(fn, FakePlatform())
 
 
+@pytest.mark.spec("drv:pci/caps#1", "drv:pci/layout-detection/legacy#4")
 def test_missing_notify_structure_is_refused() -> None:
     """virtio 1.4 §4.1.4: COMMON, NOTIFY and ISR are required for a modern device."""
     fn = FakeFunction()

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pyvirtio.errors import DriverError, InvalidStateError
+from pyvirtio.guest.driver import Action
 from pyvirtio.guest.gpu.objects import (
     BackingRange,
     BlobLayout,
@@ -101,6 +102,12 @@ class GpuDriver(GpuRequests):
     """The virtio-gpu guest driver."""
 
     device_id = DeviceId.GPU
+    #: §5.7.3: CONTEXT_INIT requires VIRGL, BLOB_ALIGNMENT requires RESOURCE_BLOB (never one without the other,
+    #: §2.2.1)
+    FEATURE_REQUIRES: ClassVar[Mapping[int, int]] = MappingProxyType({
+        GpuFeature.CONTEXT_INIT: bit(GpuFeature.VIRGL),
+        GpuFeature.BLOB_ALIGNMENT: bit(GpuFeature.RESOURCE_BLOB),
+    })
     has_pm_hooks: ClassVar[bool] = False  # Linux <= 7.2: no .freeze/.restore
     queue_sizes: ClassVar[tuple[int | None, ...]] = (None, None)
     #: Whether this driver reads feature bit 5 as the 2023 proposal's FREEZING: then there is no blob_alignment
@@ -172,6 +179,13 @@ class GpuDriver(GpuRequests):
         cursors = self.objects.cursor_map()
         return MappingProxyType({s: (o.cursor_bindings[s].x, o.cursor_bindings[s].y) for s, o in cursors.items()})
 
+    def feature_requires(self) -> Mapping[int, int]:
+        """:attr:`FEATURE_REQUIRES`, except for a driver that reads bit 5 as the 2023 FREEZING bit (no
+        dependency)."""
+        if self.BIT5_IS_FREEZING:
+            return {f: need for f, need in self.FEATURE_REQUIRES.items() if f != GpuFeature.BLOB_ALIGNMENT}
+        return self.FEATURE_REQUIRES
+
     @property
     def has_blob_alignment(self) -> bool:
         """VIRTIO_GPU_F_BLOB_ALIGNMENT negotiated and read as such (not as the 2023 FREEZING bit)."""
@@ -219,11 +233,13 @@ class GpuDriver(GpuRequests):
         """Read the config (§5.7.4: num_scanouts, num_capsets, blob_alignment when negotiated) and create
         controlq + cursorq, before DRIVER_OK."""
         t = self.t
+        # spec: drv:config-space#1
         self.num_scanouts, self.num_capsets = t.config_read_consistent(
             [(GpuCfg.NUM_SCANOUTS, 4), (GpuCfg.NUM_CAPSETS, 4)]
         )
         if not 1 <= self.num_scanouts <= GPU_MAX_SCANOUTS:
             raise DriverError(f"{self.name}: num_scanouts {self.num_scanouts} out of 1..16")
+        # spec: drv:config-space#2
         if self.has_blob_alignment:
             self.blob_alignment = max(1, t.config_read(GpuCfg.BLOB_ALIGNMENT, 4))
         self.find_vqs()
@@ -261,8 +277,11 @@ class GpuDriver(GpuRequests):
         """Whether the device still answers the control queue (a GET_DISPLAY_INFO round trip)."""
         if not self.vqs:
             return False
-        req = self.cmd_get_display_info()
-        return self.platform.run_until(lambda: req.done, timeout or self.TIMEOUT) and req.ok
+        try:
+            req = self.wait(self.cmd_get_display_info(), check=False, timeout=timeout)
+        except DriverError:
+            return False
+        return req.ok
 
     # -- display info / EDID (§5.7.6.8) -----------------------------------------------------------------------
 
@@ -310,18 +329,21 @@ class GpuDriver(GpuRequests):
         """Linux ``virtio_gpu_config_changed_work_func``: on EVENT_DISPLAY re-query, then write events_clear.
 
         Runs in interrupt context: the commands are queued, their answers update ``display_info``/``edids``.
+        Only while the device is live and submissions run: configuration changes are held back while it is
+        suspended (Device Suspend: no buffers, no configuration writes), so this never runs then.
         """
         events = self.t.config_read(GpuCfg.EVENTS_READ, 4)
         clear = 0
         if events & GPU_EVENT_DISPLAY:
-            if self.num_scanouts and self.vqs:
+            if self.num_scanouts and self.vqs and self.submitting:
                 if self.has(GpuFeature.EDID):
                     for i in range(self.num_scanouts):
                         self.cmd_get_edid(i)
                 self.cmd_get_display_info()
             clear |= GPU_EVENT_DISPLAY
             self.display_events_handled += 1
-        self.t.config_write(GpuCfg.EVENTS_CLEAR, 4, clear)
+        if self.allows(Action.WRITE_CONFIG):
+            self.write_config(GpuCfg.EVENTS_CLEAR, 4, clear)
 
     # -- resources (§5.7.6.8) ---------------------------------------------------------------------------------
 
@@ -517,6 +539,7 @@ class GpuDriver(GpuRequests):
                     blob_flags: int = GpuBlobFlag.USE_SHAREABLE, blob_id: int = 0, ctx_id: int = 0) -> GpuObject:
         """RESOURCE_CREATE_BLOB (§5.7.6.8); a GUEST blob gets zeroed guest memory (size rounded up to
         blob_alignment, which the driver MUST respect); a HOST3D blob is a virgl object."""
+        # spec: drv:gpu/controlq#1
         align = self.blob_alignment if self.has_blob_alignment else 1
         size = -(-size // align) * align
         rid = self.new_resource_id()
@@ -627,8 +650,10 @@ class GpuDriver(GpuRequests):
     def driver_freeze(self) -> None:
         """``.freeze`` recipe: reset, reclaim every request still in a queue (:meth:`reclaim`), delete the
         queues. The host forgets every object on reset (as QEMU ``virtio_gpu_reset``); ``objects`` keeps the
-        guest's metadata and bindings for :meth:`recreate` and :meth:`replay_modeset`."""
-        self.t.reset()
+        guest's metadata and bindings for :meth:`recreate` and :meth:`replay_modeset`. Requests are reclaimed only
+        after the reset made the queues non-live (§3.3.1)."""
+        # spec: drv:cleanup#2
+        self.reset_device()
         self.reclaim()
         self.del_vqs()
 

@@ -25,7 +25,7 @@ from enum import Enum
 from typing import Any, ClassVar
 
 from pyvirtio.clock import MS
-from pyvirtio.errors import DriverError, DriverTimeout
+from pyvirtio.errors import DriverError
 from pyvirtio.guest.gpu.driver import GpuDriver
 from pyvirtio.guest.kernel import PmEvent, SleepRefused
 from pyvirtio.spec import gpu_wire
@@ -48,7 +48,8 @@ class BasicHooksGpuDriver(GpuDriver):
     DRAIN_TIMEOUT = 200 * MS
 
     def drain(self) -> None:
-        """Wait until both queues are empty (``num_free == num_max``), with a time-out (-ETIMEDOUT)."""
+        """Wait until both queues are empty (``num_free == num_max``), with a time-out (-ETIMEDOUT; a device that
+        needs a reset fails it at once, :meth:`wait_for`)."""
         def empty() -> bool:
             for i, vq in enumerate(self.vqs):
                 self.vq_callback(i)
@@ -56,8 +57,7 @@ class BasicHooksGpuDriver(GpuDriver):
                     return False
             return not self.pending
 
-        if not self.platform.run_until(empty, self.DRAIN_TIMEOUT):
-            raise DriverTimeout(f"{self.name}: queues did not drain (-ETIMEDOUT)")
+        self.wait_for(empty, self.DRAIN_TIMEOUT, "queues did not drain (-ETIMEDOUT)")
 
     def driver_freeze(self) -> None:
         """``.freeze``: drain both queues, then the driver's recipe (reset, reclaim, delete the queues)."""

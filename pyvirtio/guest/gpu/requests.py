@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyvirtio.clock import MS
-from pyvirtio.errors import DriverError, DriverTimeout
-from pyvirtio.guest.driver import VirtioDriver
+from pyvirtio.errors import DriverError
+from pyvirtio.guest.driver import SubmissionsStopped, VirtioDriver
 from pyvirtio.spec import gpu_wire as protocol
 from pyvirtio.spec.constants import GPU_CONTROLQ, GPU_CTRL_HDR_SIZE, GPU_CURSORQ, GpuResp
 from pyvirtio.virtqueue.driver import QueueFull
@@ -94,7 +94,15 @@ class GpuRequests(VirtioDriver):
     ) -> GpuRequest:
         """Queue one command (§5.7.6.7): ``[header+body, extra?]`` readable, a ``resp_len`` response writable
         (none on the cursor queue); ``fence`` sets VIRTIO_GPU_FLAG_FENCE with the next fence id, ``ring_idx``
-        sets VIRTIO_GPU_FLAG_INFO_RING_IDX."""
+        sets VIRTIO_GPU_FLAG_INFO_RING_IDX.
+
+        Refused with :class:`~pyvirtio.guest.driver.SubmissionsStopped` while submissions are stopped (the device
+        is being suspended or is suspended: Device Suspend, no new buffers, no notifications), before anything is
+        allocated; :class:`DriverError` when the queue is not set up."""
+        # spec: drv:suspend#3
+        if not self.submitting:
+            raise SubmissionsStopped(f"{self.name}: {protocol.command_name(cmd)} refused: submissions are "
+                                     "stopped (device suspended)")
         flags = 0
         fence_id = 0
         if fence:
@@ -116,7 +124,13 @@ class GpuRequests(VirtioDriver):
             out.append((extra_addr, len(extra)))
         req = GpuRequest(cmd, queue, block, resp_addr, resp_len, fence_id if fence else None, extra_addr, on_done)
         ins = [(resp_addr, resp_len)] if resp_len else []
-        self._add(queue, out, ins, req)
+        try:
+            self._add(queue, out, ins, req)
+        except BaseException:
+            self.alloc.free(block)
+            if extra_addr is not None:
+                self.alloc.free(extra_addr)
+            raise
         self._pending.add(req)
         self.kick(queue)
         return req
@@ -124,15 +138,14 @@ class GpuRequests(VirtioDriver):
     def _add(self, queue: int, out: list[tuple[int, int]], ins: list[tuple[int, int]], req: GpuRequest) -> None:
         """``virtqueue_add_sgs``; when the ring is full wait for the device to return buffers (Linux
         ``virtio_gpu_queue_ctrl_sgs`` waits on ``ctrlq.ack_queue``)."""
-        vq = self.vqs[queue]
         while True:
             try:
-                vq.add(out, ins, req)
+                self.add_buffer(queue, out, ins, req)
                 return
             except QueueFull:
                 self.kick(queue)
-                if not self.platform.run_until(lambda: vq.num_free >= len(out) + len(ins), self.TIMEOUT):
-                    raise DriverTimeout(f"{self.name}: queue {queue} stayed full") from None
+                self.wait_for(lambda: self.vqs[queue].num_free >= len(out) + len(ins), self.TIMEOUT,
+                              f"queue {queue} stayed full")
 
     def vq_callback(self, index: int) -> None:
         """Reclaim used buffers (Linux ``virtio_gpu_dequeue_ctrl_func`` / ``_cursor_func``)."""
@@ -186,22 +199,20 @@ class GpuRequests(VirtioDriver):
 
     def wait(self, req: GpuRequest, *, check: bool = True, timeout: int | None = None) -> GpuRequest:
         """Run the machine until ``req`` is answered; raise :class:`GpuCommandError` on an error response
-        (``check``) and :class:`~pyvirtio.errors.DriverTimeout` when no answer comes in time."""
-        if not self.platform.run_until(lambda: req.done, timeout or self.TIMEOUT):
-            raise DriverTimeout(f"{self.name}: no response to {protocol.command_name(req.cmd)}")
+        (``check``), :class:`~pyvirtio.errors.DriverTimeout` when no answer comes in time and
+        :class:`~pyvirtio.guest.driver.DeviceNeedsReset` as soon as the device needs a reset (virtio 1.4 §2.1.1)."""
+        self.wait_for(lambda: req.done, timeout or self.TIMEOUT, f"no response to {protocol.command_name(req.cmd)}")
         if check and not req.ok:
             raise GpuCommandError(req.cmd, req.resp_type)
         return req
 
     def wait_fence(self, fence_id: int) -> None:
-        """Wait until fence ``fence_id`` (and so every earlier one, §5.7.6.5) is signalled."""
-        if not self.platform.run_until(lambda: self.last_fence >= fence_id, self.TIMEOUT):
-            raise DriverTimeout(f"{self.name}: fence {fence_id} not signalled")
+        """Wait until fence ``fence_id`` (and so every earlier one, §5.7.6.5) is signalled (:meth:`wait_for`)."""
+        self.wait_for(lambda: self.last_fence >= fence_id, self.TIMEOUT, f"fence {fence_id} not signalled")
 
     def wait_idle(self) -> None:
-        """Wait until every submitted command is answered."""
-        if not self.platform.run_until(lambda: not self._pending, self.TIMEOUT):
-            raise DriverTimeout(f"{self.name}: {len(self._pending)} commands still pending")
+        """Wait until every submitted command is answered (:meth:`wait_for`)."""
+        self.wait_for(lambda: not self._pending, self.TIMEOUT, "commands still pending")
 
     @property
     def pending(self) -> int:
