@@ -11,8 +11,9 @@ the driver or the device sees, so it can be put around any function: pyvirtio's 
 Contract:
 
 * attach it before the driver's first access (the first thing a conforming driver does is reset the device);
-* it reads the wrapped function itself only where that has no side effect: the capability list at
-  construction, the PCI_CFG window's ``bar``/``offset``/``length`` and the MSI-X Message Control register;
+* it reads the wrapped function itself only at construction (the capability list, the MSI-X Message Control
+  register and the PCI_CFG window's fields: reads without side effects, though a traced function records them);
+  afterwards it keeps a shadow of those registers from the driver's own reads and writes;
 * the device may change ``device status`` on its own (reset, DRIVER_OK cleared by SUSPEND, DEVICE_NEEDS_RESET):
   the monitor learns it when the driver reads the status, as the driver does;
 * every :class:`Rule` names the statements it checks (ids of ``pyvirtio/spec/normative.toml``); a rule with no
@@ -250,6 +251,7 @@ class Layout:
     vendor_caps: tuple[VendorCap, ...] = ()
     pci_cfg_cap: int = 0
     msix_cap: int = 0
+    msix_table_size: int = 0  # MSI-X Table Size + 1 (read-only); 0 without MSI-X
     sriov: bool = False
 
 
@@ -304,9 +306,10 @@ def read_layout(fn: PciFunction) -> Layout:
             break
         sriov = sriov or header & 0xFFFF == _EXT_CAP_SRIOV
         pos = (header >> 20) & ~3
+    table = (fn.config_read(msix + PCI_MSIX_FLAGS, 2) & PCI_MSIX_FLAGS_QSIZE) + 1 if msix else 0
     return Layout(device_id, regions.get(VirtioPciCap.COMMON_CFG), regions.get(VirtioPciCap.NOTIFY_CFG), mult,
                   regions.get(VirtioPciCap.ISR_CFG), regions.get(VirtioPciCap.DEVICE_CFG), tuple(caps), pci_cfg,
-                  msix, sriov)
+                  msix, table, sriov)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -433,6 +436,15 @@ class DriverMonitor:
         self.name = name or str(getattr(fn, "name", "function"))
         self.extension_features = extension_features
         self.layout = read_layout(fn)
+        #: configuration-space bytes the monitor follows (MSI-X Message Control, the PCI_CFG window fields),
+        #: read once here, then kept up to date from the driver's own reads and writes
+        self._shadow: dict[int, int] = {}
+        lay = self.layout
+        watched = [lay.msix_cap + PCI_MSIX_FLAGS, lay.msix_cap + PCI_MSIX_FLAGS + 1] if lay.msix_cap else []
+        if lay.pci_cfg_cap:
+            watched += range(lay.pci_cfg_cap + VIRTIO_PCI_CAP_BAR, lay.pci_cfg_cap + VIRTIO_PCI_CFG_DATA)
+        for off in watched:
+            self._shadow[off] = fn.config_read(off, 1)
         self.violations: list[Violation] = []
         self.accesses = 0
         #: every phase the driver has been in, in the order first entered (tests check a flow got where it meant to)
@@ -486,6 +498,7 @@ class DriverMonitor:
     def config_read(self, offset: int, size: int) -> int:
         """Forward a configuration read; a read of the PCI_CFG window's data is judged as the BAR read it is."""
         value = self.fn.config_read(offset, size)
+        self._update_shadow(offset, size, value)
         window = self._window(offset)
         if window is not None:
             bar, boff, length = window
@@ -521,16 +534,27 @@ class DriverMonitor:
     def _isr_offset(self, bar: int, offset: int) -> int | None:
         return self.layout.isr.relative(bar, offset) if self.layout.isr else None
 
+    def _update_shadow(self, offset: int, size: int, value: int) -> None:
+        for i in range(size):
+            if offset + i in self._shadow:
+                self._shadow[offset + i] = (value >> (8 * i)) & 0xFF
+
+    def _shadowed(self, offset: int, size: int) -> int:
+        return sum(self._shadow.get(offset + i, 0) << (8 * i) for i in range(size))
+
+    def _msix_enabled(self) -> bool:
+        cap = self.layout.msix_cap
+        return bool(cap) and bool(self._shadowed(cap + PCI_MSIX_FLAGS, 2) & PCI_MSIX_FLAGS_ENABLE)
+
     def _window(self, offset: int) -> tuple[int, int, int] | None:
         """(bar, offset, length) of a PCI_CFG window access whose data field is at ``offset``, else None."""
         cap = self.layout.pci_cfg_cap
         if not cap or offset != cap + VIRTIO_PCI_CFG_DATA:
             return None
-        length = self.fn.config_read(cap + VIRTIO_PCI_CAP_LENGTH, 4)
+        length = self._shadowed(cap + VIRTIO_PCI_CAP_LENGTH, 4)
         if length not in (1, 2, 4):
             return None
-        return (self.fn.config_read(cap + VIRTIO_PCI_CAP_BAR, 1), self.fn.config_read(cap + VIRTIO_PCI_CAP_OFFSET, 4),
-                length)
+        return (self._shadowed(cap + VIRTIO_PCI_CAP_BAR, 1), self._shadowed(cap + VIRTIO_PCI_CAP_OFFSET, 4), length)
 
     def _config_write_seen(self, offset: int, size: int, value: int) -> None:
         for cap in self.layout.vendor_caps:
@@ -543,6 +567,7 @@ class DriverMonitor:
                 # spec: drv:pci/caps#7
                 self._flag(Rule.CAPABILITY_WRITTEN, f"config write at {offset:#x} (+{rel}) of capability "
                                                      f"cfg_type {cap.cfg_type} at {cap.pos:#x}")
+        self._update_shadow(offset, size, value)
         window = self._window(offset)
         if window is not None and size == 4:
             bar, boff, length = window
@@ -786,8 +811,7 @@ class DriverMonitor:
         """Judge an MSI-X vector mapping; True when it needs reading back (§4.1.5.1.2.2)."""
         if value == VIRTIO_MSI_NO_VECTOR:
             return False
-        cap = self.layout.msix_cap
-        size = (self.fn.config_read(cap + PCI_MSIX_FLAGS, 2) & PCI_MSIX_FLAGS_QSIZE) + 1 if cap else 0
+        size = self.layout.msix_table_size
         if value >= size:
             # spec: drv:pci/msix#2
             self._flag(Rule.VECTOR_OUT_OF_TABLE, f"{what} = {value}, MSI-X Table Size {size}")
@@ -816,7 +840,7 @@ class DriverMonitor:
 
     def _queue_config_write(self, f: CommonCfg, value: int) -> None:
         q = self._queue()
-        if q.enabled:
+        if q.enabled and not q.resetting:  # (a write during a queue reset is the rule below)
             # spec: drv:pci/common-cfg#4
             self._flag(Rule.QUEUE_CHANGED_WHILE_ENABLED, f"{f.name} of enabled queue {self._queue_select} "
                                                          f"written with {value:#x}")
@@ -845,7 +869,7 @@ class DriverMonitor:
         if q.vector_pending:
             # spec: drv:pci/msix#3
             self._flag(Rule.VECTOR_NOT_VERIFIED, f"queue {index} enabled, its queue_msix_vector not read back")
-        if self.phase is Phase.LIVE and not q.was_reset:
+        if self.phase is Phase.LIVE and not q.was_reset and not q.resetting:
             # spec: drv:init#1
             self._flag(Rule.QUEUE_AFTER_DRIVER_OK, f"queue {index} enabled after DRIVER_OK")
         q.enabled = True
@@ -907,7 +931,6 @@ class DriverMonitor:
             self._flag(Rule.QUEUE_NOT_SET_UP, f"queue {index} notified, not enabled since the last reset")
 
     def _isr_read_seen(self) -> None:
-        cap = self.layout.msix_cap
-        if cap and self.fn.config_read(cap + PCI_MSIX_FLAGS, 2) & PCI_MSIX_FLAGS_ENABLE:
+        if self._msix_enabled():
             # spec: drv:pci/isr#1
             self._flag(Rule.ISR_READ_WITH_MSIX, "ISR status read while MSI-X is enabled")
