@@ -9,12 +9,13 @@ Usage (from the repository root)::
 
 Where the references come from
     Code: a comment ``# spec: <id>[, <id>...]`` in any ``pyvirtio/**/*.py`` (found with :mod:`tokenize`, so a
-    ``# spec:`` inside a string is not one). The reference is ``module:qualname`` of the innermost class or
-    function whose lines (decorators included) hold the comment, found with :mod:`ast`; a function nested in a
-    function counts as the outer one (so every reference can be imported and looked up with ``getattr``). A
-    comment on its own line(s) directly above a ``def``/``class`` (or its decorators), with no blank line
-    between, belongs to that definition. A tag outside every class and function maps to the module
-    (``pyvirtio.spec.constants``).
+    ``# spec:`` inside a string is not one). Each id may carry a remark in parentheses, and the list may end
+    with a remark after a dash: ``# spec: dev:pci/isr#2 (bit 1), dev:pci/isr#3 — before the interrupt``.
+    The reference is ``module:qualname`` of the innermost class or function whose lines (decorators included)
+    hold the comment, found with :mod:`ast`; a function nested in a function counts as the outer one (so every
+    reference can be imported and looked up with ``getattr``). A comment on its own line(s) directly above a
+    ``def``/``class`` (or its decorators), with no blank line between, belongs to that definition. A tag outside
+    every class and function maps to the module (``pyvirtio.spec.constants``).
 
     Tests: ``@pytest.mark.spec(<id>, ...)``, read from pytest's own collection of ``tests/`` (``pytest
     --collect-only`` in a subprocess with this module as a plugin: nothing runs; real-VM tests are collected too).
@@ -60,8 +61,14 @@ TESTS = "tests"
 #: Environment variable naming the JSON file the collection plugin writes.
 OUT_ENV = "PYVIRTIO_SPEC_COLLECT_OUT"
 
-_TAG_RE = re.compile(r"#\s*spec:\s*(?P<ids>.*?)\s*$")
-_ID_RE = re.compile(r"(dev|drv):[a-z0-9]+(?:[-/][a-z0-9]+)*#[1-9][0-9]*")
+_ID = r"(?:dev|drv):[a-z0-9]+(?:[-/][a-z0-9]+)*#[1-9][0-9]*"
+_NOTE = r"\s*\((?:[^()]|\([^()]*\))*\)"  # "(a remark)", one level of nested parentheses allowed
+_ITEM = rf"{_ID}(?:{_NOTE})?"
+#: "# spec: <id> [(note)][, <id> [(note)]...] [— note]": ids, each with an optional remark in parentheses, and an
+#: optional trailing remark after a dash, "--" or ";"
+_TAG_RE = re.compile(rf"#\s*spec:\s*(?P<ids>{_ITEM}(?:\s*,\s*{_ITEM})*)\s*(?:(?:—|–|--|-|;)(?P<note>.*))?$")
+_TAG_START_RE = re.compile(r"#\s*spec:")
+_ID_RE = re.compile(_ID)
 _PARAM_RE = re.compile(r"^(?P<base>.*?)(?P<param>\[.*\])?$", re.S)
 _REF_FIELDS = ("implemented_in", "tests")
 
@@ -155,15 +162,15 @@ def tags_in_source(source: str, path: str, module: str) -> list[Tag]:
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type != tokenize.COMMENT:
             continue
-        m = _TAG_RE.match(tok.string)
-        if m is None:
+        if not _TAG_START_RE.match(tok.string):
             continue
         line = tok.start[0]
-        ids = tuple(x.strip() for x in m.group("ids").split(","))
-        bad = [x for x in ids if not _ID_RE.fullmatch(x)]
-        if bad or not ids:
-            problems.append(f"{path}:{line}: malformed tag {tok.string!r} (expected '# spec: dev:block#n, ...')")
+        m = _TAG_RE.fullmatch(tok.string.rstrip())
+        if m is None:
+            problems.append(f"{path}:{line}: malformed tag {tok.string!r} (expected "
+                            "'# spec: dev:block#n [(remark)], drv:block#n ... [— remark]')")
             continue
+        ids = tuple(dict.fromkeys(_ID_RE.findall(re.sub(_NOTE, "", m.group("ids")))))
         scope = _scope_of(line, lines, scopes, starts, own_line=not lines[line - 1][: tok.start[1]].strip())
         out.append(Tag(path, line, ids, f"{module}:{scope.qualname}" if scope else module))
     if problems:
