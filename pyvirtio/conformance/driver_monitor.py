@@ -16,8 +16,8 @@ Contract:
   afterwards it keeps a shadow of those registers from the driver's own reads and writes;
 * the device may change ``device status`` on its own (reset, DRIVER_OK cleared by SUSPEND, DEVICE_NEEDS_RESET):
   the monitor learns it when the driver reads the status, as the driver does;
-* every :class:`Rule` names the statements it checks (ids of ``pyvirtio/spec/normative.toml``); a rule with no
-  id is a consequence of several statements, explained in its text.
+* every :class:`Rule` names the statements it checks (ids of ``pyvirtio/spec/normative.toml``) and the clause;
+  a :class:`Violation` names the rule and the access (counted from 0) it happened at.
 
 Statements checked (driver side): ``drv:status#1``, ``drv:status#2``, ``drv:status#3`` (§2.1.1);
 ``drv:features#1``, ``drv:features#2``, ``drv:features#3`` (§2.2.1); ``drv:reset#1`` (§2.4.2);

@@ -75,7 +75,7 @@ def test_monitored_ids_are_driver_statements_that_apply() -> None:
 
     inv = load_inventory()
     for rule in Rule:
-        assert rule.ids or rule.text, rule
+        assert rule.ids and rule.text and rule.clause, rule
         for sid in rule.ids:
             assert sid in inv and inv[sid].side is Side.DRIVER and inv[sid].applies, (rule, sid)
     doc = monitor_module.__doc__ or ""
