@@ -57,6 +57,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's pyvirtio, when run as a script
+from pyvirtio.spec.normative import format_field, toml_string
+
 # ------------------------------------------------------------------------------------------------------------------
 # What is in scope
 # ------------------------------------------------------------------------------------------------------------------
@@ -670,38 +673,21 @@ HEADER = """\
 """
 
 
-def toml_str(s: str) -> str:
-    out = ['"']
-    for c in s:
-        if c == '"':
-            out.append('\\"')
-        elif c == "\\":
-            out.append("\\\\")
-        elif c == "\n":
-            out.append("\\n")
-        elif c == "\t":
-            out.append("\\t")
-        elif ord(c) < 0x20 or ord(c) == 0x7F:
-            out.append(f"\\u{ord(c):04x}")
-        else:
-            out.append(c)
-    out.append('"')
-    return "".join(out)
-
-
 def toml_value(v: object) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
         return str(v)
     if isinstance(v, str):
-        return toml_str(v)
+        return toml_string(v)
     if isinstance(v, list | tuple):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
 RECORD_KEYS = ("id", "side", "level", "clause", "section", "file", "line", "digest", *HAND_FIELDS)
+#: Fields written by scripts/sync_normative.py from the code tags and the test markers.
+REFERENCE_KEYS = ("implemented_in", "tests")
 
 
 def render(meta: dict[str, str], records: list[dict[str, object]]) -> str:
@@ -710,7 +696,12 @@ def render(meta: dict[str, str], records: list[dict[str, object]]) -> str:
     for r in records:
         lines.append("")
         lines.append("[[statement]]")
-        lines += [f"{k} = {toml_value(r[k])}" for k in RECORD_KEYS]
+        for k in RECORD_KEYS:
+            v = r[k]
+            if k in REFERENCE_KEYS and isinstance(v, list | tuple):  # the format scripts/sync_normative.py writes
+                lines.append(format_field(k, [str(x) for x in v]))
+            else:
+                lines.append(f"{k} = {toml_value(v)}")
     return "\n".join(lines) + "\n"
 
 

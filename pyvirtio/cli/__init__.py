@@ -16,6 +16,7 @@ from pyvirtio.cli.common import EXIT_ERROR, CommandError, Group
 from pyvirtio.cli.gpu import gpu
 from pyvirtio.cli.info import info
 from pyvirtio.cli.pm import pm
+from pyvirtio.cli.spec import spec
 from pyvirtio.cli.vm import vm
 from pyvirtio.errors import PyvirtioError
 
@@ -30,6 +31,7 @@ main.add_command(info)
 main.add_command(gpu)
 main.add_command(pm)
 main.add_command(vm)
+main.add_command(spec)
 
 
 def run() -> None:

@@ -11,6 +11,14 @@ Ids are ``<side>:<block>#<n>`` (``dev:pci/common-cfg#3`` = the third device stat
 block); a test names the statement it checks by that id. The spec's own sentences are not stored, only
 pyvirtio's ``summary`` and a ``digest`` of the sentence (see the script for the exact rules).
 
+Where a statement is implemented and which tests check it are not typed in by hand: code names a statement with a
+comment tag ``# spec: <id>[, <id>...]`` on or right above the implementing line, a test with
+``@pytest.mark.spec(<id>, ...)``, and ``scripts/sync_normative.py`` writes the ``implemented_in``
+(``module:qualname`` of the enclosing function or class, or ``module`` for a tag outside both) and ``tests``
+(``tests/path.py::test_name``) fields from them; ``tests/spec/test_inventory_coverage.py`` fails when the file is
+out of date. A statement the code is known to contradict is listed in a ``[[contradiction]]`` table (none is the
+goal).
+
 Contract: :func:`load_inventory` validates every field of every record and raises :class:`InventoryError` (a
 :class:`ValueError`; the spec layer imports nothing of pyvirtio, so it is defined here) with a one-line message
 naming the record and the field.
@@ -38,7 +46,8 @@ _CLAUSE_RE = re.compile(r"[0-9A-Z]+(?:\.[0-9]+)*")
 _DIGEST_RE = re.compile(r"[0-9a-f]{16}")
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 _PY_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
-_IMPL_RE = re.compile(rf"{_PY_NAME}(?:\.{_PY_NAME})*:{_PY_NAME}(?:\.{_PY_NAME})*")
+#: ``module:qualname`` (a function, method or class), or ``module`` alone for a tag outside any of them.
+_IMPL_RE = re.compile(rf"{_PY_NAME}(?:\.{_PY_NAME})*(?::{_PY_NAME}(?:\.{_PY_NAME})*)?")
 _TEST_RE = re.compile(rf"tests/[A-Za-z0-9_/]+\.py::{_PY_NAME}(?:::{_PY_NAME})*(?:\[[^\]\n]*\])?")
 _FILE_RE = re.compile(r"[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*\.tex")
 _E = TypeVar("_E", bound=StrEnum)
@@ -117,6 +126,13 @@ class Statement:
         """Some test names this statement (``tests`` is not empty)."""
         return bool(self.tests)
 
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """What an applicable statement still lacks: ``"code"`` and/or ``"test"`` (nothing when it does not apply)."""
+        if not self.applies:
+            return ()
+        return tuple(what for what, have in (("code", self.implemented), ("test", self.tested)) if not have)
+
 
 @dataclass(frozen=True)
 class SpecSource:
@@ -128,12 +144,22 @@ class SpecSource:
 
 
 @dataclass(frozen=True)
+class Contradiction:
+    """A known place where pyvirtio does the opposite of a statement (a ``[[contradiction]]`` table)."""
+
+    id: str  # the statement contradicted
+    where: str  # "module:qualname" (or "module") of the offending code
+    note: str  # what the code does instead, one line
+
+
+@dataclass(frozen=True)
 class Inventory:
-    """All statements, in spec order, with lookup by id."""
+    """All statements, in spec order, with lookup by id, and the known contradictions (none is the goal)."""
 
     spec: SpecSource
     statements: tuple[Statement, ...]
     by_id: Mapping[str, Statement]
+    contradictions: tuple[Contradiction, ...] = ()
 
     def __getitem__(self, statement_id: str) -> Statement:
         return self.by_id[statement_id]
@@ -146,6 +172,12 @@ class Inventory:
 
     def __len__(self) -> int:
         return len(self.statements)
+
+    def only(self, side: Side) -> Inventory:
+        """The statements binding ``side`` (and the contradictions of those), as an inventory of their own."""
+        kept = tuple(s for s in self.statements if s.side is side)
+        return Inventory(self.spec, kept, MappingProxyType({s.id: s for s in kept}),
+                         tuple(c for c in self.contradictions if self.by_id[c.id].side is side))
 
 
 @dataclass(frozen=True)
@@ -169,6 +201,12 @@ class SectionCoverage:
         """Share of the applicable statements that a test names, in percent (100 when none applies)."""
         return 100.0 * self.tested / self.applicable if self.applicable else 100.0
 
+    @staticmethod
+    def total(rows: tuple[SectionCoverage, ...] | list[SectionCoverage]) -> SectionCoverage:
+        """The sum of ``rows`` (clause ``""``, section ``"total"``)."""
+        return SectionCoverage("", "total", sum(r.statements for r in rows), sum(r.applicable for r in rows),
+                               sum(r.implemented for r in rows), sum(r.tested for r in rows))
+
 
 # ------------------------------------------------------------------------------------------------------------------
 # Loading and validation
@@ -177,6 +215,7 @@ class SectionCoverage:
 _RECORD_FIELDS = ("id", "side", "level", "clause", "section", "file", "line", "digest", "summary", "applies",
                   "reason", "implemented_in", "tests")
 _SPEC_FIELDS = ("revision", "commit", "repository")
+_CONTRADICTION_FIELDS = ("id", "where", "note")
 
 
 class _Record:
@@ -286,6 +325,15 @@ def _statement(source: str, index: int, data: object) -> Statement:
     )
 
 
+def _contradiction(source: str, index: int, data: object, by_id: Mapping[str, Statement]) -> Contradiction:
+    r = _Record(source, f"contradiction #{index + 1}", data)
+    r.check_keys(_CONTRADICTION_FIELDS)
+    sid = r.text("id", _ID_RE)
+    if sid not in by_id:
+        raise r.fail("id", f"{sid!r} is not a statement of the inventory")
+    return Contradiction(sid, r.text("where", _IMPL_RE), r.text("note"))
+
+
 def parse_inventory(text: str, source: str = INVENTORY_FILE) -> Inventory:
     """Parse and validate inventory TOML. Raises :class:`InventoryError` on the first bad record or field."""
     try:
@@ -293,7 +341,7 @@ def parse_inventory(text: str, source: str = INVENTORY_FILE) -> Inventory:
     except tomllib.TOMLDecodeError as e:
         raise InventoryError(f"{source}: not valid TOML: {e}") from None
     for key in data:
-        if key not in ("spec", "statement"):
+        if key not in ("spec", "statement", "contradiction"):
             raise InventoryError(f"{source}: unknown top-level key {key!r}")
     spec = _Record(source, "[spec]", data.get("spec"))
     spec.check_keys(_SPEC_FIELDS)
@@ -307,7 +355,11 @@ def parse_inventory(text: str, source: str = INVENTORY_FILE) -> Inventory:
         if s.id in by_id:
             raise InventoryError(f"{source}: statement {s.id!r}: field 'id': duplicate id")
         by_id[s.id] = s
-    return Inventory(source_info, statements, MappingProxyType(by_id))
+    raw_c = data.get("contradiction", [])
+    if not isinstance(raw_c, list):
+        raise InventoryError(f"{source}: 'contradiction' must be an array of tables ([[contradiction]])")
+    contradictions = tuple(_contradiction(source, i, d, by_id) for i, d in enumerate(raw_c))
+    return Inventory(source_info, statements, MappingProxyType(by_id), contradictions)
 
 
 @cache
@@ -315,6 +367,41 @@ def load_inventory() -> Inventory:
     """The inventory shipped with pyvirtio (package data ``pyvirtio/spec/normative.toml``), validated once."""
     text = Path(__file__).with_name(INVENTORY_FILE).read_text(encoding="utf-8")  # package data, beside this file
     return parse_inventory(text)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Writing the reference fields (scripts/sync_normative.py and scripts/extract_normative.py share this format)
+# ------------------------------------------------------------------------------------------------------------------
+
+#: Longest line :func:`format_field` writes on one line; longer lists get one entry per line.
+LINE_MAX = 120
+
+
+def toml_string(s: str) -> str:
+    """``s`` as a TOML basic string (quotes, backslashes and control characters escaped)."""
+    out = ['"']
+    for c in s:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif c == "\n":
+            out.append("\\n")
+        elif c == "\t":
+            out.append("\\t")
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    out.append('"')
+    return "".join(out)
+
+
+def format_field(key: str, values: tuple[str, ...] | list[str]) -> str:
+    """``key = [...]`` as the inventory writes it: on one line when it fits in :data:`LINE_MAX` characters,
+    else one entry per line (indented four spaces, trailing comma). No trailing newline."""
+    one = f"{key} = [" + ", ".join(toml_string(v) for v in values) + "]"
+    if len(one) <= LINE_MAX or not values:
+        return one
+    return "\n".join([f"{key} = [", *(f"    {toml_string(v)}," for v in values), "]"])
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -364,7 +451,9 @@ def coverage_by_section(inventory: Inventory | None = None) -> tuple[SectionCove
 
 __all__ = [
     "INVENTORY_FILE",
+    "LINE_MAX",
     "SUMMARY_MAX",
+    "Contradiction",
     "Inventory",
     "InventoryError",
     "Level",
@@ -373,6 +462,8 @@ __all__ = [
     "SpecSource",
     "Statement",
     "coverage_by_section",
+    "format_field",
     "load_inventory",
     "parse_inventory",
+    "toml_string",
 ]

@@ -13,14 +13,18 @@ from importlib import resources
 import pytest
 
 from pyvirtio.spec.normative import (
+    LINE_MAX,
     SUMMARY_MAX,
     Inventory,
     InventoryError,
     Level,
+    SectionCoverage,
     Side,
     coverage_by_section,
+    format_field,
     load_inventory,
     parse_inventory,
+    toml_string,
 )
 
 #: The spec files the inventory was extracted from (scripts/extract_normative.py SCOPE).
@@ -138,10 +142,10 @@ def test_legacy_statements_do_not_apply_except_for_modern_only_drivers(inv: Inve
 
 
 def test_code_and_test_references_are_well_formed(inv: Inventory) -> None:
-    """``implemented_in`` holds ``pyvirtio...:qualname`` and ``tests`` holds ``tests/...py::name``."""
+    """``implemented_in`` holds ``pyvirtio...:qualname`` (or a module) and ``tests`` holds ``tests/...py::name``."""
     for s in inv:
         for ref in s.implemented_in:
-            assert re.fullmatch(r"pyvirtio(\.\w+)*:\w+(\.\w+)*", ref), (s.id, ref)
+            assert re.fullmatch(r"pyvirtio(\.\w+)*(:\w+(\.\w+)*)?", ref), (s.id, ref)
         for ref in s.tests:
             assert ref.startswith("tests/") and "::" in ref, (s.id, ref)
 
@@ -248,3 +252,53 @@ def test_parse_rejects_duplicate_ids_and_broken_files() -> None:
         parse_inventory(_toml().replace("15f488c162107f7b52fb2e4d0f36a2349fe9d3a9", "15f488c"))
     with pytest.raises(InventoryError, match="unknown top-level key"):
         parse_inventory(_toml() + "\n[extra]\nx = 1\n")
+
+
+def test_contradictions_parse_and_are_validated() -> None:
+    """``[[contradiction]]``: optional; each names an existing statement, the code, a note; bad ones are one line."""
+    table = '\n[[contradiction]]\nid = "dev:status#1"\nwhere = "pyvirtio.host.device:VirtioDevice"\nnote = "n"\n'
+    inv = parse_inventory(_toml() + table)
+    assert [(c.id, c.where, c.note) for c in inv.contradictions] == [("dev:status#1",
+                                                                      "pyvirtio.host.device:VirtioDevice", "n")]
+    assert parse_inventory(_toml()).contradictions == ()
+    with pytest.raises(InventoryError, match=r"contradiction #1: field 'id'.*not a statement"):
+        parse_inventory(_toml() + table.replace("dev:status#1", "dev:status#9"))
+    with pytest.raises(InventoryError, match="contradiction #1: field 'note': missing"):
+        parse_inventory(_toml() + table.replace('note = "n"\n', ""))
+    with pytest.raises(InventoryError, match="array of tables"):
+        parse_inventory('contradiction = "x"\n' + _toml())
+
+
+def test_module_only_implementation_reference_is_accepted() -> None:
+    """A tag outside any class or function maps to the module: ``pyvirtio.spec.constants``."""
+    refs = ("pyvirtio.spec.constants", "pyvirtio.host.device:VirtioDevice.reset")
+    inv = parse_inventory(_toml(implemented_in="[" + ", ".join(f'"{r}"' for r in refs) + "]"))
+    assert inv["dev:status#1"].implemented_in == refs
+
+
+def test_missing_side_filter_and_totals(inv: Inventory) -> None:
+    """``Statement.missing`` names what an applicable statement lacks; ``Inventory.only`` keeps one side;
+    ``SectionCoverage.total`` adds the rows up."""
+    for s in inv:
+        assert s.missing == (() if not s.applies else tuple(
+            w for w, have in (("code", bool(s.implemented_in)), ("test", bool(s.tests))) if not have))
+    drv = inv.only(Side.DRIVER)
+    assert {s.side for s in drv} == {Side.DRIVER} and len(drv) + len(inv.only(Side.DEVICE)) == len(inv)
+    assert all(drv[s.id] is s for s in drv)
+    total = SectionCoverage.total(coverage_by_section(inv))
+    assert (total.statements, total.applicable) == (len(inv), sum(1 for s in inv if s.applies))
+
+
+def test_reference_fields_format() -> None:
+    """One line when it fits in LINE_MAX, else one entry per line; strings escape what TOML needs."""
+    import tomllib
+
+    assert format_field("tests", []) == "tests = []"
+    assert format_field("tests", ["tests/a.py::t"]) == 'tests = ["tests/a.py::t"]'
+    long = [f"tests/spec/test_{i}.py::test_something_long" for i in range(4)]
+    text = format_field("tests", long)
+    assert text.splitlines()[0] == "tests = [" and text.splitlines()[-1] == "]"
+    assert all(len(line) <= LINE_MAX for line in text.splitlines())
+    assert tomllib.loads(text)["tests"] == long
+    odd = 'a"b\\c\n\t\x01é'
+    assert tomllib.loads("x = " + toml_string(odd))["x"] == odd
