@@ -564,7 +564,7 @@ class DriverMonitor:
             allowed = cap.cfg_type == VirtioPciCap.PCI_CFG and any(
                 f <= rel and rel + size <= f + w for f, w in _PCI_CFG_WRITABLE)
             if not allowed:
-                # spec: drv:pci/caps#7
+                # checks: drv:pci/caps#7
                 self._flag(Rule.CAPABILITY_WRITTEN, f"config write at {offset:#x} (+{rel}) of capability "
                                                      f"cfg_type {cap.cfg_type} at {cap.pos:#x}")
         self._update_shadow(offset, size, value)
@@ -606,7 +606,7 @@ class DriverMonitor:
         except ValueError:
             f = None
         if f is None or COMMON_CFG_WIDTH.get(f) != size:
-            # spec: drv:pci/layout#1
+            # checks: drv:pci/layout#1
             self._flag(Rule.ACCESS_WIDTH, f"common configuration {what} of {size} bytes at offset {rel}"
                                           + (f" ({f.name} is {COMMON_CFG_WIDTH[f]} bytes)" if f is not None else ""))
             return None
@@ -642,7 +642,7 @@ class DriverMonitor:
         if f is None:
             return
         if f in READ_ONLY_COMMON:
-            # spec: drv:pci/common-cfg#1
+            # checks: drv:pci/common-cfg#1
             self._flag(Rule.READ_ONLY_FIELD_WRITTEN, f"{f.name} written with {value:#x}")
             return
         if f is CommonCfg.DEVICE_STATUS:
@@ -681,28 +681,28 @@ class DriverMonitor:
             self._reset_view(Phase.RESETTING)
             return
         if self.phase is Phase.RESETTING:
-            # spec: drv:reset#1, drv:pci/common-cfg#5
+            # checks: drv:reset#1, drv:pci/common-cfg#5
             self._flag(Rule.RESET_NOT_AWAITED, f"status {value:#04x} written before status read back 0")
             self.phase = Phase.RESET
         known = self.known_status
         cleared = known & ~value & _DRIVER_BITS
         if cleared:
-            # spec: drv:status#2
+            # checks: drv:status#2
             self._flag(Rule.STATUS_CLEARED, f"status {value:#04x} written, the driver knew {known:#04x}")
         added = value & ~known & _DRIVER_BITS
         phase = self.phase
         if phase is Phase.FAILED and added & ~Status.FAILED:
-            # spec: drv:status#3, drv:init#5
+            # checks: drv:status#3, drv:init#5
             self._flag(Rule.REINIT_AFTER_FAILED, f"status {value:#04x} written after FAILED, without a reset")
         if phase is Phase.REFUSED:
             if not value & Status.FAILED:
-                # spec: drv:init#4
+                # checks: drv:init#4
                 self._flag(Rule.NO_FAILED_AFTER_REFUSAL, f"status {value:#04x} written after FEATURES_OK was refused")
             if added & ~Status.FAILED:
-                # spec: drv:init#5
+                # checks: drv:init#5
                 self._flag(Rule.CONTINUED_AFTER_REFUSAL, f"status {value:#04x} after FEATURES_OK was refused")
         if phase is Phase.SUSPENDING and not added & Status.FAILED:
-            # spec: drv:suspend#2
+            # checks: drv:suspend#2
             self._flag(Rule.SUSPEND_NOT_VERIFIED, f"status {value:#04x} written before SUSPEND was seen to complete")
         if added & Status.FAILED:
             self.phase = Phase.FAILED
@@ -722,7 +722,7 @@ class DriverMonitor:
             if not added & bit:
                 continue
             if self.phase not in after:
-                # spec: drv:status#1, drv:init#1
+                # checks: drv:status#1, drv:init#1
                 self._flag(Rule.STATUS_ORDER, f"{Status(bit).name} set in phase {self.phase.value} "
                                               f"(status {value:#04x})")
             if bit == Status.DRIVER_OK and self.phase is Phase.SUSPENDED:
@@ -731,14 +731,14 @@ class DriverMonitor:
             if bit == Status.DRIVER_OK:
                 self.live_since_reset = True
                 if self.config_vector_pending or any(q.vector_pending for q in self.queues.values()):
-                    # spec: drv:pci/msix#3
+                    # checks: drv:pci/msix#3
                     self._flag(Rule.VECTOR_NOT_VERIFIED, "DRIVER_OK set with an MSI-X vector not read back")
             self.phase = _PHASE_AFTER[Status(bit)]
 
     def _suspend_write(self, value: int, known: int) -> None:
         negotiated = bool(self.negotiated & (1 << Feature.SUSPEND))
         if not known & Status.DRIVER_OK or self.phase is not Phase.LIVE or not negotiated:
-            # spec: drv:suspend#1
+            # checks: drv:suspend#1
             self._flag(Rule.SUSPEND_NOT_ALLOWED, f"SUSPEND set (status {value:#04x}, phase {self.phase.value}, "
                                                  f"VIRTIO_F_SUSPEND negotiated: {negotiated})")
         self.phase = Phase.SUSPENDING
@@ -765,11 +765,11 @@ class DriverMonitor:
         new = value & ~self.accepted.get(sel, 0)
         if self.phase not in _NEGOTIATING:
             if self.phase in _BEFORE_FEATURES_OK:
-                # spec: drv:init#1
+                # checks: drv:init#1
                 self._flag(Rule.STATUS_ORDER, f"driver_feature[{sel}] written in phase {self.phase.value}, "
                                               "before DRIVER")
             elif new:
-                # spec: drv:init#3
+                # checks: drv:init#3
                 self._flag(Rule.FEATURES_AFTER_FEATURES_OK, f"driver_feature[{sel}] gained {new:#x} in phase "
                                                             f"{self.phase.value}")
         self.accepted[sel] = value
@@ -779,18 +779,18 @@ class DriverMonitor:
         accepted = sum(v << (32 * sel) for sel, v in self.accepted.items())
         self.negotiated = accepted
         if not self.offered:
-            # spec: drv:features#2
+            # checks: drv:features#2
             self._flag(Rule.FEATURES_UNREAD, "FEATURES_OK set, device_feature never read")
             return
         offered = sum(v << (32 * sel) for sel, v in self.offered.items())
         if accepted & ~offered:
-            # spec: drv:features#1
+            # checks: drv:features#1
             self._flag(Rule.FEATURE_NOT_OFFERED, f"accepted {accepted & ~offered:#x} beyond the offer {offered:#x}")
         if offered & (1 << Feature.VERSION_1) and not accepted & (1 << Feature.VERSION_1):
-            # spec: drv:reserved-features#1
+            # checks: drv:reserved-features#1
             self._flag(Rule.VERSION_1_DECLINED, f"accepted {accepted:#x}")
         if accepted & (1 << Feature.SR_IOV) and not self.layout.sriov:
-            # spec: drv:reserved-features#7
+            # checks: drv:reserved-features#7
             self._flag(Rule.SR_IOV_ACCEPTED, "no SR-IOV extended capability")
         judged = accepted & ~self.extension_features
         device_id = self.layout.device_id if self.layout.device_id is not None else -1
@@ -798,11 +798,11 @@ class DriverMonitor:
         if device_id in DEVICE_TYPE_FEATURES:
             bad |= judged & _DEVICE_TYPE_RANGE & ~DEVICE_TYPE_FEATURES[device_id]
         if bad:
-            # spec: drv:features#3
+            # checks: drv:features#3
             self._flag(Rule.FEATURE_RESERVED, f"accepted reserved or undefined bits {bad:#x}")
         for feat, needs in FEATURE_DEPENDENCIES.get(device_id, ()):
             if judged & (1 << feat) and not accepted & (1 << needs):
-                # spec: drv:features#1
+                # checks: drv:features#1
                 self._flag(Rule.FEATURE_DEPENDENCY, f"feature bit {int(feat)} accepted without bit {int(needs)}")
 
     # -- queues (§4.1.4.3, §4.1.5.1.2) ----------------------------------------------------------------------------
@@ -813,27 +813,27 @@ class DriverMonitor:
             return False
         size = self.layout.msix_table_size
         if value >= size:
-            # spec: drv:pci/msix#2
+            # checks: drv:pci/msix#2
             self._flag(Rule.VECTOR_OUT_OF_TABLE, f"{what} = {value}, MSI-X Table Size {size}")
         return True
 
     def _queue_setup_allowed(self, what: str) -> bool:
         q = self._queue()
         if q.resetting:
-            # spec: drv:pci/common-cfg#7, drv:vq-reset#1
+            # checks: drv:pci/common-cfg#7, drv:vq-reset#1
             self._flag(Rule.QUEUE_RESET_NOT_AWAITED, f"{what} of queue {self._queue_select} before queue_reset "
                                                      "read back 0")
         if self.phase is Phase.REFUSED or self.phase is Phase.FAILED:
-            # spec: drv:init#5
+            # checks: drv:init#5
             self._flag(Rule.CONTINUED_AFTER_REFUSAL if self.phase is Phase.REFUSED else Rule.REINIT_AFTER_FAILED,
                        f"{what} of queue {self._queue_select} in phase {self.phase.value}")
             return False
         if self.phase is Phase.RESUMING:
-            # spec: drv:suspend#6
+            # checks: drv:suspend#6
             self._flag(Rule.RESUME_NOT_AWAITED, f"{what} of queue {self._queue_select} before the resume completed")
             return False
         if self.phase not in _SETUP and self.phase not in _SUSPEND_PHASES:
-            # spec: drv:init#1
+            # checks: drv:init#1
             self._flag(Rule.STATUS_ORDER, f"{what} of queue {self._queue_select} in phase {self.phase.value}, "
                                           "before FEATURES_OK was confirmed")
         return True
@@ -841,12 +841,12 @@ class DriverMonitor:
     def _queue_config_write(self, f: CommonCfg, value: int) -> None:
         q = self._queue()
         if q.enabled and not q.resetting:  # (a write during a queue reset is the rule below)
-            # spec: drv:pci/common-cfg#4
+            # checks: drv:pci/common-cfg#4
             self._flag(Rule.QUEUE_CHANGED_WHILE_ENABLED, f"{f.name} of enabled queue {self._queue_select} "
                                                          f"written with {value:#x}")
         self._queue_setup_allowed(f.name)
         if f is CommonCfg.QUEUE_SIZE and (value == 0 or value & (value - 1)):
-            # spec: drv:pci/common-cfg#3
+            # checks: drv:pci/common-cfg#3
             self._flag(Rule.QUEUE_SIZE_NOT_POWER_OF_2, f"queue_size {value} for queue {self._queue_select}")
         if f is CommonCfg.QUEUE_MSIX_VECTOR:
             q.vector_pending = self._vector_write(f"queue_msix_vector of queue {self._queue_select}", value)
@@ -856,21 +856,21 @@ class DriverMonitor:
     def _queue_enable_write(self, value: int) -> None:
         index, q = self._queue_select, self._queue()
         if value == 0:
-            # spec: drv:pci/common-cfg#6
+            # checks: drv:pci/common-cfg#6
             self._flag(Rule.QUEUE_ENABLE_ZERO, f"queue {index}")
             return
         self._queue_setup_allowed("queue_enable")
         missing = _ADDRESSES - q.configured
         if missing:
-            # spec: drv:pci/common-cfg#4, drv:vq-reenable#1
+            # checks: drv:pci/common-cfg#4, drv:vq-reenable#1
             self._flag(Rule.QUEUE_ENABLED_UNCONFIGURED, f"queue {index} enabled without its "
                                                         f"{', '.join(sorted(missing))} address"
                                                         + (" (re-enable after a queue reset)" if q.was_reset else ""))
         if q.vector_pending:
-            # spec: drv:pci/msix#3
+            # checks: drv:pci/msix#3
             self._flag(Rule.VECTOR_NOT_VERIFIED, f"queue {index} enabled, its queue_msix_vector not read back")
         if self.phase is Phase.LIVE and not q.was_reset and not q.resetting:
-            # spec: drv:init#1
+            # checks: drv:init#1
             self._flag(Rule.QUEUE_AFTER_DRIVER_OK, f"queue {index} enabled after DRIVER_OK")
         q.enabled = True
 
@@ -884,53 +884,53 @@ class DriverMonitor:
         else:
             ok = True
         if size not in (1, 2, 4) or rel % size or not ok:
-            # spec: drv:pci/layout#1
+            # checks: drv:pci/layout#1
             self._flag(Rule.ACCESS_WIDTH, f"device configuration {'write' if write else 'read'} of {size} bytes "
                                           f"at offset {rel}")
         offered = sum(v << (32 * sel) for sel, v in self.offered.items())
         for off, width, feat in OPTIONAL_CONFIG_FIELDS.get(device_id, ()):
             if rel < off + width and off < rel + size and not offered & (1 << feat):
-                # spec: drv:config-space#2
+                # checks: drv:config-space#2
                 self._flag(Rule.OPTIONAL_CONFIG_FIELD, f"offset {rel}: needs feature bit {int(feat)} offered")
         if not write:
             return
         if self.phase in _BEFORE_FEATURES_OK:
-            # spec: drv:init#2
+            # checks: drv:init#2
             self._flag(Rule.CONFIG_WRITE_DURING_NEGOTIATION, f"offset {rel} written in phase {self.phase.value}")
         elif self.phase is Phase.RESUMING:
-            # spec: drv:suspend#6
+            # checks: drv:suspend#6
             self._flag(Rule.RESUME_NOT_AWAITED, f"device configuration offset {rel} written")
         elif self.phase in _SUSPEND_PHASES:
-            # spec: drv:suspend#5
+            # checks: drv:suspend#5
             self._flag(Rule.CONFIG_WRITE_WHILE_SUSPENDED, f"offset {rel} written in phase {self.phase.value}")
 
     # -- notifications and ISR (§4.1.4.4, §4.1.4.5, §4.1.5.2) ---------------------------------------------------
 
     def _notify(self, rel: int, size: int, value: int) -> None:
         if size != 2:
-            # spec: drv:pci/avail-notify#1
+            # checks: drv:pci/avail-notify#1
             self._flag(Rule.NOTIFY_WIDTH, f"{size}-byte notification at notify offset {rel}")
         index = value & 0xFFFF
         expected = self.queues[index].notify_off if index in self.queues else None
         mult = self.layout.notify_multiplier
         at_other = expected is not None and rel != expected * mult
         if at_other or (self.num_queues is not None and index >= self.num_queues):
-            # spec: drv:pci/avail-notify#3
+            # checks: drv:pci/avail-notify#3
             self._flag(Rule.NOTIFY_VALUE, f"value {value} written at notify offset {rel}")
         if not self.live_since_reset:
-            # spec: drv:init#6
+            # checks: drv:init#6
             self._flag(Rule.NOTIFY_BEFORE_DRIVER_OK, f"queue {index} notified in phase {self.phase.value}")
         elif self.phase is Phase.RESUMING:
-            # spec: drv:suspend#6
+            # checks: drv:suspend#6
             self._flag(Rule.RESUME_NOT_AWAITED, f"queue {index} notified before the resume completed")
         elif self.phase in _SUSPEND_PHASES:
-            # spec: drv:suspend#4
+            # checks: drv:suspend#4
             self._flag(Rule.NOTIFY_WHILE_SUSPENDED, f"queue {index} notified in phase {self.phase.value}")
         elif not (index in self.queues and self.queues[index].enabled):
-            # spec: drv:init#1
+            # checks: drv:init#1
             self._flag(Rule.QUEUE_NOT_SET_UP, f"queue {index} notified, not enabled since the last reset")
 
     def _isr_read_seen(self) -> None:
         if self._msix_enabled():
-            # spec: drv:pci/isr#1
+            # checks: drv:pci/isr#1
             self._flag(Rule.ISR_READ_WITH_MSIX, "ISR status read while MSI-X is enabled")

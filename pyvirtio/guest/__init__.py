@@ -8,7 +8,7 @@ PCI accessors (``config_read/config_write/bar_read/bar_write``) and a platform (
 * :mod:`~pyvirtio.guest.rng`, :mod:`~pyvirtio.guest.gpu` — device drivers;
 * :mod:`~pyvirtio.guest.kernel`, :mod:`~pyvirtio.guest.freeze_mode` — the guest kernel's PM core;
 * :mod:`~pyvirtio.guest.fake` — the test seam: a PCI function of bytes and a platform with a virtual clock, so
-  driver tests need no device model;
-* :mod:`~pyvirtio.guest.checker` — :class:`DriverChecker`, a PCI function wrapper that records every access
-  breaking a driver statement of virtio 1.4 (by inventory id): pyvirtio's drivers are run under it.
+  driver tests need no device model (pyvirtio's drivers are also run under
+  :class:`pyvirtio.conformance.driver_monitor.DriverMonitor`, which checks every access against the driver
+  statements).
 """

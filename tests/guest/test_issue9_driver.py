@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyvirtio.clock import MS
+from pyvirtio.conformance.driver_monitor import DriverMonitor
 from pyvirtio.devices import Gpu, Rng
 from pyvirtio.dma import GuestAllocator
 from pyvirtio.errors import DriverError, DriverTimeout
-from pyvirtio.guest.checker import DriverChecker
 from pyvirtio.guest.driver import DeviceNeedsReset, DriverPhase, SubmissionsStopped, VirtioDriver
 from pyvirtio.guest.fake import FakeFunction, FakePlatform, acknowledge_suspend
 from pyvirtio.guest.gpu.driver import GpuDriver
@@ -178,9 +178,9 @@ def test_queue_reset_property(plan: list[tuple[int, int, int | None]]) -> None:
     """Property (hypothesis): for any sequence of (requests in flight, reads the device takes to finish the
     reset, re-enable size), the driver never reconfigures or notifies the queue before ``queue_reset`` read 0,
     every exposed buffer is reclaimed exactly once after that, the re-enabled queue has a power-of-2 size of at
-    most the maximum, and the checker sees no driver-side violation."""
+    most the maximum, and the driver-conformance monitor sees no driver-side violation."""
     fn, platform, alloc = fake(queue_sizes=(32,))
-    ck = DriverChecker(fn)
+    ck = DriverMonitor(fn)
     drv = RngDriver(platform, ck, alloc, name="rng")
     drv.probe()
     base = alloc.allocations
@@ -192,7 +192,7 @@ def test_queue_reset_property(plan: list[tuple[int, int, int | None]]) -> None:
         assert alloc.allocations == base
         vq = drv.enable_vq(0, size)
         assert vq.num_max == fn.queues[0].size == min(32, size or vq.num_max) and fn.queues[0].enable == 1
-    assert ck.finish() == []
+    assert ck.violations == [], ck.report()
 
 
 # -- defect 8: FAILED ---------------------------------------------------------------------------------------------

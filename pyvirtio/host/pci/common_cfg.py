@@ -135,6 +135,9 @@ class CommonConfig:
             case CommonCfg.QUEUE_DESC_HI | CommonCfg.QUEUE_DRIVER_HI | CommonCfg.QUEUE_DEVICE_HI:
                 return int(getattr(dq, _QUEUE_ADDRESS[off])) >> 32 if dq else 0
             case CommonCfg.QUEUE_RESET:  # 1 while the device is still cancelling the queue's work
+                # A device reset and the end of a queue reset both empty the pending set; a queue cannot be enabled
+                # while its reset is pending.
+                # spec: dev:pci/common-cfg#8, dev:pci/common-cfg#9, dev:pci/common-cfg#11
                 return int(d.queue_reset_pending(q)) if q is not None else 0
             case CommonCfg.FREEZE_MODE:
                 return self.freeze_mode.read_freeze_mode() if self.freeze_mode else 0
