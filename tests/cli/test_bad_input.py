@@ -330,3 +330,17 @@ def test_a_device_named_twice_is_plugged_twice() -> None:
     r = CliRunner().invoke(main, ["info", "--device", "rng", "--device", "rng", "--device", "test"])
     assert r.exit_code == 0, r.output
     assert [line.split()[1] for line in r.stdout.splitlines() if line.startswith("00:")] == ["rng", "rng1", "testdev"]
+
+
+@pytest.mark.parametrize(("args", "needle"), [(["--bogus"], "No such option '--bogus'"),
+                                              (["bogus"], "No such command 'bogus'"),
+                                              (["pm", "bogus"], "No such command 'bogus'"),
+                                              (["pm", "run"], "Missing option '--profile'"),
+                                              (["vm", "compare", "--real", "missing.json"], "--real")])
+def test_usage_errors_are_one_line(args: list[str], needle: str) -> None:
+    """Click's usage errors (unknown option or command, missing option, a path that does not exist) are the
+    policy's one line with a pointer to ``--help``; a group run without a command still prints its help."""
+    r = CliRunner().invoke(main, args, prog_name="pyvirtio")
+    assert "(see 'pyvirtio" in one_line_error(r, needle)
+    r = CliRunner().invoke(main, ["pm"], prog_name="pyvirtio")
+    assert r.exit_code in (0, 2) and r.output.startswith("Usage: pyvirtio pm")

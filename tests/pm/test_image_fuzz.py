@@ -264,6 +264,20 @@ def test_hostile_file_level_fields_are_one_line(valid: Valid, tmp_path: Path, fi
         boot_from_image(p)
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(magic=st.one_of(st.just(MAGIC), st.binary(min_size=8, max_size=8)),
+       version=st.one_of(st.just(VERSION), st.integers(0, 2**32 - 1)),
+       hlen=st.one_of(st.integers(0, 64), st.integers(0, 2**32 - 1)), tail=st.binary(max_size=96))
+def test_any_file_level_fields_are_one_line(tmp_path: Path, magic: bytes, version: int, hlen: int,
+                                            tail: bytes) -> None:
+    """Issue 9 defect 15 (property): any magic, file format version and header length before any bytes, with
+    a correct CRC-32, is read or refused in one UserInputError line (never struct.error or IndexError)."""
+    body = _HEAD.pack(magic, version, hlen) + tail
+    p = tmp_path / "hib.img"
+    p.write_bytes(body + struct.pack("<I", zlib.crc32(body)))
+    boot_must_be_clean(p)
+
+
 def test_the_valid_image_boots(valid: Valid, image_file: ImageFile) -> None:
     """The fuzzers' starting point is itself a bootable image (so their edits are what gets refused), and the
     in-place rewrite makes a correctly checksummed file."""
