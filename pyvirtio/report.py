@@ -7,23 +7,38 @@ Contract:
   :class:`ResourceFate` and :data:`REAL_VM_PROFILE`. They are string enums, so ``report.json`` holds their
   values (``"S3"``, ``"ok"``, ``"re-created"``) and a report written before they existed reads the same;
 * notes (``CellResult.notes``, ``DeviceOutcome.notes``) are prose for people: no code reads data out of them;
-* :meth:`Report.from_dict` re-validates everything and fails with one :class:`~pyvirtio.errors.UserInputError`
-  line; the JSON keys of version 1 never change (readers outside pyvirtio depend on them).
+* a report read from a file is untrusted: :meth:`Report.read` reads at most :data:`MAX_REPORT_BYTES` of bounded
+  JSON (:func:`~pyvirtio.atomicio.loads_json`: UTF-8, strict, nested at most
+  :data:`~pyvirtio.atomicio.MAX_JSON_DEPTH` deep), and :meth:`Report.from_dict` re-validates every field by
+  type and range (:meth:`CellResult.from_dict`, :meth:`DeviceOutcome.from_dict`: an unknown key, a missing
+  required one, a wrong type or an out-of-range value fails) with one :class:`~pyvirtio.errors.UserInputError`
+  line naming the field by its path (``cells[0].devices['gpu'].status_sequence[2]``) and its value cut short;
+  strings it accepts may hold anything (rich markup too): whoever prints them disables markup;
+* the JSON keys of version 1 never change (readers outside pyvirtio depend on them); a key that is absent
+  takes its default (``None``: not measured).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pyvirtio.atomicio import write_text_atomic
+from pyvirtio.atomicio import brief, loads_json, write_text_atomic
 from pyvirtio.errors import UserInputError
 
 REPORT_FORMAT = "pyvirtio-pm-report"
 REPORT_VERSION = 1
+#: Largest report file :meth:`Report.read` reads.
+MAX_REPORT_BYTES = 64 << 20
+#: Largest count a report field holds (``config_events_after_resume``).
+MAX_COUNT = 1 << 32
+
+_E = TypeVar("_E", bound=StrEnum)
 
 
 class SleepState(StrEnum):
@@ -73,6 +88,19 @@ class DeviceOutcome:
     functional_after: bool | None = None  # a functional probe after resume succeeded
     notes: list[str] = field(default_factory=list)
 
+    @classmethod
+    def from_dict(cls, data: object, where: str = "device") -> DeviceOutcome:
+        """Parse one device of ``report.json``, re-validated field by field (``where`` names it in errors)."""
+        r = _Fields(data, where, cls, required=("name",))
+        seq = r.value("status_sequence", [])
+        if not isinstance(seq, list):
+            raise r.bad("status_sequence", seq, "not a list of status bytes")
+        for i, v in enumerate(seq):
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 0xFF:
+                raise _bad(f"{where}.status_sequence[{i}]", v, "not a status byte 0..255")
+        return cls(name=r.text("name"), status_sequence=[int(v) for v in seq], queues_alive=r.flag("queues_alive"),
+                   functional_after=r.flag("functional_after"), notes=r.texts("notes"))
+
 
 @dataclass
 class CellResult:
@@ -105,6 +133,24 @@ class CellResult:
         if self.resources is not None:
             self.resources = ResourceFate(self.resources)
 
+    @classmethod
+    def from_dict(cls, data: object, where: str = "cell") -> CellResult:
+        """Parse one cell of ``report.json``, re-validated field by field (``where`` names it in errors)."""
+        r = _Fields(data, where, cls, required=("source", "profile", "sleep"))
+        raw_devices = r.value("devices", {})
+        if not isinstance(raw_devices, dict):
+            raise r.bad("devices", raw_devices, "not an object of devices")
+        devices = {k: DeviceOutcome.from_dict(v, f"{where}.devices[{brief(k)}]") for k, v in raw_devices.items()}
+        return cls(
+            source=r.enum("source", Source), profile=r.text("profile"), sleep=r.enum("sleep", SleepState),
+            machine_type=r.text("machine_type", "q35"), outcome=r.enum("outcome", Outcome, Outcome.OK),
+            display_restored=r.flag("display_restored"), new_frame_after_resume=r.flag("new_frame_after_resume"),
+            resources=r.enum("resources", ResourceFate, None), queues_alive=r.flag("queues_alive"),
+            inflight_completed=r.flag("inflight_completed"),
+            config_events_after_resume=r.count("config_events_after_resume"), violations=r.texts("violations"),
+            suspend_ms=r.millis("suspend_ms"), resume_ms=r.millis("resume_ms"), devices=devices,
+            images=r.text_map("images"), notes=r.texts("notes"))
+
     @property
     def key(self) -> tuple[str, str, str]:
         """(profile, sleep state, machine type): what identifies the cell within one source."""
@@ -129,28 +175,123 @@ class Report:
 
     @classmethod
     def from_dict(cls, data: Any) -> Report:
-        """Parse and re-validate a report document; one-line :class:`UserInputError` on anything wrong."""
+        """Parse and re-validate a report document; one-line :class:`UserInputError` naming the bad field."""
         if not isinstance(data, dict) or data.get("format") != REPORT_FORMAT:
             raise UserInputError("not a pyvirtio report (missing or wrong 'format')")
-        if data.get("version") != REPORT_VERSION:
-            raise UserInputError(f"unsupported report version {data.get('version')!r}")
-        cells = []
-        try:
-            for raw in data["cells"]:
-                fields = dict(raw)
-                devices = {k: DeviceOutcome(**v) for k, v in fields.pop("devices", {}).items()}
-                cells.append(CellResult(**fields, devices=devices))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise UserInputError(f"malformed report cell: {e}") from None
-        return cls(cells=cells, meta=dict(data.get("meta", {})))
+        version = data.get("version")
+        if type(version) is not int or version != REPORT_VERSION:
+            raise UserInputError(f"unsupported report version {brief(version)}")
+        unknown = sorted(str(k) for k in data if k not in ("format", "version", "meta", "cells"))
+        if unknown:
+            raise UserInputError(f"malformed report: unknown field(s) {brief(unknown)}")
+        raw_cells, meta = data.get("cells"), data.get("meta", {})
+        if not isinstance(raw_cells, list):
+            raise _bad("cells", raw_cells, "not a list of cells")
+        if not isinstance(meta, dict):
+            raise _bad("meta", meta, "not an object")
+        return cls(cells=[CellResult.from_dict(c, f"cells[{i}]") for i, c in enumerate(raw_cells)], meta=dict(meta))
 
     @classmethod
     def read(cls, path: str | Path) -> Report:
         """Read and parse ``path``; one-line :class:`UserInputError` if it cannot be read or is not a report."""
         try:
-            data = json.loads(Path(path).read_text())
+            with open(path, "rb") as f:
+                raw = f.read(MAX_REPORT_BYTES + 1)
         except OSError as e:
             raise UserInputError(f"cannot read report {path}: {e.strerror}") from None
-        except json.JSONDecodeError as e:
-            raise UserInputError(f"report {path} is not JSON: {e.msg} at line {e.lineno}") from None
-        return cls.from_dict(data)
+        if len(raw) > MAX_REPORT_BYTES:
+            raise UserInputError(f"report {path} is larger than {MAX_REPORT_BYTES >> 20} MiB")
+        return cls.from_dict(loads_json(raw, f"report {path}"))
+
+
+# -- validation of untrusted reports ---------------------------------------------------------------------------
+
+
+def _bad(where: str, value: object, why: str) -> UserInputError:
+    return UserInputError(f"malformed report: {where} = {brief(value)}: {why}")
+
+
+class _Fields:
+    """The fields of one JSON object that should be a ``cls`` dataclass: no unknown key, every ``required`` key
+    present; typed accessors with the dataclass's defaults for absent keys."""
+
+    def __init__(self, data: object, where: str, cls: type[Any], required: tuple[str, ...]) -> None:
+        if not isinstance(data, dict):
+            raise _bad(where, data, "not an object")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(str(k) for k in data if k not in names)
+        missing = [k for k in required if k not in data]
+        if unknown or missing:
+            raise UserInputError(f"malformed report: {where}: unknown field(s) {brief(unknown)}, "
+                                 f"missing field(s) {missing}")
+        self.data: Mapping[str, object] = data
+        self.where = where
+
+    def bad(self, name: str, value: object, why: str) -> UserInputError:
+        """The error for field ``name``."""
+        return _bad(f"{self.where}.{name}", value, why)
+
+    def value(self, name: str, default: object) -> object:
+        """The raw value of ``name``, ``default`` when absent."""
+        return self.data.get(name, default)
+
+    def enum(self, name: str, kind: type[_E], default: object = ...) -> Any:
+        """A value of the string enum ``kind`` (``default`` when absent; ``None`` allowed when it is the
+        default)."""
+        v = self.data[name] if default is ... else self.data.get(name, default)
+        if v is None and default is None:
+            return None
+        if isinstance(v, str):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        raise self.bad(name, v, f"not one of {', '.join(k.value for k in kind)}")
+
+    def text(self, name: str, default: str | None = None) -> str:
+        """A string."""
+        v = self.data[name] if default is None else self.data.get(name, default)
+        if not isinstance(v, str):
+            raise self.bad(name, v, "not a string")
+        return v
+
+    def flag(self, name: str) -> bool | None:
+        """``true``, ``false`` or ``null`` (absent: ``null``, not measured)."""
+        v = self.data.get(name)
+        if v is not None and type(v) is not bool:
+            raise self.bad(name, v, "not true, false or null")
+        return v
+
+    def count(self, name: str) -> int | None:
+        """A count ``0 <= n < 2^32`` or ``null``."""
+        v = self.data.get(name)
+        if v is not None and (type(v) is not int or not 0 <= v < MAX_COUNT):
+            raise self.bad(name, v, "not a count 0..2^32-1 or null")
+        return v
+
+    def millis(self, name: str) -> float | None:
+        """A finite non-negative duration in ms (an integer is taken as a float) or ``null``."""
+        v = self.data.get(name)
+        if v is None:
+            return None
+        try:
+            ms = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+        except OverflowError:  # an integer beyond the float range
+            ms = math.nan
+        if not (math.isfinite(ms) and ms >= 0):
+            raise self.bad(name, v, "not a finite duration >= 0 in ms or null")
+        return ms
+
+    def texts(self, name: str) -> list[str]:
+        """A list of strings (absent: empty)."""
+        v = self.data.get(name, [])
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise self.bad(name, v, "not a list of strings")
+        return list(v)
+
+    def text_map(self, name: str) -> dict[str, str]:
+        """An object whose values are strings (absent: empty)."""
+        v = self.data.get(name, {})
+        if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
+            raise self.bad(name, v, "not an object of strings")
+        return dict(v)

@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from pyvirtio.atomicio import write_text_atomic
-from pyvirtio.cli.common import EXIT_RESULT, MACHINE_CHOICE, SLEEP_CHOICE, out
+from pyvirtio.cli.common import EXIT_RESULT, MACHINE_CHOICE, SLEEP_CHOICE, lit, out, output_dir, shown
 from pyvirtio.errors import UserInputError
 from pyvirtio.fidelity import compare, differences, model_cell
 from pyvirtio.machine import MachineType
@@ -52,6 +52,7 @@ def compare_cmd(sleeps: tuple[str, ...], machines: tuple[str, ...], real: Path |
 
     Exit status 1 when any check differs (every difference is listed, and written to OUT/compare.json).
     """
+    output_dir(out_dir)
     states = tuple(SleepState(s) for s in sleeps) or DEFAULT_SLEEPS
     reals = _real_cells(real, states, machines or DEFAULT_MACHINES, cache, out_dir)
     report = Report(meta={"source": "compare"})
@@ -66,17 +67,19 @@ def compare_cmd(sleeps: tuple[str, ...], machines: tuple[str, ...], real: Path |
         for col in ("check", "model", "real", ""):
             t.add_column(col)
         for c in checks:
-            t.add_row(c.what, c.model, c.real, "[green]same[/]" if c.ok else "[red]DIFFERENT[/]")
+            t.add_row(lit(c.what), lit(c.model), lit(c.real), "[green]same[/]" if c.ok else "[red]DIFFERENT[/]")
         out.print(t)
         diffs = differences(checks)
         ndiff += len(diffs)
         for d in diffs:
-            out.print(f"[red]difference[/] {sleep.value}/{machine} {d.what}: model {d.model!r}, real {d.real!r}")
+            line = f"{sleep.value}/{machine} {d.what}: model {d.model!r}, real {d.real!r}"
+            out.print(f"[red]difference[/] {lit(line)}")
         summary.append({"sleep": sleep.value, "machine": machine,
                         "checks": [{"what": c.what, "model": c.model, "real": c.real, "ok": c.ok} for c in checks]})
     report.write(out_dir / "report.json")
     write_text_atomic(out_dir / "compare.json", json.dumps(summary, indent=2) + "\n")
     if ndiff:
-        out.print(f"{ndiff} difference(s); details in {out_dir / 'compare.json'}")
+        out.print(shown(f"{ndiff} difference(s); details in {out_dir / 'compare.json'}"), markup=False)
         raise click.exceptions.Exit(EXIT_RESULT)
-    out.print(f"model and real VM agree on every check ({len(reals)} cells); details in {out_dir / 'compare.json'}")
+    out.print(shown(f"model and real VM agree on every check ({len(reals)} cells); "
+                    f"details in {out_dir / 'compare.json'}"), markup=False)

@@ -12,7 +12,7 @@ import click
 import numpy as np
 import numpy.typing as npt
 
-from pyvirtio.cli.common import Group
+from pyvirtio.cli.common import Group, output_dir, shown
 from pyvirtio.spec.constants import GPU_EDID_MAX_MODE, GPU_MAX_SCANOUTS, GPU_MIN_SCANOUT_SIZE
 
 #: SMPTE-like colour bars (RGB)
@@ -75,5 +75,6 @@ def gpu() -> None:
               type=click.IntRange(GPU_MIN_SCANOUT_SIZE, GPU_EDID_MAX_MODE))
 def demo(out: Path, scanouts: int, width: int, height: int) -> None:
     """Draw a test pattern and the cursor on each scanout through the guest driver; write their PNGs."""
+    output_dir(out)
     for path in run_demo(out, scanouts, width, height):
-        click.echo(str(path))
+        click.echo(shown(path))

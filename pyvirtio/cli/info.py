@@ -44,21 +44,23 @@ def build_machine(machine_type: str, devices: tuple[str, ...], pcie_port: bool, 
     """A machine of ``machine_type`` with ``devices`` (names from :data:`DEVICE_CHOICES`) plugged in order.
 
     ``pcie_port``/``no_soft_reset`` are passed to every :meth:`Machine.plug`; an unknown name raises
-    :class:`click.BadParameter`.
+    :class:`click.BadParameter`. A kind named again gets a numbered name (``rng``, ``rng1``, ...): device names
+    are unique in a machine.
     """
     from pyvirtio.devices import Gpu, Rng, TestDevice
     from pyvirtio.host.device import VirtioDevice
     from pyvirtio.machine import Machine
 
     m = Machine(machine_type=machine_type)
-    for name in devices:
+    for i, name in enumerate(devices):
         dev: VirtioDevice
+        again = devices[:i].count(name)
         if name == "rng":
-            dev = Rng()
+            dev = Rng(f"rng{again or ''}")
         elif name == "test":
-            dev = TestDevice()
+            dev = TestDevice(f"testdev{again or ''}")
         elif name == "gpu":
-            dev = Gpu()
+            dev = Gpu(f"gpu{again or ''}")
         else:
             raise click.BadParameter(f"unknown device {name!r}", param_hint="--device")
         m.plug(dev, pcie_port=pcie_port, no_soft_reset=no_soft_reset)

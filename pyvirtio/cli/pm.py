@@ -14,8 +14,19 @@ import click
 from rich.progress import Progress
 from rich.table import Table
 
-from pyvirtio.cli.common import SLEEP_CHOICE, Group, millis, out, parse_profiles, parse_size, yes_no
-from pyvirtio.pm.config import ScenarioConfig
+from pyvirtio.cli.common import (
+    SLEEP_CHOICE,
+    Group,
+    lit,
+    millis,
+    out,
+    output_dir,
+    parse_profiles,
+    shown,
+    size_option,
+    yes_no,
+)
+from pyvirtio.pm.config import RESOURCE_SIZE_MAX, SEED_MAX, ScenarioConfig
 from pyvirtio.pm.matrix import run_matrix
 from pyvirtio.pm.profiles import DEFAULT_PROFILES, DESCRIPTIONS, Profile
 from pyvirtio.pm.scenario import SLEEP_STATES, run_cell
@@ -42,7 +53,7 @@ def table(cells: list[CellResult], title: str = "pyvirtio pm matrix") -> Table:
     for col in MATRIX_COLUMNS:
         t.add_column(col, overflow="fold")
     for c in cells:
-        t.add_row(c.profile, c.sleep.value, c.outcome.value, yes_no(c.display_restored),
+        t.add_row(lit(c.profile), c.sleep.value, c.outcome.value, yes_no(c.display_restored),
                   yes_no(c.new_frame_after_resume), _fate(c.resources), yes_no(c.queues_alive),
                   yes_no(c.inflight_completed), _events(c.config_events_after_resume), str(len(c.violations)),
                   millis(c.suspend_ms, 2), millis(c.resume_ms, 2))
@@ -53,10 +64,10 @@ def scenario_options(f: Callable[..., None]) -> Callable[..., None]:
     """The workload options every ``pm`` command takes (they make a :class:`ScenarioConfig`)."""
     f = click.option("--resources", type=click.IntRange(0, 4096), default=4, show_default=True,
                      help="Extra GPU resources besides framebuffers and cursor.")(f)
-    f = click.option("--resource-size", callback=parse_size, default="256K", show_default=True,
-                     help="Bytes per extra resource (K/M/G suffixes).")(f)
+    f = click.option("--resource-size", callback=size_option(RESOURCE_SIZE_MAX), default="256K", show_default=True,
+                     help="Bytes per extra resource (K/M/G suffixes, at most 256M).")(f)
     f = click.option("--scanouts", type=click.IntRange(1, 15), default=2, show_default=True)(f)
-    f = click.option("--seed", type=int, default=0, show_default=True)(f)
+    f = click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True)(f)
     return f
 
 
@@ -81,6 +92,7 @@ def matrix(out_dir: Path, profiles: tuple[Profile, ...], resources: int, resourc
            seed: int) -> None:
     """Every profile through S3, s2idle and S4: table, pictures and a JSON report."""
     cfg = _config(resources, resource_size, scanouts, seed)
+    output_dir(out_dir)
     rows: tuple[Profile | str, ...] = profiles or DEFAULT_PROFILES
     t0 = time.perf_counter()
     with Progress(console=out, transient=True) as bar:
@@ -91,8 +103,8 @@ def matrix(out_dir: Path, profiles: tuple[Profile, ...], resources: int, resourc
 
         report = run_matrix(rows, SLEEP_STATES, cfg, out_dir, progress=step)
     out.print(table(report.cells))
-    out.print(f"{len(report.cells)} cells in {time.perf_counter() - t0:.1f} s; report {out_dir / 'report.json'}, "
-              f"pictures in {out_dir / 'images'}")
+    out.print(shown(f"{len(report.cells)} cells in {time.perf_counter() - t0:.1f} s; report {out_dir / 'report.json'}, "
+              f"pictures in {out_dir / 'images'}"), markup=False, highlight=False)
 
 
 @pm.command()
@@ -106,14 +118,15 @@ def run(profile: Profile, sleep: str, out_dir: Path, resources: int, resource_si
         seed: int) -> None:
     """Run one cell of the matrix, with progress."""
     cfg = _config(resources, resource_size, scanouts, seed)
+    output_dir(out_dir)
     state = SleepState(sleep)
     with out.status(f"{profile.name} through {state.value}..."):
         cell = run_cell(profile, state, cfg, out_dir=out_dir / "images")
     Report(cells=[cell], meta={"source": Source.MODEL.value}).write(out_dir / "report.json")
-    out.print(table([cell], title=f"{profile.name} / {state.value}"))
+    out.print(table([cell], title=lit(f"{profile.name} / {state.value}")))
     for m in sorted(profile.mechanisms, key=lambda m: m.value):
-        out.print(f"[bold]{m.value}[/]: {DESCRIPTIONS[m]}")
+        out.print(f"[bold]{m.value}[/]: {lit(DESCRIPTIONS[m])}")
     for v in cell.violations:
-        out.print(f"[yellow]violation[/] {v}")
+        out.print(f"[yellow]violation[/] {lit(v)}")
     for n in cell.notes:
-        out.print(f"note: {n}")
+        out.print(shown(f"note: {n}"), markup=False)

@@ -9,8 +9,12 @@ This module is the container: it stores any JSON header object (its content is
 :class:`~pyvirtio.pm.image_header.ImageHeader`'s business) plus the key ``regions`` it owns, the list of
 ``[base, size]`` of guest RAM. The file is written atomically (temporary file, fsync, rename); reading checks the
 magic, the file format version (:data:`VERSION`; another version is one line naming it), the sizes and the
-CRC-32, and any problem is one :class:`~pyvirtio.errors.UserInputError` line naming it. Nothing is
-half-restored: the caller gets a fully parsed image or an error.
+CRC-32, then treats the content as untrusted all the same (a valid checksum says the file is what was written,
+not that it is sane): the header is bounded JSON (:func:`~pyvirtio.atomicio.loads_json`: UTF-8, strict, nested
+at most :data:`~pyvirtio.atomicio.MAX_JSON_DEPTH` deep) and must be an object; the region table must be at most
+:data:`MAX_REGIONS` ``[base, size]`` integer pairs of non-empty 64-bit ranges in address order, not
+overlapping, whose sizes add up to the file. Any problem is one :class:`~pyvirtio.errors.UserInputError` line
+naming it. Nothing is half-restored: the caller gets a fully parsed image or an error.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyvirtio.atomicio import atomic_open
+from pyvirtio.atomicio import atomic_open, brief, loads_json
 from pyvirtio.errors import UserInputError
 from pyvirtio.memory import GuestMemory
 
@@ -34,6 +38,10 @@ REGIONS_KEY = "regions"
 _HEAD = struct.Struct("<8sII")
 _CRC = struct.Struct("<I")
 MAX_HEADER = 16 << 20
+#: Most RAM regions an image may list (a machine has one or two).
+MAX_REGIONS = 64
+#: Guest-physical addresses are 64-bit.
+ADDR_LIMIT = 1 << 64
 CHUNK = 8 << 20
 
 
@@ -94,21 +102,43 @@ def read_image(path: str | Path) -> S4Image:
     (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
     if zlib.crc32(memoryview(data)[: len(data) - _CRC.size]) != crc:
         raise UserInputError(f"S4 image {p}: checksum mismatch (corrupt or truncated)")
-    try:
-        header = json.loads(data[_HEAD.size : _HEAD.size + hlen])
-        specs = header.pop(REGIONS_KEY)
-        regions: list[tuple[int, bytes | memoryview]] = []
-        off = _HEAD.size + hlen
-        for base, size in specs:
-            if not isinstance(base, int) or not isinstance(size, int) or size <= 0 or base < 0:
-                raise ValueError("bad region")
-            regions.append((base, memoryview(data)[off : off + size]))
-            off += size
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UserInputError(f"S4 image {p}: malformed header ({e})") from None
-    if off != len(data) - _CRC.size:
+    header = loads_json(data[_HEAD.size : _HEAD.size + hlen], f"S4 image {p}: header")
+    if not isinstance(header, dict):
+        raise UserInputError(f"S4 image {p}: malformed header (not an object)")
+    if REGIONS_KEY not in header:
+        raise UserInputError(f"S4 image {p}: malformed header (no {REGIONS_KEY!r})")
+    specs = _regions(header.pop(REGIONS_KEY), p)
+    if _HEAD.size + hlen + sum(size for _, size in specs) + _CRC.size != len(data):
         raise UserInputError(f"S4 image {p}: region sizes do not match the file")
+    regions: list[tuple[int, bytes | memoryview]] = []
+    off = _HEAD.size + hlen
+    for base, size in specs:
+        regions.append((base, memoryview(data)[off : off + size]))
+        off += size
     return S4Image(header, regions)
+
+
+def _regions(raw: object, p: Path) -> list[tuple[int, int]]:
+    """The region table: ``[[base, size], ...]`` of 64-bit guest-physical ranges, non-empty, in address order,
+    not overlapping."""
+    def bad(why: str, value: object) -> UserInputError:
+        return UserInputError(f"S4 image {p}: malformed header ({REGIONS_KEY} {why}: {brief(value)})")
+
+    if not isinstance(raw, list) or len(raw) > MAX_REGIONS:
+        raise bad(f"is not a list of at most {MAX_REGIONS} [base, size] pairs", raw)
+    out: list[tuple[int, int]] = []
+    end = 0
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 2 and all(type(v) is int for v in item)):
+            raise bad("entry is not a [base, size] pair of integers", item)
+        base, size = item
+        if base < 0 or size <= 0 or base + size > ADDR_LIMIT:
+            raise bad("entry is not a non-empty range of 64-bit guest addresses", item)
+        if base < end:
+            raise bad("entry overlaps or precedes the previous one", item)
+        out.append((base, size))
+        end = base + size
+    return out
 
 
 def load_memory(image: S4Image, memory: GuestMemory) -> None:

@@ -3,20 +3,33 @@
 Contract: :meth:`ImageHeader.to_dict` is the JSON object :mod:`pyvirtio.pm.image` stores (keys of header
 version :data:`HEADER_VERSION`: ``header_version``, ``profile``, ``freeze_mode_bit``, ``config``, ``kernel``,
 ``allocator``, ``gpu_driver``, ``drivers``); :meth:`ImageHeader.from_dict` accepts exactly that and nothing else.
-It treats the object as untrusted: an image of another header version gets one line naming that version; a
-missing, unknown or mistyped field, a kernel configuration or driver kind that is not what the profile plans, or
-driver states other than one for ``gpu`` and one for ``rng`` get one line naming the problem. Every error is a
-:class:`~pyvirtio.errors.UserInputError`. Kinds are stored by value (``"s4-replay"``), never as class paths.
+It treats the object as untrusted and validates it field by field, each part by its own typed state class,
+before anything is built from it: an image of another header version gets one line naming that version; a
+missing, unknown or mistyped field, a workload out of range (:meth:`ScenarioConfig.validate`), a kernel
+configuration or driver kind that is not what the profile plans, an allocator state that
+:class:`~pyvirtio.dma.AllocatorState` rejects, driver states other than one for ``gpu``
+(:class:`~pyvirtio.guest.driver.DriverState` + :class:`~pyvirtio.guest.gpu.objects.GpuDriverState`) and one
+for ``rng`` (:class:`~pyvirtio.guest.rng.RngState`) get one line naming the problem (values shown cut short).
+Every error is a :class:`~pyvirtio.errors.UserInputError`. What needs guest RAM to check (backing ranges,
+allocated blocks) the drivers' ``load_state`` checks again on the new machine. Kinds are stored by value
+(``"s4-replay"``), never as class paths.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any, get_type_hints
 
-from pyvirtio.errors import UserInputError
+from pyvirtio.atomicio import brief, clip
+from pyvirtio.dma import AllocatorState
+from pyvirtio.errors import InvalidStateError, UserInputError
+from pyvirtio.guest.driver import DriverState
+from pyvirtio.guest.gpu.driver import STATE_KEY as GPU_STATE_KEY
 from pyvirtio.guest.gpu.flavours import GpuDriverKind
+from pyvirtio.guest.gpu.objects import GpuDriverState
 from pyvirtio.guest.kernel import KernelConfig
+from pyvirtio.guest.rng import RngState
 from pyvirtio.pm.config import ScenarioConfig
 from pyvirtio.pm.profiles import Profile, parse_profile
 
@@ -72,13 +85,13 @@ class ImageHeader:
         if not isinstance(data, dict):
             raise UserInputError(f"{where}malformed header (not an object)")
         version = data.get("header_version", 1)
-        if version != HEADER_VERSION or type(version) is not int:
-            raise UserInputError(f"{where}header version {version!r} is not supported "
+        if type(version) is not int or version != HEADER_VERSION:
+            raise UserInputError(f"{where}header version {brief(version)} is not supported "
                                  f"(this pyvirtio reads version {HEADER_VERSION})")
         unknown, missing = set(data) - _KEYS, _KEYS - set(data)
         if unknown or missing:
             what = f"unknown field(s) {sorted(unknown)}" if unknown else f"missing field(s) {sorted(missing)}"
-            raise UserInputError(f"{where}malformed header ({what})")
+            raise UserInputError(f"{where}malformed header ({clip(what, 200)})")
         try:
             profile = parse_profile(_typed(data["profile"], str, "profile"),
                                     freeze_mode_bit=_typed(data["freeze_mode_bit"], int, "freeze_mode_bit"))
@@ -86,10 +99,11 @@ class ImageHeader:
             kernel = _record(KernelConfig, data["kernel"], "kernel")
             gpu_driver = GpuDriverKind(_typed(data["gpu_driver"], str, "gpu_driver"))
             allocator = _typed(data["allocator"], dict, "allocator")
+            AllocatorState.from_dict(allocator)
             drivers = tuple(_driver(d) for d in _typed(data["drivers"], list, "drivers"))
             config.validate()
-        except (UserInputError, ValueError) as e:
-            raise UserInputError(f"{where}malformed header ({e})") from None
+        except (UserInputError, InvalidStateError, ValueError) as e:
+            raise UserInputError(f"{where}malformed header ({clip(str(e), 300)})") from None
         plan = profile.plan()
         if kernel != plan.kernel:
             raise UserInputError(f"{where}kernel configuration does not match its profile {profile.name!r}")
@@ -121,8 +135,26 @@ def _record(cls: type[Any], value: Any, what: str) -> Any:
     return cls(**value)
 
 
+def _gpu_state(state: dict[str, Any]) -> None:
+    """The virtio core's :class:`DriverState` keys plus the GPU's own state under ``"gpu"``."""
+    if GPU_STATE_KEY not in state:
+        raise InvalidStateError(f"gpu driver state: missing field {GPU_STATE_KEY!r}")
+    DriverState.core_from_dict({k: v for k, v in state.items() if k != GPU_STATE_KEY})
+    GpuDriverState.from_dict(state[GPU_STATE_KEY])
+
+
+#: Each driver's typed state parser (what its ``load_state`` accepts, checked before anything is built).
+STATE_PARSERS: dict[str, Callable[[dict[str, Any]], object]] = {"gpu": _gpu_state, "rng": RngState.from_dict}
+
+
 def _driver(value: Any) -> DriverRecord:
     _typed(value, dict, "drivers[]")
     if set(value) != {"name", "state"}:
         raise ValueError(f"drivers[]: fields {sorted(value)}, want ['name', 'state']")
-    return DriverRecord(_typed(value["name"], str, "drivers[].name"), _typed(value["state"], dict, "drivers[].state"))
+    name = _typed(value["name"], str, "drivers[].name")
+    state = _typed(value["state"], dict, "drivers[].state")
+    parse = STATE_PARSERS.get(name)
+    if parse is None:
+        raise ValueError(f"drivers[].name: {brief(name)} is not one of {list(DRIVER_NAMES)}")
+    parse(state)
+    return DriverRecord(name, state)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import Enum
 
+from pyvirtio.atomicio import brief
 from pyvirtio.errors import UserInputError
 from pyvirtio.guest.gpu.flavours import GpuDriverKind
 from pyvirtio.guest.kernel import KernelConfig
@@ -149,7 +150,7 @@ def parse_profile(name: str, *, freeze_mode_bit: int = FREEZE_MODE_FEATURE_DEFAU
             mechs.add(Mechanism(p))
         except ValueError:
             known = ", ".join(m.value for m in Mechanism)
-            raise UserInputError(f"unknown profile {p!r} (known: {known})") from None
+            raise UserInputError(f"unknown profile {brief(p)} (known: {known})") from None
     if Mechanism.BASELINE in mechs and len(mechs) > 1:
         raise UserInputError("'baseline' cannot be combined with another mechanism")
     return Profile(name="+".join(m.value for m in Mechanism if m in mechs), mechanisms=frozenset(mechs),

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyvirtio.atomicio import brief
 from pyvirtio.dma import GuestAllocator
 from pyvirtio.errors import DriverError, InvalidStateError, UserInputError
 from pyvirtio.guest.driver import VirtioDriver
@@ -145,6 +146,9 @@ def boot_from_image(path: str | Path) -> System:
     h = ImageHeader.from_dict(image.header, source=str(path))
     plan = h.profile.plan()
     cfg = h.config
+    layout, want = [(b, len(d)) for b, d in image.regions], cfg.memory_layout()
+    if layout != want:  # checked before anything is built (load_memory checks it again against the machine)
+        raise UserInputError(f"S4 image {path}: memory layout {brief(layout)} is not the workload's {want}")
     machine = Machine(cfg.memory_size(), seed=cfg.seed + 1, machine_type=cfg.machine_type)
     gdev, gfn, rfn, fm = _plug_all(plan, cfg, machine)
     # The boot kernel: a normal boot that probes every device, then quiesces them before jumping to the image.

@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyvirtio.atomicio import write_text_atomic
+from pyvirtio.atomicio import loads_json, write_text_atomic
+from pyvirtio.errors import UserInputError
 from pyvirtio.vm import image
 from pyvirtio.vm.errors import ProvisionError
 from pyvirtio.vm.initramfs import WANTED_MODULES, build_initramfs, parse_modules_dep, resolve_load_order
@@ -191,9 +192,10 @@ def _depmod(kroot: Path, release: str, busybox: Path) -> None:
 
 
 def _read_stamp(guest: Path) -> dict[str, object] | None:
+    """The guest's stamp, or None when it is missing or not a bounded JSON object (the guest is rebuilt)."""
     try:
-        data = json.loads((guest / "stamp.json").read_text())
-    except (OSError, ValueError):
+        data = loads_json((guest / "stamp.json").read_bytes(), f"stamp {guest / 'stamp.json'}")
+    except (OSError, UserInputError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -216,7 +218,7 @@ def _assets_from(guest: Path, qemu: Path, qver: str) -> GuestAssets | None:
             kernel_release=str(st["kernel_release"]), busybox_version=str(st["busybox_version"]),
             modules=tuple(str(m) for m in modules), frame_size=(int(frame[0]), int(frame[1])),
             blk_pattern_md5=str(st["blk_pattern_md5"]), qemu=qemu, qemu_version=qver)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return None
 
 

@@ -195,7 +195,7 @@ def test_cell_enums_serialise_by_value() -> None:
     assert (d["source"], d["sleep"], d["outcome"], d["resources"]) == ("model", "S3", "ok", "kept")
     back = Report.from_dict(json.loads(json.dumps(Report(cells=[c]).to_dict()))).cells[0]
     assert back == c and back.resources is ResourceFate.KEPT and back.sleep is SleepState.S3
-    with pytest.raises(UserInputError, match="malformed report cell"):
+    with pytest.raises(UserInputError, match=r"malformed report: cells\[0\]\.outcome = 'fine': not one of ok, "):
         Report.from_dict({**Report(cells=[c]).to_dict(), "cells": [{**d, "outcome": "fine"}]})
 
 

@@ -105,3 +105,18 @@ def test_load_assets_without_guest(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setattr(prov, "qemu_version", lambda _: "7.2.22")
     with pytest.raises(ProvisionError, match="run: pyvirtio vm provision"):
         prov.load_assets(tmp_path)
+
+
+@pytest.mark.parametrize("stamp", [b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe", b"NaN",
+                                   b'{"layout": 4, "frame_size": [Infinity, 800]}', b"[]"],
+                         ids=["nested 100000 deep", "not UTF-8", "NaN", "Infinity", "a list"])
+def test_a_hostile_stamp_means_no_guest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, stamp: bytes) -> None:
+    """A cache stamp that is nested too deep, not UTF-8, not JSON or holds an infinite size is no guest (one
+    line saying to provision), not a RecursionError or OverflowError traceback."""
+    guest = _fake_guest(tmp_path, "linux-image-6.1.0-x-amd64")
+    (guest / "stamp.json").write_bytes(stamp)
+    monkeypatch.setattr(prov, "ensure_qemu", lambda **_: Path("/usr/bin/qemu-system-x86_64"))
+    monkeypatch.setattr(prov, "qemu_version", lambda _: "7.2.22")
+    with pytest.raises(ProvisionError, match="no provisioned guest") as e:
+        prov.load_assets(tmp_path)
+    assert "\n" not in str(e.value)
