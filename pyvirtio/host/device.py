@@ -57,12 +57,18 @@ _E = LifecycleEvent
 
 @dataclass
 class Faults:
-    """Fault injection for power-management tests. All off by default."""
+    """Fault injection for power-management tests. All off by default.
 
-    quiesce_never_completes: bool = False  # in-flight requests never finish once SUSPEND is requested
-    backend_hangs: bool = False  # in-flight requests never finish at all (a wedged backend)
-    suspend_fails: bool = False  # the device cannot suspend: DEVICE_NEEDS_RESET
-    resume_fails: bool = False  # the device cannot resume: DEVICE_NEEDS_RESET
+    Two switches make the device deliberately NON-CONFORMING (no real device should behave so; they exist to
+    test how a driver copes): ``quiesce_never_completes`` breaks Device Suspend's "the device MUST suspend or
+    set DEVICE_NEEDS_RESET" (§3.4), and ``backend_hangs`` never completes a request. The other two are the
+    spec's own failure answer (DEVICE_NEEDS_RESET) and stay conforming.
+    """
+
+    quiesce_never_completes: bool = False  # NON-CONFORMING: in-flight requests never finish once SUSPEND is written
+    backend_hangs: bool = False  # NON-CONFORMING: in-flight requests never finish at all (a wedged backend)
+    suspend_fails: bool = False  # conforming: the device cannot suspend and sets DEVICE_NEEDS_RESET
+    resume_fails: bool = False  # conforming: the device cannot resume and sets DEVICE_NEEDS_RESET
 
 
 class VirtioDevice:
