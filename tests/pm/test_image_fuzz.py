@@ -85,16 +85,24 @@ class ImageFile:
 
     def __init__(self, valid: Valid, path: Path) -> None:
         self.valid, self.path = valid, path
-        with open(path, "wb") as f:
+        self._lay_out()
+
+    def _lay_out(self) -> None:
+        """(Re)write the file with HEADER_ROOM bytes of header room, the valid RAM and a CRC slot."""
+        with open(self.path, "wb") as f:
             f.write(_HEAD.pack(MAGIC, VERSION, HEADER_ROOM) + b" " * HEADER_ROOM)
-            f.write(valid.ram)
+            f.write(self.valid.ram)
             f.write(bytes(4))
+        self.laid_out = True
 
     def put(self, header_text: bytes) -> Path:
         """Make the file an image with ``header_text`` (padded) and the valid RAM; returns its path."""
         if len(header_text) > HEADER_ROOM:
             self.path.write_bytes(raw_image(header_text, self.valid.ram))
+            self.laid_out = False  # the next in-place edit needs the standard layout back
             return self.path
+        if not self.laid_out:
+            self._lay_out()
         head = _HEAD.pack(MAGIC, VERSION, HEADER_ROOM) + header_text.ljust(HEADER_ROOM)
         crc = crc32_combine(zlib.crc32(head), self.valid.ram_crc, len(self.valid.ram))
         with open(self.path, "r+b") as f:
