@@ -13,6 +13,7 @@ events give the same bytes). matplotlib is imported here only, lazily, with the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -150,14 +151,26 @@ class _Axis:
 
 # lane rows (data y): D-state band, ticks, then the status step plot above
 _Y_D, _Y_IRQ, _Y_KICK, _Y_USED, _Y_STATUS = 0.15, 0.55, 0.85, 1.15, 1.6
-_STATUS_H = 1.6
+_STATUS_H = 1.2
+_Y_TOP = 5.0
 _D_COLOUR = {"D0": "#9fd89f", "D3hot": "#f0b27a"}
 
 
 def render(events: Sequence[TimelineEvent], path: Path, *, title: str = "",
            devices: Sequence[str] | None = None) -> str:
-    """Draw ``events`` as a PNG at ``path`` (one lane per device; ``devices`` fixes the lanes and their order,
-    by default the devices in order of first appearance) and return the path as a string."""
+    """Draw ``events`` (:func:`figure`) as a PNG at ``path`` and return the path as a string.
+
+    The same events give the same bytes: fixed size and dpi, no software tag or time in the file.
+    """
+    fig = figure(events, title=title, devices=devices)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", metadata={"Software": None})
+    return str(path)
+
+
+def figure(events: Sequence[TimelineEvent], *, title: str = "", devices: Sequence[str] | None = None) -> Any:
+    """The timeline as a matplotlib ``Figure`` (Agg canvas): one lane (axes) per device, ``devices`` fixing the
+    lanes and their order (by default the devices in order of first appearance)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,7 +182,7 @@ def render(events: Sequence[TimelineEvent], path: Path, *, title: str = "",
     ev = sorted(events, key=lambda e: e.time_ns)
     ax_t = _Axis([e.time_ns for e in ev])
     end = ax_t.end + 0.5
-    fig = Figure(figsize=(12, 1.0 + 2.2 * len(lanes)), dpi=80)
+    fig = Figure(figsize=(12, 1.0 + 2.6 * len(lanes)), dpi=80)
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(lanes), 1, sharex=True, squeeze=False)[:, 0]
     for ax, dev in zip(axes, lanes, strict=True):
@@ -181,16 +194,17 @@ def render(events: Sequence[TimelineEvent], path: Path, *, title: str = "",
                     va="top", fontsize=7, color="#666666")
     axes[-1].set_xlabel("virtual time (ms from the first event; grey: idle stretches compressed)")
     axes[-1].set_xlim(-0.02 * end, end)
+    axes[-1].set_xticks(_ticks(end))
+    for ax in axes[:-1]:
+        ax.tick_params(axis="x", bottom=False)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.subplots_adjust(left=0.07, right=0.99, top=0.9 if title else 0.95, bottom=0.12, hspace=0.35)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", metadata={"Software": None})
-    return str(path)
+    return fig
 
 
 def _lane(ax: Any, dev: str, ev: Sequence[TimelineEvent], axis: _Axis, end: float) -> None:
-    ax.set_ylim(-0.1, _Y_STATUS + _STATUS_H + 0.9)
+    ax.set_ylim(-0.1, _Y_TOP)
     ax.set_yticks([_Y_D, _Y_IRQ, _Y_KICK, _Y_USED, _Y_STATUS + _STATUS_H / 2],
                   ["D-state", "irq", "kick", "used", "status"], fontsize=8)
     ax.set_ylabel(dev, fontsize=11, fontweight="bold")
@@ -209,8 +223,10 @@ def _lane(ax: Any, dev: str, ev: Sequence[TimelineEvent], axis: _Axis, end: floa
     ds = [(axis.x(e.time_ns), e.label) for e in ev if e.kind is EventKind.D_STATE]
     for i, (x, label) in enumerate(ds):
         x_end = ds[i + 1][0] if i + 1 < len(ds) else end
+        if x_end <= x:
+            continue  # superseded at the same instant
         ax.broken_barh([(x, max(x_end - x, 0.0))], (_Y_D - 0.12, 0.24), facecolors=_D_COLOUR.get(label, "#cccccc"))
-        if i == 0 or label != ds[i - 1][1]:
+        if i == 0 or label != ds[i - 1][1] or ds[i - 1][0] == x:
             ax.text(x + 0.05, _Y_D, label, fontsize=7, va="center")
     # ticks
     for kind, y, colour in ((EventKind.INTERRUPT, _Y_IRQ, "#b03a2e"), (EventKind.KICK, _Y_KICK, "#117a65"),
@@ -224,8 +240,16 @@ def _lane(ax: Any, dev: str, ev: Sequence[TimelineEvent], axis: _Axis, end: floa
         colour = "#444444" if e.device == ALL else "#c0392b"
         ax.axvline(x, color=colour, linestyle="--" if e.device == ALL else ":", linewidth=0.8)
     for x, labels in _groups([(x, e.label) for x, e in pm], 0.25):
-        ax.text(x + 0.03, _Y_STATUS + _STATUS_H + 0.85, "\n".join(dict.fromkeys(labels)), fontsize=6.5,
+        ax.text(x + 0.03, _Y_TOP - 0.08, "\n".join(dict.fromkeys(labels)), fontsize=6.5,
                 color="#333333", va="top", linespacing=1.0)
+
+
+def _ticks(end: float) -> list[float]:
+    """About six round tick positions from 0 to ``end`` (fixed, so matplotlib's locator does not run)."""
+    raw = max(end / 6, 1e-3)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    return [i * step for i in range(int(end / step) + 1)]
 
 
 def _dedup(values: Sequence[int]) -> list[int]:
@@ -242,4 +266,4 @@ def _groups(points: Sequence[tuple[float, T]], within: float = 0.0) -> list[tupl
             out.append((x, [v]))
     return out
 
-__all__ = ["ALL", "DEVICES", "EventKind", "TimelineEvent", "from_trace", "initial", "render"]
+__all__ = ["ALL", "DEVICES", "EventKind", "TimelineEvent", "figure", "from_trace", "initial", "render"]
