@@ -130,4 +130,5 @@ def run(profile: Profile, sleep: str, out_dir: Path, resources: int, resource_si
         out.print(f"[yellow]violation[/] {lit(v)}")
     for n in cell.notes:
         out.print(shown(f"note: {n}"), markup=False)
-    out.print(shown(f"timeline {cell.images['timeline']}"), markup=False, highlight=False)
+    if "timeline" in cell.images:
+        out.print(shown(f"timeline {cell.images['timeline']}"), markup=False, highlight=False)
