@@ -164,7 +164,7 @@ def render(events: Sequence[TimelineEvent], path: Path, *, title: str = "",
     """
     fig = figure(events, title=title, devices=devices)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", metadata={"Software": None})
+    fig.savefig(path, format="png", metadata={"Software": None}, pil_kwargs={"compress_level": 1})
     return str(path)
 
 
