@@ -1,7 +1,9 @@
-"""Regenerate docs/img/<profile>.png (before | after S3 | after S4) and docs/matrix.txt from `pyvirtio pm matrix`."""
+"""Regenerate docs/img/<profile>.png (before | after S3 | after S4), docs/img/timeline-*.png and docs/matrix.txt from
+`pyvirtio pm matrix`."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -12,6 +14,8 @@ from PIL import Image, ImageDraw
 from pyvirtio.pm.profiles import DEFAULT_PROFILES
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The cells whose timeline the README shows (profile slug, sleep state).
+TIMELINES = (("suspend-bit", "S3"),)
 
 
 def main() -> None:
@@ -32,6 +36,9 @@ def main() -> None:
                 strip.paste(tile, (i * 170, 16))
                 draw.text((i * 170 + 2, 2), label, fill="black")
             strip.save(out / "img" / f"{slug}.png", optimize=True)
+        for slug, sleep in TIMELINES:
+            shutil.copyfile(Path(tmp) / "images" / f"{slug}-{sleep}-timeline.png",
+                            out / "img" / f"timeline-{slug}-{sleep}.png")
 
 
 if __name__ == "__main__":

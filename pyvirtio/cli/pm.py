@@ -84,13 +84,13 @@ def pm() -> None:
 
 @pm.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/pm-matrix"),
-              show_default=True, help="Where report.json and the before/after PNGs go.")
+              show_default=True, help="Where report.json, the before/after PNGs and the timelines go (images/).")
 @click.option("--profile", "profiles", callback=parse_profiles, multiple=True,
               help="Profiles to run (default: the standard rows).")
 @scenario_options
 def matrix(out_dir: Path, profiles: tuple[Profile, ...], resources: int, resource_size: int, scanouts: int,
            seed: int) -> None:
-    """Every profile through S3, s2idle and S4: table, pictures and a JSON report."""
+    """Every profile through S3, s2idle and S4: table, pictures, timelines and a JSON report."""
     cfg = _config(resources, resource_size, scanouts, seed)
     output_dir(out_dir)
     rows: tuple[Profile | str, ...] = profiles or DEFAULT_PROFILES
@@ -112,16 +112,16 @@ def matrix(out_dir: Path, profiles: tuple[Profile, ...], resources: int, resourc
               help="e.g. baseline, suspend-bit, no-soft-reset+s4-replay")
 @click.option("--sleep", type=SLEEP_CHOICE, required=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/pm-run"),
-              show_default=True)
+              show_default=True, help="Where report.json, <profile>-<sleep>-timeline.png and images/ go.")
 @scenario_options
 def run(profile: Profile, sleep: str, out_dir: Path, resources: int, resource_size: int, scanouts: int,
         seed: int) -> None:
-    """Run one cell of the matrix, with progress."""
+    """Run one cell of the matrix, with progress; its timeline picture goes to OUT."""
     cfg = _config(resources, resource_size, scanouts, seed)
     output_dir(out_dir)
     state = SleepState(sleep)
     with out.status(f"{profile.name} through {state.value}..."):
-        cell = run_cell(profile, state, cfg, out_dir=out_dir / "images")
+        cell = run_cell(profile, state, cfg, out_dir=out_dir / "images", timeline_dir=out_dir)
     Report(cells=[cell], meta={"source": Source.MODEL.value}).write(out_dir / "report.json")
     out.print(table([cell], title=lit(f"{profile.name} / {state.value}")))
     for m in sorted(profile.mechanisms, key=lambda m: m.value):
@@ -130,3 +130,5 @@ def run(profile: Profile, sleep: str, out_dir: Path, resources: int, resource_si
         out.print(f"[yellow]violation[/] {lit(v)}")
     for n in cell.notes:
         out.print(shown(f"note: {n}"), markup=False)
+    if "timeline" in cell.images:
+        out.print(shown(f"timeline {cell.images['timeline']}"), markup=False, highlight=False)

@@ -29,6 +29,7 @@ from pyvirtio.pm.config import ScenarioConfig
 from pyvirtio.pm.profiles import Profile
 from pyvirtio.pm.system import System, boot_from_image, build_system, write_hibernation_image
 from pyvirtio.report import CellResult, DeviceOutcome, Outcome, ResourceFate, SleepState, Source
+from pyvirtio.timeline import ALL, EventKind, TimelineEvent, from_trace, initial, render
 from pyvirtio.trace import Kind, dedup
 
 #: The sleep states of the matrix, in column order.
@@ -70,11 +71,13 @@ def _violations(system: System, since: int) -> list[str]:
 
 
 def run_cell(profile: Profile, sleep: SleepState | str, cfg: ScenarioConfig | None = None, *,
-             out_dir: Path | None = None, workdir: Path | None = None) -> CellResult:
+             out_dir: Path | None = None, workdir: Path | None = None,
+             timeline_dir: Path | None = None) -> CellResult:
     """Run ``profile`` through ``sleep`` (S3, s2idle or S4) and measure what survived.
 
-    ``out_dir``: where the before/after PNGs of scanout 0 go (none when ``None``); ``workdir``: where the S4
-    image is written (a temporary directory, removed afterwards). A bad ``sleep`` is a ``ValueError``.
+    ``out_dir``: where the before/after PNGs of scanout 0 and the timeline go (none when ``None``);
+    ``timeline_dir``: where the timeline goes instead; ``workdir``: where the S4 image is written (a temporary
+    directory, removed afterwards). A bad ``sleep`` is a ``ValueError``.
     """
     cfg = cfg or ScenarioConfig()
     sleep = SleepState(sleep)
@@ -96,6 +99,7 @@ def run_cell(profile: Profile, sleep: SleepState | str, cfg: ScenarioConfig | No
     t0 = system.machine.now
     # S4 powers the machine off: the status sequence is the old machine's followed by the new one's
     earlier: dict[str, list[int]] = {}
+    old = system
     try:
         if sleep is SleepState.S4:
             earlier.update({n: [start_status[n]] for n in start_status})
@@ -136,7 +140,23 @@ def run_cell(profile: Profile, sleep: SleepState | str, cfg: ScenarioConfig | No
         cell.devices[name] = DeviceOutcome(name, seq, alive, alive)
     if cell.outcome is not Outcome.OK:
         cell.suspend_ms = _ms(system.machine.now - t0)
+    timeline_dir = timeline_dir or out_dir
+    if timeline_dir is not None:
+        events = _timeline(old, system, trace_mark, t0, start_status)
+        cell.images["timeline"] = render(events, timeline_dir / f"{_slug(profile.name)}-{sleep}-timeline.png",
+                                         title=f"{profile.name} / {sleep} (model)", devices=("gpu", "rng"))
     return cell
+
+
+def _timeline(old: System, new: System, mark: int, t0: int, status: dict[str, int]) -> list[TimelineEvent]:
+    """The cell's timeline events: from the sleep command on; after S4 the new machine's trace follows the
+    old one's, shifted to start where the old machine powered off."""
+    events = initial(t0, status) + from_trace(old.machine.trace.events[mark:])
+    if new is not old:
+        off = old.machine.now
+        events.append(TimelineEvent(ALL, off, EventKind.PM, label="new machine"))
+        events += from_trace(new.machine.trace.events, offset_ns=off)
+    return events
 
 
 def _fate(before: set[tuple[int, int, int, int]], after: set[tuple[int, int, int, int]], *,

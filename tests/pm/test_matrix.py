@@ -104,7 +104,9 @@ def test_matrix_cli_writes_report_and_pictures(tmp_path: Path) -> None:
                                   "--profile", "suspend-bit", "--resources", "1"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "report.json").exists()
-    assert len(list((tmp_path / "images").glob("*.png"))) == 12
+    pngs = list((tmp_path / "images").glob("*.png"))
+    assert len([p for p in pngs if not p.name.endswith("-timeline.png")]) == 12  # before/after of 6 cells
+    assert len([p for p in pngs if p.name.endswith("-timeline.png")]) == 6  # one timeline per cell
     assert "suspend-bit" in r.output
 
 
