@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from pyvirtio.errors import PyvirtioError
 from pyvirtio.report import CellResult, Outcome, ResourceFate
 from pyvirtio.vm import image
-from pyvirtio.vm.errors import PyvirtioError
 from pyvirtio.vm.private_stack import provision_stack
 from pyvirtio.vm.provisioning import GuestAssets
 from pyvirtio.vm.scenario import CellRun
