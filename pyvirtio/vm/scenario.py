@@ -42,7 +42,7 @@ from pyvirtio.vm.probes import DeviceState, GuestShell, ProbeResult, device_stat
 from pyvirtio.vm.provisioning import GuestAssets
 from pyvirtio.vm.qemu import DEVICE_IDS, MACHINE_TYPES, BootFiles, QemuVm, gpu_device
 from pyvirtio.vm.serial import Pending
-from pyvirtio.vm.stacks import DEFAULT_STACK
+from pyvirtio.vm.stacks import DEFAULT_STACK, NSR_PROFILE
 
 #: The sleep states the real VM runs, in the report's order.
 SLEEP_STATES = tuple(SleepState)
@@ -164,7 +164,8 @@ class CellRun:
         self.trace_windows: list[tuple[Path, int | None, int | None]] = []  # (log, start marker, end marker)
         self._markers = 0
         self._window_start: int | None = None
-        self.result = CellResult(source=Source.REAL_VM, profile=REAL_VM_PROFILE, sleep=self.sleep,
+        self.result = CellResult(source=Source.REAL_VM, profile=NSR_PROFILE if nsr else REAL_VM_PROFILE,
+                                 sleep=self.sleep,
                                  machine_type=self.machine_type.value)
         self.images: dict[str, image.RGB] = {}
         self.lpc_pm_boot: str | None = None  # q35: ICH9 LPC config bytes 0x40-0x47 after the first boot
@@ -644,7 +645,8 @@ def run_matrix(assets: GuestAssets, out_dir: Path, *, sleeps: tuple[SleepState, 
                     cell = run_cell(assets, sleep, mt, cycles=cycles, out_dir=out_dir, timeouts=timeouts,
                                     progress=cell_progress, nsr=nsr)
                 except VmError as e:
-                    cell = CellResult(source=Source.REAL_VM, profile=REAL_VM_PROFILE, sleep=SleepState(sleep),
+                    cell = CellResult(source=Source.REAL_VM, profile=NSR_PROFILE if nsr else REAL_VM_PROFILE,
+                                      sleep=SleepState(sleep),
                                       machine_type=mt, outcome=Outcome.ERROR,
                                       notes=[f"stack {assets.stack}, no-soft-reset {nsr}", str(e)])
                 report.cells.append(cell)

@@ -45,6 +45,8 @@ QEMU10_LINUX612 = Stack(
 #: Every stack by name, default first.
 STACKS: dict[str, Stack] = {s.name: s for s in (SYSTEM, QEMU10_LINUX612)}
 DEFAULT_STACK = SYSTEM.name
+#: The model profile a real cell with No_Soft_Reset on the gpu corresponds to (QEMU >= 9.1 + Linux >= 6.8).
+NSR_PROFILE = "no-soft-reset"
 STACK_NAMES = tuple(STACKS)
 
 

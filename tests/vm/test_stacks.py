@@ -162,3 +162,14 @@ def test_half_provisioned_cache_is_never_used(tmp_path: Path) -> None:
     (build / "stamp.json").write_text('{"layout": 1')  # cut off mid-write
     with pytest.raises(ProvisionError):
         load_private(tmp_path, QEMU10_LINUX612)
+
+
+def test_compare_runs_every_cell_with_a_real_counterpart() -> None:
+    from pyvirtio.cli.compare import wanted_cells
+    from pyvirtio.report import SleepState
+
+    cells = wanted_cells((SYSTEM.name, QEMU10_LINUX612.name), (SleepState.S3,), ("pc", "q35"))
+    assert cells == [(SYSTEM.name, "baseline", SleepState.S3, "pc"), (SYSTEM.name, "baseline", SleepState.S3, "q35"),
+                     (QEMU10_LINUX612.name, "baseline", SleepState.S3, "q35"),
+                     (QEMU10_LINUX612.name, "no-soft-reset", SleepState.S3, "q35")]
+    assert wanted_cells((QEMU10_LINUX612.name,), (SleepState.S3,), ("pc",)) == []
