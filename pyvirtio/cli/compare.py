@@ -13,28 +13,58 @@ from pyvirtio.cli.common import EXIT_RESULT, MACHINE_CHOICE, SLEEP_CHOICE, lit, 
 from pyvirtio.errors import UserInputError
 from pyvirtio.fidelity import compare, differences, model_cell
 from pyvirtio.machine import MachineType
-from pyvirtio.report import CellResult, Report, SleepState, Source
+from pyvirtio.report import REAL_VM_PROFILE, CellResult, Report, SleepState, Source
+from pyvirtio.vm.stacks import DEFAULT_STACK, NSR_PROFILE, STACK_NAMES, STACKS
 
 #: What ``vm compare`` runs when not told: S3 and S4, on every machine type.
 DEFAULT_SLEEPS = (SleepState.S3, SleepState.S4)
 DEFAULT_MACHINES = tuple(m.value for m in MachineType)
 
+#: One compared cell: (stack, profile, sleep, machine); the profile says whether the real gpu had NSR.
+Key = tuple[str, str, SleepState, str]
 
-def _real_cells(real: Path | None, sleeps: tuple[SleepState, ...], machines: tuple[str, ...], cache: Path | None,
-                out_dir: Path) -> dict[tuple[SleepState, str], CellResult]:
-    wanted = [(s, m) for s in sleeps for m in machines]
+
+def wanted_cells(stacks: tuple[str, ...], sleeps: tuple[SleepState, ...], machines: tuple[str, ...]) -> list[Key]:
+    """Every (stack, profile, sleep, machine) with a real counterpart: ``baseline`` on every stack (a stack with
+    pcie-root-ports: q35 only), and ``no-soft-reset`` on a stack that has the property."""
+    out: list[Key] = []
+    for st in stacks:
+        stack = STACKS[st]
+        ms = tuple(m for m in machines if m == MachineType.Q35.value) if stack.pcie_ports else machines
+        profiles = (REAL_VM_PROFILE, NSR_PROFILE) if stack.pcie_ports else (REAL_VM_PROFILE,)
+        out += [(st, p, s, m) for p in profiles for s in sleeps for m in ms]
+    return out
+
+
+def label(key: Key) -> str:
+    """``S3/pc`` for the default stack's baseline (as before stacks existed), else ``stack/profile/S3/q35``."""
+    st, p, s, m = key
+    return f"{s.value}/{m}" if (st, p) == (DEFAULT_STACK, REAL_VM_PROFILE) else f"{st}/{p}/{s.value}/{m}"
+
+
+def _real_cells(real: Path | None, wanted: list[Key], cache: Path | None,
+                out_dir: Path) -> dict[Key, CellResult]:
     if real is not None:
         report = Report.read(real)
-        cells = {(c.sleep, c.machine_type): c for c in report.cells if c.source is Source.REAL_VM}
-        missing = [f"{s.value}/{m}" for s, m in wanted if (s, m) not in cells]
+        stack = str(report.meta.get("stack", DEFAULT_STACK))
+        ports = stack in STACKS and STACKS[stack].pcie_ports  # only there does a real cell's profile say NSR
+        cells = {(stack, c.profile if ports else REAL_VM_PROFILE, c.sleep, c.machine_type): c
+                 for c in report.cells if c.source is Source.REAL_VM}
+        missing = [label(k) for k in wanted if k not in cells]
         if missing:
             raise UserInputError(f"{real} has no real-vm cell for {', '.join(missing)}")
         return {k: cells[k] for k in wanted}
-    from pyvirtio.vm.provisioning import provision
-    from pyvirtio.vm.scenario import run_cell
+    from pyvirtio.vm.private_stack import provision_stack
+    from pyvirtio.vm.scenario import cell_name, run_cell
 
-    assets = provision(cache)
-    return {(s, m): run_cell(assets, s, m, out_dir=out_dir / f"real-{s.value}-{m}") for s, m in wanted}
+    out: dict[Key, CellResult] = {}
+    for st in dict.fromkeys(k[0] for k in wanted):
+        assets = provision_stack(cache, stack=st)
+        for k in (k for k in wanted if k[0] == st):
+            _, p, s, m = k
+            nsr = p == NSR_PROFILE
+            out[k] = run_cell(assets, s, m, out_dir=out_dir / f"real-{cell_name(s, m, st, nsr)}", nsr=nsr)
+    return out
 
 
 @click.command("compare")
@@ -46,24 +76,30 @@ def _real_cells(real: Path | None, sleeps: tuple[SleepState, ...], machines: tup
               show_default=True)
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Real-VM cache directory (as for `pyvirtio vm run`).")
+@click.option("--stack", "stacks", multiple=True, type=click.Choice(STACK_NAMES),
+              help=f"Real stack(s) to compare against (repeatable; default {DEFAULT_STACK}).")
 def compare_cmd(sleeps: tuple[str, ...], machines: tuple[str, ...], real: Path | None, out_dir: Path,
-                cache: Path | None) -> None:
-    """Run the model configured like the real VM (profile baseline, same machine type) beside the real VM.
+                cache: Path | None, stacks: tuple[str, ...]) -> None:
+    """Run the model configured like the real VM (same machine type; profile baseline, and no-soft-reset beside
+    a stack whose gpu can have No_Soft_Reset) beside the real VM.
 
     Exit status 1 when any check differs (every difference is listed, and written to OUT/compare.json).
     """
     output_dir(out_dir)
     states = tuple(SleepState(s) for s in sleeps) or DEFAULT_SLEEPS
-    reals = _real_cells(real, states, machines or DEFAULT_MACHINES, cache, out_dir)
-    report = Report(meta={"source": "compare"})
+    wanted = wanted_cells(stacks or (DEFAULT_STACK,), states, machines or DEFAULT_MACHINES)
+    if not wanted:
+        raise UserInputError("nothing to compare: a stack with pcie-root-ports runs q35 only (add --machine q35)")
+    reals = _real_cells(real, wanted, cache, out_dir)
+    report = Report(meta={"source": "compare", "stacks": list(dict.fromkeys(k[0] for k in wanted))})
     summary: list[dict[str, object]] = []
     ndiff = 0
-    for (sleep, machine), rcell in reals.items():
-        mcell = model_cell(sleep, machine)
+    for (stack, profile, sleep, machine), rcell in reals.items():
+        mcell = model_cell(sleep, machine, profile)
         checks = compare(mcell, rcell)
         report.cells += [mcell, rcell]
-        t = Table(title=f"{sleep.value} on {machine}: model (baseline) vs real VM (QEMU 7.2 + Linux 6.1)",
-                  title_justify="left")
+        t = Table(title=f"{sleep.value} on {machine}: model ({profile}) vs real VM ({stack}"
+                        f"{', gpu No_Soft_Reset' if profile == NSR_PROFILE else ''})", title_justify="left")
         for col in ("check", "model", "real", ""):
             t.add_column(col)
         for c in checks:
@@ -72,9 +108,9 @@ def compare_cmd(sleeps: tuple[str, ...], machines: tuple[str, ...], real: Path |
         diffs = differences(checks)
         ndiff += len(diffs)
         for d in diffs:
-            line = f"{sleep.value}/{machine} {d.what}: model {d.model!r}, real {d.real!r}"
+            line = f"{label((stack, profile, sleep, machine))} {d.what}: model {d.model!r}, real {d.real!r}"
             out.print(f"[red]difference[/] {lit(line)}")
-        summary.append({"sleep": sleep.value, "machine": machine,
+        summary.append({"stack": stack, "profile": profile, "sleep": sleep.value, "machine": machine,
                         "checks": [{"what": c.what, "model": c.model, "real": c.real, "ok": c.ok} for c in checks]})
     report.write(out_dir / "report.json")
     write_text_atomic(out_dir / "compare.json", json.dumps(summary, indent=2) + "\n")

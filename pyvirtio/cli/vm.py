@@ -27,9 +27,12 @@ from pyvirtio.cli.common import (
     yes_no,
 )
 from pyvirtio.cli.compare import compare_cmd
+from pyvirtio.errors import PyvirtioError
 from pyvirtio.report import CellResult, Outcome, Report, Source
-from pyvirtio.vm.provisioning import GuestAssets, default_cache_dir, provision
+from pyvirtio.vm.private_stack import provision_stack as provision
+from pyvirtio.vm.provisioning import GuestAssets, default_cache_dir
 from pyvirtio.vm.scenario import run_cell, run_matrix
+from pyvirtio.vm.stacks import DEFAULT_STACK, STACK_NAMES, STACKS
 from pyvirtio.vm.statustrace import format_sequence
 
 
@@ -70,19 +73,23 @@ def _print_cell(cell: CellResult) -> None:
         out.print(shown(f"  {note}"), markup=False, highlight=False)
 
 
-def _assets(cache: Path | None) -> GuestAssets:
+def _assets(cache: Path | None, stack: str = DEFAULT_STACK) -> GuestAssets:
     if cache is not None:
         output_dir(cache, "--cache")
-    return provision(cache, log=_provision_log)
+    return provision(cache, log=_provision_log, stack=stack)
 
 
 cache_option = click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
                             help="Cache directory (default: $PYVIRTIO_VM_CACHE or ~/.cache/pyvirtio/vm).")
+STACK_CHOICE = click.Choice(STACK_NAMES)
+stack_option = click.option("--stack", type=STACK_CHOICE, default=DEFAULT_STACK, show_default=True,
+                            help="Which QEMU + Linux stack to run (see: pyvirtio vm provision).")
 
 
 @click.group("vm", cls=Group)
 def vm() -> None:
-    """Real QEMU 7.2 + Debian Linux 6.1 guest under TCG: S3, s2idle and S4 on pc and q35."""
+    """Real QEMU + Linux guests under TCG: S3, s2idle and S4; stacks qemu7.2-linux6.1 (pc, q35) and
+    qemu10.0-linux6.12 (q35, gpu behind a pcie-root-port, optionally with No_Soft_Reset)."""
 
 
 vm.add_command(compare_cmd)
@@ -91,16 +98,30 @@ vm.add_command(compare_cmd)
 @vm.command("provision")
 @cache_option
 @click.option("--refresh", is_flag=True, help="Rebuild the guest even if it is up to date.")
-def provision_cmd(cache: Path | None, refresh: bool) -> None:
-    """Install QEMU (apt, needs root) and build the guest kernel + initramfs in the cache."""
+@click.option("--stack", "stacks", type=STACK_CHOICE, multiple=True,
+              help=f"Stack to provision (repeatable; default {DEFAULT_STACK}).")
+def provision_cmd(cache: Path | None, refresh: bool, stacks: tuple[str, ...]) -> None:
+    """Provision each stack: the system QEMU (apt, needs root) or a private QEMU + kernel unpacked into the
+    cache; build the guest initramfs; print exact versions. A stack that fails does not stop the others."""
     if cache is not None:
         output_dir(cache, "--cache")
-    a = provision(cache, refresh=refresh, log=_provision_log)
-    out.print(shown(f"guest: {a.root}"), markup=False, highlight=False)
-    for k, v in a.versions().items():
-        out.print(shown(f"  {k}: {v}"), markup=False, highlight=False)
-    out.print(shown(f"  modules: {' '.join(a.modules)}"), markup=False, highlight=False)
-    out.print(shown(f"  cache: {cache or default_cache_dir()}"), markup=False, highlight=False)
+    failed: list[str] = []
+    for name in stacks or (DEFAULT_STACK,):
+        try:
+            a = provision(cache, refresh=refresh, log=_provision_log, stack=name)
+        except PyvirtioError as e:
+            if len(stacks) <= 1:
+                raise
+            err.print(f"pyvirtio: error: {lit(str(e))}", highlight=False)
+            failed.append(name)
+            continue
+        out.print(shown(f"stack {name} ({STACKS[name].description}): {a.root}"), markup=False, highlight=False)
+        for k, v in a.versions().items():
+            out.print(shown(f"  {k}: {v}"), markup=False, highlight=False)
+        out.print(shown(f"  modules: {' '.join(a.modules)}"), markup=False, highlight=False)
+        out.print(shown(f"  cache: {cache or default_cache_dir()}"), markup=False, highlight=False)
+    if failed:
+        raise click.exceptions.Exit(2)
 
 
 @vm.command("run")
@@ -110,12 +131,21 @@ def provision_cmd(cache: Path | None, refresh: bool) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Directory for report.json, PNGs and logs.")
 @cache_option
-def run_cmd(sleep: str, machine: str, cycles: int, out_dir: Path, cache: Path | None) -> None:
+@stack_option
+@click.option("--no-soft-reset", "nsr", is_flag=True,
+              help="Give the gpu x-pcie-pm-no-soft-reset=true (stacks with pcie-root-ports, q35 only).")
+def run_cmd(sleep: str, machine: str, cycles: int, out_dir: Path, cache: Path | None, stack: str,
+            nsr: bool) -> None:
     """Boot the VM, sleep and wake it, measure every virtio device; write OUT/report.json."""
     output_dir(out_dir)
-    assets = _assets(cache)
-    cell = run_cell(assets, sleep, machine, cycles=cycles, out_dir=out_dir, progress=_progress())
-    report = Report(cells=[cell], meta={"source": Source.REAL_VM.value, **assets.versions(), "cycles": cycles})
+    if STACKS[stack].pcie_ports and machine != "q35":
+        raise click.UsageError(f"stack {stack} runs q35 only (No_Soft_Reset needs a PCIe root port)")
+    if nsr and not STACKS[stack].pcie_ports:
+        raise click.UsageError(f"--no-soft-reset needs a stack with QEMU >= 9.1, not {stack}")
+    assets = _assets(cache, stack)
+    cell = run_cell(assets, sleep, machine, cycles=cycles, out_dir=out_dir, progress=_progress(), nsr=nsr)
+    report = Report(cells=[cell], meta={"source": Source.REAL_VM.value, **assets.versions(), "cycles": cycles,
+                                        "no_soft_reset": nsr})
     report.write(out_dir / "report.json")
     _print_cell(cell)
     out.print(shown(f"report: {out_dir / 'report.json'}"), markup=False, highlight=False)
@@ -126,11 +156,14 @@ def run_cmd(sleep: str, machine: str, cycles: int, out_dir: Path, cache: Path | 
               help="Directory for report.json, PNGs and logs.")
 @click.option("--cycles", type=click.IntRange(1, 20), default=1, show_default=True)
 @cache_option
-def matrix_cmd(out_dir: Path, cycles: int, cache: Path | None) -> None:
-    """Every sleep state on pc and q35; write OUT/report.json. Exits 1 if a cell could not be run."""
+@stack_option
+def matrix_cmd(out_dir: Path, cycles: int, cache: Path | None, stack: str) -> None:
+    """Every sleep state on pc and q35 (a stack with pcie-root-ports: q35, with and without No_Soft_Reset);
+    write OUT/report.json. Exits 1 if a cell could not be run."""
     output_dir(out_dir)
-    assets = _assets(cache)
-    report = run_matrix(assets, out_dir, cycles=cycles, progress=_progress())
+    assets = _assets(cache, stack)
+    variants = (False, True) if STACKS[stack].pcie_ports else (False,)
+    report = run_matrix(assets, out_dir, cycles=cycles, progress=_progress(), nsr_variants=variants)
     report.write(out_dir / "report.json")
     for cell in report.cells:
         _print_cell(cell)

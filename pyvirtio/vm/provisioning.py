@@ -27,6 +27,7 @@ from pyvirtio.errors import UserInputError
 from pyvirtio.vm import image
 from pyvirtio.vm.errors import ProvisionError
 from pyvirtio.vm.initramfs import WANTED_MODULES, build_initramfs, parse_modules_dep, resolve_load_order
+from pyvirtio.vm.stacks import DEFAULT_STACK, Stack, get_stack
 
 #: Bump when the guest's layout or /init changes, so old caches are rebuilt.
 LAYOUT_VERSION = 4
@@ -66,11 +67,31 @@ class GuestAssets:
     blk_pattern_md5: str
     qemu: Path
     qemu_version: str
+    stack: str = DEFAULT_STACK
+    #: Extra environment for QEMU (a private stack's ``QEMU_MODULE_DIR``), as (name, value) pairs.
+    qemu_env: tuple[tuple[str, str], ...] = ()
+    #: Extra QEMU arguments (a private stack's ``-L`` firmware paths).
+    qemu_args: tuple[str, ...] = ()
+    #: QEMU package version as apt knows it (private stacks), e.g. ``1:10.0.2+ds-2+deb13u1~bpo12+1``.
+    qemu_package_version: str = ""
 
     def versions(self) -> dict[str, str]:
-        """Versions for a report's ``meta``."""
-        return {"qemu": self.qemu_version, "kernel": f"{self.kernel_package} {self.kernel_package_version}",
-                "kernel_release": self.kernel_release, "busybox": self.busybox_version}
+        """Versions for a report's ``meta`` (the stack's name included)."""
+        out = {"stack": self.stack, "qemu": self.qemu_version,
+               "kernel": f"{self.kernel_package} {self.kernel_package_version}",
+               "kernel_release": self.kernel_release, "busybox": self.busybox_version}
+        if self.qemu_package_version:
+            out["qemu_package"] = self.qemu_package_version
+        return out
+
+    @property
+    def stack_info(self) -> Stack:
+        """The :class:`~pyvirtio.vm.stacks.Stack` these assets belong to."""
+        return get_stack(self.stack)
+
+    def env(self) -> dict[str, str]:
+        """The environment QEMU runs with: this process's plus :attr:`qemu_env`."""
+        return {**os.environ, **dict(self.qemu_env)}
 
 
 def _run(argv: Sequence[str], *, cwd: Path | None = None, timeout: float = 600,
@@ -97,9 +118,9 @@ def _apt_env() -> dict[str, str]:
     return {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 
 
-def qemu_version(qemu: Path) -> str:
+def qemu_version(qemu: Path, env: dict[str, str] | None = None) -> str:
     """``7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)`` from ``qemu-system-x86_64 --version``."""
-    cp = _run([str(qemu), "--version"], timeout=30)
+    cp = _run([str(qemu), "--version"], timeout=30, env=env)
     m = re.search(r"version\s+(.+)", cp.stdout)
     if cp.returncode != 0 or not m:
         raise ProvisionError(f"{qemu} --version failed: {_last_line(cp)}")
@@ -291,7 +312,8 @@ def provision(cache_dir: Path | None = None, *, install_qemu: bool = True, refre
               log: Log = _quiet) -> GuestAssets:
     """Make sure QEMU and a guest built from the current Debian kernel are there; idempotent.
 
-    With ``refresh`` the guest is rebuilt even if its stamp matches.
+    With ``refresh`` the guest is rebuilt even if its stamp matches. This is the default stack; any stack by
+    name: :func:`pyvirtio.vm.private_stack.provision_stack`.
     """
     cache = (cache_dir or default_cache_dir()).expanduser()
     with _locked(cache):

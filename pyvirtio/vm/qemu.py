@@ -33,6 +33,13 @@ S3_GLOBALS = {MachineType.PC: "PIIX4_PM.disable_s3=0", MachineType.Q35: "ICH9-LP
 DEVICE_IDS = {"gpu": "gpu0", "blk": "blk0", "rng": "rng0", "input": "kbd0"}
 TRACE_EVENTS = ("virtio_set_status", "virtio_gpu_cmd_*", "virtio_blk_req_complete", "virtio_rng_pushed",
                 "system_wakeup_request", "guest_cpu_reset", "qmp_enter_x_query_virtio")
+#: Trace events on a stack with pcie-root-ports (QEMU 10): no ``guest_cpu_reset`` there; ``resettable_phase_hold_exec``
+#: names each device's pointer with its type, ``pci_pm_transition`` shows D-state changes.
+TRACE_EVENTS_PCIE = ("virtio_set_status", "virtio_gpu_cmd_*", "virtio_blk_req_complete", "virtio_rng_pushed",
+                     "system_wakeup_request", "cpu_reset", "qmp_enter_x_query_virtio", "resettable_phase_hold_exec",
+                     "pci_pm_transition")
+#: The pcie-root-port the gpu sits behind on a stack with ports (bus 1 in the guest).
+GPU_PORT = "rp0"
 MEMORY_MB = 512
 
 
@@ -52,23 +59,38 @@ class BootFiles:
                    scratch / f"qmp-{boot}.sock")
 
 
+def gpu_device(assets: GuestAssets, mt: MachineType, nsr: bool) -> list[str]:
+    """The gpu's ``-device`` arguments: on pcie.0 (first stack), or behind a pcie-root-port (q35 only) with
+    ``x-pcie-pm-no-soft-reset`` when ``nsr`` (stacks with ports). ``nsr`` elsewhere is a ``ValueError``."""
+    fw, fh = assets.frame_size
+    gpu = f"virtio-gpu-pci,id={DEVICE_IDS['gpu']},xres={fw},yres={fh}"
+    if not assets.stack_info.pcie_ports:
+        if nsr:
+            raise ValueError(f"stack {assets.stack} has no x-pcie-pm-no-soft-reset (QEMU >= 9.1 needed)")
+        return ["-device", gpu]
+    if mt is not MachineType.Q35:
+        raise ValueError(f"stack {assets.stack} runs q35 only (No_Soft_Reset needs a PCIe root port)")
+    return ["-device", f"pcie-root-port,id={GPU_PORT},bus=pcie.0,chassis=1,addr=0x2",
+            "-device", f"{gpu},bus={GPU_PORT}" + (",x-pcie-pm-no-soft-reset=true" if nsr else "")]
+
+
 def qemu_argv(assets: GuestAssets, machine_type: MachineType | str, disk: Path, files: BootFiles, *,
-              resume: bool = False) -> list[str]:
+              resume: bool = False, nsr: bool = False) -> list[str]:
     """The QEMU command line: TCG, S3 enabled, the four virtio devices with ids, serial on stdio, QMP, trace.
 
-    A machine type that is not a :class:`MachineType` value is a ``ValueError``.
+    A machine type that is not a :class:`MachineType` value is a ``ValueError`` (so is a stack/machine/NSR
+    combination the stack cannot run, see :func:`gpu_device`).
     """
     mt = MachineType(machine_type)
-    fw, fh = assets.frame_size
     append = "console=ttyS0 quiet panic=-1" + (f" {RESUME_ARG}={SWAP_DEV}" if resume else "")
     argv = [
-        str(assets.qemu), "-machine", f"{mt.value},accel=tcg", "-m", str(MEMORY_MB), "-smp", "1",
+        str(assets.qemu), *assets.qemu_args, "-machine", f"{mt.value},accel=tcg", "-m", str(MEMORY_MB), "-smp", "1",
         "-nodefaults", "-display", "none", "-no-reboot", "-no-user-config",
         "-global", S3_GLOBALS[mt],
         "-kernel", str(assets.kernel), "-initrd", str(assets.initrd), "-append", append,
         "-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0",
         "-qmp", f"unix:{files.qmp_socket},server=on,wait=off",
-        "-device", f"virtio-gpu-pci,id={DEVICE_IDS['gpu']},xres={fw},yres={fh}",
+        *gpu_device(assets, mt, nsr),
         "-drive", f"file={disk},if=none,id=disk0,format=raw,cache=writeback",
         "-device", f"virtio-blk-pci,id={DEVICE_IDS['blk']},drive=disk0",
         "-object", "rng-random,id=rngsrc0,filename=/dev/urandom",
@@ -76,7 +98,7 @@ def qemu_argv(assets: GuestAssets, machine_type: MachineType | str, disk: Path, 
         "-device", f"virtio-keyboard-pci,id={DEVICE_IDS['input']}",
         "-D", str(files.trace_log),
     ]
-    for ev in TRACE_EVENTS:
+    for ev in TRACE_EVENTS_PCIE if assets.stack_info.pcie_ports else TRACE_EVENTS:
         argv += ["-trace", ev]
     return argv
 
@@ -85,11 +107,11 @@ class QemuVm:
     """A QEMU process (its own process group) with serial console and QMP; :meth:`start` runs it."""
 
     def __init__(self, assets: GuestAssets, machine_type: MachineType | str, disk: Path, files: BootFiles, *,
-                 resume: bool = False) -> None:
+                 resume: bool = False, nsr: bool = False) -> None:
         self.assets = assets
         self.machine_type = MachineType(machine_type)
         self.files = files
-        self.argv = qemu_argv(assets, machine_type, disk, files, resume=resume)
+        self.argv = qemu_argv(assets, machine_type, disk, files, resume=resume, nsr=nsr)
         self.proc: subprocess.Popen[bytes] | None = None
         self.qmp: Qmp | None = None
         self._serial_log: BinaryIO | None = None
@@ -124,7 +146,7 @@ class QemuVm:
             " ".join(self.argv) + "\n")
         with open(self.files.stderr_log, "wb") as err:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                         start_new_session=True)
+                                         start_new_session=True, env=self.assets.env())
         self.started_at = time.monotonic()
         assert self.proc.stdout is not None
         pump(self.proc.stdout, self.console)  # type: ignore[arg-type]

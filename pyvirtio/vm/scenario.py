@@ -40,8 +40,9 @@ from pyvirtio.vm.disk import SWAP_DEV, create_disk
 from pyvirtio.vm.errors import GuestTimeout, VmError
 from pyvirtio.vm.probes import DeviceState, GuestShell, ProbeResult, device_state
 from pyvirtio.vm.provisioning import GuestAssets
-from pyvirtio.vm.qemu import DEVICE_IDS, MACHINE_TYPES, BootFiles, QemuVm
+from pyvirtio.vm.qemu import DEVICE_IDS, MACHINE_TYPES, BootFiles, QemuVm, gpu_device
 from pyvirtio.vm.serial import Pending
+from pyvirtio.vm.stacks import DEFAULT_STACK, NSR_PROFILE
 
 #: The sleep states the real VM runs, in the report's order.
 SLEEP_STATES = tuple(SleepState)
@@ -49,6 +50,8 @@ DEVICES = ("gpu", "blk", "rng", "input")
 Progress = Callable[[str], None]
 #: The q35 ICH9 LPC bridge's config space in the guest (PMBASE at 0x40, ACPI_CNTL at 0x44).
 _LPC_CONFIG = "/sys/bus/pci/devices/0000:00:1f.0/config"
+#: virtio-gpu's modern PCI id (virtio 1.4 §4.1.2.1: 0x1040 + device id 16).
+_GPU_PCI_ID = "0x1050"
 
 
 def _quiet(_: str) -> None:
@@ -94,9 +97,37 @@ class CycleData:
         self.device_notes.setdefault(device, []).append(text)
 
 
-def cell_name(sleep: SleepState | str, machine_type: MachineType | str) -> str:
-    """The cell's directory name under ``out_dir``: ``S3-q35``."""
-    return f"{SleepState(sleep).value}-{MachineType(machine_type).value}"
+def cell_name(sleep: SleepState | str, machine_type: MachineType | str, stack: str = DEFAULT_STACK,
+              nsr: bool = False) -> str:
+    """The cell's directory name under ``out_dir``: ``S3-q35`` (default stack), ``S3-q35-qemu10.0-linux6.12-nsr``."""
+    name = f"{SleepState(sleep).value}-{MachineType(machine_type).value}"
+    if stack != DEFAULT_STACK:
+        name += f"-{stack}"
+    return name + ("-nsr" if nsr else "")
+
+
+def parse_pm_capability(config: bytes) -> tuple[int, int, int] | None:
+    """(offset, PMC, PMCSR) of the PCI Power Management capability in a config-space dump (PCI PM 1.2 §3.2),
+    or None when the function has none. A malformed capability list (a loop, an offset out of range) is None."""
+    if len(config) < 0x40 or not config[0x06] & 0x10:  # Status.Capabilities List
+        return None
+    ptr, seen = config[0x34] & 0xFC, set()
+    while ptr >= 0x40 and ptr + 6 <= len(config) and ptr not in seen:
+        seen.add(ptr)
+        if config[ptr] == 0x01:
+            return (ptr, int.from_bytes(config[ptr + 2:ptr + 4], "little"),
+                    int.from_bytes(config[ptr + 4:ptr + 6], "little"))
+        ptr = config[ptr + 1] & 0xFC
+    return None
+
+
+def describe_pmcsr(found: tuple[int, int, int] | None) -> str:
+    """``PM cap 0x7c, PMC 0x0003, PMCSR 0x0008 (No_Soft_Reset)`` or ``no PM capability``."""
+    if found is None:
+        return "no PM capability"
+    off, pmc, pmcsr = found
+    return (f"PM cap {off:#04x}, PMC {pmc:#06x}, PMCSR {pmcsr:#06x} "
+            f"({'No_Soft_Reset' if pmcsr & 0x8 else 'no No_Soft_Reset'}, D{pmcsr & 0x3})")
 
 
 class CellRun:
@@ -104,7 +135,7 @@ class CellRun:
 
     def __init__(self, assets: GuestAssets, sleep: SleepState | str, machine_type: MachineType | str, *,
                  cycles: int = 1, out_dir: Path | None = None, timeouts: Timeouts | None = None,
-                 progress: Progress = _quiet) -> None:
+                 progress: Progress = _quiet, nsr: bool = False) -> None:
         try:
             self.sleep = SleepState(sleep)
         except ValueError:
@@ -115,11 +146,13 @@ class CellRun:
             raise ValueError(f"machine type {machine_type!r} (want one of {', '.join(MACHINE_TYPES)})") from None
         if cycles < 1:
             raise ValueError("cycles must be >= 1")
-        self.assets, self.cycles = assets, cycles
+        self.assets, self.cycles, self.nsr = assets, cycles, nsr
+        gpu_device(assets, self.machine_type, nsr)  # a combination the stack cannot run: ValueError, before QEMU
         self.t = timeouts or Timeouts()
         self.progress = progress
         self.scratch = Path(tempfile.mkdtemp(prefix="pyvirtio-vm-"))
-        self.logs = (out_dir / cell_name(self.sleep, self.machine_type)) if out_dir else self.scratch / "logs"
+        name = cell_name(self.sleep, self.machine_type, assets.stack, nsr)
+        self.logs = (out_dir / name) if out_dir else self.scratch / "logs"
         if self.logs.exists():
             shutil.rmtree(self.logs)
         self.logs.mkdir(parents=True)
@@ -131,13 +164,18 @@ class CellRun:
         self.trace_windows: list[tuple[Path, int | None, int | None]] = []  # (log, start marker, end marker)
         self._markers = 0
         self._window_start: int | None = None
-        self.result = CellResult(source=Source.REAL_VM, profile=REAL_VM_PROFILE, sleep=self.sleep,
+        self.result = CellResult(source=Source.REAL_VM, profile=NSR_PROFILE if nsr else REAL_VM_PROFILE,
+                                 sleep=self.sleep,
                                  machine_type=self.machine_type.value)
         self.images: dict[str, image.RGB] = {}
         self.lpc_pm_boot: str | None = None  # q35: ICH9 LPC config bytes 0x40-0x47 after the first boot
         self.cycle_data: list[CycleData] = []  # per-cycle measurements, for callers that want more than the report
         self.raw_status: dict[str, str] = {}  # per device: the annotated status trace of every window
         self.gpu_commands_after_restore: int | None = None  # virtio_gpu_cmd_* after the gpu's last DRIVER_OK
+        self.gpu_pm: dict[str, tuple[int, int, int] | None] = {}  # phase -> the gpu's PM capability as read
+        if assets.stack != DEFAULT_STACK or nsr:
+            where = "behind pcie-root-port" + (" with x-pcie-pm-no-soft-reset=true" if nsr else "")
+            self.result.notes.append(f"stack {assets.stack}; gpu {where}")
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
@@ -161,7 +199,7 @@ class CellRun:
     def _start_machine(self, *, resume: bool = False) -> QemuVm:
         self.boot += 1
         files = BootFiles.for_boot(self.logs, self.scratch, self.boot)
-        self.machine = QemuVm(self.assets, self.machine_type, self.disk, files, resume=resume)
+        self.machine = QemuVm(self.assets, self.machine_type, self.disk, files, resume=resume, nsr=self.nsr)
         self.progress(f"boot {self.boot}: starting QEMU ({self.machine_type.value}, TCG)")
         self.m.start()
         self._markers = 0
@@ -230,9 +268,20 @@ class CellRun:
                       "echo shutdown > /sys/power/disk")
         if self.machine_type is MachineType.Q35:
             self.lpc_pm_boot = self._lpc_pm()
+        self._read_gpu_pm("boot")
         if self.sleep is SleepState.S2IDLE:
             # The console UART is the wake-up source; its wakeup flag is off by default.
             self.g.sh("echo enabled > /sys/class/tty/ttyS0/power/wakeup")
+
+    def _read_gpu_pm(self, phase: str) -> None:
+        """The gpu's PM capability as the guest reads its config space (sysfs), kept per phase."""
+        out = self.g.sh(f"for d in /sys/bus/pci/devices/*; do [ $(cat $d/device) = {_GPU_PCI_ID} ] && "
+                        "od -An -tx1 -v -N 256 $d/config && break; done; true")
+        try:
+            config = bytes(int(x, 16) for x in out.split())
+        except ValueError:
+            config = b""
+        self.gpu_pm[phase] = parse_pm_capability(config)
 
     def _lpc_pm(self) -> str:
         """ICH9 LPC config bytes 0x40-0x47 (PMBASE, ACPI_CNTL), as the guest reads them."""
@@ -325,7 +374,8 @@ class CellRun:
         while time.monotonic() < deadline and quiesced_at is None:
             recs = statustrace.parse_trace(trace.read_text()[start:])
             seqs = statustrace.status_sequences(recs, mapping, with_initial=False)
-            if len(seqs) == len(DEVICES) and all(s and not s[-1] & Status.DRIVER_OK for s in seqs.values()):
+            quiet = [n for n in DEVICES if not (self.nsr and n == "gpu")]  # NSR: the gpu writes no status
+            if all(seqs.get(n) and not seqs[n][-1] & Status.DRIVER_OK for n in quiet):
                 quiesced_at = time.monotonic()
                 break
             with contextlib.suppress(GuestTimeout):
@@ -419,6 +469,7 @@ class CellRun:
         if info.placeholder:
             cyc.notes.append("screen after resume: QEMU's 'Display output is not active.' placeholder")
         cyc.after = self._states()
+        self._read_gpu_pm(f"after-{cyc.index}")
         frame_b = image.make_frame("b")
         self.g.draw("b")
         cyc.new_frame, rgb_b = self._wait_screen(frame_b, self.t.new_frame, "new")
@@ -470,6 +521,8 @@ class CellRun:
             notes.append(f"status trace (raw): {raw.get(name, '')}")
             if name == "gpu":
                 notes.append(f"virtio_gpu_cmd_* in trace after the last restore: {gpu_cmds_after}")
+                notes.extend(f"PCI PM as the guest reads it ({phase}): {describe_pmcsr(pm)}"
+                             for phase, pm in self.gpu_pm.items())
             r.devices[name] = DeviceOutcome(name=name, status_sequence=seqs.get(name, []), queues_alive=alive,
                                             functional_after=functional, notes=notes)
         if done:
@@ -562,33 +615,39 @@ class CellRun:
 
 def run_cell(assets: GuestAssets, sleep: SleepState | str, machine_type: MachineType | str, *, cycles: int = 1,
              out_dir: Path | None = None, timeouts: Timeouts | None = None,
-             progress: Progress = _quiet) -> CellResult:
+             progress: Progress = _quiet, nsr: bool = False) -> CellResult:
     """Run one cell on the real VM and return its ``CellResult`` (source ``real-vm``, profile ``baseline``).
 
     Raises :class:`VmError` (with the log directory in the message) if the VM could not be driven.
     """
     return CellRun(assets, sleep, machine_type, cycles=cycles, out_dir=out_dir, timeouts=timeouts,
-                   progress=progress).run()
+                   progress=progress, nsr=nsr).run()
 
 
 def run_matrix(assets: GuestAssets, out_dir: Path, *, sleeps: tuple[SleepState, ...] = SLEEP_STATES,
-               machines: tuple[str, ...] = MACHINE_TYPES, cycles: int = 1, timeouts: Timeouts | None = None,
-               progress: Progress = _quiet) -> Report:
-    """Every (sleep, machine) cell; a cell that fails is recorded with outcome ``error`` and its message."""
+               machines: tuple[str, ...] | None = None, cycles: int = 1, timeouts: Timeouts | None = None,
+               progress: Progress = _quiet, nsr_variants: tuple[bool, ...] = (False,)) -> Report:
+    """Every (sleep, machine, No_Soft_Reset) cell; a cell that fails is recorded with outcome ``error`` and its
+    message. ``machines`` defaults to pc and q35, or q35 alone on a stack with pcie-root-ports."""
+    if machines is None:
+        machines = (MachineType.Q35.value,) if assets.stack_info.pcie_ports else MACHINE_TYPES
     report = Report(meta={"source": Source.REAL_VM.value, **assets.versions(), "cycles": cycles})
     for sleep in sleeps:
         for mt in machines:
-            name = cell_name(sleep, mt)
-            progress(f"{name}: start")
+            for nsr in nsr_variants:
+                name = cell_name(sleep, mt, assets.stack, nsr)
+                progress(f"{name}: start")
 
-            def cell_progress(msg: str, name: str = name) -> None:
-                progress(f"{name}: {msg}")
+                def cell_progress(msg: str, name: str = name) -> None:
+                    progress(f"{name}: {msg}")
 
-            try:
-                cell = run_cell(assets, sleep, mt, cycles=cycles, out_dir=out_dir, timeouts=timeouts,
-                                progress=cell_progress)
-            except VmError as e:
-                cell = CellResult(source=Source.REAL_VM, profile=REAL_VM_PROFILE, sleep=SleepState(sleep),
-                                  machine_type=mt, outcome=Outcome.ERROR, notes=[str(e)])
-            report.cells.append(cell)
+                try:
+                    cell = run_cell(assets, sleep, mt, cycles=cycles, out_dir=out_dir, timeouts=timeouts,
+                                    progress=cell_progress, nsr=nsr)
+                except VmError as e:
+                    cell = CellResult(source=Source.REAL_VM, profile=NSR_PROFILE if nsr else REAL_VM_PROFILE,
+                                      sleep=SleepState(sleep),
+                                      machine_type=mt, outcome=Outcome.ERROR,
+                                      notes=[f"stack {assets.stack}, no-soft-reset {nsr}", str(e)])
+                report.cells.append(cell)
     return report

@@ -3,7 +3,9 @@
 ``virtio_set_status`` names a device only by its ``VirtIODevice`` pointer. Pointers are mapped to report names
 by evidence in the same log: ``virtio_blk_*`` and ``virtio_rng_*`` events carry their device's pointer; the
 first ``virtio_gpu_cmd_get_edid``/``get_display_info`` after a device sets DRIVER_OK belongs to the device
-that just set it; a single pointer left over is the last unnamed device. ``qmp_enter_x_query_virtio`` lines
+that just set it; a single pointer left over is the last unnamed device. Where the log has
+``resettable_phase_hold_exec obj=0x...(virtio-gpu-device)`` lines (traced on QEMU 10) the pointer's QOM type
+names the device outright and overrides every other evidence. ``qmp_enter_x_query_virtio`` lines
 (the harness runs ``x-query-virtio`` at chosen moments) mark windows in the log.
 """
 
@@ -23,6 +25,11 @@ _LINE = re.compile(r"^(?:\d+@\d+\.\d+:)?(?P<event>[a-z0-9_]+)(?P<rest>.*)$")
 _STATUS = re.compile(r"vdev (?P<ptr>0x[0-9a-f]+|\(nil\)) val (?P<val>\d+)")
 _BLK = re.compile(r"vdev (?P<ptr>0x[0-9a-f]+)")
 _RNG = re.compile(r"rng (?P<ptr>0x[0-9a-f]+)")
+_RESET_OBJ = re.compile(r"obj=(?P<ptr>0x[0-9a-f]+)\((?P<type>[a-z0-9-]+)\)")
+RESET_EVENT = "resettable_phase_hold_exec"
+#: QOM type of each virtio device (the VirtIODevice behind the PCI proxy) -> report name.
+DEVICE_TYPES = {"virtio-gpu-device": "gpu", "virtio-blk-device": "blk", "virtio-rng-device": "rng",
+                "virtio-keyboard-device": "input"}
 #: Commands the Linux driver sends right after it sets DRIVER_OK while probing.
 _GPU_PROBE_CMDS = frozenset({"virtio_gpu_cmd_get_display_info", "virtio_gpu_cmd_get_edid"})
 
@@ -35,6 +42,7 @@ class TraceRecord:
     vdev: str | None = None
     value: int | None = None
     text: str = ""
+    device: str | None = None  # report name from the QOM type (``resettable_phase_hold_exec``)
 
 
 def parse_trace(text: str) -> list[TraceRecord]:
@@ -56,6 +64,10 @@ def parse_trace(text: str) -> list[TraceRecord]:
         elif event.startswith("virtio_rng_"):
             r = _RNG.search(rest)
             out.append(TraceRecord(event, r.group("ptr") if r else None, None, line))
+        elif event == RESET_EVENT:
+            o = _RESET_OBJ.search(rest)
+            if o and o.group("type") in DEVICE_TYPES:
+                out.append(TraceRecord(event, o.group("ptr"), None, line, DEVICE_TYPES[o.group("type")]))
         else:
             out.append(TraceRecord(event, None, None, line))
     return out
@@ -67,6 +79,9 @@ def identify_devices(records: Sequence[TraceRecord], names: Iterable[str]) -> di
     Only names in ``names`` are assigned; a pointer with conflicting evidence is left out.
     """
     wanted = set(names)
+    typed = {r.vdev: r.device for r in records if r.event == RESET_EVENT and r.vdev and r.device in wanted}
+    if typed and len(set(typed.values())) == len(typed):
+        return {p: n for p, n in typed.items() if n is not None}
     votes: dict[str, Counter[str]] = {}
 
     def vote(ptr: str | None, name: str) -> None:

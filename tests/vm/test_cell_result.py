@@ -4,11 +4,13 @@ they were recorded in, never by parsing their text; outcome and resources are th
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from pyvirtio.report import REAL_VM_PROFILE, Outcome, SleepState, Source
 from pyvirtio.vm.probes import DeviceState, ProbeResult, QmpQueueStatus
 from pyvirtio.vm.scenario import DEVICES, CellRun, CycleData, cell_name
+from pyvirtio.vm.stacks import DEFAULT_STACK, SYSTEM
 
 
 def _state(avail: int) -> DeviceState:
@@ -26,7 +28,7 @@ def _cycle(index: int, slept: bool) -> CycleData:
 
 
 def test_notes_go_where_they_were_recorded(tmp_path: Path) -> None:
-    assets: Any = object()  # never used: no QEMU is started
+    assets: Any = SimpleNamespace(stack=DEFAULT_STACK, stack_info=SYSTEM, frame_size=(1280, 800))  # no QEMU
     run = CellRun(assets, "S3", "pc", cycles=2, out_dir=tmp_path)
     try:
         cell = run._finish([_cycle(1, True), _cycle(2, False)])
