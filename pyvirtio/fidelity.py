@@ -52,14 +52,17 @@ def _b(v: bool | None) -> str:
     return "-" if v is None else ("yes" if v else "no")
 
 
-def model_cell(sleep: SleepState | str, machine_type: str, profile: str = REAL_VM_PROFILE) -> CellResult:
+def model_cell(sleep: SleepState | str, machine_type: str, profile: str = REAL_VM_PROFILE, *,
+               rng_behind_port: bool = True) -> CellResult:
     """The model's prediction for the real VM's configuration (``profile``: :data:`REAL_VM_PROFILE`, or
-    ``no-soft-reset`` beside a real cell with the gpu's No_Soft_Reset; same machine)."""
+    ``no-soft-reset`` beside a real cell with the gpu's No_Soft_Reset; same machine; ``rng_behind_port`` False
+    when the real VM keeps virtio-rng on the root bus, as the second stack does)."""
     from pyvirtio.pm.config import ScenarioConfig
     from pyvirtio.pm.profiles import parse_profile
     from pyvirtio.pm.scenario import run_cell
 
-    return run_cell(parse_profile(profile), sleep, ScenarioConfig(machine_type=machine_type))
+    return run_cell(parse_profile(profile), sleep,
+                    ScenarioConfig(machine_type=machine_type, rng_behind_port=rng_behind_port))
 
 
 def compare(model: CellResult, real: CellResult) -> list[Check]:

@@ -95,7 +95,9 @@ def compare_cmd(sleeps: tuple[str, ...], machines: tuple[str, ...], real: Path |
     summary: list[dict[str, object]] = []
     ndiff = 0
     for (stack, profile, sleep, machine), rcell in reals.items():
-        mcell = model_cell(sleep, machine, profile)
+        # configured like the real VM: a stack with pcie-root-ports keeps virtio-rng on pcie.0 (only the gpu
+        # sits behind a port, with No_Soft_Reset in the no-soft-reset cells)
+        mcell = model_cell(sleep, machine, profile, rng_behind_port=not STACKS[stack].pcie_ports)
         checks = compare(mcell, rcell)
         report.cells += [mcell, rcell]
         t = Table(title=f"{sleep.value} on {machine}: model ({profile}) vs real VM ({stack}"

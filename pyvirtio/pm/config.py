@@ -43,6 +43,9 @@ class ScenarioConfig:
     machine_type: str = "q35"
     inflight: int = 2  # rng requests in flight at suspend time
     sleep_time: int = 1000 * MS
+    #: virtio-rng behind the profile's PCIe port (with its No_Soft_Reset) like the gpu (the matrix), or on the root
+    #: bus whatever the profile (the second real stack keeps rng on pcie.0: NSR rng hangs after s2idle there)
+    rng_behind_port: bool = True
 
     def memory_size(self) -> int:
         """Guest RAM for the workload: framebuffers, cursor and resources plus 32 MiB, a power of two >= 64 MiB."""

@@ -97,7 +97,7 @@ def _plug_all(plan: BuildPlan, cfg: ScenarioConfig,
               machine: Machine) -> tuple[PmGpu, VirtioPciFunction, VirtioPciFunction, FreezeModeDevice | None]:
     gdev = make_gpu_device(plan.gpu_device, cfg)
     gfn, fm = _plug(machine, gdev, plan.gpu_plug)
-    rfn, _ = _plug(machine, Rng(seed=cfg.seed, bytes_per_us=8), plan.rng_plug)
+    rfn, _ = _plug(machine, Rng(seed=cfg.seed, bytes_per_us=8), plan.rng_plug if cfg.rng_behind_port else PlugOptions())
     return gdev, gfn, rfn, fm
 
 
