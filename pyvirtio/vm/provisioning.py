@@ -97,7 +97,7 @@ class GuestAssets:
 def _run(argv: Sequence[str], *, cwd: Path | None = None, timeout: float = 600,
          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        return subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, errors="replace", timeout=timeout,
                               env=env, check=False)
     except FileNotFoundError:
         raise ProvisionError(f"{argv[0]} not found: this needs a Debian system with apt and dpkg") from None

@@ -99,8 +99,9 @@ def install_stubs(monkeypatch: pytest.MonkeyPatch, canned: CellResult) -> None:
     monkeypatch.setattr(vm_cli, "provision", provision)
     monkeypatch.setattr(vm_cli, "run_cell", vm_run_cell)
     monkeypatch.setattr(vm_cli, "run_matrix", vm_run_matrix)
-    monkeypatch.setattr(compare_cli, "model_cell", lambda *_: copy.deepcopy(canned))
+    monkeypatch.setattr(compare_cli, "model_cell", lambda *_, **__: copy.deepcopy(canned))
     monkeypatch.setattr("pyvirtio.vm.provisioning.provision", provision)
+    monkeypatch.setattr("pyvirtio.vm.private_stack.provision_stack", provision)
     monkeypatch.setattr("pyvirtio.vm.scenario.run_cell", vm_run_cell)
 
 
