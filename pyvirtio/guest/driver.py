@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
-from typing import ClassVar
+from typing import ClassVar, TypedDict
 
 from pyvirtio.clock import MS
 from pyvirtio.dma import GuestAllocator
@@ -51,6 +51,7 @@ __all__ = [
     "TRANSPORT_FEATURES",
     "Action",
     "DeviceNeedsReset",
+    "DriverOptions",
     "DriverPhase",
     "DriverState",
     "SubmissionsStopped",
@@ -193,6 +194,17 @@ class DriverState:
     def from_dict(cls, data: object) -> DriverState:
         """Parse :meth:`to_dict` output (e.g. from JSON), rejecting unknown, missing or bad fields."""
         return cls.core_from_dict(data)
+
+
+class DriverOptions(TypedDict, total=False):
+    """The keyword options of :class:`VirtioDriver`, so a driver subclass can pass them on without repeating them."""
+
+    name: str
+    use_msix: bool
+    accept_suspend: bool
+    extra_features: int
+    transport: Transport | None
+    linux_quirks: bool
 
 
 class VirtioDriver:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import ClassVar
+from typing import ClassVar, Unpack
 
 from pyvirtio.clock import MS
 from pyvirtio.dma import GuestAllocator
 from pyvirtio.guest.driver import (
+    DriverOptions,
     DriverState,
     SubmissionsStopped,
     VirtioDriver,
@@ -22,7 +23,7 @@ from pyvirtio.guest.driver import (
     state_error,
     state_fields,
 )
-from pyvirtio.guest.transport import PciFunctionAccess, Platform, Transport
+from pyvirtio.guest.transport import PciFunctionAccess, Platform
 from pyvirtio.spec.constants import DeviceId
 
 __all__ = ["RngDriver", "RngRequest", "RngState"]
@@ -91,21 +92,9 @@ class RngDriver(VirtioDriver):
     device_id = DeviceId.ENTROPY
     queue_sizes = (None,)
 
-    def __init__(
-        self,
-        platform: Platform,
-        fn: PciFunctionAccess | None,
-        alloc: GuestAllocator,
-        *,
-        name: str = "virtio",
-        use_msix: bool = True,
-        accept_suspend: bool = True,
-        extra_features: int = 0,
-        transport: Transport | None = None,
-        linux_quirks: bool = False,
-    ) -> None:
-        super().__init__(platform, fn, alloc, name=name, use_msix=use_msix, accept_suspend=accept_suspend,
-                         extra_features=extra_features, transport=transport, linux_quirks=linux_quirks)
+    def __init__(self, platform: Platform, fn: PciFunctionAccess | None, alloc: GuestAllocator,
+                 **options: Unpack[DriverOptions]) -> None:
+        super().__init__(platform, fn, alloc, **options)
         self.outstanding: list[RngRequest] = []
         self.completed: list[RngRequest] = []
         self.lost: list[RngRequest] = []

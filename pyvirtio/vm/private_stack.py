@@ -40,6 +40,8 @@ from pyvirtio.vm.provisioning import (
     _extract,
     _last_line,
     _locked,
+    _point_current,
+    _quiet,
     _read_stamp,
     _run,
     default_cache_dir,
@@ -55,10 +57,6 @@ KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 #: Bump when the private layout changes.
 PRIVATE_LAYOUT = 1
 _MODINFO_DEPENDS = re.compile(rb"(?:^|\0)depends=([^\0]*)\0")
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -293,14 +291,6 @@ def _build(sdir: Path, key: str, stack: Stack, r: Resolved, apt: PrivateApt, log
         return final
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _point_current(sdir: Path, build: Path) -> None:
-    link, tmp = sdir / "current", sdir / f".current-{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    tmp.symlink_to(build.name)
-    os.replace(tmp, link)
 
 
 def load_private(cache: Path, stack: Stack) -> GuestAssets:
