@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Protocol
 
-from pyvirtio.clock import MS
+from pyvirtio.clock import MS, S
 from pyvirtio.dma import GuestAllocator
 from pyvirtio.errors import DriverError, PyvirtioError
 from pyvirtio.guest.driver import VirtioDriver
 from pyvirtio.guest.freeze_mode import set_freeze_mode
+from pyvirtio.guest.rng import RngDriver
 from pyvirtio.memory import GuestMemory
 from pyvirtio.spec.constants import FREEZE_MODE_FEATURE_DEFAULT, Feature, FreezeMode, PowerState, bit
 from pyvirtio.trace import Kind, Trace
@@ -66,12 +67,22 @@ class KernelConfig:
     freeze_mode: bool = False  # the 2023 freeze_mode proposal: FREEZE_S3 on freeze, UNFREEZE on restore
     freeze_mode_bit: int = FREEZE_MODE_FEATURE_DEFAULT
     suspend_timeout: int = 100 * MS
+    #: The hwrng core's fill thread (``hwrng_fillfn``): not freezable, so it runs inside an s2idle window.
+    hwrng_fill_thread: bool = True
 
     def driver_features(self) -> int:
         """Transport feature bits every driver of this kernel must offer besides its own (pass them as
         ``VirtioDriver(..., extra_features=...)``): the freeze_mode bit when the proposal is on (reference §2.9),
         else none."""
         return bit(self.freeze_mode_bit) if self.freeze_mode else 0
+
+
+def reseed_interval(uptime: int) -> int:
+    """How long the hwrng fill thread sleeps after a round (Linux ``random.c`` ``crng_reseed_interval``, through
+    ``add_hwgenerator_randomness``): half the uptime in whole seconds, at least 1 s, during the first 120 s after
+    boot; 60 s afterwards. ``uptime`` in ns."""
+    secs = uptime // S
+    return 60 * S if secs >= 120 else max(1, secs // 2) * S
 
 
 class PmPath(StrEnum):
@@ -239,6 +250,25 @@ class Guest:
             raise SleepAborted(f"device suspend failed: {e}") from e
         for drv in reversed(self.drivers):
             self._suspend_noirq(drv, self.pm[drv.name])
+
+    def s2idle_window(self, uptime: int, duration: int) -> list[str]:
+        """What runs while the suspending task waits in s2idle (``s2idle_loop``), ``duration`` ns from guest
+        ``uptime``: timers still fire and kernel threads that are not freezable run. The hwrng fill thread does
+        when its sleep (:func:`reseed_interval`) ends inside the window: on an rng whose driver was not frozen
+        (No_Soft_Reset: ``.suspend`` did nothing) it requests entropy and notifies a function that is in D3hot,
+        whose BARs are not decoded, so the notification is lost and the thread waits for good (holding
+        ``reading_mutex``). Returns what happened, one line per driver that took a request."""
+        if not self.kernel.hwrng_fill_thread or duration < reseed_interval(uptime):
+            return []
+        done: list[str] = []
+        for drv in self.drivers:
+            if isinstance(drv, RngDriver) and self.pm.get(drv.name, DevicePm()).path is PmPath.NONE:
+                req = drv.fill()
+                if req is not None:
+                    self.trace(event="hwrng_fill", dev=drv.name, power_state=drv.t.power_state().name)
+                    done.append(f"{drv.name}: the hwrng fill thread ran in the s2idle window "
+                                f"(function in {drv.t.power_state().name}) and waits for its request")
+        return done
 
     def resume(self) -> None:
         """Everything the guest does after the machine woke."""

@@ -4,6 +4,9 @@
 resets the device and deletes the queue (buffers in flight are abandoned, as Linux ``remove_common``);
 ``.restore`` re-creates it. The S4-image state is :class:`RngState`: the core :class:`DriverState` plus whether
 submissions are allowed and the buffers in flight.
+
+The hwrng core's fill thread (``hwrng_fillfn``, not freezable in Linux 6.x) is :meth:`RngDriver.fill`: it makes a
+request and waits for it holding the core's ``reading_mutex``, so every later :meth:`RngDriver.read` waits behind it.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from pyvirtio.guest.driver import (
 from pyvirtio.guest.transport import PciFunctionAccess, Platform
 from pyvirtio.spec.constants import DeviceId
 
-__all__ = ["RngDriver", "RngRequest", "RngState"]
+__all__ = ["FILL_BYTES", "RngDriver", "RngRequest", "RngState"]
 
 _ADDR_LIMIT = 1 << 64
+#: What one round of the fill thread asks for: virtio-rng's buffer is one cache line (``SMP_CACHE_BYTES``).
+FILL_BYTES = 64
 
 
 @dataclass
@@ -98,6 +103,7 @@ class RngDriver(VirtioDriver):
         self.outstanding: list[RngRequest] = []
         self.completed: list[RngRequest] = []
         self.lost: list[RngRequest] = []
+        self.filler: RngRequest | None = None  # the fill thread's request it waits for, holding reading_mutex
 
     def request(self, n: int) -> RngRequest:
         """Make one ``n``-byte buffer available, device-writable only, and kick (non-blocking, virtio 1.4
@@ -123,10 +129,30 @@ class RngDriver(VirtioDriver):
 
     def read(self, n: int, timeout: int = 100 * MS) -> bytes:
         """:meth:`request` ``n`` bytes and wait for them (:meth:`wait_for`): :class:`DriverTimeout` after
-        ``timeout`` ns, :class:`~pyvirtio.guest.driver.DeviceNeedsReset` as soon as the device needs a reset."""
+        ``timeout`` ns, :class:`~pyvirtio.guest.driver.DeviceNeedsReset` as soon as the device needs a reset.
+
+        Reads are serialised (the hwrng core's ``reading_mutex``): while the fill thread waits for its request,
+        a read waits for that one first and makes no request of its own until it completed."""
+        filler = self.filler
+        if filler is not None and filler.done is False and filler in self.outstanding:
+            self.wait_for(lambda: filler.done, timeout,
+                          "reading_mutex held by the hwrng fill thread, whose request never completed")
+        self.filler = None
         req = self.request(n)
         self.wait_for(lambda: req.done, timeout, f"no entropy within {timeout} ns")
         return req.data
+
+    def fill(self) -> RngRequest | None:
+        """One round of the hwrng fill thread (``hwrng_fillfn`` -> ``virtio_read``): request :data:`FILL_BYTES`
+        and wait for them, holding ``reading_mutex`` (:attr:`filler`). Returns the request, or ``None`` when the
+        driver takes none: submissions stopped (a suspended device, Device Suspend) or no queue (a frozen
+        driver, whose hwrng is unregistered)."""
+        if self.filler is not None and not self.filler.done and self.filler in self.outstanding:
+            return None  # still waiting for the previous one
+        if not self.submitting or not self.vqs:
+            return None
+        self.filler = self.request(FILL_BYTES)
+        return self.filler
 
     def vq_callback(self, index: int) -> None:
         """Reclaim used buffers: the used length is the number of random bytes received (§5.4.6.1), so exactly

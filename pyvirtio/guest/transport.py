@@ -411,6 +411,10 @@ class Transport(Protocol):
         """Move the function to D-state ``state`` (no-op without a PM capability)."""
         ...
 
+    def power_state(self) -> PowerState:
+        """The function's D-state (D0 without a PM capability)."""
+        ...
+
     def read(self, field: CommonCfg) -> int:
         """Read one common-configuration field (§4.1.4.3)."""
         ...
@@ -448,6 +452,7 @@ class PciTransport:
         self.capabilities: list[PciCapability] = walk_capabilities(fn)
         self.common: Window | None = None
         self.notify_cfg: Window | None = None
+        self._notify_off: dict[int, int] = {}  # per queue, read once at set-up (Linux vp_modern_map_vq_notify)
         self.notify_mult = 0
         self.isr: Window | None = None
         self.device_cfg: Window | None = None
@@ -623,6 +628,7 @@ class PciTransport:
         # spec: drv:pci/common-cfg#4, drv:vq-reenable#1
         self.write(CommonCfg.QUEUE_SELECT, index)
         self.write(CommonCfg.QUEUE_SIZE, size)
+        self._notify_off[index] = self.read(CommonCfg.QUEUE_NOTIFY_OFF)
         for lo, addr in ((CommonCfg.QUEUE_DESC_LO, desc), (CommonCfg.QUEUE_DRIVER_LO, driver),
                          (CommonCfg.QUEUE_DEVICE_LO, device)):
             self.write(lo, addr & 0xFFFFFFFF)
@@ -682,10 +688,13 @@ class PciTransport:
     def notify(self, index: int) -> None:
         """Available-buffer notification (§4.1.5.2): without VIRTIO_F_NOTIFICATION_DATA and
         VIRTIO_F_NOTIF_CONFIG_DATA (pyvirtio accepts neither) a 16-bit write of the queue index at the queue's
-        notify address (§4.1.4.4)."""
+        notify address (§4.1.4.4), computed from ``queue_notify_off`` read when the queue was set up, as Linux
+        does: a notification touches nothing but the notify BAR (so one sent in D3hot is simply not decoded)."""
         assert self.notify_cfg is not None
-        self.write(CommonCfg.QUEUE_SELECT, index)
-        off = self.read(CommonCfg.QUEUE_NOTIFY_OFF)
+        off = self._notify_off.get(index)
+        if off is None:  # a queue this transport did not set up (tests drive queues by hand)
+            self.write(CommonCfg.QUEUE_SELECT, index)
+            off = self.read(CommonCfg.QUEUE_NOTIFY_OFF)
         # spec: drv:pci/avail-notify#1, drv:pci/avail-notify#3
         self.fn.bar_write(self.notify_cfg.bar, self.notify_cfg.offset + off * self.notify_mult, 2, index)
 

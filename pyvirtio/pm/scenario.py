@@ -188,6 +188,8 @@ def _suspend_and_resume(system: System, cell: CellResult, *, s2idle: bool) -> No
     m.trace.record(Kind.PM, "machine", event="sleep",
                     state=(SleepState.S2IDLE if s2idle else SleepState.S3).value)
     gpu.hotplug_new_display(system.gpu_dev, system.config)
+    if s2idle:  # the scheduler still runs: unfrozen kernel threads may touch devices in D3hot
+        cell.notes.extend(guest.s2idle_window(t0, system.config.sleep_time))
     m.run_for(system.config.sleep_time)
     if not s2idle:
         m.system_reset(ResetKind.WAKEUP)  # QEMU x86 pc_machine_wakeup resets every device

@@ -33,9 +33,14 @@ def test_baseline_shows_the_black_screen(sleep: str) -> None:
 @pytest.mark.parametrize("profile", ["no-soft-reset", "suspend-bit", "no-soft-reset+s4-replay"])
 @pytest.mark.parametrize("sleep", ["S3", "s2idle"])
 def test_s3_keepers(profile: str, sleep: str) -> None:
-    """No_Soft_Reset and SUSPEND keep everything across S3/s2idle; the hot-plug is delivered exactly once."""
+    """No_Soft_Reset and SUSPEND keep the gpu across S3/s2idle; the hot-plug is delivered exactly once. The rng
+    too, except with No_Soft_Reset alone in s2idle: the hwrng fill thread's notification in D3hot is lost
+    (``test_nsr_s2idle_loses_the_rng``)."""
     c = run_cell(parse_profile(profile), sleep)
-    assert (c.display_restored, c.new_frame_after_resume, c.resources, c.queues_alive) == (True, True, "kept", True)
+    rng_lost = sleep == "s2idle" and "suspend-bit" not in profile
+    assert (c.display_restored, c.new_frame_after_resume, c.resources) == (True, True, "kept")
+    assert c.devices["gpu"].queues_alive is True
+    assert c.devices["rng"].queues_alive is not rng_lost and c.queues_alive is not rng_lost
     assert c.inflight_completed is True
     assert c.config_events_after_resume == 1
     assert c.violations == []
