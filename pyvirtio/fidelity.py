@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from pyvirtio.report import REAL_VM_PROFILE, CellResult, SleepState
 from pyvirtio.trace import dedup
@@ -52,22 +53,30 @@ def _b(v: bool | None) -> str:
     return "-" if v is None else ("yes" if v else "no")
 
 
+def _placement(cell: CellResult) -> str:
+    return ", ".join(f"{n} {cell.placement[n]}" for n in COMPARED_DEVICES if n in cell.placement) or "-"
+
+
 def model_cell(sleep: SleepState | str, machine_type: str, profile: str = REAL_VM_PROFILE, *,
-               rng_behind_port: bool = True) -> CellResult:
+               rng_behind_port: bool = True, gpu_behind_port: bool = False,
+               timeline_dir: Path | None = None) -> CellResult:
     """The model's prediction for the real VM's configuration (``profile``: :data:`REAL_VM_PROFILE`, or
     ``no-soft-reset`` beside a real cell with the gpu's No_Soft_Reset; same machine; ``rng_behind_port`` False
-    when the real VM keeps virtio-rng on the root bus, as the second stack does)."""
+    when the real VM keeps virtio-rng on the root bus, as the second stack does unless asked; ``gpu_behind_port``
+    when the real gpu sits behind a root port whatever the profile, as on the second stack). ``timeline_dir``:
+    where the model's timeline picture goes (none when ``None``)."""
     from pyvirtio.pm.config import ScenarioConfig
     from pyvirtio.pm.profiles import parse_profile
     from pyvirtio.pm.scenario import run_cell
 
-    return run_cell(parse_profile(profile), sleep,
-                    ScenarioConfig(machine_type=machine_type, rng_behind_port=rng_behind_port))
+    cfg = ScenarioConfig(machine_type=machine_type, rng_behind_port=rng_behind_port, gpu_behind_port=gpu_behind_port)
+    return run_cell(parse_profile(profile), sleep, cfg, timeline_dir=timeline_dir)
 
 
 def compare(model: CellResult, real: CellResult) -> list[Check]:
     """Every check, matching or not (``Check.ok``)."""
     checks = [
+        Check("placement", _placement(model), _placement(real)),
         Check("outcome", model.outcome.value, real.outcome.value),
         Check("display restored", _b(model.display_restored), _b(real.display_restored)),
         Check("new frame reaches the screen", _b(model.new_frame_after_resume), _b(real.new_frame_after_resume)),

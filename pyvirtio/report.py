@@ -32,6 +32,14 @@ from pyvirtio.atomicio import brief, loads_json, write_text_atomic
 from pyvirtio.errors import UserInputError
 
 REPORT_FORMAT = "pyvirtio-pm-report"
+#: The values of :attr:`CellResult.placement`: on the root bus, behind a PCIe root port, and behind one with the
+#: function's PMCSR No_Soft_Reset set.
+ROOT_BUS, ROOT_PORT, ROOT_PORT_NSR = "pcie.0", "root-port", "root-port, No_Soft_Reset"
+
+
+def placement(pcie_port: bool, no_soft_reset: bool) -> str:
+    """The :attr:`CellResult.placement` value of a function plugged so."""
+    return (ROOT_PORT_NSR if no_soft_reset else ROOT_PORT) if pcie_port else ROOT_BUS
 REPORT_VERSION = 1
 #: Largest report file :meth:`Report.read` reads.
 MAX_REPORT_BYTES = 64 << 20
@@ -123,6 +131,8 @@ class CellResult:
     devices: dict[str, DeviceOutcome] = field(default_factory=dict)
     images: dict[str, str] = field(default_factory=dict)  # "before"/"after" -> PNG path
     notes: list[str] = field(default_factory=list)
+    #: where each device sat: "pcie.0" (the root bus), "root-port", or "root-port, No_Soft_Reset" (PLACEMENTS)
+    placement: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # plain strings (a report read from JSON, a caller's literal) become the enums; anything else is a
@@ -149,7 +159,7 @@ class CellResult:
             inflight_completed=r.flag("inflight_completed"),
             config_events_after_resume=r.count("config_events_after_resume"), violations=r.texts("violations"),
             suspend_ms=r.millis("suspend_ms"), resume_ms=r.millis("resume_ms"), devices=devices,
-            images=r.text_map("images"), notes=r.texts("notes"))
+            images=r.text_map("images"), notes=r.texts("notes"), placement=r.text_map("placement"))
 
     @property
     def key(self) -> tuple[str, str, str]:

@@ -138,10 +138,10 @@ def initial(time_ns: int, status: dict[str, int], d_state: str = "D0") -> list[T
 class _Axis:
     """Virtual time -> x (ms), with every idle stretch longer than :data:`GAP_NS` drawn :data:`GAP_WIDTH_NS` wide."""
 
-    def __init__(self, times: Sequence[int]) -> None:
+    def __init__(self, times: Sequence[int], gap_ns: int = GAP_NS) -> None:
         ts = sorted(set(times)) or [0]
         self.t0 = ts[0]
-        self.gaps: list[tuple[int, int]] = [(a, b) for a, b in pairwise(ts) if b - a > GAP_NS]
+        self.gaps: list[tuple[int, int]] = [(a, b) for a, b in pairwise(ts) if b - a > gap_ns]
         self.end = self.x(ts[-1])
 
     def x(self, t: int) -> float:
@@ -157,20 +157,23 @@ _D_COLOUR = {"D0": "#9fd89f", "D3hot": "#f0b27a"}
 
 
 def render(events: Sequence[TimelineEvent], path: Path, *, title: str = "",
-           devices: Sequence[str] | None = None) -> str:
+           devices: Sequence[str] | None = None, clock: str = "virtual time", gap_ns: int = GAP_NS) -> str:
     """Draw ``events`` (:func:`figure`) as a PNG at ``path`` and return the path as a string.
 
     The same events give the same bytes: fixed size and dpi, no software tag or time in the file.
     """
-    fig = figure(events, title=title, devices=devices)
+    fig = figure(events, title=title, devices=devices, clock=clock, gap_ns=gap_ns)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", metadata={"Software": None}, pil_kwargs={"compress_level": 1})
     return str(path)
 
 
-def figure(events: Sequence[TimelineEvent], *, title: str = "", devices: Sequence[str] | None = None) -> Any:
+def figure(events: Sequence[TimelineEvent], *, title: str = "", devices: Sequence[str] | None = None,
+           clock: str = "virtual time", gap_ns: int = GAP_NS) -> Any:
     """The timeline as a matplotlib ``Figure`` (Agg canvas): one lane (axes) per device, ``devices`` fixing the
-    lanes and their order (by default the devices in order of first appearance)."""
+    lanes and their order (by default the devices in order of first appearance); ``clock`` names the time axis
+    (the model's virtual time, a real VM's wall-clock time); idle stretches longer than ``gap_ns`` are
+    compressed (a real VM's trace is sparse at the model's scale: give it a larger one)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,7 +183,7 @@ def figure(events: Sequence[TimelineEvent], *, title: str = "", devices: Sequenc
     lanes = list(devices) if devices is not None else list(dict.fromkeys(
         e.device for e in events if e.device != ALL)) or ["-"]
     ev = sorted(events, key=lambda e: e.time_ns)
-    ax_t = _Axis([e.time_ns for e in ev])
+    ax_t = _Axis([e.time_ns for e in ev], gap_ns)
     end = ax_t.end + 0.5
     fig = Figure(figsize=(12, 1.0 + 2.6 * len(lanes)), dpi=80)
     FigureCanvasAgg(fig)
@@ -192,7 +195,7 @@ def figure(events: Sequence[TimelineEvent], *, title: str = "", devices: Sequenc
             ax.axvspan(ax_t.x(a), ax_t.x(a) + GAP_WIDTH_NS / 1e6, color="#eeeeee", zorder=0)
             ax.text(ax_t.x(a) + GAP_WIDTH_NS / 2e6, _Y_STATUS - 0.2, f"{(b - a) / 1e6:.0f} ms idle", ha="center",
                     va="top", fontsize=7, color="#666666")
-    axes[-1].set_xlabel("virtual time (ms from the first event; grey: idle stretches compressed)")
+    axes[-1].set_xlabel(f"{clock} (ms from the first event; grey: idle stretches compressed)")
     for ax in axes:  # the lanes share one x range; only the bottom one is labelled
         ax.set_xlim(-0.02 * end, end)
         ax.set_xticks(_ticks(end) if ax is axes[-1] else [])
@@ -267,4 +270,19 @@ def _groups(points: Sequence[tuple[float, T]], within: float = 0.0) -> list[tupl
             out.append((x, [v]))
     return out
 
-__all__ = ["ALL", "DEVICES", "EventKind", "TimelineEvent", "figure", "from_trace", "initial", "render"]
+def side_by_side(left: Path, right: Path, path: Path) -> str:
+    """Two timeline PNGs (model, real) next to each other in one PNG at ``path`` (Pillow; white padding where
+    one is shorter); returns the path as a string. Deterministic like :func:`render`."""
+    from PIL import Image
+
+    with Image.open(left) as a, Image.open(right) as b:
+        out = Image.new("RGB", (a.width + b.width, max(a.height, b.height)), "white")
+        out.paste(a.convert("RGB"), (0, 0))
+        out.paste(b.convert("RGB"), (a.width, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.save(path, format="png", compress_level=1)
+    return str(path)
+
+
+__all__ = ["ALL", "DEVICES", "EventKind", "TimelineEvent", "figure", "from_trace", "initial", "render",
+           "side_by_side"]

@@ -30,7 +30,8 @@ def _real_like(cell: CellResult) -> CellResult:
                for k, v in cell.devices.items()}
     return CellResult(source="real-vm", profile="baseline", sleep=cell.sleep, machine_type=cell.machine_type,
                       outcome=cell.outcome, display_restored=cell.display_restored,
-                      new_frame_after_resume=cell.new_frame_after_resume, devices=devices)
+                      new_frame_after_resume=cell.new_frame_after_resume, devices=devices,
+                      placement=dict(cell.placement))
 
 
 def test_model_predicts_the_measured_real_s4_sequence() -> None:
@@ -51,6 +52,17 @@ def test_compare_flags_each_difference() -> None:
     r.display_restored = True
     diffs = {d.what for d in differences(compare(m, r))}
     assert diffs == {"rng status sequence", "display restored"}
+
+
+def test_compare_checks_the_model_is_configured_like_the_real_vm() -> None:
+    """Where each device sits is a check of its own: a model configured unlike the real VM is a difference."""
+    m = model_cell("S3", "q35")
+    r = _real_like(m)
+    r.placement["gpu"] = "root-port"
+    assert [d.what for d in differences(compare(m, r))] == ["placement"]
+    m2 = model_cell("S3", "q35", gpu_behind_port=True)
+    assert m2.placement == {"gpu": "root-port", "rng": "pcie.0"}
+    assert differences(compare(m2, r)) == []
 
 
 def test_vm_compare_cli_with_a_report(tmp_path: Path) -> None:

@@ -13,33 +13,53 @@ from pyvirtio.cli.common import EXIT_RESULT, MACHINE_CHOICE, SLEEP_CHOICE, lit, 
 from pyvirtio.errors import UserInputError
 from pyvirtio.fidelity import compare, differences, model_cell
 from pyvirtio.machine import MachineType
-from pyvirtio.report import REAL_VM_PROFILE, CellResult, Report, SleepState, Source
+from pyvirtio.report import REAL_VM_PROFILE, ROOT_BUS, CellResult, Report, SleepState, Source
+from pyvirtio.timeline import side_by_side
 from pyvirtio.vm.stacks import DEFAULT_STACK, NSR_PROFILE, STACK_NAMES, STACKS
 
 #: What ``vm compare`` runs when not told: S3 and S4, on every machine type.
 DEFAULT_SLEEPS = (SleepState.S3, SleepState.S4)
 DEFAULT_MACHINES = tuple(m.value for m in MachineType)
 
-#: One compared cell: (stack, profile, sleep, machine); the profile says whether the real gpu had NSR.
-Key = tuple[str, str, SleepState, str]
+#: One compared cell: (stack, profile, sleep, machine, rng behind its own port); the profile says whether the
+#: real gpu (and the rng, when it sits behind a port) had NSR.
+Key = tuple[str, str, SleepState, str, bool]
 
 
-def wanted_cells(stacks: tuple[str, ...], sleeps: tuple[SleepState, ...], machines: tuple[str, ...]) -> list[Key]:
-    """Every (stack, profile, sleep, machine) with a real counterpart: ``baseline`` on every stack (a stack with
-    pcie-root-ports: q35 only), and ``no-soft-reset`` on a stack that has the property."""
+def wanted_cells(stacks: tuple[str, ...], sleeps: tuple[SleepState, ...], machines: tuple[str, ...], *,
+                 rng_port: bool = False) -> list[Key]:
+    """Every (stack, profile, sleep, machine, rng placement) with a real counterpart: ``baseline`` on every stack
+    (a stack with pcie-root-ports: q35 only), and ``no-soft-reset`` on a stack that has the property; with
+    ``rng_port`` only the ``no-soft-reset`` cells with virtio-rng behind its own port (and NSR) on such stacks."""
     out: list[Key] = []
     for st in stacks:
         stack = STACKS[st]
         ms = tuple(m for m in machines if m == MachineType.Q35.value) if stack.pcie_ports else machines
+        if rng_port:
+            if stack.pcie_ports:
+                out += [(st, NSR_PROFILE, s, m, True) for s in sleeps for m in ms]
+            continue
         profiles = (REAL_VM_PROFILE, NSR_PROFILE) if stack.pcie_ports else (REAL_VM_PROFILE,)
-        out += [(st, p, s, m) for p in profiles for s in sleeps for m in ms]
+        out += [(st, p, s, m, False) for p in profiles for s in sleeps for m in ms]
     return out
 
 
 def label(key: Key) -> str:
-    """``S3/pc`` for the default stack's baseline (as before stacks existed), else ``stack/profile/S3/q35``."""
-    st, p, s, m = key
-    return f"{s.value}/{m}" if (st, p) == (DEFAULT_STACK, REAL_VM_PROFILE) else f"{st}/{p}/{s.value}/{m}"
+    """``S3/pc`` for the default stack's baseline (as before stacks existed), else ``stack/profile/S3/q35``
+    (``+rng-port`` when virtio-rng sat behind its own port)."""
+    st, p, s, m, rp = key
+    if (st, p, rp) == (DEFAULT_STACK, REAL_VM_PROFILE, False):
+        return f"{s.value}/{m}"
+    return f"{st}/{p}{'+rng-port' if rp else ''}/{s.value}/{m}"
+
+
+def model_for(key: Key, timeline_dir: Path | None = None) -> CellResult:
+    """The model configured like the real VM of ``key``: on a stack with pcie-root-ports the gpu sits behind
+    one whatever the profile, and virtio-rng on the root bus unless the cell put it behind its own port."""
+    st, profile, sleep, machine, rng_port = key
+    ports = STACKS[st].pcie_ports
+    return model_cell(sleep, machine, profile, rng_behind_port=rng_port or not ports, gpu_behind_port=ports,
+                      timeline_dir=timeline_dir)
 
 
 def _real_cells(real: Path | None, wanted: list[Key], cache: Path | None,
@@ -48,7 +68,8 @@ def _real_cells(real: Path | None, wanted: list[Key], cache: Path | None,
         report = Report.read(real)
         stack = str(report.meta.get("stack", DEFAULT_STACK))
         ports = stack in STACKS and STACKS[stack].pcie_ports  # only there does a real cell's profile say NSR
-        cells = {(stack, c.profile if ports else REAL_VM_PROFILE, c.sleep, c.machine_type): c
+        cells = {(stack, c.profile if ports else REAL_VM_PROFILE, c.sleep, c.machine_type,
+                  c.placement.get("rng", ROOT_BUS) != ROOT_BUS): c
                  for c in report.cells if c.source is Source.REAL_VM}
         missing = [label(k) for k in wanted if k not in cells]
         if missing:
@@ -61,10 +82,19 @@ def _real_cells(real: Path | None, wanted: list[Key], cache: Path | None,
     for st in dict.fromkeys(k[0] for k in wanted):
         assets = provision_stack(cache, stack=st)
         for k in (k for k in wanted if k[0] == st):
-            _, p, s, m = k
+            _, p, s, m, rp = k
             nsr = p == NSR_PROFILE
-            out[k] = run_cell(assets, s, m, out_dir=out_dir / f"real-{cell_name(s, m, st, nsr)}", nsr=nsr)
+            out[k] = run_cell(assets, s, m, out_dir=out_dir / f"real-{cell_name(s, m, st, nsr, rp)}", nsr=nsr,
+                              rng_port=rp)
     return out
+
+
+def _side_by_side(model: CellResult, real: CellResult, path: Path) -> str | None:
+    """The model's and the real VM's timelines in one picture, when both cells have one."""
+    left, right = model.images.get("timeline"), real.images.get("timeline")
+    if not (left and right and Path(left).is_file() and Path(right).is_file()):
+        return None
+    return side_by_side(Path(left), Path(right), path)
 
 
 @click.command("compare")
@@ -78,30 +108,37 @@ def _real_cells(real: Path | None, wanted: list[Key], cache: Path | None,
               help="Real-VM cache directory (as for `pyvirtio vm run`).")
 @click.option("--stack", "stacks", multiple=True, type=click.Choice(STACK_NAMES),
               help=f"Real stack(s) to compare against (repeatable; default {DEFAULT_STACK}).")
+@click.option("--rng-behind-port", "rng_port", is_flag=True,
+              help="Compare the no-soft-reset cells with virtio-rng behind its own root port too (NSR on both; "
+                   "stacks with pcie-root-ports).")
 def compare_cmd(sleeps: tuple[str, ...], machines: tuple[str, ...], real: Path | None, out_dir: Path,
-                cache: Path | None, stacks: tuple[str, ...]) -> None:
-    """Run the model configured like the real VM (same machine type; profile baseline, and no-soft-reset beside
-    a stack whose gpu can have No_Soft_Reset) beside the real VM.
+                cache: Path | None, stacks: tuple[str, ...], rng_port: bool) -> None:
+    """Run the model configured like the real VM (same machine type and device placement; profile baseline, and
+    no-soft-reset beside a stack whose gpu can have No_Soft_Reset) beside the real VM.
 
-    Exit status 1 when any check differs (every difference is listed, and written to OUT/compare.json).
+    Exit status 1 when any check differs (every difference is listed, and written to OUT/compare.json). Each
+    cell's model and real timelines go side by side into OUT/timelines/.
     """
     output_dir(out_dir)
     states = tuple(SleepState(s) for s in sleeps) or DEFAULT_SLEEPS
-    wanted = wanted_cells(stacks or (DEFAULT_STACK,), states, machines or DEFAULT_MACHINES)
+    wanted = wanted_cells(stacks or (DEFAULT_STACK,), states, machines or DEFAULT_MACHINES, rng_port=rng_port)
     if not wanted:
-        raise UserInputError("nothing to compare: a stack with pcie-root-ports runs q35 only (add --machine q35)")
+        raise UserInputError("nothing to compare: a stack with pcie-root-ports runs q35 only (add --machine q35)"
+                             + ("; --rng-behind-port needs such a stack" if rng_port else ""))
     reals = _real_cells(real, wanted, cache, out_dir)
     report = Report(meta={"source": "compare", "stacks": list(dict.fromkeys(k[0] for k in wanted))})
     summary: list[dict[str, object]] = []
     ndiff = 0
-    for (stack, profile, sleep, machine), rcell in reals.items():
-        # configured like the real VM: a stack with pcie-root-ports keeps virtio-rng on pcie.0 (only the gpu
-        # sits behind a port, with No_Soft_Reset in the no-soft-reset cells)
-        mcell = model_cell(sleep, machine, profile, rng_behind_port=not STACKS[stack].pcie_ports)
+    for key, rcell in reals.items():
+        stack, profile, sleep, machine, rp = key
+        name = label(key).replace("/", "-")
+        mcell = model_for(key, timeline_dir=out_dir / "timelines" / f"model-{name}")
         checks = compare(mcell, rcell)
         report.cells += [mcell, rcell]
+        pair = _side_by_side(mcell, rcell, out_dir / "timelines" / f"{name}.png")
+        nsr = ", gpu No_Soft_Reset" + (" and rng behind its port with it" if rp else "")
         t = Table(title=f"{sleep.value} on {machine}: model ({profile}) vs real VM ({stack}"
-                        f"{', gpu No_Soft_Reset' if profile == NSR_PROFILE else ''})", title_justify="left")
+                        f"{nsr if profile == NSR_PROFILE else ''})", title_justify="left")
         for col in ("check", "model", "real", ""):
             t.add_column(col)
         for c in checks:
@@ -110,9 +147,12 @@ def compare_cmd(sleeps: tuple[str, ...], machines: tuple[str, ...], real: Path |
         diffs = differences(checks)
         ndiff += len(diffs)
         for d in diffs:
-            line = f"{label((stack, profile, sleep, machine))} {d.what}: model {d.model!r}, real {d.real!r}"
+            line = f"{label(key)} {d.what}: model {d.model!r}, real {d.real!r}"
             out.print(f"[red]difference[/] {lit(line)}")
+        if pair:
+            out.print(shown(f"timelines, model | real: {pair}"), markup=False, highlight=False)
         summary.append({"stack": stack, "profile": profile, "sleep": sleep.value, "machine": machine,
+                        "rng_behind_port": rp, "timelines": pair,
                         "checks": [{"what": c.what, "model": c.model, "real": c.real, "ok": c.ok} for c in checks]})
     report.write(out_dir / "report.json")
     write_text_atomic(out_dir / "compare.json", json.dumps(summary, indent=2) + "\n")

@@ -134,18 +134,29 @@ def provision_cmd(cache: Path | None, refresh: bool, stacks: tuple[str, ...]) ->
 @stack_option
 @click.option("--no-soft-reset", "nsr", is_flag=True,
               help="Give the gpu x-pcie-pm-no-soft-reset=true (stacks with pcie-root-ports, q35 only).")
+@click.option("--rng-behind-port", "rng_port", is_flag=True,
+              help="Put virtio-rng behind its own pcie-root-port too (with No_Soft_Reset when --no-soft-reset).")
+@click.option("--restore-lpc", is_flag=True,
+              help="q35, S3: after each wake write back ICH9 LPC PMBASE/ACPI_CNTL as read at boot, so that every "
+                   "cycle reaches QEMU (the wake-up reset clears them; without this the 2nd S3 is 'aborted').")
 def run_cmd(sleep: str, machine: str, cycles: int, out_dir: Path, cache: Path | None, stack: str,
-            nsr: bool) -> None:
+            nsr: bool, rng_port: bool, restore_lpc: bool) -> None:
     """Boot the VM, sleep and wake it, measure every virtio device; write OUT/report.json."""
     output_dir(out_dir)
     if STACKS[stack].pcie_ports and machine != "q35":
         raise click.UsageError(f"stack {stack} runs q35 only (No_Soft_Reset needs a PCIe root port)")
     if nsr and not STACKS[stack].pcie_ports:
         raise click.UsageError(f"--no-soft-reset needs a stack with QEMU >= 9.1, not {stack}")
+    if rng_port and not STACKS[stack].pcie_ports:
+        raise click.UsageError(f"--rng-behind-port needs a stack with pcie-root-ports, not {stack}")
+    if restore_lpc and machine != "q35":
+        raise click.UsageError("--restore-lpc is for q35 (ICH9 LPC); pc's PIIX4 keeps its PM base across S3")
     assets = _assets(cache, stack)
-    cell = run_cell(assets, sleep, machine, cycles=cycles, out_dir=out_dir, progress=_progress(), nsr=nsr)
+    cell = run_cell(assets, sleep, machine, cycles=cycles, out_dir=out_dir, progress=_progress(), nsr=nsr,
+                    rng_port=rng_port, restore_lpc=restore_lpc)
     report = Report(cells=[cell], meta={"source": Source.REAL_VM.value, **assets.versions(), "cycles": cycles,
-                                        "no_soft_reset": nsr})
+                                        "no_soft_reset": nsr, "rng_behind_port": rng_port,
+                                        "lpc_workaround": restore_lpc})
     report.write(out_dir / "report.json")
     _print_cell(cell)
     out.print(shown(f"report: {out_dir / 'report.json'}"), markup=False, highlight=False)

@@ -34,8 +34,9 @@ from pyvirtio.pm.config import ScenarioConfig
 from pyvirtio.pm.profiles import Profile, parse_profile
 
 #: Version of the header's content (the kinds and state formats): a change that old readers would misread bumps
-#: it. Version 1 (no ``header_version`` key) stored Python class paths.
-HEADER_VERSION = 3
+#: it. Version 1 (no ``header_version`` key) stored Python class paths; version 4 added the kernel's
+#: ``hwrng_fill_thread`` and the workload's ``gpu_behind_port``.
+HEADER_VERSION = 4
 #: The drivers an image holds state for, in probe order.
 DRIVER_NAMES = ("gpu", "rng")
 _KEYS = {"header_version", "profile", "freeze_mode_bit", "config", "kernel", "allocator", "gpu_driver", "drivers"}

@@ -28,7 +28,7 @@ from pyvirtio.pm import gpu_probe as gpu
 from pyvirtio.pm.config import ScenarioConfig
 from pyvirtio.pm.profiles import Profile
 from pyvirtio.pm.system import System, boot_from_image, build_system, write_hibernation_image
-from pyvirtio.report import CellResult, DeviceOutcome, Outcome, ResourceFate, SleepState, Source
+from pyvirtio.report import CellResult, DeviceOutcome, Outcome, ResourceFate, SleepState, Source, placement
 from pyvirtio.timeline import ALL, EventKind, TimelineEvent, from_trace, initial, render
 from pyvirtio.trace import Kind, dedup
 
@@ -83,6 +83,9 @@ def run_cell(profile: Profile, sleep: SleepState | str, cfg: ScenarioConfig | No
     sleep = SleepState(sleep)
     cell = CellResult(source=Source.MODEL, profile=profile.name, sleep=sleep, machine_type=cfg.machine_type)
     system = build_system(profile, cfg)
+    for name in ("gpu", "rng"):
+        opts = system.machine.function(name).options
+        cell.placement[name] = placement(opts.pcie_port, opts.no_soft_reset)
     before = _images(system)
     res_before = gpu.resource_keys(system.gpu_dev)
     if out_dir is not None:

@@ -10,7 +10,7 @@ needs is in the image header (:class:`~pyvirtio.pm.image_header.ImageHeader`); a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pyvirtio.atomicio import brief
@@ -96,7 +96,8 @@ def _plug(machine: Machine, dev: VirtioDevice, opts: PlugOptions) -> tuple[Virti
 def _plug_all(plan: BuildPlan, cfg: ScenarioConfig,
               machine: Machine) -> tuple[PmGpu, VirtioPciFunction, VirtioPciFunction, FreezeModeDevice | None]:
     gdev = make_gpu_device(plan.gpu_device, cfg)
-    gfn, fm = _plug(machine, gdev, plan.gpu_plug)
+    gpu_plug = replace(plan.gpu_plug, pcie_port=True) if cfg.gpu_behind_port else plan.gpu_plug
+    gfn, fm = _plug(machine, gdev, gpu_plug)
     rfn, _ = _plug(machine, Rng(seed=cfg.seed, bytes_per_us=8), plan.rng_plug if cfg.rng_behind_port else PlugOptions())
     return gdev, gfn, rfn, fm
 

@@ -37,9 +37,11 @@ TRACE_EVENTS = ("virtio_set_status", "virtio_gpu_cmd_*", "virtio_blk_req_complet
 #: names each device's pointer with its type, ``pci_pm_transition`` shows D-state changes.
 TRACE_EVENTS_PCIE = ("virtio_set_status", "virtio_gpu_cmd_*", "virtio_blk_req_complete", "virtio_rng_pushed",
                      "system_wakeup_request", "cpu_reset", "qmp_enter_x_query_virtio", "resettable_phase_hold_exec",
-                     "pci_pm_transition")
+                     "pci_pm_transition", "pci_update_mappings_del", "pci_update_mappings_add")
 #: The pcie-root-port the gpu sits behind on a stack with ports (bus 1 in the guest).
 GPU_PORT = "rp0"
+#: The pcie-root-port virtio-rng sits behind when asked to (``rng_port``; bus 2 in the guest).
+RNG_PORT = "rp1"
 MEMORY_MB = 512
 
 
@@ -74,8 +76,22 @@ def gpu_device(assets: GuestAssets, mt: MachineType, nsr: bool) -> list[str]:
             "-device", f"{gpu},bus={GPU_PORT}" + (",x-pcie-pm-no-soft-reset=true" if nsr else "")]
 
 
+def rng_device(assets: GuestAssets, mt: MachineType, nsr: bool, rng_port: bool) -> list[str]:
+    """virtio-rng's ``-device`` arguments: on the root bus, or (``rng_port``, stacks with ports, q35 only) behind
+    its own pcie-root-port, with ``x-pcie-pm-no-soft-reset`` when ``nsr`` as for the gpu. ``rng_port`` where the
+    stack or machine has no ports is a ``ValueError``."""
+    rng = f"virtio-rng-pci,id={DEVICE_IDS['rng']},rng=rngsrc0"
+    if not rng_port:
+        return ["-device", rng]
+    if not assets.stack_info.pcie_ports or mt is not MachineType.Q35:
+        raise ValueError(f"virtio-rng behind a root port needs a stack with pcie-root-ports and q35 "
+                         f"(stack {assets.stack}, machine {mt.value})")
+    return ["-device", f"pcie-root-port,id={RNG_PORT},bus=pcie.0,chassis=2,addr=0x3",
+            "-device", f"{rng},bus={RNG_PORT}" + (",x-pcie-pm-no-soft-reset=true" if nsr else "")]
+
+
 def qemu_argv(assets: GuestAssets, machine_type: MachineType | str, disk: Path, files: BootFiles, *,
-              resume: bool = False, nsr: bool = False) -> list[str]:
+              resume: bool = False, nsr: bool = False, rng_port: bool = False) -> list[str]:
     """The QEMU command line: TCG, S3 enabled, the four virtio devices with ids, serial on stdio, QMP, trace.
 
     A machine type that is not a :class:`MachineType` value is a ``ValueError`` (so is a stack/machine/NSR
@@ -94,9 +110,9 @@ def qemu_argv(assets: GuestAssets, machine_type: MachineType | str, disk: Path, 
         "-drive", f"file={disk},if=none,id=disk0,format=raw,cache=writeback",
         "-device", f"virtio-blk-pci,id={DEVICE_IDS['blk']},drive=disk0",
         "-object", "rng-random,id=rngsrc0,filename=/dev/urandom",
-        "-device", f"virtio-rng-pci,id={DEVICE_IDS['rng']},rng=rngsrc0",
+        *rng_device(assets, mt, nsr, rng_port),
         "-device", f"virtio-keyboard-pci,id={DEVICE_IDS['input']}",
-        "-D", str(files.trace_log),
+        "-D", str(files.trace_log), "-msg", "timestamp=on",  # trace lines get QEMU 7.2's pid@sec.usec: on 10.0
     ]
     for ev in TRACE_EVENTS_PCIE if assets.stack_info.pcie_ports else TRACE_EVENTS:
         argv += ["-trace", ev]
@@ -107,11 +123,11 @@ class QemuVm:
     """A QEMU process (its own process group) with serial console and QMP; :meth:`start` runs it."""
 
     def __init__(self, assets: GuestAssets, machine_type: MachineType | str, disk: Path, files: BootFiles, *,
-                 resume: bool = False, nsr: bool = False) -> None:
+                 resume: bool = False, nsr: bool = False, rng_port: bool = False) -> None:
         self.assets = assets
         self.machine_type = MachineType(machine_type)
         self.files = files
-        self.argv = qemu_argv(assets, machine_type, disk, files, resume=resume, nsr=nsr)
+        self.argv = qemu_argv(assets, machine_type, disk, files, resume=resume, nsr=nsr, rng_port=rng_port)
         self.proc: subprocess.Popen[bytes] | None = None
         self.qmp: Qmp | None = None
         self._serial_log: BinaryIO | None = None

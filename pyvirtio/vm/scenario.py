@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from pyvirtio.clock import MS, S
+from pyvirtio.guest.kernel import reseed_interval
 from pyvirtio.machine import MachineType
 from pyvirtio.report import (
     REAL_VM_PROFILE,
@@ -32,17 +34,21 @@ from pyvirtio.report import (
     ResourceFate,
     SleepState,
     Source,
+    placement,
 )
 from pyvirtio.spec.constants import Status
+from pyvirtio.timeline import DEVICES as TIMELINE_DEVICES
+from pyvirtio.timeline import EventKind, initial, render
 from pyvirtio.trace import dedup
 from pyvirtio.vm import image, statustrace
 from pyvirtio.vm.disk import SWAP_DEV, create_disk
 from pyvirtio.vm.errors import GuestTimeout, VmError
 from pyvirtio.vm.probes import DeviceState, GuestShell, ProbeResult, device_state
 from pyvirtio.vm.provisioning import GuestAssets
-from pyvirtio.vm.qemu import DEVICE_IDS, MACHINE_TYPES, BootFiles, QemuVm, gpu_device
+from pyvirtio.vm.qemu import DEVICE_IDS, MACHINE_TYPES, BootFiles, QemuVm, gpu_device, rng_device
 from pyvirtio.vm.serial import Pending
 from pyvirtio.vm.stacks import DEFAULT_STACK, NSR_PROFILE
+from pyvirtio.vm.timeline import real_events
 
 #: The sleep states the real VM runs, in the report's order.
 SLEEP_STATES = tuple(SleepState)
@@ -98,12 +104,13 @@ class CycleData:
 
 
 def cell_name(sleep: SleepState | str, machine_type: MachineType | str, stack: str = DEFAULT_STACK,
-              nsr: bool = False) -> str:
-    """The cell's directory name under ``out_dir``: ``S3-q35`` (default stack), ``S3-q35-qemu10.0-linux6.12-nsr``."""
+              nsr: bool = False, rng_port: bool = False) -> str:
+    """The cell's directory name under ``out_dir``: ``S3-q35`` (default stack), ``S3-q35-qemu10.0-linux6.12-nsr``,
+    ``...-nsr-rngport`` with virtio-rng behind its own root port."""
     name = f"{SleepState(sleep).value}-{MachineType(machine_type).value}"
     if stack != DEFAULT_STACK:
         name += f"-{stack}"
-    return name + ("-nsr" if nsr else "")
+    return name + ("-nsr" if nsr else "") + ("-rngport" if rng_port else "")
 
 
 def parse_pm_capability(config: bytes) -> tuple[int, int, int] | None:
@@ -135,7 +142,8 @@ class CellRun:
 
     def __init__(self, assets: GuestAssets, sleep: SleepState | str, machine_type: MachineType | str, *,
                  cycles: int = 1, out_dir: Path | None = None, timeouts: Timeouts | None = None,
-                 progress: Progress = _quiet, nsr: bool = False) -> None:
+                 progress: Progress = _quiet, nsr: bool = False, rng_port: bool = False,
+                 restore_lpc: bool = False) -> None:
         try:
             self.sleep = SleepState(sleep)
         except ValueError:
@@ -146,12 +154,14 @@ class CellRun:
             raise ValueError(f"machine type {machine_type!r} (want one of {', '.join(MACHINE_TYPES)})") from None
         if cycles < 1:
             raise ValueError("cycles must be >= 1")
-        self.assets, self.cycles, self.nsr = assets, cycles, nsr
+        self.assets, self.cycles, self.nsr, self.rng_port = assets, cycles, nsr, rng_port
+        self.restore_lpc = restore_lpc and self.machine_type is MachineType.Q35
         gpu_device(assets, self.machine_type, nsr)  # a combination the stack cannot run: ValueError, before QEMU
+        rng_device(assets, self.machine_type, nsr, rng_port)
         self.t = timeouts or Timeouts()
         self.progress = progress
         self.scratch = Path(tempfile.mkdtemp(prefix="pyvirtio-vm-"))
-        name = cell_name(self.sleep, self.machine_type, assets.stack, nsr)
+        name = cell_name(self.sleep, self.machine_type, assets.stack, nsr, rng_port)
         self.logs = (out_dir / name) if out_dir else self.scratch / "logs"
         if self.logs.exists():
             shutil.rmtree(self.logs)
@@ -162,6 +172,7 @@ class CellRun:
         self.guest: GuestShell | None = None
         self.paths: dict[str, str] = {}
         self.trace_windows: list[tuple[Path, int | None, int | None]] = []  # (log, start marker, end marker)
+        self.timeline_windows: list[tuple[list[statustrace.TraceRecord], dict[str, str]]] = []
         self._markers = 0
         self._window_start: int | None = None
         self.result = CellResult(source=Source.REAL_VM, profile=NSR_PROFILE if nsr else REAL_VM_PROFILE,
@@ -173,9 +184,14 @@ class CellRun:
         self.raw_status: dict[str, str] = {}  # per device: the annotated status trace of every window
         self.gpu_commands_after_restore: int | None = None  # virtio_gpu_cmd_* after the gpu's last DRIVER_OK
         self.gpu_pm: dict[str, tuple[int, int, int] | None] = {}  # phase -> the gpu's PM capability as read
+        ports = assets.stack_info.pcie_ports
+        self.result.placement = {"gpu": placement(ports, nsr), "rng": placement(rng_port, nsr and rng_port)}
         if assets.stack != DEFAULT_STACK or nsr:
             where = "behind pcie-root-port" + (" with x-pcie-pm-no-soft-reset=true" if nsr else "")
-            self.result.notes.append(f"stack {assets.stack}; gpu {where}")
+            self.result.notes.append(f"stack {assets.stack}; gpu {where}"
+                                     + (f"; rng {where}" if rng_port else "; rng on pcie.0"))
+        self.hwrng_stack: str | None = None  # the hwrng fill thread's kernel stack after resume, if rng failed
+        self._uptime_at_suspend = 0.0
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
@@ -199,7 +215,8 @@ class CellRun:
     def _start_machine(self, *, resume: bool = False) -> QemuVm:
         self.boot += 1
         files = BootFiles.for_boot(self.logs, self.scratch, self.boot)
-        self.machine = QemuVm(self.assets, self.machine_type, self.disk, files, resume=resume, nsr=self.nsr)
+        self.machine = QemuVm(self.assets, self.machine_type, self.disk, files, resume=resume, nsr=self.nsr,
+                              rng_port=self.rng_port)
         self.progress(f"boot {self.boot}: starting QEMU ({self.machine_type.value}, TCG)")
         self.m.start()
         self._markers = 0
@@ -287,6 +304,16 @@ class CellRun:
         """ICH9 LPC config bytes 0x40-0x47 (PMBASE, ACPI_CNTL), as the guest reads them."""
         return self.g.sh(f"od -An -tx1 -j 64 -N 8 {_LPC_CONFIG}").strip()
 
+    def _restore_lpc(self, cyc: CycleData) -> None:
+        """The opt-in guest-side workaround for repeated S3 on q35: the wake-up reset cleared ICH9 LPC PMBASE
+        (0x40-0x43) and ACPI_CNTL (0x44) and nothing restores them, so write back the bytes read at boot."""
+        assert self.lpc_pm_boot is not None
+        now = self._lpc_pm()
+        data = "".join(f"\\{int(b, 16):03o}" for b in self.lpc_pm_boot.split()[:5])
+        self.g.sh(f"printf '{data}' | dd of={_LPC_CONFIG} bs=1 seek=64 conv=notrunc 2>/dev/null")
+        cyc.notes.append(f"workaround: ICH9 LPC 0x40-0x47 read {now} after the wake, PMBASE/ACPI_CNTL written back "
+                         f"to {' '.join(self.lpc_pm_boot.split()[:5])}, now {self._lpc_pm()}")
+
     def _probe(self, cyc: CycleData, phase: str) -> dict[str, ProbeResult]:
         assert self.m.qmp is not None
         res = {"blk": self.g.blk_probe(self.disk), "rng": self.g.rng_probe(),
@@ -364,7 +391,25 @@ class CellRun:
             cyc.notes.append(f"'echo mem' returned {res.rc}")
         return pending
 
+    def _nsr_devices(self) -> tuple[str, ...]:
+        """The devices whose function has No_Soft_Reset: Linux >= 6.8 leaves them alone (no status write)."""
+        return (("gpu",) if self.nsr else ()) + (("rng",) if self.nsr and self.rng_port else ())
+
+    def _s2idle_dwell(self, cyc: CycleData) -> float:
+        """How long to leave the guest in s2idle (s). 0.3 s lets it finish the noirq phase and idle. With an rng
+        left unfrozen by No_Soft_Reset, long enough for the hwrng fill thread's timer to expire inside the window
+        (random.c's reseed interval at the guest's uptime, plus 2 s), so the cell measures what a real sleep of
+        that length does, not a race."""
+        if "rng" not in self._nsr_devices():
+            return 0.3
+        dwell = reseed_interval(int(self._uptime_at_suspend * S)) / S + 2.0
+        cyc.notes.append(f"s2idle for {dwell:.0f} s: guest uptime {self._uptime_at_suspend:.0f} s at suspend, "
+                         "so the hwrng fill thread's sleep ends inside the window")
+        return dwell
+
     def _sleep_s2idle(self, cyc: CycleData) -> Pending:
+        if "rng" in self._nsr_devices():
+            self._uptime_at_suspend = float(self.g.sh("cut -d' ' -f1 /proc/uptime").strip() or 0)
         trace = self.m.files.trace_log
         start = trace.stat().st_size
         pending = self.m.console.start("echo freeze > /sys/power/state")
@@ -374,7 +419,7 @@ class CellRun:
         while time.monotonic() < deadline and quiesced_at is None:
             recs = statustrace.parse_trace(trace.read_text()[start:])
             seqs = statustrace.status_sequences(recs, mapping, with_initial=False)
-            quiet = [n for n in DEVICES if not (self.nsr and n == "gpu")]  # NSR: the gpu writes no status
+            quiet = [n for n in DEVICES if n not in self._nsr_devices()]  # NSR: no status write
             if all(seqs.get(n) and not seqs[n][-1] & Status.DRIVER_OK for n in quiet):
                 quiesced_at = time.monotonic()
                 break
@@ -387,7 +432,7 @@ class CellRun:
             raise GuestTimeout(f"s2idle: devices not quiesced within {self.t.suspend:.0f} s{self._log_hint()}")
         cyc.suspend_ms = (quiesced_at - pending.sent_at) * 1000
         cyc.asleep = self._states()
-        time.sleep(0.3)  # let the guest finish the noirq phase and idle
+        time.sleep(self._s2idle_dwell(cyc))
         t0 = time.monotonic()
         deadline = t0 + self.t.resume
         newlines = 0
@@ -476,8 +521,22 @@ class CellRun:
         self._keep_image("new-frame" if cyc.index == 1 else f"new-frame-{cyc.index}", rgb_b)
         cyc.probes = self._probe(cyc, "after")
         cyc.after_probe = self._states()
+        if not cyc.probes["rng"].ok:
+            self._rng_evidence(cyc)
         for name in DEVICES:
             cyc.note(name, f"after {name}: {cyc.after[name].summary()}")
+
+    def _rng_evidence(self, cyc: CycleData) -> None:
+        """Why the rng read failed: its ring as QEMU sees it (a buffer the guest made available that the device
+        never took means a lost notification) and the hwrng fill thread's kernel stack."""
+        assert self.m.qmp is not None
+        elem = self.m.qmp.execute("x-query-virtio-queue-element", {"path": self.paths["rng"], "queue": 0})
+        q = cyc.after_probe["rng"].queues[0]
+        cyc.note("rng", f"after: ring avail idx {elem['avail']['idx']} (guest), used idx {elem['used']['idx']}, "
+                        f"device last_avail_idx {q.last_avail}")
+        self.hwrng_stack = self.g.sh("for p in /proc/[0-9]*; do grep -q '^Name:.hwrng$' $p/status 2>/dev/null && "
+                                     "grep State $p/status && cat $p/stack; done; true").strip()
+        cyc.note("rng", "after: hwrng fill thread: " + " | ".join(self.hwrng_stack.splitlines()))
 
     #: How each sleep state is entered and left.
     _SLEEP: ClassVar[dict[SleepState, Callable[[CellRun, CycleData], Pending]]] = {
@@ -502,6 +561,7 @@ class CellRun:
                 else f"#{c.index} aborted" for c in cycles))
         seqs, raw, gpu_cmds_after, resets = self._sequences()
         self.raw_status, self.gpu_commands_after_restore = raw, gpu_cmds_after
+        self._timeline(seqs)
         if done:
             r.suspend_ms = done[0].suspend_ms
             r.resume_ms = done[0].resume_ms
@@ -532,6 +592,19 @@ class CellRun:
         r.notes.append(f"logs: {self.logs}")
         return r
 
+    def _timeline(self, seqs: dict[str, list[int]]) -> None:
+        """The cell's timeline picture (``timeline.png`` in the logs), from every trace window."""
+        start = {n: seqs[n][0] for n in TIMELINE_DEVICES if seqs.get(n)}
+        events = initial(0, start) + real_events(self.timeline_windows, TIMELINE_DEVICES)
+        # up to half a second after the last power-management event: the probes after resume are not drawn
+        last = max((e.time_ns for e in events if e.kind in (EventKind.PM, EventKind.D_STATE)), default=0)
+        events = [e for e in events if e.time_ns <= last + 500 * MS]
+        where = f"{self.assets.stack}, gpu {self.result.placement.get('gpu', '?')}"
+        self.result.images["timeline"] = render(
+            events, self.logs / "timeline.png", devices=TIMELINE_DEVICES, clock="wall-clock time (QEMU trace)",
+            gap_ns=200 * MS,
+            title=f"{self.result.profile} / {self.sleep.value} on {self.machine_type.value} (real VM: {where})")
+
     def _sequences(self) -> tuple[dict[str, list[int]], dict[str, str], int, bool]:
         """Status sequences over every trace window (deduplicated and raw), gpu commands after the gpu's
         last DRIVER_OK, and whether the gpu was reset in the window."""
@@ -549,6 +622,7 @@ class CellRun:
             marks = statustrace.marker_indices(recs)
             start = marks[start_m] if start_m is not None and start_m < len(marks) else 0
             end = marks[end_m] if end_m is not None and end_m < len(marks) else None
+            self.timeline_windows.append((recs[start:end], mapping))
             part = statustrace.status_sequences(recs, mapping, start, end, with_initial=(k == 0))
             ann = statustrace.annotated_sequences(recs, mapping, start, end)
             for name, seq in part.items():
@@ -592,6 +666,8 @@ class CellRun:
                     self._window_start = self._mark()
                 self.progress(f"cycle {k}: {self.sleep.value}")
                 self._SLEEP[self.sleep](self, cyc)
+                if cyc.slept and self.restore_lpc and self.sleep is SleepState.S3:
+                    self._restore_lpc(cyc)
                 if cyc.slept:
                     self._after(cyc)
             end = self._mark()
@@ -615,13 +691,16 @@ class CellRun:
 
 def run_cell(assets: GuestAssets, sleep: SleepState | str, machine_type: MachineType | str, *, cycles: int = 1,
              out_dir: Path | None = None, timeouts: Timeouts | None = None,
-             progress: Progress = _quiet, nsr: bool = False) -> CellResult:
-    """Run one cell on the real VM and return its ``CellResult`` (source ``real-vm``, profile ``baseline``).
+             progress: Progress = _quiet, nsr: bool = False, rng_port: bool = False,
+             restore_lpc: bool = False) -> CellResult:
+    """Run one cell on the real VM and return its ``CellResult`` (source ``real-vm``, profile ``baseline``, or
+    ``no-soft-reset`` with ``nsr``; ``rng_port`` puts virtio-rng behind its own root port too; ``restore_lpc``
+    writes ICH9 LPC PMBASE/ACPI_CNTL back after each S3 wake on q35, so that repeated S3 reaches QEMU).
 
     Raises :class:`VmError` (with the log directory in the message) if the VM could not be driven.
     """
     return CellRun(assets, sleep, machine_type, cycles=cycles, out_dir=out_dir, timeouts=timeouts,
-                   progress=progress, nsr=nsr).run()
+                   progress=progress, nsr=nsr, rng_port=rng_port, restore_lpc=restore_lpc).run()
 
 
 def run_matrix(assets: GuestAssets, out_dir: Path, *, sleeps: tuple[SleepState, ...] = SLEEP_STATES,

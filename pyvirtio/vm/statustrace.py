@@ -21,7 +21,8 @@ from pyvirtio.trace import dedup
 
 MARKER_EVENT = "qmp_enter_x_query_virtio"
 
-_LINE = re.compile(r"^(?:\d+@\d+\.\d+:)?(?P<event>[a-z0-9_]+)(?P<rest>.*)$")
+_LINE = re.compile(r"^(?:\d+@(?P<sec>\d+)\.(?P<usec>\d+):)?(?P<event>[a-z0-9_]+)(?P<rest>.*)$")
+_PCI_DEV = re.compile(r"^\s*(?P<type>[a-z0-9-]+) ")
 _STATUS = re.compile(r"vdev (?P<ptr>0x[0-9a-f]+|\(nil\)) val (?P<val>\d+)")
 _BLK = re.compile(r"vdev (?P<ptr>0x[0-9a-f]+)")
 _RNG = re.compile(r"rng (?P<ptr>0x[0-9a-f]+)")
@@ -30,19 +31,26 @@ RESET_EVENT = "resettable_phase_hold_exec"
 #: QOM type of each virtio device (the VirtIODevice behind the PCI proxy) -> report name.
 DEVICE_TYPES = {"virtio-gpu-device": "gpu", "virtio-blk-device": "blk", "virtio-rng-device": "rng",
                 "virtio-keyboard-device": "input"}
+#: QOM type of each virtio PCI proxy (named by ``pci_pm_transition`` and ``pci_update_mappings_*``) -> report name.
+PCI_TYPES = {"virtio-gpu-pci": "gpu", "virtio-blk-pci": "blk", "virtio-rng-pci": "rng",
+             "virtio-keyboard-pci": "input"}
+#: PCI events whose first word is the function's QOM type.
+PCI_EVENTS = frozenset({"pci_pm_transition", "pci_update_mappings_del", "pci_update_mappings_add"})
 #: Commands the Linux driver sends right after it sets DRIVER_OK while probing.
 _GPU_PROBE_CMDS = frozenset({"virtio_gpu_cmd_get_display_info", "virtio_gpu_cmd_get_edid"})
 
 
 @dataclass(frozen=True)
 class TraceRecord:
-    """One trace line: event name, the device pointer it names (if any), the status value (set_status)."""
+    """One trace line: event name, the device pointer it names (if any), the status value (set_status), and
+    the wall-clock time in ns when the line has QEMU's ``pid@sec.usec:`` prefix (``-msg timestamp=on``)."""
 
     event: str
     vdev: str | None = None
     value: int | None = None
     text: str = ""
-    device: str | None = None  # report name from the QOM type (``resettable_phase_hold_exec``)
+    device: str | None = None  # report name from the QOM type (``resettable_phase_hold_exec``, ``pci_*``)
+    time_ns: int | None = None
 
 
 def parse_trace(text: str) -> list[TraceRecord]:
@@ -53,23 +61,28 @@ def parse_trace(text: str) -> list[TraceRecord]:
         if not m:
             continue
         event, rest = m.group("event"), m.group("rest")
+        t = int(m.group("sec")) * 1_000_000_000 + int(m.group("usec").ljust(6, "0")[:6]) * 1000 \
+            if m.group("sec") else None
         if event == "virtio_set_status":
             s = _STATUS.search(rest)
             if not s:
                 continue
-            out.append(TraceRecord(event, s.group("ptr"), int(s.group("val")), line))
+            out.append(TraceRecord(event, s.group("ptr"), int(s.group("val")), line, time_ns=t))
         elif event.startswith("virtio_blk_"):
             b = _BLK.search(rest)
-            out.append(TraceRecord(event, b.group("ptr") if b else None, None, line))
+            out.append(TraceRecord(event, b.group("ptr") if b else None, None, line, time_ns=t))
         elif event.startswith("virtio_rng_"):
             r = _RNG.search(rest)
-            out.append(TraceRecord(event, r.group("ptr") if r else None, None, line))
+            out.append(TraceRecord(event, r.group("ptr") if r else None, None, line, time_ns=t))
         elif event == RESET_EVENT:
             o = _RESET_OBJ.search(rest)
             if o and o.group("type") in DEVICE_TYPES:
-                out.append(TraceRecord(event, o.group("ptr"), None, line, DEVICE_TYPES[o.group("type")]))
+                out.append(TraceRecord(event, o.group("ptr"), None, line, DEVICE_TYPES[o.group("type")], t))
+        elif event in PCI_EVENTS:
+            d = _PCI_DEV.match(rest)
+            out.append(TraceRecord(event, None, None, line, PCI_TYPES.get(d.group("type")) if d else None, t))
         else:
-            out.append(TraceRecord(event, None, None, line))
+            out.append(TraceRecord(event, None, None, line, time_ns=t))
     return out
 
 

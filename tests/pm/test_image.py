@@ -118,7 +118,7 @@ def test_header_round_trip(header: dict[str, Any]) -> None:
     assert h.profile.name == "freeze-mode+s4-replay" and [d.name for d in h.drivers] == ["gpu", "rng"]
 
 
-@pytest.mark.parametrize("version", [1, 2, HEADER_VERSION + 1, None])
+@pytest.mark.parametrize("version", [1, 2, 3, HEADER_VERSION + 1, None])
 def test_another_header_version_is_one_line_naming_it(header: dict[str, Any], version: int | None) -> None:
     """An image whose header has another version (none at all: version 1, which stored class paths; 2: the
     driver states before the typed GPU and rng state)."""

@@ -169,7 +169,28 @@ def test_compare_runs_every_cell_with_a_real_counterpart() -> None:
     from pyvirtio.report import SleepState
 
     cells = wanted_cells((SYSTEM.name, QEMU10_LINUX612.name), (SleepState.S3,), ("pc", "q35"))
-    assert cells == [(SYSTEM.name, "baseline", SleepState.S3, "pc"), (SYSTEM.name, "baseline", SleepState.S3, "q35"),
-                     (QEMU10_LINUX612.name, "baseline", SleepState.S3, "q35"),
-                     (QEMU10_LINUX612.name, "no-soft-reset", SleepState.S3, "q35")]
+    assert cells == [(SYSTEM.name, "baseline", SleepState.S3, "pc", False),
+                     (SYSTEM.name, "baseline", SleepState.S3, "q35", False),
+                     (QEMU10_LINUX612.name, "baseline", SleepState.S3, "q35", False),
+                     (QEMU10_LINUX612.name, "no-soft-reset", SleepState.S3, "q35", False)]
     assert wanted_cells((QEMU10_LINUX612.name,), (SleepState.S3,), ("pc",)) == []
+    # virtio-rng behind its own port: only the no-soft-reset cells of a stack with ports
+    assert wanted_cells((SYSTEM.name, QEMU10_LINUX612.name), (SleepState.S2IDLE,), ("q35",), rng_port=True) == [
+        (QEMU10_LINUX612.name, "no-soft-reset", SleepState.S2IDLE, "q35", True)]
+
+
+def test_model_is_configured_like_each_real_vm() -> None:
+    """On the second stack the gpu sits behind a root port in every cell (NSR only in no-soft-reset ones) and
+    virtio-rng on pcie.0 unless the cell put it behind its own port: the model's cell says the same."""
+    from pyvirtio.cli.compare import model_for
+    from pyvirtio.report import SleepState
+
+    q10 = QEMU10_LINUX612.name
+    want = {
+        (SYSTEM.name, "baseline", False): {"gpu": "pcie.0", "rng": "pcie.0"},
+        (q10, "baseline", False): {"gpu": "root-port", "rng": "pcie.0"},
+        (q10, "no-soft-reset", False): {"gpu": "root-port, No_Soft_Reset", "rng": "pcie.0"},
+        (q10, "no-soft-reset", True): {"gpu": "root-port, No_Soft_Reset", "rng": "root-port, No_Soft_Reset"},
+    }
+    for (stack, profile, rp), placement in want.items():
+        assert model_for((stack, profile, SleepState.S3, "q35", rp)).placement == placement

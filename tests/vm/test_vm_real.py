@@ -183,3 +183,14 @@ def test_two_runs_at_once_do_not_collide(assets: GuestAssets, tmp_path: Path) ->
     for run, cell in zip(runs, cells, strict=True):
         assert cell.outcome is Outcome.OK, cell.notes
         assert_gpu_bug_and_others_fine(run, cell)
+
+
+def test_repeated_s3_q35_with_the_lpc_workaround(assets: GuestAssets, tmp_path: Path) -> None:
+    """The opt-in guest-side workaround (``vm run --restore-lpc``): PMBASE/ACPI_CNTL written back after each wake,
+    so every cycle reaches QEMU; each cycle's notes say what was read and written."""
+    run = CellRun(assets, "S3", "q35", cycles=3, out_dir=tmp_path, restore_lpc=True)
+    cell = run.run()
+    assert cell.outcome is Outcome.OK, cell.notes
+    assert [c.reached_sleep for c in run.cycle_data] == [True, True, True]
+    assert sum("PMBASE/ACPI_CNTL written back" in n for n in cell.notes) == 3
+    assert cell.devices["rng"].status_sequence == [OK] + [0, ACK, DRIVER, FEAT_OK, OK] * 3

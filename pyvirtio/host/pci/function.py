@@ -324,10 +324,13 @@ class VirtioPciFunction:
                 if self.bar_flags[i] & PCI_BAR_MEM64:
                     self.cfg.set(PCI_BAR0 + 4 * i + 4, 4, 0)
         self.msix.reset()
+        was = self.power_state
         if self.pm_cap:
             pmcsr = self.cfg.get(self.pm_cap + PCI_PM_CTRL, 2)
             self.cfg.set(self.pm_cap + PCI_PM_CTRL, 2, pmcsr & ~Pmcsr.STATE_MASK)
         self.trace.record(Kind.RESET, self.name, kind=kind.value)
+        if was is not PowerState.D0:
+            self.trace.record(Kind.PM, self.name, event="power_state", frm=f"D{int(was)}", to="D0", by="reset")
         return True
 
     # -- DeviceContext: notifications ---------------------------------------------------------------------------
