@@ -9,11 +9,11 @@ import click
 from rich.table import Table
 
 from pyvirtio.atomicio import write_text_atomic
-from pyvirtio.cli.common import EXIT_RESULT, MACHINE_CHOICE, SLEEP_CHOICE, lit, out, output_dir, shown
+from pyvirtio.cli.common import EXIT_RESULT, MACHINE_CHOICE, SLEEP_CHOICE, err, lit, out, output_dir, shown
 from pyvirtio.errors import UserInputError
 from pyvirtio.fidelity import compare, differences, model_cell
 from pyvirtio.machine import MachineType
-from pyvirtio.report import REAL_VM_PROFILE, ROOT_BUS, CellResult, Report, SleepState, Source
+from pyvirtio.report import REAL_VM_PROFILE, ROOT_BUS, CellResult, Outcome, Report, SleepState, Source
 from pyvirtio.timeline import side_by_side
 from pyvirtio.vm.stacks import DEFAULT_STACK, NSR_PROFILE, STACK_NAMES, STACKS
 
@@ -75,6 +75,7 @@ def _real_cells(real: Path | None, wanted: list[Key], cache: Path | None,
         if missing:
             raise UserInputError(f"{real} has no real-vm cell for {', '.join(missing)}")
         return {k: cells[k] for k in wanted}
+    from pyvirtio.vm.errors import VmError
     from pyvirtio.vm.private_stack import provision_stack
     from pyvirtio.vm.scenario import cell_name, run_cell
 
@@ -84,8 +85,13 @@ def _real_cells(real: Path | None, wanted: list[Key], cache: Path | None,
         for k in (k for k in wanted if k[0] == st):
             _, p, s, m, rp = k
             nsr = p == NSR_PROFILE
-            out[k] = run_cell(assets, s, m, out_dir=out_dir / f"real-{cell_name(s, m, st, nsr, rp)}", nsr=nsr,
-                              rng_port=rp)
+            try:
+                out[k] = run_cell(assets, s, m, out_dir=out_dir / f"real-{cell_name(s, m, st, nsr, rp)}", nsr=nsr,
+                                  rng_port=rp)
+            except VmError as e:  # a guest that never wakes, a QEMU that crashed: the cell says so, the run goes on
+                err.print(shown(f"pyvirtio: {label(k)}: {e}"), markup=False, highlight=False)
+                out[k] = CellResult(source=Source.REAL_VM, profile=p, sleep=s, machine_type=m,
+                                    outcome=Outcome.ERROR, notes=[str(e)])
     return out
 
 

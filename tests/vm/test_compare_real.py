@@ -1,6 +1,8 @@
 """`pyvirtio vm compare` against the real VM: the model configured like this VM (profile baseline, same machine
 type) predicts every device-status byte of virtio-gpu and virtio-rng, the lost display and which queues survive,
-across S3 and S4 on pc and q35 and s2idle on q35. Never skipped: provisioning failure fails the test."""
+across S3 and S4 on pc and q35 and s2idle on q35. The real cells are the session's (tests/vm/conftest.py, run once);
+the path that boots the VM itself is exercised by the crash test in test_vm_real.py. Never skipped: provisioning
+failure fails the test."""
 
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ pytestmark = pytest.mark.realvm
 
 
 @pytest.mark.parametrize(("sleeps", "machines"), [(["S3", "S4"], ["pc", "q35"]), (["s2idle"], ["q35"])])
-def test_vm_compare_agrees(tmp_path: Path, sleeps: list[str], machines: list[str]) -> None:
-    args = ["vm", "compare", "--out", str(tmp_path)]
+def test_vm_compare_agrees(tmp_path: Path, baseline_report: Path, sleeps: list[str], machines: list[str]) -> None:
+    args = ["vm", "compare", "--out", str(tmp_path), "--real", str(baseline_report)]
     for s in sleeps:
         args += ["--sleep", s]
     for m in machines:
@@ -31,3 +33,4 @@ def test_vm_compare_agrees(tmp_path: Path, sleeps: list[str], machines: list[str
         assert all(c["ok"] for c in checks.values())
         assert checks["display restored"]["real"] == "no"  # the real black screen
         assert checks["gpu queues alive"]["real"] == "no" and checks["rng queues alive"]["real"] == "yes"
+        assert Path(cell["timelines"]).is_file()  # model | real, side by side

@@ -16,10 +16,10 @@ import pytest
 from click.testing import CliRunner
 
 from pyvirtio.cli.vm import vm
-from pyvirtio.report import REAL_VM_PROFILE, CellResult, Outcome, Report, ResourceFate, Source
+from pyvirtio.report import REAL_VM_PROFILE, CellResult, Outcome, Report, ResourceFate, SleepState, Source
 from pyvirtio.vm import image
-from pyvirtio.vm.errors import GuestTimeout, PyvirtioError
-from pyvirtio.vm.provisioning import GuestAssets, provision
+from pyvirtio.vm.errors import GuestTimeout
+from pyvirtio.vm.provisioning import GuestAssets
 from pyvirtio.vm.qmp import Qmp
 from pyvirtio.vm.scenario import CellRun, Timeouts
 
@@ -33,12 +33,12 @@ EXPECTED_S3 = {"gpu": [OK, FEAT_OK, 0, ACK, DRIVER, FEAT_OK, OK], "input": [OK, 
                "blk": [OK, 0, ACK, DRIVER, FEAT_OK, OK], "rng": [OK, 0, ACK, DRIVER, FEAT_OK, OK]}
 
 
-@pytest.fixture(scope="session")
-def assets() -> GuestAssets:
-    try:
-        return provision()
-    except PyvirtioError as e:  # fail, never skip
-        pytest.fail(f"real-VM provisioning failed: {e}", pytrace=False)
+Runs = dict[tuple[str, str], CellRun]
+
+
+def _shared(runs: Runs, sleep: str, machine: str) -> tuple[CellRun, CellResult]:
+    run = runs[(sleep, machine)]
+    return run, run.result
 
 
 def _run(assets: GuestAssets, sleep: str, machine: str, tmp_path: Path, cycles: int = 1) -> tuple[CellRun, CellResult]:
@@ -81,8 +81,8 @@ def assert_gpu_bug_and_others_fine(run: CellRun, cell: CellResult) -> None:
 
 
 @pytest.mark.parametrize("machine", ["pc", "q35"])
-def test_s3(assets: GuestAssets, machine: str, tmp_path: Path) -> None:
-    run, cell = _run(assets, "S3", machine, tmp_path)
+def test_s3(baseline_runs: Runs, machine: str) -> None:
+    run, cell = _shared(baseline_runs, "S3", machine)
     assert cell.outcome is Outcome.OK, cell.notes
     assert_gpu_bug_and_others_fine(run, cell)
     assert {k: d.status_sequence for k, d in cell.devices.items()} == EXPECTED_S3
@@ -91,8 +91,8 @@ def test_s3(assets: GuestAssets, machine: str, tmp_path: Path) -> None:
     assert run.cycle_data[0].asleep["blk"].status == 0 and run.cycle_data[0].asleep["gpu"].status == FEAT_OK
 
 
-def test_s2idle_q35(assets: GuestAssets, tmp_path: Path) -> None:
-    run, cell = _run(assets, "s2idle", "q35", tmp_path)
+def test_s2idle_q35(baseline_runs: Runs) -> None:
+    run, cell = _shared(baseline_runs, "s2idle", "q35")
     assert cell.outcome is Outcome.OK, cell.notes
     assert_gpu_bug_and_others_fine(run, cell)
     assert {k: d.status_sequence for k, d in cell.devices.items()} == EXPECTED_S3
@@ -101,8 +101,8 @@ def test_s2idle_q35(assets: GuestAssets, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("machine", ["pc", "q35"])
-def test_s4(assets: GuestAssets, machine: str, tmp_path: Path) -> None:
-    run, cell = _run(assets, "S4", machine, tmp_path)
+def test_s4(baseline_runs: Runs, machine: str) -> None:
+    run, cell = _shared(baseline_runs, "S4", machine)
     assert cell.outcome is Outcome.OK, cell.notes
     assert_gpu_bug_and_others_fine(run, cell)
     gpu = cell.devices["gpu"].status_sequence
@@ -110,7 +110,7 @@ def test_s4(assets: GuestAssets, machine: str, tmp_path: Path) -> None:
     assert gpu[:8] == [OK, FEAT_OK, 0, ACK, DRIVER, FEAT_OK, OK, 0]
     assert gpu[-7:] == [OK, FEAT_OK, 0, ACK, DRIVER, FEAT_OK, OK]
     assert cell.devices["blk"].status_sequence[-5:] == [0, ACK, DRIVER, FEAT_OK, OK]
-    assert (tmp_path / "S4-" f"{machine}" / "trace-2.log").is_file()
+    assert (run.logs / "trace-2.log").is_file()
 
 
 def test_repeated_s3_pc(assets: GuestAssets, tmp_path: Path) -> None:
@@ -194,3 +194,33 @@ def test_repeated_s3_q35_with_the_lpc_workaround(assets: GuestAssets, tmp_path: 
     assert [c.reached_sleep for c in run.cycle_data] == [True, True, True]
     assert sum("PMBASE/ACPI_CNTL written back" in n for n in cell.notes) == 3
     assert cell.devices["rng"].status_sequence == [OK] + [0, ACK, DRIVER, FEAT_OK, OK] * 3
+
+
+def test_a_qemu_that_crashes_is_reported_by_its_cell_and_the_run_goes_on(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """QEMU killed right before the S3 cell's sleep: ``vm compare`` reports that cell as an error naming its logs
+    (kept), compares the next cell as usual, and exits 1 (a result: the cell differs), never with a traceback."""
+    from pyvirtio.cli import main
+
+    real_sleep = CellRun._sleep_s3
+
+    def crash_then_sleep(self: CellRun, cyc: object) -> object:
+        assert self.machine is not None and self.machine.proc is not None
+        self.machine.proc.kill()
+        self.machine.proc.wait()
+        return real_sleep(self, cyc)  # type: ignore[arg-type]
+
+    monkeypatch.setitem(CellRun._SLEEP, SleepState.S3, crash_then_sleep)
+    r = CliRunner().invoke(main, ["vm", "compare", "--sleep", "S3", "--sleep", "s2idle", "--machine", "q35",
+                                  "--out", str(tmp_path)])
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output and (r.exception is None or isinstance(r.exception, SystemExit))
+    assert "difference S3/q35 outcome: model 'ok', real 'error'" in r.output
+    summary = json.loads((tmp_path / "compare.json").read_text())
+    assert [c["sleep"] for c in summary] == ["S3", "s2idle"]
+    assert all(c["ok"] for c in summary[1]["checks"])  # the next cell ran as usual
+    logs = tmp_path / "real-S3-q35" / "S3-q35"
+    assert (logs / "serial-1.log").stat().st_size > 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    error = next(c for c in report["cells"] if c["source"] == "real-vm" and c["sleep"] == "S3")
+    assert error["outcome"] == "error" and str(logs) in error["notes"][0]

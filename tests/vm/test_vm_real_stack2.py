@@ -1,6 +1,6 @@
 """Real QEMU 10.0 + Debian Linux 6.12 (stack ``qemu10.0-linux6.12``) on q35, the gpu behind a pcie-root-port.
 Slow; never skipped: provisioning is part of the test (if it fails, these fail). Every cell runs once (a module
-fixture) and serves both the assertions here and ``vm compare --real``.
+fixture, two at a time) and serves both the assertions here and ``vm compare --real``.
 
 What they pin down: with ``x-pcie-pm-no-soft-reset=true`` the guest reads PMCSR.No_Soft_Reset (PCI PM 1.2
 §3.2.4) and Linux 6.12 skips the gpu's freeze/restore across S3 and s2idle: no status write at all, the control
@@ -13,6 +13,7 @@ sent while the function is in D3hot) and S3 does not; the model predicts both.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +55,10 @@ def assets() -> GuestAssets:
 @pytest.fixture(scope="module")
 def runs(assets: GuestAssets, tmp_path_factory: pytest.TempPathFactory) -> Runs:
     out = tmp_path_factory.mktemp("stack2")
-    done: Runs = {}
-    for sleep, nsr, rng_port in CELLS:
-        run = CellRun(assets, sleep, "q35", out_dir=out, nsr=nsr, rng_port=rng_port)
-        run.run()
-        done[(sleep, nsr, rng_port)] = run
-    return done
+    runs: Runs = {key: CellRun(assets, key[0], "q35", out_dir=out, nsr=key[1], rng_port=key[2]) for key in CELLS}
+    with ThreadPoolExecutor(2) as pool:  # one TCG QEMU per core
+        list(pool.map(lambda r: r.run(), runs.values()))
+    return runs
 
 
 @pytest.fixture(scope="module")
