@@ -148,6 +148,7 @@ class Session:
         self.backend: socket.socket | None = None
         self.closed = False
         self.dropped_calls = 0
+        self.calls = 0  # used-buffer notifications sent
         self._taken: set[int] = set()  # descriptors the current handler kept
         served.ctx.notifier = self
         readers.add_reader(sock.fileno(), self.on_readable)
@@ -432,6 +433,7 @@ class Session:
         if not self.vhost_features & (1 << F_PROTOCOL_FEATURES):
             ring.enabled = True  # "the ring starts directly in the enabled state"
         self.failed.pop(ring.index, None)
+        ring.kick_eventfd = fd is not None and _fd_kind(fd) == "eventfd"
         if fd is None:
             self.monitor.note("ring", f"vring {ring.index}: no kick descriptor (polling is not supported: the ring "
                                       "is looked at when it starts or is enabled)")
@@ -555,7 +557,7 @@ class Session:
         if fd is None:
             return
         try:
-            data = os.read(fd, 8 if _fd_kind(fd) == "eventfd" else 4096)
+            data = os.read(fd, 8 if ring.kick_eventfd else 4096)
         except BlockingIOError:
             return
         except OSError as e:
@@ -580,6 +582,7 @@ class Session:
             return
         try:
             os.write(fd, _EVENT)
+            self.calls += 1
         except OSError:
             self.dropped_calls += 1
 

@@ -62,8 +62,14 @@ class Extension(Protocol):
         """The connection ended: release every descriptor and reader."""
 
 
+#: Served devices answer as fast as the host can: the model's modelled processing time (``latency``, the rng's
+#: ``bytes_per_us``) is for the virtual-time experiments; ``--fault delay=MS`` slows a served device on purpose.
+SERVED_LATENCY = 0
+_FAST = 1 << 30
+
+
 def _rng(seed: int) -> VirtioDevice:
-    return Rng("rng", seed=seed)
+    return Rng("rng", seed=seed, latency=SERVED_LATENCY, bytes_per_us=_FAST)
 
 
 def _rng_stats(device: VirtioDevice) -> dict[str, Any]:

@@ -58,6 +58,11 @@ class FaultPlan:
     error_command: str | None = None
     specs: tuple[str, ...] = field(default=())
 
+    @property
+    def counting(self) -> bool:
+        """Some fault fires after a number of completed requests (the engine must count them)."""
+        return self.hang_after is not None or self.needs_reset_after is not None
+
     def names(self) -> set[str]:
         """The fault names in the plan."""
         return {s.split("=", 1)[0] for s in self.specs}

@@ -79,6 +79,7 @@ class Ring:
     call_fd: int | None = None
     err_fd: int | None = None
     kicked: bool = False  # a kick arrived while the ring was disabled: look at it once enabled
+    kick_eventfd: bool = True  # the kick descriptor is an eventfd (else a pipe)
 
     @property
     def configured(self) -> bool:

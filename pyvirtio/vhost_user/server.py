@@ -124,8 +124,9 @@ class Server:
         self.monitor = Monitor(spec.name, lambda: self.scheduler.now, int(self.device.device_id))
         self.engine = FaultEngine(self.plan, self.device, self.monitor.fault)
         self.memory = VhostMemory()
-        self.ctx = VhostContext(self.memory, HookedScheduler(self.scheduler, self.engine.after_step),
-                                MonitorTrace(self.scheduler, self.monitor))
+        device_clock: DrainScheduler = (HookedScheduler(self.scheduler, self.engine.after_step)
+                                        if self.plan.counting else self.scheduler)
+        self.ctx = VhostContext(self.memory, device_clock, MonitorTrace(self.scheduler, self.monitor))
         self.served = ServedDevice(self.device, self.ctx, self.monitor, policy=spec.policy, log=log)
         self.records: list[ConnectionRecord] = []
         self.session: Session | None = None
@@ -173,7 +174,9 @@ class Server:
     def _ended(self, session: Session) -> None:
         rec = self.monitor.record
         rec.ended = time.time()
-        rec.device_stats = {**self.spec.stats(self.device), "requests_completed": self.engine.completed}
+        rec.device_stats = {**self.spec.stats(self.device), "notifications": session.calls}
+        if self.plan.counting:
+            rec.device_stats["requests_completed"] = self.engine.completed
         if session.dropped_calls:
             self.monitor.note("notifications", f"{session.dropped_calls} used-buffer notifications had no call "
                                                "descriptor")

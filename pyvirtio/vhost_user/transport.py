@@ -141,7 +141,7 @@ class MonitorTrace:
 class VhostContext:
     """The :class:`~pyvirtio.host.context.DeviceContext` of a served device."""
 
-    def __init__(self, memory: VhostMemory, scheduler: HookedScheduler, trace: DeviceTrace) -> None:
+    def __init__(self, memory: VhostMemory, scheduler: DrainScheduler, trace: DeviceTrace) -> None:
         self._memory = memory
         self._scheduler = scheduler
         self._trace = trace
@@ -153,8 +153,8 @@ class VhostContext:
         return self._memory
 
     @property
-    def scheduler(self) -> HookedScheduler:
-        """Real time when serving, virtual time in tests."""
+    def scheduler(self) -> DrainScheduler:
+        """Real time when serving, virtual time in tests (with the fault engine's hook when it counts)."""
         return self._scheduler
 
     @property
