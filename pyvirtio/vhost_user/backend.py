@@ -481,9 +481,11 @@ class Session:
         if msg.payload.num not in (0, 1):
             return _fail(f"vring {ring.index}: enable value {msg.payload.num} (want 0 or 1)")
         ring.enabled = bool(msg.payload.num)
-        if ring.enabled and ring.kicked and ring.index in self.served.running:
+        if ring.enabled:
             ring.kicked = False
-            self.served.kick(ring.index)
+            self.served.resume(ring.index)
+        else:
+            self.served.pause(ring.index)
         return _OK
 
     def _set_backend_req_fd(self, msg: Message) -> Answer:

@@ -185,6 +185,7 @@ class ServedDevice:
         self.drain_timeout = drain_timeout
         self.features: int | None = None  # virtio bits of the last SET_FEATURES (within the offer)
         self.running: set[int] = set()  # rings whose queue was started and not stopped since
+        self.paused: set[int] = set()  # running rings the front-end disabled (SET_VRING_ENABLE 0)
         device.attach(ctx)
         device.lifecycle_listeners.append(self._lifecycle)
 
@@ -222,6 +223,7 @@ class ServedDevice:
         if self.renegotiates(features):
             self.device.reset()
             self.running.clear()
+            self.paused.clear()
         if f != self.features:
             self.monitor.features(f)
         self.features = f
@@ -304,21 +306,34 @@ class ServedDevice:
         d = self.device
 
         def drained() -> bool:
-            q = d.queues[i]
-            return not q.ready or q.in_flight == 0
+            return d.queues[i].in_flight == 0
 
         if not drained():
             self.ctx.scheduler.run_until(drained, self.drain_timeout)
         q = d.queues[i]
-        base = q.next_avail if q.ready else ring.base
-        if q.ready and q.in_flight:
+        base = q.next_avail
+        if q.in_flight:
             self.monitor.note("ring", f"ring {i}: {q.in_flight} requests still in flight after "
                                       f"{self.drain_timeout / MS:.0f} ms were abandoned at the stop")
         d.queue_reset(i)
         self.running.discard(i)
+        self.paused.discard(i)
         if not self.running and self.policy is StopPolicy.RESET and d.lifecycle is not _L.RESET:
             d.reset()
         return base
+
+    def pause(self, i: int) -> None:
+        """SET_VRING_ENABLE 0 on a running ring: kicks are no longer passed on (the session holds them); requests
+        already taken complete and are counted by GET_VRING_BASE. (The model's queue stays ready: completing a
+        request needs it, and marking it not ready would make the model treat a completion as an error.)"""
+        if i in self.running:
+            self.paused.add(i)
+
+    def resume(self, i: int) -> None:
+        """SET_VRING_ENABLE 1 on a paused ring: the model looks at it again (a kick may have been held)."""
+        if i in self.paused:
+            self.paused.discard(i)
+            self.device.kick(i)
 
     def kick(self, i: int) -> None:
         """The driver notified ring ``i``: the model looks at its queue; the monitor checks ``avail.flags``."""
@@ -337,6 +352,7 @@ class ServedDevice:
     def reset(self) -> None:
         """RESET_DEVICE or the end of the connection: every queue stops, the model is reset, features forgotten."""
         self.running.clear()
+        self.paused.clear()
         self.device.reset()
         self.features = None
 

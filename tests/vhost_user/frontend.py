@@ -19,6 +19,7 @@ from pyvirtio.clock import MS, Scheduler
 from pyvirtio.dma import GuestAllocator
 from pyvirtio.memory import Backing, GuestMemory
 from pyvirtio.spec.constants import Feature, bit
+from pyvirtio.vhost_user.catalog import ServeSpec
 from pyvirtio.vhost_user.messages import (
     F_PROTOCOL_FEATURES,
     FLAG_NEED_REPLY,
@@ -38,6 +39,7 @@ from pyvirtio.vhost_user.messages import (
     pack_u64,
 )
 from pyvirtio.vhost_user.server import Server
+from pyvirtio.virtqueue.chain import DESC_STRUCT
 from pyvirtio.virtqueue.driver import DriverQueue
 from pyvirtio.virtqueue.layout import RingLayout
 
@@ -76,7 +78,7 @@ class FrontRing:
 class Frontend:
     """Drives a :class:`Server` (built on a virtual-time scheduler) through a socketpair."""
 
-    def __init__(self, device: str = "rng", *, seed: int = 7, faults: tuple[str, ...] = (),
+    def __init__(self, device: str | ServeSpec = "rng", *, seed: int = 7, faults: tuple[str, ...] = (),
                  mem_size: int = MEM_SIZE) -> None:
         self.scheduler = Scheduler(seed)
         self.logs: list[str] = []
@@ -202,6 +204,18 @@ class Frontend:
             assert self.ack(Request.SET_VRING_ENABLE, pack_state(index, 1)) == 0
         return ring
 
+    def restart_ring(self, index: int, base: int) -> None:
+        """Start a stopped ring again where it was (SET_VRING_BASE/ADDR, a new kick eventfd, ENABLE)."""
+        ring = self.rings[index]
+        lay = ring.layout
+        assert self.ack(Request.SET_VRING_BASE, pack_state(index, base)) == 0
+        addr = VringAddr(index, 0, UVA_BASE + lay.desc, UVA_BASE + lay.used, UVA_BASE + lay.avail, 0)
+        assert self.ack(Request.SET_VRING_ADDR, pack_addr(addr)) == 0
+        os.close(ring.kick)
+        ring.kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        assert self.ack(Request.SET_VRING_KICK, pack_u64(index), [ring.kick]) == 0
+        assert self.ack(Request.SET_VRING_ENABLE, pack_state(index, 1)) == 0
+
     def start(self, queues: int = 1, size: int = 16) -> None:
         """init + memory + features + rings: the device is live."""
         self.init()
@@ -263,3 +277,16 @@ class Frontend:
 def nofd(index: int) -> bytes:
     """SET_VRING_KICK/CALL payload for ``index`` with no descriptor."""
     return pack_u64(index | VRING_NOFD)
+
+
+def publish_raw(fe: Frontend, index: int, descs: list[tuple[int, int, int, int]], first_slot: int) -> None:
+    """Write descriptors ``(addr, len, flags, next)`` at ``first_slot``.. and make the first available, by hand
+    (a hostile driver: no DriverQueue bookkeeping), then kick."""
+    ring = fe.rings[index]
+    lay = ring.layout
+    for k, (addr, ln, flags, nxt) in enumerate(descs):
+        fe.mem.pack_into(DESC_STRUCT, lay.desc + 16 * (first_slot + k), addr, ln, flags, nxt)
+    idx = fe.mem.read_u16(lay.avail + 2)
+    fe.mem.write_u16(lay.avail + 4 + 2 * (idx % lay.size), first_slot)
+    fe.mem.write_u16(lay.avail + 2, (idx + 1) & 0xFFFF)
+    os.eventfd_write(ring.kick, 1)
