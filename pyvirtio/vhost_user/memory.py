@@ -99,7 +99,7 @@ class VhostMemory(GuestMemory):
         self.max_slots = max_slots
         self._mapped: list[MappedRegion] = []  # ascending gpa
         self._gpas: list[int] = []
-        self._hit: MappedRegion | None = None
+        self._hit_range: tuple[int, int, mmap.mmap, int] | None = None
         self._zombies: list[mmap.mmap] = []  # unmapped later: a view was still exported
 
     # -- the map ----------------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ class VhostMemory(GuestMemory):
     def _install(self, regions: list[MappedRegion]) -> None:
         self._mapped = sorted(regions, key=lambda m: m.gpa)
         self._gpas = [m.gpa for m in self._mapped]
-        self._hit = None
+        self._hit_range = None
 
     def _unmap(self, m: MappedRegion) -> None:
         try:
@@ -207,9 +207,9 @@ class VhostMemory(GuestMemory):
     # -- translation ------------------------------------------------------------------------------------------
 
     def _locate(self, addr: int, n: int) -> tuple[mmap.mmap, int]:
-        r = self._hit
-        if r is not None and r.gpa <= addr and n >= 0 and addr + n <= r.end:
-            return r.mm, r.delta + addr - r.gpa
+        hit = self._hit_range  # (gpa, end, mm, delta - gpa) of the region the previous access used
+        if hit is not None and hit[0] <= addr and 0 <= n and addr + n <= hit[1]:
+            return hit[2], addr + hit[3]
         if addr < 0 or n < 0:
             raise GuestMemoryError(addr, n, "is negative")
         i = bisect.bisect(self._gpas, addr) - 1
@@ -220,7 +220,7 @@ class VhostMemory(GuestMemory):
         if off + n > r.size:
             why = "outside guest memory" if off >= r.size else "crosses the end of a region"
             raise GuestMemoryError(addr, n, why)
-        self._hit = r
+        self._hit_range = (r.gpa, r.end, r.mm, r.delta - r.gpa)
         return r.mm, r.delta + off
 
     def uva_to_gpa(self, uva: int, n: int) -> int | None:
