@@ -208,7 +208,7 @@ class VhostMemory(GuestMemory):
 
     def _locate(self, addr: int, n: int) -> tuple[mmap.mmap, int]:
         hit = self._hit_range  # (gpa, end, mm, delta - gpa) of the region the previous access used
-        if hit is not None and hit[0] <= addr and 0 <= n and addr + n <= hit[1]:
+        if hit is not None and hit[0] <= addr and n >= 0 and addr + n <= hit[1]:
             return hit[2], addr + hit[3]
         if addr < 0 or n < 0:
             raise GuestMemoryError(addr, n, "is negative")
