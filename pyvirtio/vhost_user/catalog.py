@@ -19,7 +19,7 @@ from pyvirtio.host.rng import Rng
 from pyvirtio.vhost_user.faults import FaultPlan
 from pyvirtio.vhost_user.messages import Message, Request
 from pyvirtio.vhost_user.monitor import Monitor
-from pyvirtio.vhost_user.transport import StopPolicy
+from pyvirtio.vhost_user.transport import MonitorTrace, StopPolicy
 
 Log = Callable[[str], None]
 
@@ -40,13 +40,15 @@ class Readers(Protocol):
 
 @dataclass
 class ExtensionHost:
-    """What an extension may use: the device model, the event loop, the monitor, the log, the fault plan."""
+    """What an extension may use: the device model, the event loop, the monitor, the log, the fault plan, and the
+    model's trace (append to ``trace.listeners`` to follow what the model does, e.g. its scanouts)."""
 
     device: VirtioDevice
     readers: Readers
     monitor: Monitor
     log: Log
     plan: FaultPlan
+    trace: MonitorTrace
 
 
 class Extension(Protocol):

@@ -126,7 +126,8 @@ class Server:
         self.memory = VhostMemory()
         device_clock: DrainScheduler = (HookedScheduler(self.scheduler, self.engine.after_step)
                                         if self.plan.counting else self.scheduler)
-        self.ctx = VhostContext(self.memory, device_clock, MonitorTrace(self.scheduler, self.monitor))
+        self.trace = MonitorTrace(self.scheduler, self.monitor)
+        self.ctx = VhostContext(self.memory, device_clock, self.trace)
         self.served = ServedDevice(self.device, self.ctx, self.monitor, policy=spec.policy, log=log)
         self.records: list[ConnectionRecord] = []
         self.session: Session | None = None
@@ -164,7 +165,7 @@ class Server:
         extension = None
         if self.spec.extension is not None:
             extension = self.spec.extension(ExtensionHost(self.device, self.loop, self.monitor, self.log,
-                                                          self.plan))
+                                                          self.plan, self.trace))
         self.engine.arm()
         self.session = Session(conn, self.served, self.monitor, readers=self.loop, log=self.log,
                                extension=extension, on_close=self._ended)

@@ -125,17 +125,22 @@ class HookedScheduler:
 
 
 class MonitorTrace:
-    """The served device's trace: each event goes to the monitor (violations, status) with the device time."""
+    """The served device's trace: each event goes to the monitor (violations, status) with the device time, then
+    to every listener (an extension following the model: the gpu display protocol follows its scanouts)."""
 
     def __init__(self, scheduler: DrainScheduler, monitor: Monitor) -> None:
         self._scheduler = scheduler
         self.monitor = monitor
         self.events = 0
+        self.listeners: list[Callable[[TraceEvent], None]] = []
 
     def record(self, kind: Kind, src: str, /, **detail: object) -> None:
-        """Hand one event to the monitor."""
+        """Hand one event to the monitor and the listeners."""
         self.events += 1
-        self.monitor.trace_event(TraceEvent(self._scheduler.now, kind, src, dict(detail)))
+        ev = TraceEvent(self._scheduler.now, kind, src, dict(detail))
+        self.monitor.trace_event(ev)
+        for listener in self.listeners:
+            listener(ev)
 
 
 class VhostContext:

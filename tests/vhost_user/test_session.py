@@ -4,20 +4,23 @@ time: set-up, the model unchanged behind it, ring stop and restart, notification
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Iterator
 
 import pytest
 
 from pyvirtio.clock import MS, US
 from pyvirtio.host.lifecycle import DeviceLifecycle
-from pyvirtio.host.rng import EntropySource
+from pyvirtio.host.rng import EntropySource, Rng
 from pyvirtio.host.testdev import TestDevice
 from pyvirtio.spec.constants import DescFlag, Feature, Status, bit
 from pyvirtio.vhost_user.backend import BASE_PROTOCOL_FEATURES
-from pyvirtio.vhost_user.catalog import ServeSpec
+from pyvirtio.vhost_user.catalog import ExtensionHost, ServeSpec
 from pyvirtio.vhost_user.messages import (
     F_PROTOCOL_FEATURES,
     FLAG_REPLY,
     VERSION,
+    Message,
     ProtocolFeature,
     Request,
     pack_config,
@@ -33,7 +36,7 @@ EVENT_IDX, INDIRECT = bit(Feature.EVENT_IDX), bit(Feature.INDIRECT_DESC)
 
 
 @pytest.fixture
-def fe() -> Frontend:
+def fe() -> Iterator[Frontend]:
     f = Frontend(seed=SEED)
     yield f
     f.close()
@@ -200,7 +203,7 @@ def test_unoffered_features_from_the_front_end_are_noted(fe: Frontend) -> None:
     assert any("does not offer" in n.text for n in fe.server.monitor.record.notes)
 
 
-def test_needs_reset_fault_signals_the_error_eventfd(fe: Frontend) -> None:
+def test_needs_reset_fault_signals_the_error_eventfd() -> None:
     """needs-reset-after=K: after K completions the model sets DEVICE_NEEDS_RESET, stops serving, signals the
     rings' error eventfds, and GET_STATUS shows the bit; a ring restart after the stop brings it back."""
     fe2 = Frontend(seed=SEED, faults=("needs-reset-after=2",))
@@ -258,7 +261,7 @@ def test_disconnect_releases_every_descriptor() -> None:
     assert fe.server.device.status == 0
     assert any("connection 1 (rng) ended" in line for line in fe.out)
     fe.close()
-    assert set(os.listdir("/proc/self/fd")) <= before | {str(fd) for fd in range(0)}
+    assert set(os.listdir("/proc/self/fd")) <= before
 
 
 def test_device_with_config_space() -> None:
@@ -352,3 +355,61 @@ def test_served_model_answers_at_host_speed() -> None:
         assert fe.used(0) == [(0, 8)]
     finally:
         fe.close()
+
+
+class _SocketExtension:
+    """What the gpu display protocol will look like to the core: GPU_SET_SOCKET hands over a socket to watch."""
+
+    requests = frozenset({Request.GPU_SET_SOCKET})
+
+    def __init__(self, host: ExtensionHost) -> None:
+        self.host = host
+        self.sock: socket.socket | None = None
+        self.seen: list[str] = []
+        self.closed = False
+        host.trace.listeners.append(lambda ev: self.seen.append(ev.kind.value))
+
+    def handle(self, msg: Message) -> str | None:
+        self.sock = socket.socket(fileno=msg.fds[0])
+        self.host.readers.add_reader(self.sock.fileno(), lambda: None)
+        return None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.host.readers.remove_reader(self.sock.fileno())
+            self.sock.close()
+        self.closed = True
+
+
+def test_extension_requests_reach_the_extension() -> None:
+    """A catalog entry with an extension gets its own requests (descriptors included) after SET_OWNER, follows
+    the model's trace, and is closed with the connection; without one the request is refused."""
+    made: list[_SocketExtension] = []
+
+    def make(host: ExtensionHost) -> _SocketExtension:
+        made.append(_SocketExtension(host))
+        return made[-1]
+
+    spec = ServeSpec("rng+ext", lambda seed: Rng("rng", seed=seed, latency=0), StopPolicy.KEEP, extension=make)
+    fe = Frontend(spec, seed=SEED)
+    a, b = socket.socketpair()
+    try:
+        assert fe.ack(Request.GPU_SET_SOCKET, b"", [b.fileno()]) == 1  # before SET_OWNER
+        fe.start()
+        assert fe.ack(Request.GPU_SET_SOCKET, b"", [b.fileno()]) == 0
+        ext = made[0]
+        assert ext.sock is not None and "status" in ext.seen
+    finally:
+        fe.close()
+        a.close()
+        b.close()
+    assert made[0].closed
+    plain = Frontend(seed=SEED)
+    try:
+        plain.init()
+        c, d = socket.socketpair()
+        assert plain.ack(Request.GPU_SET_SOCKET, b"", [d.fileno()]) == 1
+        c.close()
+        d.close()
+    finally:
+        plain.close()
