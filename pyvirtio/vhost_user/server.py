@@ -243,9 +243,9 @@ def serve(device: str | ServeSpec, socket_path: str | os.PathLike[str], *, seed:
     SIGINT (or the first connection's end with ``once``); the record of every connection."""
     server = Server(device, seed=seed, faults=faults, once=once, report=Path(report) if report else None, log=log,
                     out=out)
-    server.listen(Path(socket_path))
-    if stop_on_signals:
+    if stop_on_signals:  # before the socket exists: a signal never finds it half-served
         server.loop.stop_on_signals()
+    server.listen(Path(socket_path))
     try:
         server.run()
     finally:
