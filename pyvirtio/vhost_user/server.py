@@ -245,12 +245,13 @@ def serve(device: str | ServeSpec, socket_path: str | os.PathLike[str], *, seed:
                     out=out)
     if stop_on_signals:  # before the socket exists: a signal never finds it half-served
         server.loop.stop_on_signals()
-    server.listen(Path(socket_path))
     try:
+        server.listen(Path(socket_path))
         server.run()
     finally:
         server.close()
-        server.write_report()
+        if server.path is not None:
+            server.write_report()
     return server.records
 
 
