@@ -28,6 +28,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from types import FrameType
+from typing import Any
 
 from pyvirtio.clock import Event
 
@@ -140,6 +141,7 @@ class EventLoop:
         self._stopping = False
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
+        self._old_handlers: dict[int, Any] = {}
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
         """Call ``callback()`` whenever ``fd`` is readable (replacing an earlier callback for ``fd``)."""
@@ -225,7 +227,7 @@ class EventLoop:
             self.stop()
 
         for s in signums:
-            signal.signal(s, handler)
+            self._old_handlers.setdefault(s, signal.signal(s, handler))
 
     def _drain_wake(self) -> None:
         if self._wake_r is not None:
@@ -233,7 +235,11 @@ class EventLoop:
                 self._wake_r.recv(64)
 
     def close(self) -> None:
-        """Release epoll and the wake-up descriptors."""
+        """Release epoll and the wake-up descriptors; put back the signal handlers :meth:`stop_on_signals`
+        replaced."""
+        for signum, old in self._old_handlers.items():
+            signal.signal(signum, old)
+        self._old_handlers.clear()
         for s in (self._wake_r, self._wake_w):
             if s is not None:
                 s.close()

@@ -195,3 +195,17 @@ def test_no_descriptor_leak_across_connections(tmp_path: Path) -> None:
         assert set(os.listdir("/proc/self/fd")) <= before
     finally:
         server.close()
+
+
+def test_stop_on_signals_and_restore() -> None:
+    """SIGTERM ends the loop's run (through the wake-up descriptor); closing the loop restores the handler."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    loop = EventLoop(RealTimeScheduler())
+    loop.stop_on_signals((signal.SIGTERM,))
+    loop.scheduler.schedule(0, lambda: os.kill(os.getpid(), signal.SIGTERM))  # type: ignore[union-attr]
+    loop.run()
+    assert loop.stopping
+    loop.close()
+    assert signal.getsignal(signal.SIGTERM) == before
