@@ -1,7 +1,8 @@
 """The ``pyvirtio`` command: one group, its sub-commands attached explicitly, one error policy.
 
 ``info`` (a machine's PCI layout), ``gpu`` (virtio-gpu demo), ``pm`` (the power-management matrix on the model),
-``vm`` (the real QEMU + Linux VM, and ``vm compare``: the model beside it). The consoles, the error policy and
+``vm`` (the real QEMU + Linux VM, and ``vm compare``: the model beside it), ``serve`` (a device model served
+to a real VM over vhost-user). The consoles, the error policy and
 the choices every command uses are in :mod:`pyvirtio.cli.common`: a :class:`~pyvirtio.errors.PyvirtioError` is
 one line ``pyvirtio: error: ...`` on stderr and exit status 2.
 """
@@ -16,6 +17,7 @@ from pyvirtio.cli.common import EXIT_ERROR, CommandError, Group
 from pyvirtio.cli.gpu import gpu
 from pyvirtio.cli.info import info
 from pyvirtio.cli.pm import pm
+from pyvirtio.cli.serve import serve
 from pyvirtio.cli.spec import spec
 from pyvirtio.cli.vm import vm
 from pyvirtio.errors import PyvirtioError
@@ -32,6 +34,7 @@ main.add_command(gpu)
 main.add_command(pm)
 main.add_command(vm)
 main.add_command(spec)
+main.add_command(serve)
 
 
 def run() -> None:

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -91,11 +92,13 @@ def rng_device(assets: GuestAssets, mt: MachineType, nsr: bool, rng_port: bool) 
 
 
 def qemu_argv(assets: GuestAssets, machine_type: MachineType | str, disk: Path, files: BootFiles, *,
-              resume: bool = False, nsr: bool = False, rng_port: bool = False) -> list[str]:
+              resume: bool = False, nsr: bool = False, rng_port: bool = False,
+              extra: Sequence[str] = ()) -> list[str]:
     """The QEMU command line: TCG, S3 enabled, the four virtio devices with ids, serial on stdio, QMP, trace.
 
-    A machine type that is not a :class:`MachineType` value is a ``ValueError`` (so is a stack/machine/NSR
-    combination the stack cannot run, see :func:`gpu_device`).
+    ``extra`` arguments go at the end (more devices and objects: a vhost-user device and the shared memory
+    backend it needs). A machine type that is not a :class:`MachineType` value is a ``ValueError`` (so is a
+    stack/machine/NSR combination the stack cannot run, see :func:`gpu_device`).
     """
     mt = MachineType(machine_type)
     append = "console=ttyS0 quiet panic=-1" + (f" {RESUME_ARG}={SWAP_DEV}" if resume else "")
@@ -116,18 +119,20 @@ def qemu_argv(assets: GuestAssets, machine_type: MachineType | str, disk: Path, 
     ]
     for ev in TRACE_EVENTS_PCIE if assets.stack_info.pcie_ports else TRACE_EVENTS:
         argv += ["-trace", ev]
-    return argv
+    return argv + list(extra)
 
 
 class QemuVm:
     """A QEMU process (its own process group) with serial console and QMP; :meth:`start` runs it."""
 
     def __init__(self, assets: GuestAssets, machine_type: MachineType | str, disk: Path, files: BootFiles, *,
-                 resume: bool = False, nsr: bool = False, rng_port: bool = False) -> None:
+                 resume: bool = False, nsr: bool = False, rng_port: bool = False,
+                 extra: Sequence[str] = ()) -> None:
         self.assets = assets
         self.machine_type = MachineType(machine_type)
         self.files = files
-        self.argv = qemu_argv(assets, machine_type, disk, files, resume=resume, nsr=nsr, rng_port=rng_port)
+        self.argv = qemu_argv(assets, machine_type, disk, files, resume=resume, nsr=nsr, rng_port=rng_port,
+                              extra=extra)
         self.proc: subprocess.Popen[bytes] | None = None
         self.qmp: Qmp | None = None
         self._serial_log: BinaryIO | None = None

@@ -35,6 +35,7 @@ pm_cli = importlib.import_module("pyvirtio.cli.pm")  # the modules (pyvirtio.cli
 vm_cli = importlib.import_module("pyvirtio.cli.vm")
 gpu_cli = importlib.import_module("pyvirtio.cli.gpu")
 compare_cli = importlib.import_module("pyvirtio.cli.compare")
+serve_cli = importlib.import_module("pyvirtio.cli.serve")
 
 
 def one_line_error(r: Result, *needles: str) -> str:
@@ -103,6 +104,7 @@ def install_stubs(monkeypatch: pytest.MonkeyPatch, canned: CellResult) -> None:
     monkeypatch.setattr("pyvirtio.vm.provisioning.provision", provision)
     monkeypatch.setattr("pyvirtio.vm.private_stack.provision_stack", provision)
     monkeypatch.setattr("pyvirtio.vm.scenario.run_cell", vm_run_cell)
+    monkeypatch.setattr(serve_cli, "serve_device", lambda *_, **__: [])  # serving would wait for a front-end
 
 
 # -- defect 12: sizes and numbers ---------------------------------------------------------------------------------

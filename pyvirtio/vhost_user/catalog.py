@@ -1,0 +1,101 @@
+"""What pyvirtio can serve over vhost-user: one literal table, one entry per device type.
+
+Contract. A :class:`ServeSpec` says how to build the device model (unchanged: the same class the virtio-pci
+machine plugs), what stopping every ring means for its state (:class:`~pyvirtio.vhost_user.transport.StopPolicy`),
+which ``--fault`` names it accepts, what it reports at the end of a connection, and, for a device whose
+vhost-user protocol has messages of its own (virtio-gpu's ``GPU_SET_SOCKET`` and display socket), a factory for
+an :class:`Extension` that handles them. Adding a device is adding an entry to :data:`SERVABLE`; nothing is
+registered at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pyvirtio.host.device import VirtioDevice
+from pyvirtio.host.rng import Rng
+from pyvirtio.vhost_user.faults import FaultPlan
+from pyvirtio.vhost_user.messages import Message, Request
+from pyvirtio.vhost_user.monitor import Monitor
+from pyvirtio.vhost_user.transport import MonitorTrace, StopPolicy
+
+Log = Callable[[str], None]
+
+#: Faults every device model supports through the core's switches.
+GENERIC_FAULTS = frozenset({"delay", "hang-after", "needs-reset-after", "quiesce-never-ends", "suspend-fails",
+                            "resume-fails"})
+
+
+class Readers(Protocol):
+    """The event loop's descriptor watching, as an extension sees it."""
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever ``fd`` is readable."""
+
+    def remove_reader(self, fd: int) -> None:
+        """Stop watching ``fd``."""
+
+
+@dataclass
+class ExtensionHost:
+    """What an extension may use: the device model, the event loop, the monitor, the log, the fault plan, and the
+    model's trace (append to ``trace.listeners`` to follow what the model does, e.g. its scanouts)."""
+
+    device: VirtioDevice
+    readers: Readers
+    monitor: Monitor
+    log: Log
+    plan: FaultPlan
+    trace: MonitorTrace
+
+
+class Extension(Protocol):
+    """Device-specific vhost-user messages (e.g. virtio-gpu's ``GPU_SET_SOCKET``), for one connection."""
+
+    requests: frozenset[Request]
+
+    def handle(self, msg: Message) -> str | None:
+        """Serve ``msg`` (one of :attr:`requests`): None, or the problem. The extension owns ``msg.fds``: it keeps
+        or closes each one."""
+
+    def close(self) -> None:
+        """The connection ended: release every descriptor and reader."""
+
+
+#: Served devices answer as fast as the host can: the model's modelled processing time (``latency``, the rng's
+#: ``bytes_per_us``) is for the virtual-time experiments; ``--fault delay=MS`` slows a served device on purpose.
+SERVED_LATENCY = 0
+_FAST = 1 << 30
+
+
+def _rng(seed: int) -> VirtioDevice:
+    return Rng("rng", seed=seed, latency=SERVED_LATENCY, bytes_per_us=_FAST)
+
+
+def _rng_stats(device: VirtioDevice) -> dict[str, Any]:
+    return {"bytes_served": device.served} if isinstance(device, Rng) else {}
+
+
+@dataclass(frozen=True)
+class ServeSpec:
+    """How to serve one device type (see the module contract)."""
+
+    name: str
+    make: Callable[[int], VirtioDevice]  # seed -> a fresh model
+    policy: StopPolicy
+    faults: frozenset[str] = GENERIC_FAULTS
+    stats: Callable[[VirtioDevice], dict[str, Any]] = field(default=lambda _d: {})
+    extension: Callable[[ExtensionHost], Extension] | None = None
+    description: str = ""
+
+
+#: Every servable device, by the name ``pyvirtio serve <name>`` takes.
+SERVABLE: Mapping[str, ServeSpec] = {
+    "rng": ServeSpec("rng", _rng, StopPolicy.RESET, stats=_rng_stats,
+                     description="virtio-rng (pyvirtio.host.rng.Rng): a seeded SHA-256 entropy stream"),
+}
+
+
+__all__ = ["GENERIC_FAULTS", "SERVABLE", "Extension", "ExtensionHost", "Readers", "ServeSpec"]

@@ -1,0 +1,335 @@
+"""A real VM with a device served by an external vhost-user back-end process (``pyvirtio serve``).
+
+Contract:
+
+* :class:`BackendProcess` runs a back-end command (:func:`serve_command` builds ``pyvirtio serve``'s) in its
+  own process group, waits for its socket, and always leaves no process behind (:meth:`BackendProcess.stop`);
+* :class:`ServedVm` boots the harness's QEMU (:class:`~pyvirtio.vm.qemu.QemuVm`) with guest RAM on a shared
+  memfd (vhost-user needs it) and ``vhost-user-rng-pci`` at PCI slot :data:`SERVED_SLOT` connected to the socket,
+  unbinds every other virtio-rng in the guest so ``/dev/hwrng`` is the served one (:meth:`ServedVm.use_served_rng`,
+  and :meth:`ServedVm.use_builtin_rng` for a comparison), reads it (bytes over the serial console, or a
+  checksum for large reads), and takes the guest through S3 and s2idle;
+* the module imports nothing of the back-end: the two meet only through the socket and the report file.
+
+Errors are one-line :class:`~pyvirtio.vm.errors.VmError` s naming the log directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyvirtio
+from pyvirtio.host.rng import EntropySource
+from pyvirtio.machine import MachineType
+from pyvirtio.vm.disk import create_disk
+from pyvirtio.vm.errors import GuestTimeout, VmError
+from pyvirtio.vm.probes import GuestShell
+from pyvirtio.vm.provisioning import GuestAssets
+from pyvirtio.vm.qemu import MEMORY_MB, BootFiles, QemuVm
+
+#: PCI slot of the served device on the root bus (after the harness's own devices in every machine type).
+SERVED_SLOT = 0x10
+#: The guest's sysfs directory of the served device's PCI function.
+SERVED_PCI = f"0000:00:{SERVED_SLOT:02x}.0"
+_RNG_DRIVER = "/sys/bus/virtio/drivers/virtio_rng"
+_HWRNG = "/sys/class/misc/hw_random"
+_RNG_PARAMS = "/sys/module/rng_core/parameters"
+
+
+def serve_command(device: str, socket_path: Path, *, seed: int = 0, report: Path | None = None,
+                  faults: Sequence[str] = (), once: bool = True) -> list[str]:
+    """``pyvirtio serve <device> ...`` as an argv for this Python and this checkout."""
+    argv = [sys.executable, "-c", "from pyvirtio.cli import run; run()", "serve", device, "--socket",
+            str(socket_path), "--seed", str(seed)]
+    if once:
+        argv.append("--once")
+    if report is not None:
+        argv += ["--report", str(report)]
+    for f in faults:
+        argv += ["--fault", f]
+    return argv
+
+
+def vhost_user_args(socket_path: Path, device: str = "vhost-user-rng-pci", dev_id: str = "vurng0",
+                    memory_mb: int = MEMORY_MB) -> list[str]:
+    """QEMU arguments: guest RAM on a shared memfd, the socket chardev, the vhost-user device at its slot."""
+    return ["-object", f"memory-backend-memfd,id=vumem,size={memory_mb}M,share=on", "-numa", "node,memdev=vumem",
+            "-chardev", f"socket,id=vuchr0,path={socket_path}",
+            "-device", f"{device},chardev=vuchr0,id={dev_id},addr={SERVED_SLOT:#x}"]
+
+
+class BackendProcess:
+    """A vhost-user back-end process: started, its socket awaited, stopped for sure."""
+
+    def __init__(self, argv: list[str], socket_path: Path, logs: Path) -> None:
+        self.argv = argv
+        self.socket_path = socket_path
+        self.stdout_log = logs / "backend.stdout"
+        self.stderr_log = logs / "backend.stderr"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start it and wait until its socket exists (it is created atomically)."""
+        root = str(Path(pyvirtio.__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        with open(self.stdout_log, "wb") as out, open(self.stderr_log, "wb") as err:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not self.socket_path.exists():
+            if self.proc.poll() is not None:
+                raise VmError(f"the back-end exited ({self.proc.returncode}) before creating its socket: "
+                              f"{self.stderr()}")
+            if time.monotonic() > deadline:
+                raise GuestTimeout(f"the back-end did not create {self.socket_path} within {timeout:.0f} s")
+            time.sleep(0.02)
+
+    def stderr(self) -> str:
+        """The back-end's last stderr lines."""
+        with contextlib.suppress(OSError):
+            lines = [ln for ln in self.stderr_log.read_text(errors="replace").splitlines() if ln.strip()]
+            return " | ".join(lines[-3:])
+        return ""
+
+    def stdout(self) -> str:
+        """Everything the back-end printed on stdout (the summaries)."""
+        with contextlib.suppress(OSError):
+            return self.stdout_log.read_text(errors="replace")
+        return ""
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait for it to exit by itself; its exit status, or None if it is still running."""
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL to the group if it lingers; its exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10.0)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10.0)
+        return self.proc.returncode
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """One sleep/wake cycle as the guest saw it."""
+
+    state: str
+    ok: bool
+    detail: str
+
+
+class ServedVm:
+    """The harness's VM plus a vhost-user device on a shared-memory guest (see the module contract)."""
+
+    def __init__(self, assets: GuestAssets, machine_type: MachineType | str, socket_path: Path, logs: Path, *,
+                 device: str = "vhost-user-rng-pci", command_timeout: float = 60.0) -> None:
+        self.assets = assets
+        self.machine_type = MachineType(machine_type)
+        self.logs = logs
+        logs.mkdir(parents=True, exist_ok=True)
+        self.disk = logs / "disk.img"
+        files = BootFiles.for_boot(logs, socket_path.parent, 1)
+        self.vm = QemuVm(assets, self.machine_type, self.disk, files, extra=vhost_user_args(socket_path, device))
+        self.timeout = command_timeout
+        self.guest: GuestShell | None = None
+        self.boot_s = 0.0
+
+    @property
+    def g(self) -> GuestShell:
+        """The guest's shell (after :meth:`start`)."""
+        if self.guest is None:
+            raise VmError("the served VM is not started")
+        return self.guest
+
+    def start(self, boot_timeout: float = 120.0) -> None:
+        """Boot to the guest's shell; enable the serial wake-up source for s2idle."""
+        create_disk(self.disk)
+        self.vm.start()
+        self.boot_s = self.vm.wait_ready(boot_timeout)
+        self.guest = GuestShell(self.vm.console, self.assets.blk_pattern_md5, self.timeout)
+        self.g.sh("echo enabled > /sys/class/tty/ttyS0/power/wakeup")
+
+    def stop(self) -> None:
+        """Quit QEMU (the back-end sees the disconnect)."""
+        self.vm.stop()
+
+    # -- the rng ----------------------------------------------------------------------------------------------
+
+    def _rng_devices(self) -> list[tuple[str, bool]]:
+        out = self.g.sh("for d in /sys/bus/virtio/devices/virtio*; do [ $(cat $d/device) = 0x0004 ] && "
+                        "echo ${d##*/} $(readlink -f $d); done; true")
+        found = []
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                found.append((parts[0], f"/{SERVED_PCI}/" in parts[1]))
+        return found
+
+    def _only(self, served: bool) -> str:
+        devs = self._rng_devices()
+        if not any(s == served for _, s in devs):
+            raise VmError(f"no {'served' if served else 'built-in'} virtio-rng in the guest (found {devs})")
+        for name, s in devs:
+            bound = f"{_RNG_DRIVER}/{name}"
+            if s == served:
+                self.g.sh(f"[ -e {bound} ] || echo {name} > {_RNG_DRIVER}/bind")
+            else:
+                self.g.sh(f"[ ! -e {bound} ] || echo {name} > {_RNG_DRIVER}/unbind")
+        # the hwrng kthread would take bytes of the stream for the kernel's pool: quality 0 stops it, also for an
+        # rng registered again after a resume (default_quality)
+        self.g.sh(f"echo 0 > {_RNG_PARAMS}/default_quality; [ ! -w {_HWRNG}/rng_quality ] || "
+                  f"echo 0 > {_HWRNG}/rng_quality")
+        current = self.g.sh(f"cat {_HWRNG}/rng_current").strip()
+        if not current.startswith("virtio_rng"):
+            raise VmError(f"/dev/hwrng is {current!r}, not a virtio-rng")
+        return current
+
+    def use_served_rng(self) -> str:
+        """Make the served device the only virtio-rng bound (``/dev/hwrng`` reads it); its hwrng name."""
+        return self._only(True)
+
+    def use_builtin_rng(self) -> str:
+        """Make QEMU's built-in virtio-rng-pci the only one bound; its hwrng name."""
+        return self._only(False)
+
+    def read_hwrng(self, n: int, timeout: float | None = None) -> bytes:
+        """``n`` bytes read from /dev/hwrng by the guest (dd, 64-byte blocks), carried as hex over serial."""
+        blocks = (n + 63) // 64
+        out = self.g.sh(f"dd if=/dev/hwrng bs=64 count={blocks} 2>/dev/null | od -An -tx1 -v | tr -d ' \\n'",
+                        timeout or self.timeout)
+        data = bytes.fromhex("".join(out.split()))
+        return data[:n]
+
+    def dd_hwrng(self, total: int, bs: int = 4096, timeout: float | None = None) -> tuple[float, str, bytes]:
+        """``dd`` ``total`` bytes from /dev/hwrng into the guest's RAM: (seconds as the host saw them, md5 of the
+        bytes, their first 64 bytes)."""
+        count = total // bs
+        t0 = time.monotonic()
+        self.g.sh(f"dd if=/dev/hwrng of=/tmp/hwrng.bin bs={bs} count={count} 2>/dev/null", timeout or self.timeout)
+        secs = time.monotonic() - t0
+        out = self.g.sh("md5sum /tmp/hwrng.bin; head -c 64 /tmp/hwrng.bin | od -An -tx1 -v | tr -d ' \\n'; echo; "
+                        "wc -c < /tmp/hwrng.bin; rm /tmp/hwrng.bin")
+        lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
+        if len(lines) < 3 or not lines[2].isdigit() or int(lines[2]) != count * bs:
+            raise VmError(f"dd of {total} bytes from /dev/hwrng read {lines[2:3]} bytes")
+        return secs, lines[0].split()[0], bytes.fromhex(lines[1])
+
+    def round_trip(self) -> float:
+        """Seconds one empty guest command takes (the serial console's own cost)."""
+        t0 = time.monotonic()
+        self.g.sh("true")
+        return time.monotonic() - t0
+
+    # -- sleep ------------------------------------------------------------------------------------------------
+
+    def s3(self, timeout: float = 60.0) -> Sleep:
+        """``echo mem``, wait for QMP SUSPEND, ``system_wakeup``, wait for the shell."""
+        qmp = self.vm.qmp
+        assert qmp is not None
+        n = qmp.event_count()
+        pending = self.vm.console.start("echo mem > /sys/power/state")
+        try:
+            qmp.wait_event("SUSPEND", timeout, n, alive=self.vm.alive)
+        except GuestTimeout:
+            res = self.vm.console.wait(pending, 1.0)
+            return Sleep("S3", False, f"no QMP SUSPEND; 'echo mem' returned {res.rc}")
+        time.sleep(0.2)
+        qmp.execute("system_wakeup")
+        res = self.vm.console.wait(pending, timeout)
+        return Sleep("S3", res.rc == 0, f"suspended and woken; 'echo mem' returned {res.rc}")
+
+    def s2idle(self, timeout: float = 60.0, settle: float = 1.5) -> Sleep:
+        """``echo freeze``, let the guest reach s2idle, wake it with serial newlines; checked with suspend_stats."""
+        before = self.g.sh("cat /sys/power/suspend_stats/success").strip()
+        pending = self.vm.console.start("echo freeze > /sys/power/state")
+        time.sleep(settle)
+        deadline = time.monotonic() + timeout
+        while True:
+            self.vm.console.send("\n")
+            try:
+                res = self.vm.console.wait(pending, 1.0)
+                break
+            except GuestTimeout:
+                if time.monotonic() > deadline:
+                    raise
+        after = self.g.sh("cat /sys/power/suspend_stats/success").strip()
+        ok = res.rc == 0 and after != before
+        return Sleep("s2idle", ok, f"'echo freeze' returned {res.rc}; suspend_stats success {before} -> {after}")
+
+
+def entropy_stream(seed: int, n: int) -> bytes:
+    """The first ``n`` bytes the served rng model produces with ``seed`` (read in pieces: fast for megabytes)."""
+    src = EntropySource(seed)
+    return b"".join(src.read(min(4096, n - i)) for i in range(0, n, 4096))
+
+
+def find_in_stream(stream: bytes, data: bytes) -> int:
+    """Offset of ``data`` in ``stream``, or -1 (the guest's bytes must be a slice of the back-end's stream)."""
+    return stream.find(data) if data else -1
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Where a guest read lies in the back-end's stream: its first byte's offset, and the stretches other readers
+    took in between (the guest kernel's own hwrng thread reads the same device: ``(stream offset, bytes)``)."""
+
+    start: int
+    gaps: tuple[tuple[int, int], ...]
+
+    @property
+    def skipped(self) -> int:
+        """Bytes of the stream in between that the reader did not get."""
+        return sum(n for _, n in self.gaps)
+
+
+def align(stream: bytes, data: bytes, block: int = 64, window: int = 1 << 16) -> Alignment | None:
+    """Match ``data`` to ``stream`` ``block`` bytes at a time, in order (the hwrng core hands out whole 64-byte
+    buffers): every block must be the stream's bytes at its offset, each after the previous one and at most
+    ``window`` bytes further. None if some block is not there."""
+    if not data:
+        return None
+    first = stream.find(data[:block])
+    if first < 0:
+        return None
+    pos, gaps = first, []
+    for i in range(0, len(data), block):
+        piece = data[i:i + block]
+        if stream[pos:pos + len(piece)] != piece:
+            nxt = stream.find(piece, pos, pos + window + len(piece))
+            if nxt < 0:
+                return None
+            gaps.append((pos, nxt - pos))
+            pos = nxt
+        pos += len(piece)
+    return Alignment(first, tuple(gaps))
+
+
+def md5(data: bytes) -> str:
+    """Hex MD5 (what the guest's md5sum prints)."""
+    return hashlib.md5(data).hexdigest()
+
+
+__all__ = ["SERVED_PCI", "SERVED_SLOT", "Alignment", "BackendProcess", "ServedVm", "Sleep", "align",
+           "entropy_stream", "find_in_stream", "md5", "serve_command", "vhost_user_args"]
