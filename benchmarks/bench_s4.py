@@ -1,0 +1,110 @@
+"""One S4 cell of the PM matrix at GiB scale: wall time and peak memory, each in a fresh process.
+
+``pm run --profile suspend-bit+s4-replay --sleep S4 --resources N --resource-size S`` as the CLI runs it (the
+guest creates N zeroed resources of S bytes: "clean"), and the worst case where the guest also writes every
+pixel of every resource and transfers it to the host before hibernating ("dirty": every page of the resources
+is touched in guest RAM and in the host's copy, and the image carries all of it).
+
+Each cell runs in a child process so that ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is that cell's peak
+resident set size. The memory bound is peak RSS / (guest bytes written + host resource bytes); the host
+resource bytes are what RESOURCE_CREATE_2D reserved (framebuffers, cursor and the N resources), the guest bytes
+written are the pixels the guest wrote (the desktop, plus the N resources when dirty). The interpreter with
+numpy, matplotlib and the model loaded is about 90 MB of it.
+
+Run: ``python benchmarks/bench_s4.py [--resources 64] [--resource-size 16M] [--dirty]``. No assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PROFILE = "suspend-bit+s4-replay"
+
+
+def _dirty_populate() -> None:
+    """Make the scenario's populate (what the guest does before sleeping) also write a pattern into every extra
+    resource and transfer it to the host."""
+    import numpy as np
+
+    from pyvirtio.pm import gpu_probe, system
+
+    def populate(drv: Any, cfg: Any) -> None:
+        for i in range(cfg.scanouts):
+            drv.draw(i, gpu_probe.test_pattern(cfg.width, cfg.height, i))
+        width = 256 if cfg.resource_size <= 16 << 20 else 4096  # as gpu_probe.populate
+        height = max(1, cfg.resource_size // (width * 4))
+        for k in range(cfg.resources):
+            obj = drv.create_resource_2d(width, height)
+            img = np.empty((height, width, 4), np.uint8)
+            img[...] = np.random.default_rng(k).integers(0, 256, (1, width, 4), dtype=np.uint8)
+            drv.write_pixels(obj, img)
+            drv.transfer_to_host_2d(obj, (0, 0, width, height), wait=True)
+        drv.set_cursor(0, cfg.width // 2, cfg.height // 2)
+
+    system.populate = populate  # type: ignore[attr-defined]
+
+
+def child(resources: int, size: int, dirty: bool) -> dict[str, Any]:
+    """Run the cell here; returns its wall time, peak RSS and the bytes the bound is computed from."""
+    if dirty:
+        _dirty_populate()
+    from pyvirtio.pm.config import ScenarioConfig
+    from pyvirtio.pm.profiles import parse_profile
+    from pyvirtio.pm.scenario import run_cell
+
+    cfg = ScenarioConfig(resources=resources, resource_size=size)
+    t0 = time.perf_counter()
+    cell = run_cell(parse_profile(PROFILE), "S4", cfg)
+    wall = time.perf_counter() - t0
+    width = 256 if size <= 16 << 20 else 4096
+    res_bytes = resources * (size // (width * 4)) * width * 4
+    fb = cfg.scanouts * cfg.width * cfg.height * 4 + 64 * 64 * 4
+    guest_written = fb + (res_bytes if dirty else 0)
+    host = fb + res_bytes
+    return {"resources": resources, "resource_size": size, "dirty": dirty, "wall_s": wall,
+            "outcome": cell.outcome.value, "display_restored": cell.display_restored,
+            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "guest_ram": cfg.memory_size(), "guest_written": guest_written, "host_resource_bytes": host}
+
+
+def measure(resources: int, size: int, dirty: bool) -> dict[str, Any]:
+    """:func:`child` in a fresh interpreter (its own peak RSS); the process's wall time is added."""
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, __file__, "--child", "--resources", str(resources),
+                          "--resource-size", str(size)] + (["--dirty"] if dirty else []),
+                         check=True, capture_output=True, text=True).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result["process_s"] = time.perf_counter() - t0
+    result["rss_bound_ratio"] = result["peak_rss"] / (result["guest_written"] + result["host_resource_bytes"])
+    return result
+
+
+def parse_size(text: str) -> int:
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * mult[text[-1].upper()] if text[-1].upper() in mult else int(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--resources", type=int, default=64)
+    ap.add_argument("--resource-size", type=parse_size, default=16 << 20)
+    ap.add_argument("--dirty", action="store_true", help="the guest writes every resource and transfers it")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.resources, args.resource_size, args.dirty)))
+        return
+    print(json.dumps(measure(args.resources, args.resource_size, args.dirty), indent=1))
+
+
+if __name__ == "__main__":
+    main()
