@@ -11,7 +11,8 @@ resource bytes are what RESOURCE_CREATE_2D reserved (framebuffers, cursor and th
 written are the pixels the guest wrote (the desktop, plus the N resources when dirty). The interpreter with
 numpy, matplotlib and the model loaded is about 90 MB of it.
 
-Run: ``python benchmarks/bench_s4.py [--resources 64] [--resource-size 16M] [--dirty]``. No assertions.
+Run: ``python benchmarks/bench_s4.py [--resources 64] [--resource-size 16M] [--scanouts 2] [--dirty]``. No
+assertions.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def _dirty_populate() -> None:
     system.populate = populate  # type: ignore[attr-defined]
 
 
-def child(resources: int, size: int, dirty: bool) -> dict[str, Any]:
+def child(resources: int, size: int, dirty: bool, scanouts: int = 2) -> dict[str, Any]:
     """Run the cell here; returns its wall time, peak RSS and the bytes the bound is computed from."""
     if dirty:
         _dirty_populate()
@@ -61,7 +62,7 @@ def child(resources: int, size: int, dirty: bool) -> dict[str, Any]:
     from pyvirtio.pm.profiles import parse_profile
     from pyvirtio.pm.scenario import run_cell
 
-    cfg = ScenarioConfig(resources=resources, resource_size=size)
+    cfg = ScenarioConfig(resources=resources, resource_size=size, scanouts=scanouts)
     t0 = time.perf_counter()
     cell = run_cell(parse_profile(PROFILE), "S4", cfg)
     wall = time.perf_counter() - t0
@@ -70,17 +71,17 @@ def child(resources: int, size: int, dirty: bool) -> dict[str, Any]:
     fb = cfg.scanouts * cfg.width * cfg.height * 4 + 64 * 64 * 4
     guest_written = fb + (res_bytes if dirty else 0)
     host = fb + res_bytes
-    return {"resources": resources, "resource_size": size, "dirty": dirty, "wall_s": wall,
+    return {"resources": resources, "resource_size": size, "scanouts": scanouts, "dirty": dirty, "wall_s": wall,
             "outcome": cell.outcome.value, "display_restored": cell.display_restored,
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "guest_ram": cfg.memory_size(), "guest_written": guest_written, "host_resource_bytes": host}
 
 
-def measure(resources: int, size: int, dirty: bool) -> dict[str, Any]:
+def measure(resources: int, size: int, dirty: bool, scanouts: int = 2) -> dict[str, Any]:
     """:func:`child` in a fresh interpreter (its own peak RSS); the process's wall time is added."""
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, __file__, "--child", "--resources", str(resources),
-                          "--resource-size", str(size)] + (["--dirty"] if dirty else []),
+                          "--resource-size", str(size), "--scanouts", str(scanouts)] + (["--dirty"] if dirty else []),
                          check=True, capture_output=True, text=True).stdout
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     result["process_s"] = time.perf_counter() - t0
@@ -97,13 +98,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--resources", type=int, default=64)
     ap.add_argument("--resource-size", type=parse_size, default=16 << 20)
+    ap.add_argument("--scanouts", type=int, default=2)
     ap.add_argument("--dirty", action="store_true", help="the guest writes every resource and transfers it")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.resources, args.resource_size, args.dirty)))
+        print(json.dumps(child(args.resources, args.resource_size, args.dirty, args.scanouts)))
         return
-    print(json.dumps(measure(args.resources, args.resource_size, args.dirty), indent=1))
+    print(json.dumps(measure(args.resources, args.resource_size, args.dirty, args.scanouts), indent=1))
 
 
 if __name__ == "__main__":

@@ -61,6 +61,8 @@ MAX_REGIONS = 64
 ADDR_LIMIT = 1 << 64
 #: Bytes of region per digest (and the granularity of the holes of unwritten memory).
 CHUNK = 1 << 20
+#: Most bytes of consecutive data chunks written with one system call.
+_WRITE_RUN = 16 << 20
 #: Where regions start in the file and what their sizes are padded to (a multiple of every page size Linux uses,
 #: so a region can be mapped).
 ALIGN = 1 << 16
@@ -123,16 +125,22 @@ def write_image(path: str | Path, header: dict[str, Any], memory: GuestMemory) -
         fd = f.fileno()
         for r in memory.regions:
             written = r.written_chunks(CHUNK)
+            padded = _padded(r.size)
             view = memoryview(r.mm)
+            run = 0  # start of the bytes hashed but not written yet (a run of data chunks, written at once)
             try:
-                for j, off in enumerate(range(0, _padded(r.size), CHUNK)):
-                    n = min(CHUNK, _padded(r.size) - off)
-                    digests[k] = _write_chunk(fd, pos + off, view[off : off + n], n,
-                                              written is None or written[j])
+                for j, off in enumerate(range(0, padded, CHUNK)):
+                    n = min(CHUNK, padded - off)
+                    digest, data = _chunk(view[off : off + n], n, written is None or written[j])
+                    digests[k] = digest
                     k += 1
+                    if not data or off + n - run >= _WRITE_RUN:
+                        _pwrite_all(fd, view[run : off + n if data else off], pos + run)
+                        run = off + n
+                _pwrite_all(fd, view[run:padded], pos + run)
             finally:
                 view.release()
-            pos += _padded(r.size)
+            pos += padded
         prefix = _HEAD.pack(MAGIC, VERSION, len(raw), count) + raw + digests.tobytes()
         prefix += bytes(start - len(prefix))
         _pwrite_all(fd, prefix, 0)
@@ -140,22 +148,22 @@ def write_image(path: str | Path, header: dict[str, Any], memory: GuestMemory) -
     return pos + _DIGEST.size
 
 
-def _write_chunk(fd: int, at: int, data: memoryview, n: int, maybe_data: bool) -> int:
-    """Write one chunk (``data`` may stop short of ``n`` at the end of a region: the rest is zero padding) unless
-    it is all zeros; return its digest."""
+def _chunk(data: memoryview, n: int, maybe_data: bool) -> tuple[int, bool]:
+    """The digest of one chunk (``data`` may stop short of ``n`` at the end of a region: the rest is zero padding)
+    and whether it holds data (False: all zeros, left as a hole)."""
     if not maybe_data:
-        return _zero_digest(n)
+        return _zero_digest(n), False
     h = xxhash.xxh3_64(data)
     if len(data) < n:
         h.update(bytes(n - len(data)))
     digest = h.intdigest()
     if digest == _zero_digest(n) and not np.frombuffer(data, dtype=np.uint8).any():
-        return digest  # all zeros: leave a hole
-    _pwrite_all(fd, data, at)
-    return digest
+        return digest, False
+    return digest, True
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, at: int) -> None:
+    """Write all of ``data`` at file offset ``at`` (nothing for empty data: a hole stays a hole)."""
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, at)
