@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyvirtio.dma import GuestAllocator  # noqa: E402
-from pyvirtio.guest.gpu.driver import GpuDriver  # noqa: E402
-from pyvirtio.host.gpu import Gpu  # noqa: E402
-from pyvirtio.machine import Machine  # noqa: E402
+from pyvirtio.dma import GuestAllocator
+from pyvirtio.guest.gpu.driver import GpuDriver
+from pyvirtio.host.gpu import Gpu
+from pyvirtio.machine import Machine
 
 #: (group, path fragments), first match wins
 GROUPS = (
