@@ -3,7 +3,8 @@
 Contract: cells come in (profile, sleep state) order; with ``out_dir`` the report is written to
 ``out_dir/report.json`` and the before/after pictures to ``out_dir/images``. Cells are independent (each builds
 its own machine from the profile and the workload, and is deterministic), so ``jobs`` > 1 runs them in that many
-worker processes and merges the results in cell order: the report is the same whatever ``jobs`` is.
+processes (this one and ``jobs - 1`` workers) and merges the results in cell order: the report is the same
+whatever ``jobs`` is.
 Presentation (the table) is the CLI's (:mod:`pyvirtio.cli.pm`).
 """
 
@@ -30,8 +31,8 @@ def run_matrix(profiles: Iterable[Profile | str] = DEFAULT_PROFILES, sleeps: Ite
     ``jobs`` > 1: as its result is taken, in cell order).
 
     Profile names are parsed before anything runs (one-line :class:`~pyvirtio.errors.UserInputError`).
-    ``jobs`` worker processes (a fresh interpreter each: ``forkserver``, so nothing of this process's threads or
-    state is inherited) run the cells when there is more than one; ValueError unless 1 <= jobs <= JOBS_MAX.
+    With ``jobs`` > 1 the cells run in this process and ``jobs - 1`` worker processes (``forkserver``: nothing of
+    this process's threads or state is inherited); ValueError unless 1 <= jobs <= JOBS_MAX.
     """
     if not 1 <= jobs <= JOBS_MAX:
         raise ValueError(f"jobs must be 1..{JOBS_MAX}")
@@ -55,15 +56,25 @@ def run_matrix(profiles: Iterable[Profile | str] = DEFAULT_PROFILES, sleeps: Ite
 
 def _run_parallel(cells: list[tuple[Profile, SleepState]], cfg: ScenarioConfig, images: Path | None,
                   progress: Callable[[str], None] | None, jobs: int) -> list[CellResult]:
-    """The cells in ``jobs`` processes; results in cell order (the deterministic merge)."""
+    """The cells in this process and ``jobs - 1`` workers; results in cell order (the deterministic merge).
+
+    The workers take cells from the front; this process, which has the model loaded already, takes them from
+    the back (cancelling cells no worker has started yet) until it meets a cell a worker has: every cell runs
+    once, and no core waits while the workers start.
+    """
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])  # the server imports the model once; each worker is a fork of it
-    with ProcessPoolExecutor(max_workers=min(jobs, len(cells)), mp_context=context) as pool:
+    done: dict[int, CellResult] = {}
+    with ProcessPoolExecutor(max_workers=min(jobs - 1, len(cells) - 1), mp_context=context) as pool:
         futures: list[Future[CellResult]] = [pool.submit(run_cell, prof, sleep, cfg, out_dir=images)
                                              for prof, sleep in cells]
+        for i in reversed(range(len(cells))):
+            if not futures[i].cancel():
+                break
+            done[i] = run_cell(*cells[i], cfg, out_dir=images)
         out: list[CellResult] = []
-        for (prof, sleep), future in zip(cells, futures, strict=True):
+        for i, ((prof, sleep), future) in enumerate(zip(cells, futures, strict=True)):
             if progress:
                 progress(f"{prof.name} {sleep.value}")
-            out.append(future.result())
+            out.append(done[i] if i in done else future.result())
     return out
