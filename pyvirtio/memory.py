@@ -85,6 +85,8 @@ class Region:
     mm: mmap.mmap = field(init=False, repr=False)
     #: private anonymous pages only: a page the process never wrote reads as zero (false once a file is loaded)
     _anonymous: bool = field(init=False, repr=False, default=False)
+    #: a private mapping (anonymous, or a file loaded copy-on-write): nobody else sees it, it may be replaced
+    _private: bool = field(init=False, repr=False, default=False)
 
     def __post_init__(self) -> None:
         if self.base < 0 or self.size <= 0:
@@ -95,7 +97,7 @@ class Region:
             self.mm = mmap.mmap(self.fd, self.size, flags=mmap.MAP_SHARED)
         else:
             self.mm = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-            self._anonymous = True
+            self._anonymous = self._private = True
 
     @property
     def end(self) -> int:
@@ -173,14 +175,14 @@ class Region:
         """Make the region's bytes the ``size`` bytes of file ``fd`` from ``offset``, in place (the buffer does not
         move: views stay valid).
 
-        Anonymous memory becomes a private copy-on-write mapping of the file (MAP_FIXED over the region): nothing
-        is read until the guest touches a page, and a page is copied only when it is written. The file must then
-        stay unchanged while the region lives (as for any memory-mapped snapshot; an unlinked file is fine).
-        A memfd region keeps its memfd (other processes map it) and gets a kernel copy of the bytes. ``offset``
-        must be a multiple of ``mmap.ALLOCATIONGRANULARITY`` for the mapping; otherwise, and where the mapping
-        is refused, the bytes are copied. OSError if the file cannot be read.
+        Private memory (anonymous, or loaded before) becomes a private copy-on-write mapping of the file (MAP_FIXED
+        over the region): nothing is read until the guest touches a page, and a page is copied only when it is
+        written. The file must then stay unchanged while the region lives (as for any memory-mapped snapshot; an
+        unlinked file is fine). Shared memory (a memfd: other processes map it) keeps its backing and gets a kernel
+        copy of the bytes. ``offset`` must be a multiple of ``mmap.ALLOCATIONGRANULARITY`` for the mapping;
+        otherwise, and where the mapping is refused, the bytes are copied. OSError if the file cannot be read.
         """
-        if (self.backing is Backing.MEMFD or _mmap_fixed is None or offset % mmap.ALLOCATIONGRANULARITY
+        if (not self._private or _mmap_fixed is None or offset % mmap.ALLOCATIONGRANULARITY
                 or not self._map_fixed(fd, offset)):
             self._copy_from(fd, offset)
 

@@ -131,3 +131,16 @@ def test_locate_is_the_bounds_checked_buffer() -> None:
     assert mem.read(0x10010, 4) == b"abcd" and off == 0x10
     with pytest.raises(GuestMemoryError):
         mem.locate(0xFFE, 4)
+
+
+def test_a_loaded_region_loads_again(tmp_path: Path) -> None:
+    """A second load replaces the first one's content, guest writes included."""
+    g = mmap.ALLOCATIONGRANULARITY
+    p = tmp_path / "f"
+    p.write_bytes(b"A" * g + b"B" * g)
+    mem = GuestMemory(g)
+    with open(p, "rb") as f:
+        mem.regions[0].load_file(f.fileno(), 0)
+        mem.write(0, b"x")
+        mem.regions[0].load_file(f.fileno(), g)
+    assert mem.read(0, 2) == b"BB" and mem.read(g - 1, 1) == b"B"
