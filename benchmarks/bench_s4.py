@@ -54,7 +54,8 @@ def _dirty_populate() -> None:
     system.populate = populate  # type: ignore[attr-defined]
 
 
-def child(resources: int, size: int, dirty: bool, scanouts: int = 2) -> dict[str, Any]:
+def child(resources: int, size: int, dirty: bool, scanouts: int = 2, width: int = 320,
+          height: int = 200) -> dict[str, Any]:
     """Run the cell here; returns its wall time, peak RSS and the bytes the bound is computed from."""
     if dirty:
         _dirty_populate()
@@ -62,16 +63,17 @@ def child(resources: int, size: int, dirty: bool, scanouts: int = 2) -> dict[str
     from pyvirtio.pm.profiles import parse_profile
     from pyvirtio.pm.scenario import run_cell
 
-    cfg = ScenarioConfig(resources=resources, resource_size=size, scanouts=scanouts)
+    cfg = ScenarioConfig(resources=resources, resource_size=size, scanouts=scanouts, width=width, height=height)
     t0 = time.perf_counter()
     cell = run_cell(parse_profile(PROFILE), "S4", cfg)
     wall = time.perf_counter() - t0
-    width = 256 if size <= 16 << 20 else 4096
-    res_bytes = resources * (size // (width * 4)) * width * 4
+    res_width = 256 if size <= 16 << 20 else 4096  # as gpu_probe.populate
+    res_bytes = resources * (size // (res_width * 4)) * res_width * 4
     fb = cfg.scanouts * cfg.width * cfg.height * 4 + 64 * 64 * 4
     guest_written = fb + (res_bytes if dirty else 0)
     host = fb + res_bytes
-    return {"resources": resources, "resource_size": size, "scanouts": scanouts, "dirty": dirty, "wall_s": wall,
+    return {"resources": resources, "resource_size": size, "scanouts": scanouts, "scanout_size": f"{width}x{height}",
+            "dirty": dirty, "wall_s": wall,
             "outcome": cell.outcome.value, "display_restored": cell.display_restored,
             "peak_rss": peak_rss(),
             "guest_ram": cfg.memory_size(), "guest_written": guest_written, "host_resource_bytes": host}
@@ -90,12 +92,14 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure(resources: int, size: int, dirty: bool, scanouts: int = 2) -> dict[str, Any]:
+def measure(resources: int, size: int, dirty: bool, scanouts: int = 2, width: int = 320,
+            height: int = 200) -> dict[str, Any]:
     """:func:`child` in a fresh interpreter (its own peak RSS); the process's wall time is added."""
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, __file__, "--child", "--resources", str(resources),
-                          "--resource-size", str(size), "--scanouts", str(scanouts)] + (["--dirty"] if dirty else []),
-                         check=True, capture_output=True, text=True).stdout
+    args = ["--resources", str(resources), "--resource-size", str(size), "--scanouts", str(scanouts),
+            "--width", str(width), "--height", str(height)] + (["--dirty"] if dirty else [])
+    out = subprocess.run([sys.executable, __file__, "--child", *args], check=True, capture_output=True,
+                         text=True).stdout
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     result["process_s"] = time.perf_counter() - t0
     result["rss_bound_ratio"] = result["peak_rss"] / (result["guest_written"] + result["host_resource_bytes"])
@@ -112,13 +116,17 @@ def main() -> None:
     ap.add_argument("--resources", type=int, default=64)
     ap.add_argument("--resource-size", type=parse_size, default=16 << 20)
     ap.add_argument("--scanouts", type=int, default=2)
+    ap.add_argument("--width", type=int, default=320, help="of each scanout")
+    ap.add_argument("--height", type=int, default=200, help="of each scanout")
     ap.add_argument("--dirty", action="store_true", help="the guest writes every resource and transfers it")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.resources, args.resource_size, args.dirty, args.scanouts)))
+        print(json.dumps(child(args.resources, args.resource_size, args.dirty, args.scanouts, args.width,
+                               args.height)))
         return
-    print(json.dumps(measure(args.resources, args.resource_size, args.dirty, args.scanouts), indent=1))
+    print(json.dumps(measure(args.resources, args.resource_size, args.dirty, args.scanouts, args.width, args.height),
+                     indent=1))
 
 
 if __name__ == "__main__":

@@ -162,16 +162,18 @@ def scale(console: Console, out: dict[str, Any]) -> None:
     knobs: list[tuple[str, list[dict[str, Any]]]] = [
         ("resources (x 4 MiB)", [bench_s4.measure(n, 4 * MIB, True) for n in (16, 64, 256)]),
         ("resource size (x 16)", [bench_s4.measure(16, s, True) for s in (1 * MIB, 4 * MIB, 16 * MIB, 64 * MIB)]),
-        ("scanouts (320x200)", [bench_s4.measure(4, 256 << 10, True, scanouts=k) for k in (1, 4, 15)]),
+        ("scanouts (1920x1080)", [bench_s4.measure(4, 256 << 10, True, scanouts=k, width=1920, height=1080)
+                                  for k in (1, 4, 8, 15)]),
     ]
     t = Table(title="Scale: one S4 cell (suspend-bit+s4-replay, every resource written), fresh process each")
     for col in ("knob", "resources", "resource size", "scanouts", "guest RAM", "cell s", "process s", "peak RSS",
-                "RSS / (written + host)"):
+                "RSS / (written + host)", "written + host"):
         t.add_column(col)
     for knob, rows in knobs:
         for r in rows:
             t.add_row(knob, str(r["resources"]), _gb(r["resource_size"]), str(r["scanouts"]), _gb(r["guest_ram"]),
-                      f"{r['wall_s']:.2f}", f"{r['process_s']:.2f}", _gb(r["peak_rss"]), f"{r['rss_bound_ratio']:.2f}")
+                      f"{r['wall_s']:.2f}", f"{r['process_s']:.2f}", _gb(r["peak_rss"]), f"{r['rss_bound_ratio']:.2f}",
+                      _gb(r["guest_written"] + r["host_resource_bytes"]))
     console.print(t)
     cells = bench_matrix.cells_scale()
     m = Table(title="Scale: pm matrix --jobs 1, whole command")
