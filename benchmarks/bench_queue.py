@@ -1,31 +1,51 @@
 """Split-virtqueue throughput: chains per second through DriverQueue.add -> DeviceQueue.pop -> DeviceQueue.push
--> DriverQueue.get_used, for chains of 1 and 4 descriptors.
+-> DriverQueue.get_used, for chains of 1 and 4 descriptors (direct and indirect), one at a time and in batches of
+64 (the batch forms ``pop_many``/``push_many``/``drain_used``).
 
 Each result is printed beside a baseline measured in the same run over the same number of chains: the minimal
 Python work per chain (``struct`` unpack of one 16-byte descriptor + pack of one 8-byte used element on a
-bytearray). Wall-clock (``time.perf_counter``), best of ``REPEAT`` runs; no assertions on timing. About 10 s.
+bytearray). CPU time of this thread (``time.thread_time``: what other processes on a shared machine do counts
+less than in wall time), best of ``REPEAT`` interleaved runs; no assertions on timing.
 
-Run: ``python benchmarks/bench_queue.py``
+``--against REV`` also runs the one-at-a-time cases on the tree of git revision REV (``git archive``), in a child
+process, interleaved with this tree's: the speed-up in the same run.
+
+Run: ``python benchmarks/bench_queue.py [--against 0d0b508]``
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import struct
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, os.environ.get("PYVIRTIO_ROOT", str(ROOT)))
 
-from pyvirtio.dma import GuestAllocator
-from pyvirtio.memory import GuestMemory
-from pyvirtio.virtqueue import DeviceQueue, DriverQueue, RingLayout
+from pyvirtio.dma import GuestAllocator  # noqa: E402
+from pyvirtio.memory import GuestMemory  # noqa: E402
+from pyvirtio.virtqueue import DeviceQueue, DriverQueue, RingLayout  # noqa: E402
 
 N = 30_000  # chains per measurement
 REPEAT = 3  # runs per case (best taken); the baseline takes the best of REPEAT around each run
 SIZE = 256  # queue size
 SEG = 64  # bytes per segment
+#: (name, descriptors, batch, indirect)
+CASES = (
+    ("1 descriptor, one at a time", 1, 1, False),
+    ("4 descriptors, one at a time", 4, 1, False),
+    ("4 descriptors, indirect, one at a time", 4, 1, True),
+    ("1 descriptor, batches of 64", 1, 64, False),
+    ("4 descriptors, batches of 64", 4, 64, False),
+)
 
 
 def make_pair(indirect: bool) -> tuple[GuestMemory, GuestAllocator, DriverQueue, DeviceQueue]:
@@ -41,65 +61,108 @@ def make_pair(indirect: bool) -> tuple[GuestMemory, GuestAllocator, DriverQueue,
 
 
 def chains(ndesc: int, *, batch: int, indirect: bool = False) -> float:
-    """Seconds for N chains of ``ndesc`` descriptors (the last one device-writable), ``batch`` at a time."""
+    """CPU seconds for N chains of ``ndesc`` descriptors (the last one device-writable), ``batch`` at a time."""
     mem, alloc, drv, dev = make_pair(indirect)
     segs = [(alloc.alloc(SEG), SEG) for _ in range(ndesc)]
     out, in_ = segs[:-1], segs[-1:]
     add, pop, push, get_used = drv.add, dev.pop, dev.push, drv.get_used
     rounds = N // batch
-    t0 = time.perf_counter()
-    for _ in range(rounds):
-        for _ in range(batch):
+    t0 = time.thread_time()
+    if batch == 1:
+        for _ in range(rounds):
             add(out, in_, 1)
-        for _ in range(batch):
             chain = pop()
             push(chain.head, SEG)  # type: ignore[union-attr]
-        for _ in range(batch):
             get_used()
-    t = time.perf_counter() - t0
+    else:  # the batch forms: one avail.idx read per batch on the device, one used.idx write
+        pop_many, push_many, drain_used = dev.pop_many, dev.push_many, drv.drain_used
+        for _ in range(rounds):
+            for _ in range(batch):
+                add(out, in_, 1)
+            push_many([(c.head, SEG) for c in pop_many()])
+            drain_used()
+    t = time.thread_time() - t0
     assert drv.num_free == drv.num_max and dev.pop() is None
     mem.close()
     return t * N / (rounds * batch)
 
 
 def baseline() -> float:
-    """Seconds for N x (unpack one virtq_desc + pack one virtq_used_elem) on a bytearray."""
+    """CPU seconds for N x (unpack one virtq_desc + pack one virtq_used_elem) on a bytearray."""
     desc = struct.Struct("<QIHH")
     used = struct.Struct("<II")
     ring = bytearray(16 * SIZE + 8 * SIZE)
     unpack_from, pack_into = desc.unpack_from, used.pack_into
     used_base = 16 * SIZE
-    t0 = time.perf_counter()
+    t0 = time.thread_time()
     for i in range(N):
         j = i & (SIZE - 1)
         _addr, n, _flags, _next = unpack_from(ring, 16 * j)
         pack_into(ring, used_base + 8 * j, j, n)
-    return time.perf_counter() - t0
+    return time.thread_time() - t0
 
 
 def best(fn: Callable[[], float]) -> float:
     return min(fn() for _ in range(REPEAT))
 
 
+def _old_tree(rev: str, where: Path) -> Path:
+    """``pyvirtio`` of git revision ``rev`` unpacked under ``where``."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "pyvirtio"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+    return where
+
+
+def _case_in(tree: Path | None, ndesc: int, batch: int, indirect: bool) -> float:
+    """One run of a case, in this process (``tree`` None) or in a child on another tree."""
+    if tree is None:
+        return chains(ndesc, batch=batch, indirect=indirect)
+    env = {**os.environ, "PYVIRTIO_ROOT": str(tree), "PYTHONPATH": str(tree)}
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps([ndesc, batch, indirect])], env=env,
+                         check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def results(against: str | None = None, repeat: int = REPEAT) -> list[dict[str, Any]]:
+    """One dict per case: chains/s, the struct-loop baseline and the ratio (and with ``against``, the chains/s
+    of that revision in the same run and the speed-up)."""
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        old = _old_tree(against, Path(tmp)) if against else None
+        for name, ndesc, batch, indirect in CASES:
+            t_base = t = t_old = float("inf")
+            for _ in range(repeat):
+                # interleaved: the baseline (cheap) is re-measured around every run of the case, best of all taken,
+                # so a burst of load on the machine does not land on one side of the ratio only
+                t_base = min(t_base, best(baseline))
+                t = min(t, chains(ndesc, batch=batch, indirect=indirect))
+                if old is not None and batch == 1:
+                    t_old = min(t_old, _case_in(old, ndesc, batch, indirect))
+                t_base = min(t_base, best(baseline))
+            row: dict[str, Any] = {"case": name, "chains_per_s": N / t, "baseline_per_s": N / t_base,
+                                   "slower_than_baseline": t / t_base}
+            if t_old < float("inf"):
+                row.update(against=against, against_chains_per_s=N / t_old, speedup=t_old / t)
+            rows.append(row)
+    return rows
+
+
 def main() -> None:
-    cases: list[tuple[str, Callable[[], float]]] = [
-        ("1 descriptor,  one at a time", lambda: chains(1, batch=1)),
-        ("4 descriptors, one at a time", lambda: chains(4, batch=1)),
-        ("4 descriptors, indirect, one at a time", lambda: chains(4, batch=1, indirect=True)),
-        ("1 descriptor,  batches of 64", lambda: chains(1, batch=64)),
-        ("4 descriptors, batches of 64", lambda: chains(4, batch=64)),
-    ]
-    print(f"split virtqueue, size {SIZE}, {N:,} chains per run, best of {REPEAT} (wall clock)")
-    print(f"{'case':40} {'chains/s':>12} {'us/chain':>9} {'baseline/s':>12} {'slower than baseline':>21}")
-    for name, fn in cases:
-        # interleave: the baseline (cheap) is re-measured around every run of the case, best of all taken,
-        # so a burst of load on the machine does not land on one side of the ratio only
-        t_base = t = float("inf")
-        for _ in range(REPEAT):
-            t_base = min(t_base, best(baseline))
-            t = min(t, fn())
-            t_base = min(t_base, best(baseline))
-        print(f"{name:40} {N / t:12,.0f} {t / N * 1e6:9.2f} {N / t_base:12,.0f} {t / t_base:20.1f}x")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--against", metavar="REV", help="also run the one-at-a-time cases on git revision REV")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        ndesc, batch, indirect = json.loads(args.child)
+        print(chains(ndesc, batch=batch, indirect=indirect))
+        return
+    print(f"split virtqueue, size {SIZE}, {N:,} chains per run, best of {REPEAT} (CPU time)")
+    print(f"{'case':40} {'chains/s':>12} {'us/chain':>9} {'baseline/s':>12} {'vs baseline':>12} {'speed-up':>9}")
+    for r in results(args.against):
+        up = f"{r['speedup']:8.2f}x" if "speedup" in r else ""
+        print(f"{r['case']:40} {r['chains_per_s']:12,.0f} {1e6 / r['chains_per_s']:9.2f} {r['baseline_per_s']:12,.0f}"
+              f" {r['slower_than_baseline']:11.1f}x {up:>9}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pyvirtio.cli.common import (
     yes_no,
 )
 from pyvirtio.pm.config import RESOURCE_SIZE_MAX, SEED_MAX, ScenarioConfig
-from pyvirtio.pm.matrix import run_matrix
+from pyvirtio.pm.matrix import JOBS_MAX, run_matrix
 from pyvirtio.pm.profiles import DEFAULT_PROFILES, DESCRIPTIONS, Profile
 from pyvirtio.pm.scenario import SLEEP_STATES, run_cell
 from pyvirtio.report import CellResult, Report, ResourceFate, SleepState, Source
@@ -87,9 +87,11 @@ def pm() -> None:
               show_default=True, help="Where report.json, the before/after PNGs and the timelines go (images/).")
 @click.option("--profile", "profiles", callback=parse_profiles, multiple=True,
               help="Profiles to run (default: the standard rows).")
+@click.option("--jobs", type=click.IntRange(1, JOBS_MAX), default=1, show_default=True,
+              help="Worker processes running the cells (the report is the same whatever the number).")
 @scenario_options
-def matrix(out_dir: Path, profiles: tuple[Profile, ...], resources: int, resource_size: int, scanouts: int,
-           seed: int) -> None:
+def matrix(out_dir: Path, profiles: tuple[Profile, ...], jobs: int, resources: int, resource_size: int,
+           scanouts: int, seed: int) -> None:
     """Every profile through S3, s2idle and S4: table, pictures, timelines and a JSON report."""
     cfg = _config(resources, resource_size, scanouts, seed)
     output_dir(out_dir)
@@ -101,7 +103,7 @@ def matrix(out_dir: Path, profiles: tuple[Profile, ...], resources: int, resourc
         def step(label: str) -> None:
             bar.update(task, advance=1 if bar.tasks[task].description != "cells" else 0, description=label)
 
-        report = run_matrix(rows, SLEEP_STATES, cfg, out_dir, progress=step)
+        report = run_matrix(rows, SLEEP_STATES, cfg, out_dir, progress=step, jobs=jobs)
     out.print(table(report.cells))
     out.print(shown(f"{len(report.cells)} cells in {time.perf_counter() - t0:.1f} s; report {out_dir / 'report.json'}, "
               f"pictures in {out_dir / 'images'}"), markup=False, highlight=False)

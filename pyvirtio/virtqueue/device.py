@@ -11,6 +11,7 @@ nothing outside guest RAM is ever touched.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from pyvirtio.errors import GuestMemoryError, InvalidStateError, QueueError
 from pyvirtio.memory import GuestMemory
@@ -33,8 +34,11 @@ from pyvirtio.virtqueue.chain import DESC_STRUCT, DescriptorChain, Segment
 from pyvirtio.virtqueue.layout import (
     RingLayout,
     avail_event_offset,
+    avail_ring_size,
+    desc_table_size,
     is_valid_queue_size,
     used_event_offset,
+    used_ring_size,
     vring_need_event,
 )
 from pyvirtio.virtqueue.state import QueueState
@@ -44,13 +48,17 @@ __all__ = ["DeviceQueue"]
 _U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")
 _ADDR_LIMIT = 1 << 64
-#: Indirect tables up to this many bytes are copied whole before the walk (cheaper than per-entry reads).
-_INDIRECT_COPY_MAX = 4096
 
 _F_NEXT = int(DescFlag.NEXT)
 _F_WRITE = int(DescFlag.WRITE)
 _F_INDIRECT = int(DescFlag.INDIRECT)
+_F_SPECIAL = _F_NEXT | _F_INDIRECT
 _M = VIRTQ_IDX_MASK
+# bound methods of precompiled Structs: the hot path calls them directly on the ring buffers
+_U16_UNPACK = _U16.unpack_from
+_U16_PACK = _U16.pack_into
+_USED_PACK = _USED_ELEM.pack_into
+_DESC_UNPACK = DESC_STRUCT.unpack_from
 
 
 class DeviceQueue:
@@ -98,6 +106,19 @@ class DeviceQueue:
         self._used_entries = self._used + VIRTQ_RING_ENTRIES
         self._used_event_addr = self._avail + used_event_offset(n)
         self._avail_event_addr = self._used + avail_event_offset(n)
+
+    def _bind(self) -> None:
+        """Resolve the three ring parts (already checked to lie inside guest memory) to their buffers once, so
+        the hot path packs and unpacks at fixed offsets (:meth:`GuestMemory.locate`)."""
+        mem, n = self.mem, self._size
+        self._dbuf, self._doff = mem.locate(self._desc, desc_table_size(n))
+        self._abuf, aoff = mem.locate(self._avail, avail_ring_size(n))
+        self._ubuf, uoff = mem.locate(self._used, used_ring_size(n))
+        self._aidx_off = aoff + VIRTQ_RING_IDX
+        self._aent_off = aoff + VIRTQ_RING_ENTRIES
+        self._uidx_off = uoff + VIRTQ_RING_IDX
+        self._uent_off = uoff + VIRTQ_RING_ENTRIES
+        self._aevt_off = uoff + avail_event_offset(n)
 
     def _check_configurable(self, what: str) -> None:
         if self._ready:
@@ -201,6 +222,7 @@ class DeviceQueue:
         if problem is not None:
             raise QueueError(problem[1])
         self._cache()
+        self._bind()
         self._shadow_avail = self._next_avail
         self._ready = True
         if not self._notify:  # set_notification(False) before the queue was enabled
@@ -225,13 +247,14 @@ class DeviceQueue:
 
     # -- runtime
 
+    def _idx_error(self, idx: int) -> QueueError:
+        return QueueError(f"available idx {idx} is {(idx - self._next_avail) & _M} ahead of next_avail "
+                          f"{self._next_avail}, more than queue size {self._size} (§2.7.6)")
+
     def _read_avail_idx(self) -> int:
-        idx: int = self.mem.unpack_from(_U16, self._avail_idx_addr)[0]
+        idx: int = _U16_UNPACK(self._abuf, self._aidx_off)[0]
         if (idx - self._next_avail) & _M > self._size:
-            raise QueueError(
-                f"available idx {idx} is {(idx - self._next_avail) & _M} ahead of next_avail "
-                f"{self._next_avail}, more than queue size {self._size} (§2.7.6)"
-            )
+            raise self._idx_error(idx)
         self._shadow_avail = idx
         return idx
 
@@ -239,10 +262,7 @@ class DeviceQueue:
         """Chains the driver made available that the device has not popped (re-reads avail.idx)."""
         if not self._ready:
             return 0
-        try:
-            return (self._read_avail_idx() - self._next_avail) & _M
-        except GuestMemoryError as e:  # pragma: no cover - ring addresses were validated in activate()
-            raise QueueError(str(e)) from e
+        return (self._read_avail_idx() - self._next_avail) & _M
 
     def pop(self) -> DescriptorChain | None:
         """Take the next available chain (§2.7.13), or None if there is none (or the queue is not ready).
@@ -251,45 +271,91 @@ class DeviceQueue:
         """
         if not self._ready:
             return None
-        mem = self.mem
         na = self._next_avail
-        try:
-            if na == self._shadow_avail and self._read_avail_idx() == na:
+        abuf = self._abuf
+        if na == self._shadow_avail:
+            idx: int = _U16_UNPACK(abuf, self._aidx_off)[0]
+            if (idx - na) & _M > self._size:
+                raise self._idx_error(idx)
+            self._shadow_avail = idx
+            if idx == na:
                 return None  # spec: dev:split/avail-event#3 (a notification that brought nothing new)
-            head: int = mem.unpack_from(_U16, self._avail_entries + VIRTQ_AVAIL_ELEM_SIZE * (na & self._mask))[0]
-            if head >= self._size:
-                raise QueueError(f"available ring entry {na} names head {head} >= queue size {self._size}")
+        head: int = _U16_UNPACK(abuf, self._aent_off + VIRTQ_AVAIL_ELEM_SIZE * (na & self._mask))[0]
+        if head >= self._size:
+            raise QueueError(f"available ring entry {na} names head {head} >= queue size {self._size}")
+        na = (na + 1) & _M
+        self._next_avail = na
+        if self._event_idx and self._notify:
+            # §2.7.10: ask for a kick once the driver passes what we have consumed (QEMU virtqueue_pop)
+            _U16_PACK(self._ubuf, self._aevt_off, na)
+        addr, ln, flags, _ = _DESC_UNPACK(self._dbuf, self._doff + VIRTQ_DESC_SIZE * head)
+        if flags & _F_SPECIAL or not self.mem.contains(addr, ln):
+            return self._walk(head)
+        # the common case, one direct descriptor inside guest memory (what _walk decides for it too)
+        if flags & _F_WRITE:
+            return DescriptorChain(head, [], [(addr, ln)])
+        return DescriptorChain(head, [(addr, ln)], [])
+
+    def pop_many(self, limit: int | None = None) -> list[DescriptorChain]:
+        """Every available chain (at most ``limit``), reading avail.idx once: the batch form of :meth:`pop`, with
+        the same checks per chain. A ring-level error raises :class:`QueueError` at the chain :meth:`pop` would
+        raise it for: when chains come before it they are returned, and the next call raises."""
+        if not self._ready:
+            return []
+        na = self._next_avail
+        count = (self._read_avail_idx() - na) & _M
+        if limit is not None and limit < count:
+            count = limit
+        out: list[DescriptorChain] = []
+        abuf, aent, mask, size = self._abuf, self._aent_off, self._mask, self._size
+        dbuf, doff, contains = self._dbuf, self._doff, self.mem.contains
+        for _ in range(count):
+            head: int = _U16_UNPACK(abuf, aent + VIRTQ_AVAIL_ELEM_SIZE * (na & mask))[0]
+            if head >= size:
+                if out:
+                    break
+                raise QueueError(f"available ring entry {na} names head {head} >= queue size {size}")
             na = (na + 1) & _M
             self._next_avail = na
-            if self._event_idx and self._notify:
-                # §2.7.10: ask for a kick once the driver passes what we have consumed (QEMU virtqueue_pop)
-                mem.pack_into(_U16, self._avail_event_addr, na)
-            return self._walk(head)
-        except GuestMemoryError as e:  # pragma: no cover - every address is checked before it is used
-            raise QueueError(str(e)) from e
+            addr, ln, flags, _ = _DESC_UNPACK(dbuf, doff + VIRTQ_DESC_SIZE * head)
+            if flags & _F_SPECIAL or not contains(addr, ln):
+                out.append(self._walk(head))
+            elif flags & _F_WRITE:
+                out.append(DescriptorChain(head, [], [(addr, ln)]))
+            else:
+                out.append(DescriptorChain(head, [(addr, ln)], []))
+        if out and self._event_idx and self._notify:
+            _U16_PACK(self._ubuf, self._aevt_off, na)  # §2.7.10, as pop writes it after each chain
+        return out
 
     def _walk(self, head: int) -> DescriptorChain:
         """Follow the chain at ``head`` applying every MUST of §2.7.4-§2.7.5.3."""
         # spec: dev:split/desc#2
         # The walk only reads descriptors (direct and indirect); nothing here writes the descriptor table.
-        mem = self.mem
-        unpack = mem.unpack_from
-        contains = mem.contains
-        desc_base = self._desc
+        buf, base = self._dbuf, self._doff
+        contains = self.mem.contains
+        addr, ln, flags, nxt = _DESC_UNPACK(buf, base + VIRTQ_DESC_SIZE * head)
+        if not flags & _F_SPECIAL:  # the common case: one direct descriptor
+            if not contains(addr, ln):
+                return DescriptorChain(head, error=f"descriptor {head} [{addr:#x}, +{ln:#x}) is outside guest memory")
+            if flags & _F_WRITE:
+                return DescriptorChain(head, [], [(addr, ln)])
+            return DescriptorChain(head, [(addr, ln)], [])
         size = self._size
         readable: list[Segment] = []
         writable: list[Segment] = []
+        total = 0
         i = head
         hops = 0
         while True:
-            addr, ln, flags, nxt = unpack(DESC_STRUCT, desc_base + VIRTQ_DESC_SIZE * i)
             # spec: dev:split/indirect#1, dev:split/indirect#2
             # INDIRECT is looked at before WRITE (ignored on the descriptor that refers to a table), and may end
             # a chain of any number of direct descriptors.
             if flags & _F_INDIRECT:
-                err = self._walk_indirect(addr, ln, flags, readable, writable)
-                if err is not None:
-                    return DescriptorChain(head, error=err)
+                added = self._walk_indirect(addr, ln, flags, readable, writable)
+                if isinstance(added, str):
+                    return DescriptorChain(head, error=added)
+                total += added
                 break
             if not contains(addr, ln):
                 return DescriptorChain(head, error=f"descriptor {i} [{addr:#x}, +{ln:#x}) is outside guest memory")
@@ -299,6 +365,7 @@ class DeviceQueue:
                 return DescriptorChain(head, error=f"device-readable descriptor {i} after a device-writable one")
             else:
                 readable.append((addr, ln))
+            total += ln
             if not flags & _F_NEXT:
                 break
             if nxt >= size:
@@ -307,18 +374,19 @@ class DeviceQueue:
             if hops >= size:
                 return DescriptorChain(head, error=f"descriptor chain at head {head} loops (> {size} descriptors)")
             i = nxt
+            addr, ln, flags, nxt = _DESC_UNPACK(buf, base + VIRTQ_DESC_SIZE * i)
         count = len(readable) + len(writable)
         if count > size:
             return DescriptorChain(head, error=f"chain of {count} descriptors is longer than queue size {size}")
-        total = sum(n for _, n in readable) + sum(n for _, n in writable)
         if total > VIRTQ_MAX_CHAIN_BYTES:
             return DescriptorChain(head, error=f"chain of {total} bytes is longer than 2^32 bytes")
         return DescriptorChain(head, readable, writable)
 
     def _walk_indirect(
         self, table: int, table_len: int, flags: int, readable: list[Segment], writable: list[Segment]
-    ) -> str | None:
-        """Append the segments of the indirect table at ``table``; return an error string on a violation."""
+    ) -> str | int:
+        """Append the segments of the indirect table at ``table``; return the bytes they add, or an error string on
+        a violation."""
         if not self._indirect:
             return "INDIRECT descriptor without VIRTIO_F_INDIRECT_DESC (§2.7.5.3.1)"
         if flags & _F_NEXT:
@@ -328,21 +396,16 @@ class DeviceQueue:
         n = table_len // VIRTQ_DESC_SIZE
         if n > VIRTQ_MAX_INDIRECT_ENTRIES:
             return f"indirect table of {n} entries exceeds {VIRTQ_MAX_INDIRECT_ENTRIES}"
-        if not self.mem.contains(table, table_len):
-            return f"indirect table [{table:#x}, +{table_len:#x}) is outside guest memory"
-        # small tables: one copy, then unpack from bytes; large ones: read only the entries the walk visits
-        raw = self.mem.read(table, table_len) if table_len <= _INDIRECT_COPY_MAX else None
-        unpack_from = DESC_STRUCT.unpack_from
-        mem_unpack = self.mem.unpack_from
         contains = self.mem.contains
+        if not contains(table, table_len):
+            return f"indirect table [{table:#x}, +{table_len:#x}) is outside guest memory"
+        buf, base = self.mem.locate(table, table_len)  # the walk reads only the entries it visits
         budget = self._size - len(readable) - len(writable)  # §2.7.5.3.1: chain length <= Queue Size
+        total: int = 0
         j = 0
         hops = 0
         while True:
-            if raw is not None:
-                addr, ln, f, nxt = unpack_from(raw, VIRTQ_DESC_SIZE * j)
-            else:
-                addr, ln, f, nxt = mem_unpack(DESC_STRUCT, table + VIRTQ_DESC_SIZE * j)
+            addr, ln, f, nxt = _DESC_UNPACK(buf, base + VIRTQ_DESC_SIZE * j)
             if f & _F_INDIRECT:
                 return f"INDIRECT flag inside indirect table entry {j} (§2.7.5.3.1)"
             if not contains(addr, ln):
@@ -353,12 +416,13 @@ class DeviceQueue:
                 return f"device-readable indirect entry {j} after a device-writable descriptor"
             else:
                 readable.append((addr, ln))
+            total += ln
             budget -= 1
             if budget < 0:
                 count = len(readable) + len(writable)
                 return f"chain of {count}+ descriptors is longer than queue size {self._size}"
             if not f & _F_NEXT:
-                return None
+                return total
             if nxt >= n:
                 return f"indirect entry {j} next {nxt} >= table size {n}"
             hops += 1
@@ -381,16 +445,37 @@ class DeviceQueue:
         nu = self._next_used
         if nu == self._next_avail:
             raise QueueError("push without a popped chain in flight")
-        mem = self.mem
-        try:
-            # spec: dev:split/used#1
-            mem.pack_into(_USED_ELEM, self._used_entries + VIRTQ_USED_ELEM_SIZE * (nu & self._mask), head, written)
-            nu = (nu + 1) & _M
-            mem.pack_into(_U16, self._used_idx_addr, nu)  # §2.7.8: len is set before idx
-        except GuestMemoryError as e:  # pragma: no cover
-            raise QueueError(str(e)) from e
+        buf = self._ubuf
+        # spec: dev:split/used#1
+        _USED_PACK(buf, self._uent_off + VIRTQ_USED_ELEM_SIZE * (nu & self._mask), head, written)
+        nu = (nu + 1) & _M
+        _U16_PACK(buf, self._uidx_off, nu)  # §2.7.8: len is set before idx
         self._next_used = nu
         self._num_added += 1
+
+    def push_many(self, items: Sequence[tuple[int, int]]) -> None:
+        """:meth:`push` of every ``(head, written)`` in order, with one used.idx update after the last element
+        (§2.7.8: the elements are written before idx). The checks of :meth:`push` apply to each item before
+        anything is written: on a misuse nothing is pushed."""
+        if not self._ready:
+            raise QueueError("push on a queue that is not ready")
+        nu = self._next_used
+        if len(items) > (self._next_avail - nu) & _M:
+            raise QueueError(f"push of {len(items)} chains, {(self._next_avail - nu) & _M} in flight")
+        size = self._size
+        for head, written in items:
+            if not 0 <= head < size:
+                raise QueueError(f"push of head {head} outside queue size {size}")
+            if not 0 <= written <= VIRTQ_DESC_LEN_MAX:
+                raise QueueError(f"used length {written} is not a 32-bit value")
+        buf, ent, mask = self._ubuf, self._uent_off, self._mask
+        for head, written in items:
+            # spec: dev:split/used#1
+            _USED_PACK(buf, ent + VIRTQ_USED_ELEM_SIZE * (nu & mask), head, written)
+            nu = (nu + 1) & _M
+        _U16_PACK(buf, self._uidx_off, nu)
+        self._next_used = nu
+        self._num_added += len(items)
 
     def needs_notification(self) -> bool:
         """Whether the pushes since the last call need a used buffer notification (§2.7.7).
@@ -502,6 +587,7 @@ class DeviceQueue:
         q._cache()
         q._shadow_avail = state.next_avail
         if state.ready:
+            q._bind()
             q._ready = True
             if not state.event_idx:
                 flags: int = mem.unpack_from(_U16, q._used + VIRTQ_RING_FLAGS)[0]

@@ -52,6 +52,11 @@ _F_NEXT = int(DescFlag.NEXT)
 _F_WRITE = int(DescFlag.WRITE)
 _F_INDIRECT = int(DescFlag.INDIRECT)
 _NO_TABLE = -1
+# bound methods of precompiled Structs: the hot path calls them directly on the ring buffers
+_U16_PACK = _U16.pack_into
+_U16_UNPACK = _U16.unpack_from
+_USED_UNPACK = _USED_ELEM.unpack_from
+_DESC_PACK = DESC_STRUCT.pack_into
 
 
 class QueueFull(QueueError):
@@ -97,6 +102,15 @@ class DriverQueue:
         self._used_idx_addr = layout.used + VIRTQ_RING_IDX
         self._used_entries = layout.used + VIRTQ_RING_ENTRIES
         self._avail_event_addr = layout.used + avail_event_offset(n)
+        # the three parts were checked to lie inside guest memory: resolve them to buffers once (hot path)
+        self._dbuf, self._doff = mem.locate(layout.desc, desc_table_size(n))
+        self._abuf, aoff = mem.locate(layout.avail, avail_ring_size(n))
+        self._ubuf, uoff = mem.locate(layout.used, used_ring_size(n))
+        self._aidx_off = aoff + VIRTQ_RING_IDX
+        self._aent_off = aoff + VIRTQ_RING_ENTRIES
+        self._uevt_off = aoff + used_event_offset(n)
+        self._uidx_off = uoff + VIRTQ_RING_IDX
+        self._uent_off = uoff + VIRTQ_RING_ENTRIES
         self._init_rings()
 
     def _init_rings(self) -> None:
@@ -109,10 +123,8 @@ class DriverQueue:
         self._free_next = [*range(1, n), 0]  # Linux desc_extra[].next: free list, then chain links
         self._free_head = 0
         self._num_free = n
-        self._data: list[object | None] = [None] * n
-        self._ndesc = [0] * n
-        self._table = [_NO_TABLE] * n
-        self._in_len = [0] * n
+        # per head in flight: (token, descriptors used, indirect table or _NO_TABLE, device-writable bytes)
+        self._heads: list[tuple[object, int, int, int] | None] = [None] * n
         self._avail_idx = 0
         self._num_added = 0
         self._last_used = 0
@@ -177,22 +189,25 @@ class DriverQueue:
         total = n_out + len(in_)
         if total == 0:
             raise ValueError("a buffer needs at least one segment")
+        if total == 1:
+            return self._add_one(out[0] if n_out else in_[0], not n_out, token)
         # spec: drv:split/indirect#3, drv:split/framing#2
         if total > self._n:
             raise QueueError(f"chain of {total} descriptors is longer than queue size {self._n} (§2.7.5.3.1)")
+        out_len = 0
+        for addr, ln in out:
+            # spec: drv:reserved-features#3
+            if not (0 <= addr < _ADDR_LIMIT and 0 <= ln <= VIRTQ_DESC_LEN_MAX):
+                raise ValueError(f"segment ({addr:#x}, {ln:#x}) is not a 64-bit address and 32-bit length")
+            out_len += ln
         in_len = 0
-        all_len = 0
-        for writable, segs in ((False, out), (True, in_)):
-            for addr, ln in segs:
-                # spec: drv:reserved-features#3
-                if not (0 <= addr < _ADDR_LIMIT and 0 <= ln <= VIRTQ_DESC_LEN_MAX):
-                    raise ValueError(f"segment ({addr:#x}, {ln:#x}) is not a 64-bit address and 32-bit length")
-                all_len += ln
-                if writable:
-                    in_len += ln
+        for addr, ln in in_:
+            if not (0 <= addr < _ADDR_LIMIT and 0 <= ln <= VIRTQ_DESC_LEN_MAX):
+                raise ValueError(f"segment ({addr:#x}, {ln:#x}) is not a 64-bit address and 32-bit length")
+            in_len += ln
         # spec: drv:split/desc#1
-        if all_len > CHAIN_BYTES_MAX:
-            raise ValueError(f"buffer of {all_len:#x} bytes is longer than 2^32 bytes (§2.7.5.2)")
+        if out_len + in_len > CHAIN_BYTES_MAX:
+            raise ValueError(f"buffer of {out_len + in_len:#x} bytes is longer than 2^32 bytes (§2.7.5.2)")
         table = _NO_TABLE
         # spec: drv:split/indirect#1
         if self.indirect and total > 1 and self._num_free and self.alloc is not None:
@@ -203,22 +218,19 @@ class DriverQueue:
         needed = 1 if table != _NO_TABLE else total
         if self._num_free < needed:
             raise QueueFull(f"{needed} descriptors needed, {self._num_free} free")
-        mem = self.mem
-        pack_into = mem.pack_into
         free_next = self._free_next
         head = self._free_head
-        desc = self._desc
+        dbuf, doff = self._dbuf, self._doff
         if table != _NO_TABLE:
-            buf = bytearray(VIRTQ_DESC_SIZE * total)
+            tbuf, toff = self.mem.locate(table, VIRTQ_DESC_SIZE * total)  # the allocator's block: in guest RAM
             last = total - 1
             for j, (addr, ln) in enumerate((*out, *in_)):
                 # spec: drv:split/framing#1, drv:split/indirect#2
                 flags = (_F_WRITE if j >= n_out else 0) | (_F_NEXT if j < last else 0)
-                DESC_STRUCT.pack_into(buf, VIRTQ_DESC_SIZE * j, addr, ln, flags, j + 1)
-            mem.write(table, buf)
+                _DESC_PACK(tbuf, toff + VIRTQ_DESC_SIZE * j, addr, ln, flags, j + 1)
             nxt = free_next[head]
             # spec: drv:split/indirect#4
-            pack_into(DESC_STRUCT, desc + VIRTQ_DESC_SIZE * head, table, VIRTQ_DESC_SIZE * total, _F_INDIRECT, nxt)
+            _DESC_PACK(dbuf, doff + VIRTQ_DESC_SIZE * head, table, VIRTQ_DESC_SIZE * total, _F_INDIRECT, nxt)
             self._free_head = nxt
         else:
             # spec: drv:split/framing#1
@@ -227,26 +239,49 @@ class DriverQueue:
             for addr, ln in out:
                 j += 1
                 nxt = free_next[i]
-                pack_into(DESC_STRUCT, desc + VIRTQ_DESC_SIZE * i, addr, ln, _F_NEXT if j < total else 0, nxt)
+                _DESC_PACK(dbuf, doff + VIRTQ_DESC_SIZE * i, addr, ln, _F_NEXT if j < total else 0, nxt)
                 i = nxt
             for addr, ln in in_:
                 j += 1
                 nxt = free_next[i]
-                flags = _F_WRITE | _F_NEXT if j < total else _F_WRITE
-                pack_into(DESC_STRUCT, desc + VIRTQ_DESC_SIZE * i, addr, ln, flags, nxt)
+                _DESC_PACK(dbuf, doff + VIRTQ_DESC_SIZE * i, addr, ln, _F_WRITE | _F_NEXT if j < total else _F_WRITE,
+                           nxt)
                 i = nxt
             self._free_head = i
         self._num_free -= needed
-        self._data[head] = token
-        self._ndesc[head] = needed
-        self._table[head] = table
-        self._in_len[head] = in_len
+        self._heads[head] = (token, needed, table, in_len)
         # §2.7.13.2-3: ring entry first, then idx; idx only moves forward
         # spec: drv:split/avail-idx#1, drv:split/avail#1
         ai = self._avail_idx
-        pack_into(_U16, self._avail_entries + VIRTQ_AVAIL_ELEM_SIZE * (ai & self._mask), head)
+        abuf = self._abuf
+        _U16_PACK(abuf, self._aent_off + VIRTQ_AVAIL_ELEM_SIZE * (ai & self._mask), head)
         ai = (ai + 1) & _M
-        pack_into(_U16, self._avail_idx_addr, ai)
+        _U16_PACK(abuf, self._aidx_off, ai)
+        self._avail_idx = ai
+        self._num_added += 1
+        self._in_flight += 1
+        return head
+
+    def _add_one(self, seg: tuple[int, int], writable: bool, token: object) -> int:
+        """:meth:`add` of a buffer of one segment (no table, no NEXT): the same checks and the same ring bytes."""
+        addr, ln = seg
+        # spec: drv:reserved-features#3
+        if not (0 <= addr < _ADDR_LIMIT and 0 <= ln <= VIRTQ_DESC_LEN_MAX):
+            raise ValueError(f"segment ({addr:#x}, {ln:#x}) is not a 64-bit address and 32-bit length")
+        if self._num_free < 1:
+            raise QueueFull(f"1 descriptors needed, {self._num_free} free")
+        head = self._free_head
+        nxt = self._free_next[head]
+        _DESC_PACK(self._dbuf, self._doff + VIRTQ_DESC_SIZE * head, addr, ln, _F_WRITE if writable else 0, nxt)
+        self._free_head = nxt
+        self._num_free -= 1
+        self._heads[head] = (token, 1, _NO_TABLE, ln if writable else 0)
+        # spec: drv:split/avail-idx#1, drv:split/avail#1
+        ai = self._avail_idx
+        abuf = self._abuf
+        _U16_PACK(abuf, self._aent_off + VIRTQ_AVAIL_ELEM_SIZE * (ai & self._mask), head)
+        ai = (ai + 1) & _M
+        _U16_PACK(abuf, self._aidx_off, ai)
         self._avail_idx = ai
         self._num_added += 1
         self._in_flight += 1
@@ -293,27 +328,35 @@ class DriverQueue:
         # spec: drv:split/used-event#3, drv:split/used#1
         if self.broken:
             raise QueueError("virtqueue is broken")
-        mem = self.mem
+        ubuf = self._ubuf
         lu = self._last_used
         if lu == self._shadow_used:
-            idx: int = mem.unpack_from(_U16, self._used_idx_addr)[0]
+            idx: int = _U16_UNPACK(ubuf, self._uidx_off)[0]
             if (idx - lu) & _M > self._in_flight:
                 raise self._bad_ring(f"used idx {idx} is {(idx - lu) & _M} ahead, {self._in_flight} in flight")
             self._shadow_used = idx
             if idx == lu:
                 return None
-        head, ln = mem.unpack_from(_USED_ELEM, self._used_entries + VIRTQ_USED_ELEM_SIZE * (lu & self._mask))
-        if head >= self._n or self._data[head] is None:
+        head, ln = _USED_UNPACK(ubuf, self._uent_off + VIRTQ_USED_ELEM_SIZE * (lu & self._mask))
+        info = self._heads[head] if head < self._n else None
+        if info is None:
             raise self._bad_ring(f"used id {head} is not a head in flight")
-        if ln > self._in_len[head]:
-            raise self._bad_ring(f"used len {ln} exceeds the {self._in_len[head]} device-writable bytes of {head}")
-        token = self._data[head]
-        self._detach(head)
+        token, nd, table, in_len = info
+        if ln > in_len:
+            raise self._bad_ring(f"used len {ln} exceeds the {in_len} device-writable bytes of {head}")
+        if nd == 1 and table == _NO_TABLE:  # _detach of one direct descriptor
+            self._free_next[head] = self._free_head
+            self._free_head = head
+            self._num_free += 1
+            self._heads[head] = None
+            self._in_flight -= 1
+        else:
+            self._detach(head)
         lu = (lu + 1) & _M
         self._last_used = lu
         if self.event_idx and self._cb_enabled:
             # Linux virtqueue_get_buf_ctx_split: interrupt me when the next entry is written
-            mem.pack_into(_U16, self._used_event_addr, lu)
+            _U16_PACK(self._abuf, self._uevt_off, lu)
         return token, ln
 
     def drain_used(self) -> list[tuple[object, int]]:
@@ -324,7 +367,9 @@ class DriverQueue:
         return out
 
     def _detach(self, head: int) -> None:
-        nd = self._ndesc[head]
+        info = self._heads[head]
+        assert info is not None
+        _, nd, table, _ = info
         free_next = self._free_next
         tail = head
         for _ in range(nd - 1):
@@ -332,10 +377,8 @@ class DriverQueue:
         free_next[tail] = self._free_head
         self._free_head = head
         self._num_free += nd
-        self._data[head] = None
-        table = self._table[head]
+        self._heads[head] = None
         if table != _NO_TABLE:
-            self._table[head] = _NO_TABLE
             assert self.alloc is not None
             self.alloc.free(table)
         self._in_flight -= 1
@@ -380,9 +423,9 @@ class DriverQueue:
         """
         tokens: list[object] = []
         for head in range(self._n):
-            token = self._data[head]
-            if token is not None:
-                tokens.append(token)
+            info = self._heads[head]
+            if info is not None:
+                tokens.append(info[0])
                 self._detach(head)
                 self._avail_idx = (self._avail_idx - 1) & _M
         if tokens:

@@ -33,11 +33,14 @@ DESC = struct.Struct("<QIHH")
 
 
 class RecordingMemory(GuestMemory):
-    """Guest RAM that records every access as ``(op, addr, size)`` (``op`` is ``"r"`` or ``"w"``)."""
+    """Guest RAM (one region at 0) that records every access as ``(op, addr, size)`` (``op`` is ``"r"`` or
+    ``"w"``): those through its methods, and those the queue makes straight into the ring buffers it resolved
+    with :meth:`GuestMemory.locate` (the :func:`record_ring_accesses` spies; the buffer offset is the address)."""
 
     def __init__(self, size: int) -> None:
         super().__init__(size)
         self.accesses: list[tuple[str, int, int]] = []
+        _RECORDING[id(self.regions[0].mm)] = self
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         self.accesses.append(("w", addr, len(data)))
@@ -50,6 +53,28 @@ class RecordingMemory(GuestMemory):
     def unpack_from(self, fmt: struct.Struct, addr: int) -> tuple[int, ...]:
         self.accesses.append(("r", addr, fmt.size))
         return super().unpack_from(fmt, addr)
+
+
+_RECORDING: dict[int, RecordingMemory] = {}
+
+
+@pytest.fixture(autouse=True)
+def record_ring_accesses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spy on the driver queue's packs and unpacks into ring buffers."""
+    from pyvirtio.virtqueue import driver
+
+    def spying(fn, op: str, size: int):  # type: ignore[no-untyped-def]
+        def spy(buf, off: int, *values: int):  # type: ignore[no-untyped-def]
+            mem = _RECORDING.get(id(buf))
+            if mem is not None:
+                mem.accesses.append((op, off, size))
+            return fn(buf, off, *values)
+        return spy
+
+    monkeypatch.setattr(driver, "_U16_PACK", spying(driver._U16_PACK, "w", 2))
+    monkeypatch.setattr(driver, "_U16_UNPACK", spying(driver._U16_UNPACK, "r", 2))
+    monkeypatch.setattr(driver, "_USED_UNPACK", spying(driver._USED_UNPACK, "r", 8))
+    monkeypatch.setattr(driver, "_DESC_PACK", spying(driver._DESC_PACK, "w", 16))
 
 
 @dataclass

@@ -60,11 +60,14 @@ def all_devices() -> list[VirtioDevice]:
 
 
 class RecordingMemory(GuestMemory):
-    """Guest memory that logs every write (address, length) in order."""
+    """Guest memory (one region at 0) that logs every write (address, length) in order: those through its
+    methods, and those the split queues make straight into the ring buffers they resolved with
+    :meth:`GuestMemory.locate` (:func:`record_ring_writes`; the buffer offset is the address)."""
 
     def __init__(self, size: int) -> None:
         super().__init__(size)
         self.writes: list[tuple[int, int]] = []
+        _RECORDING[id(self.regions[0].mm)] = self
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         self.writes.append((addr, len(memoryview(data).cast("B"))))
@@ -77,6 +80,28 @@ class RecordingMemory(GuestMemory):
     def fill(self, addr: int, n: int, byte: int = 0) -> None:
         self.writes.append((addr, n))
         super().fill(addr, n, byte)
+
+
+_RECORDING: dict[int, RecordingMemory] = {}
+
+
+@pytest.fixture(autouse=True)
+def record_ring_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spy on the split queues' packs into ring buffers (device and driver side)."""
+    from pyvirtio.virtqueue import device, driver
+
+    def spying(fn, size: int):  # type: ignore[no-untyped-def]
+        def spy(buf, off: int, *values: int) -> None:  # type: ignore[no-untyped-def]
+            mem = _RECORDING.get(id(buf))
+            if mem is not None:
+                mem.writes.append((off, size))
+            fn(buf, off, *values)
+        return spy
+
+    for module, names in ((device, ("_USED_PACK", "_U16_PACK")), (driver, ("_U16_PACK", "_DESC_PACK"))):
+        for name in names:
+            fn = getattr(module, name)
+            monkeypatch.setattr(module, name, spying(fn, fn.__self__.size))
 
 
 def recording_loopback(dev: VirtioDevice) -> tuple[LoopbackDriver, RecordingMemory]:

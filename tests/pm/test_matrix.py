@@ -222,3 +222,31 @@ def test_profile_plan_is_what_the_constructors_take() -> None:
     system = build_system(parse_profile("freeze-mode"), ScenarioConfig(resources=0))
     assert system.freeze_mode is not None and system.freeze_mode.feature_bit == 44
     assert system.gpu_drv.extra_features & (1 << 44) and system.gpu_dev.offer_freezing is False
+
+
+def test_jobs_2_gives_the_same_report_as_jobs_1(tmp_path: Path) -> None:
+    """``pm matrix --jobs N``: the cells run in N worker processes and are merged in cell order, so the report
+    (and the pictures) are byte for byte those of one process."""
+    from pyvirtio.pm.matrix import run_matrix
+
+    profiles, sleeps = ["baseline", "suspend-bit+s4-replay"], ["S3", "S4"]
+    cfg = ScenarioConfig(resources=1, resource_size=4096)
+    seen: list[str] = []
+    one = run_matrix(profiles, sleeps, cfg, tmp_path, jobs=1)
+    data = (tmp_path / "report.json").read_bytes()
+    pictures = {p.name: p.read_bytes() for p in (tmp_path / "images").iterdir()}
+    two = run_matrix(profiles, sleeps, cfg, tmp_path, progress=seen.append, jobs=2)
+    assert (tmp_path / "report.json").read_bytes() == data
+    assert one.to_dict() == two.to_dict()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "images").iterdir()} == pictures
+    assert seen == ["baseline S3", "baseline S4", "suspend-bit+s4-replay S3", "suspend-bit+s4-replay S4"]
+
+
+@pytest.mark.parametrize("jobs", [0, 65])
+def test_jobs_out_of_range(jobs: int) -> None:
+    from pyvirtio.pm.matrix import run_matrix
+
+    with pytest.raises(ValueError, match="jobs"):
+        run_matrix(["baseline"], ["S3"], jobs=jobs)
+    r = CliRunner().invoke(main, ["pm", "matrix", "--jobs", str(jobs)])
+    assert r.exit_code == 2 and "--jobs" in r.output and "Traceback" not in r.output

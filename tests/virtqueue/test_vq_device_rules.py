@@ -108,18 +108,24 @@ def test_write_flag_on_the_indirect_descriptor_is_ignored(make_rig):
 
 
 @pytest.mark.spec("dev:split/used#1")
-def test_used_len_is_written_before_used_idx(make_rig):
+def test_used_len_is_written_before_used_idx(make_rig, monkeypatch):
     """§2.7.8.2: the device MUST set len before it updates used idx: push writes the used element (id, len) and
-    only then the idx that publishes it."""
+    only then the idx that publishes it (the device packs straight into the used ring's buffer: the spies sit
+    on its two pack functions and turn buffer offsets back into guest addresses)."""
+    from pyvirtio.virtqueue import device
+
     rig = make_rig(4)
     log: list[int] = []
-    pack_into = rig.mem.pack_into
+    _, off0 = rig.mem.locate(rig.layout.used, 1)
 
-    def spy(fmt: struct.Struct, addr: int, *values: int) -> None:
-        log.append(addr)
-        pack_into(fmt, addr, *values)
+    def spying(pack):  # type: ignore[no-untyped-def]
+        def spy(buf, off: int, *values: int) -> None:  # type: ignore[no-untyped-def]
+            log.append(rig.layout.used + off - off0)
+            pack(buf, off, *values)
+        return spy
 
-    rig.mem.pack_into = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(device, "_USED_PACK", spying(device._USED_PACK))
+    monkeypatch.setattr(device, "_U16_PACK", spying(device._U16_PACK))
     for k in range(6):
         rig.drv.add([], [(rig.buf(4), 4)], k)
         chain = rig.dev.pop()

@@ -321,3 +321,63 @@ def test_allocator_never_leaves_its_window(ops):
         assert al.alloc(size, 1) == base
     finally:
         mem.close()
+
+
+# -- batches: pop_many and push_many are pop and push, faster --------------------------------------------------
+
+
+def _drain(rig: Rig, many: bool) -> list[object]:
+    """Everything the device takes from the ring: chains as tuples, a QueueError as its message."""
+    seen: list[object] = []
+    for _ in range(rig.size + 2):
+        try:
+            chains = rig.dev.pop_many() if many else [c for c in [rig.dev.pop()] if c is not None]
+        except QueueError as e:
+            seen.append(str(e))
+            break
+        if not chains:
+            break
+        seen += [(c.head, c.readable, c.writable, c.error) for c in chains]
+    return seen
+
+
+@pytest.mark.spec("dev:split/desc#2")
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(size=st.sampled_from([1, 4, 16]), indirect=st.booleans(), event_idx=st.booleans(), data=st.data())
+def test_pop_many_and_push_many_are_pop_and_push(size, indirect, event_idx, data):
+    """The batch forms take the same chains (or raise the same ring-level error at the same chain) as one pop at
+    a time from the same garbage, and push_many leaves the used ring exactly as pushes one at a time."""
+    desc = data.draw(st.binary(min_size=16 * size, max_size=16 * size))
+    avail = data.draw(st.binary(min_size=6 + 2 * size, max_size=6 + 2 * size))
+    rigs = [Rig(size, indirect=indirect, event_idx=event_idx) for _ in range(2)]
+    try:
+        for rig in rigs:
+            rig.mem.write(rig.layout.desc, desc)
+            rig.mem.write(rig.layout.avail, avail)
+        one, many = _drain(rigs[0], False), _drain(rigs[1], True)
+        assert one == many
+        heads = [c[0] for c in one if isinstance(c, tuple)]
+        lens = data.draw(st.lists(st.integers(0, 0xFFFFFFFF), min_size=len(heads), max_size=len(heads)))
+        for h, n in zip(heads, lens, strict=True):
+            rigs[0].dev.push(h, n)
+        rigs[1].dev.push_many(list(zip(heads, lens, strict=True)))
+        assert rigs[0].mem.snapshot() == rigs[1].mem.snapshot()
+        assert rigs[0].dev.state() == rigs[1].dev.state()
+        assert rigs[0].dev.needs_notification() == rigs[1].dev.needs_notification()
+    finally:
+        for rig in rigs:
+            rig.mem.close()
+
+
+def test_push_many_checks_every_item_before_writing(make_rig) -> None:
+    rig = make_rig(4)
+    for k in range(2):
+        rig.drv.add([], [(rig.buf(8), 8)], k)
+    heads = [c.head for c in rig.dev.pop_many()]
+    before = rig.mem.snapshot()
+    for bad in ([(heads[0], 1), (9, 1)], [(heads[0], 1), (heads[1], 1 << 32)], [(heads[0], 1)] * 3):
+        with pytest.raises(QueueError):
+            rig.dev.push_many(bad)
+        assert rig.mem.snapshot() == before
+    rig.dev.push_many([(h, 8) for h in heads])
+    assert rig.drv.drain_used() == [(0, 8), (1, 8)]

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import uuid
 
-import numpy as np
-
 from pyvirtio.host.gpu import edid
 from pyvirtio.host.gpu.base import GpuBase, GpuError, Pending, Reply, intersects
 from pyvirtio.host.gpu.display import BlobFramebuffer, Rect
-from pyvirtio.host.gpu.resources import BlobInfo, Resource, rows_view
+from pyvirtio.host.gpu.resources import BlobInfo, Resource, host_image, rows_view
 from pyvirtio.spec import gpu_formats as formats
 from pyvirtio.spec import gpu_wire as protocol
 from pyvirtio.spec.constants import (
@@ -67,7 +65,7 @@ class Commands2D(GpuBase):
         self._check_dims(width, height)
         need = width * GPU_BYTES_PER_PIXEL * height
         self._reserve_hostmem(need)
-        image = np.zeros((height, width * GPU_BYTES_PER_PIXEL), dtype=np.uint8)
+        image = host_image(height, width * GPU_BYTES_PER_PIXEL)
         self.resources[rid] = Resource(rid, fmt, width, height, image=image, hostmem=need)
         self.hostmem += need
         return GpuResp.OK_NODATA, b""

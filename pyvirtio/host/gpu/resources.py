@@ -12,6 +12,7 @@ guest memory (:meth:`GuestMemory.view`); a range that spans entries is gathered 
 from __future__ import annotations
 
 import bisect
+import mmap
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,22 @@ from pyvirtio.memory import GuestMemory
 from pyvirtio.spec.constants import GPU_BYTES_PER_PIXEL
 
 Bytes = npt.NDArray[np.uint8]
+
+#: Host images of at least this many bytes get their own anonymous mapping (see :func:`host_image`).
+MAPPED_IMAGE_MIN = 1 << 20
+
+
+def host_image(height: int, stride: int) -> Bytes:
+    """A zero-filled ``(height, stride)`` host image. A large one is an anonymous mapping: the kernel's pages are
+    zero until written, so a resource costs host memory only for the rows transferred into it, and destroying it
+    returns the memory at once. (``np.zeros`` gives no such promise: ``calloc`` clears recycled heap memory by
+    writing it, which makes a never-written GiB of resources resident.)"""
+    n = height * stride
+    if n < MAPPED_IMAGE_MIN:
+        return np.zeros((height, stride), dtype=np.uint8)
+    mm = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    mm.madvise(mmap.MADV_HUGEPAGE)  # as numpy does for large arrays: fewer TLB misses when a frame is copied in
+    return np.frombuffer(mm, dtype=np.uint8).reshape(height, stride)
 
 
 @dataclass(frozen=True, slots=True)
