@@ -181,8 +181,8 @@ def replace_files(initrd: bytes, files: Mapping[str, bytes]) -> bytes:
         raise ProvisionError(f"initramfs has no {', '.join(missing)} to replace")
     buf = io.BytesIO()
     w = CpioWriter(buf)
-    for e in entries:
-        w._entry(e.name, e.mode, files.get(e.name, e.data), e.rdev)
+    for entry in entries:
+        w._entry(entry.name, entry.mode, files.get(entry.name, entry.data), entry.rdev)
     w.trailer()
     return gzip.compress(buf.getvalue(), compresslevel=6, mtime=0)
 
