@@ -153,9 +153,10 @@ def compare_cmd(sleeps: tuple[str, ...], machines: tuple[str, ...], real: Path |
                           s4_replay=s4_replay)
     if not wanted:
         private = ", ".join(n for n, x in STACKS.items() if x.private)
+        if s4_replay and not any(STACKS[st].private for st in stacks):
+            raise UserInputError(f"--s4-replay needs a private stack, where our module is built (--stack {private})")
         raise UserInputError("nothing to compare: a stack with pcie-root-ports runs q35 only (add --machine q35)"
-                             + ("; --rng-behind-port needs such a stack" if rng_port else "")
-                             + (f"; --s4-replay needs a private stack (--stack {private})" if s4_replay else ""))
+                             + ("; --rng-behind-port needs such a stack" if rng_port else ""))
     reals = _real_cells(real, wanted, cache, out_dir)
     report = Report(meta={"source": "compare", "stacks": list(dict.fromkeys(k[0] for k in wanted))})
     summary: list[dict[str, object]] = []
