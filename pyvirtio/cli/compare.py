@@ -22,19 +22,35 @@ DEFAULT_SLEEPS = (SleepState.S3, SleepState.S4)
 DEFAULT_MACHINES = tuple(m.value for m in MachineType)
 
 #: One compared cell: (stack, profile, sleep, machine, rng behind its own port); the profile says whether the
-#: real gpu (and the rng, when it sits behind a port) had NSR.
+#: real gpu (and the rng, when it sits behind a port) had NSR, and whether the guest ran our virtio-gpu module.
 Key = tuple[str, str, SleepState, str, bool]
+#: Our virtio-gpu module (guest/linux, :mod:`pyvirtio.vm.kmod`): the mechanism it implements, and the profiles
+#: of the real cells that run it (without and with the gpu's No_Soft_Reset).
+GPU_MODULE = "s4-replay"
+S4_REPLAY_PROFILES = (GPU_MODULE, f"{NSR_PROFILE}+{GPU_MODULE}")
+
+
+def profile_parts(profile: str) -> tuple[bool, str | None]:
+    """(No_Soft_Reset on the gpu, our virtio-gpu module or None) of a real cell's profile."""
+    parts = profile.split("+")
+    return NSR_PROFILE in parts, (GPU_MODULE if GPU_MODULE in parts else None)
 
 
 def wanted_cells(stacks: tuple[str, ...], sleeps: tuple[SleepState, ...], machines: tuple[str, ...], *,
-                 rng_port: bool = False) -> list[Key]:
+                 rng_port: bool = False, s4_replay: bool = False) -> list[Key]:
     """Every (stack, profile, sleep, machine, rng placement) with a real counterpart: ``baseline`` on every stack
     (a stack with pcie-root-ports: q35 only), and ``no-soft-reset`` on a stack that has the property; with
-    ``rng_port`` only the ``no-soft-reset`` cells with virtio-rng behind its own port (and NSR) on such stacks."""
+    ``rng_port`` only the ``no-soft-reset`` cells with virtio-rng behind its own port (and NSR) on such stacks;
+    with ``s4_replay`` only the ``s4-replay`` and ``no-soft-reset+s4-replay`` cells (our virtio-gpu module) on
+    the private stacks (where it is built)."""
     out: list[Key] = []
     for st in stacks:
         stack = STACKS[st]
         ms = tuple(m for m in machines if m == MachineType.Q35.value) if stack.pcie_ports else machines
+        if s4_replay:
+            if stack.private and stack.pcie_ports:
+                out += [(st, p, s, m, False) for p in S4_REPLAY_PROFILES for s in sleeps for m in ms]
+            continue
         if rng_port:
             if stack.pcie_ports:
                 out += [(st, NSR_PROFILE, s, m, True) for s in sleeps for m in ms]
@@ -84,10 +100,10 @@ def _real_cells(real: Path | None, wanted: list[Key], cache: Path | None,
         assets = provision_stack(cache, stack=st)
         for k in (k for k in wanted if k[0] == st):
             _, p, s, m, rp = k
-            nsr = p == NSR_PROFILE
+            nsr, module = profile_parts(p)
             try:
-                out[k] = run_cell(assets, s, m, out_dir=out_dir / f"real-{cell_name(s, m, st, nsr, rp)}", nsr=nsr,
-                                  rng_port=rp)
+                out[k] = run_cell(assets, s, m, out_dir=out_dir / f"real-{cell_name(s, m, st, nsr, rp, module)}",
+                                  nsr=nsr, rng_port=rp, gpu_module=module)
             except VmError as e:  # a guest that never wakes, a QEMU that crashed: the cell says so, the run goes on
                 err.print(shown(f"pyvirtio: {label(k)}: {e}"), markup=False, highlight=False)
                 out[k] = CellResult(source=Source.REAL_VM, profile=p, sleep=s, machine_type=m,
@@ -117,18 +133,28 @@ def _side_by_side(model: CellResult, real: CellResult, path: Path) -> str | None
 @click.option("--rng-behind-port", "rng_port", is_flag=True,
               help="Compare the no-soft-reset cells with virtio-rng behind its own root port too (NSR on both; "
                    "stacks with pcie-root-ports).")
+@click.option("--s4-replay", "s4_replay", is_flag=True,
+              help="Compare the s4-replay and no-soft-reset+s4-replay cells: the guest runs our virtio-gpu module "
+                   "(guest/linux; private stacks, built by `pyvirtio vm provision`).")
 def compare_cmd(sleeps: tuple[str, ...], machines: tuple[str, ...], real: Path | None, out_dir: Path,
-                cache: Path | None, stacks: tuple[str, ...], rng_port: bool) -> None:
+                cache: Path | None, stacks: tuple[str, ...], rng_port: bool, s4_replay: bool) -> None:
     """Run the model configured like the real VM (same machine type and device placement; profile baseline, and
-    no-soft-reset beside a stack whose gpu can have No_Soft_Reset) beside the real VM.
+    no-soft-reset beside a stack whose gpu can have No_Soft_Reset; with --s4-replay the s4-replay profiles beside
+    the guest running our virtio-gpu module) beside the real VM.
 
     Exit status 1 when any check differs (every difference is listed, and written to OUT/compare.json). Each
     cell's model and real timelines go side by side into OUT/timelines/.
     """
     output_dir(out_dir)
     states = tuple(SleepState(s) for s in sleeps) or DEFAULT_SLEEPS
-    wanted = wanted_cells(stacks or (DEFAULT_STACK,), states, machines or DEFAULT_MACHINES, rng_port=rng_port)
+    if rng_port and s4_replay:
+        raise UserInputError("--rng-behind-port and --s4-replay compare different cells; give one of them")
+    wanted = wanted_cells(stacks or (DEFAULT_STACK,), states, machines or DEFAULT_MACHINES, rng_port=rng_port,
+                          s4_replay=s4_replay)
     if not wanted:
+        private = ", ".join(n for n, x in STACKS.items() if x.private)
+        if s4_replay and not any(STACKS[st].private for st in stacks):
+            raise UserInputError(f"--s4-replay needs a private stack, where our module is built (--stack {private})")
         raise UserInputError("nothing to compare: a stack with pcie-root-ports runs q35 only (add --machine q35)"
                              + ("; --rng-behind-port needs such a stack" if rng_port else ""))
     reals = _real_cells(real, wanted, cache, out_dir)
@@ -142,9 +168,11 @@ def compare_cmd(sleeps: tuple[str, ...], machines: tuple[str, ...], real: Path |
         checks = compare(mcell, rcell)
         report.cells += [mcell, rcell]
         pair = _side_by_side(mcell, rcell, out_dir / "timelines" / f"{name}.png")
+        has_nsr, module = profile_parts(profile)
         nsr = ", gpu No_Soft_Reset" + (" and rng behind its port with it" if rp else "")
+        mod = f", our {module} virtio-gpu module" if module else ""
         t = Table(title=f"{sleep.value} on {machine}: model ({profile}) vs real VM ({stack}"
-                        f"{nsr if profile == NSR_PROFILE else ''})", title_justify="left")
+                        f"{nsr if has_nsr else ''}{mod})", title_justify="left")
         for col in ("check", "model", "real", ""):
             t.add_column(col)
         for c in checks:

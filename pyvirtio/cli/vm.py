@@ -119,6 +119,8 @@ def provision_cmd(cache: Path | None, refresh: bool, stacks: tuple[str, ...]) ->
         for k, v in a.versions().items():
             out.print(shown(f"  {k}: {v}"), markup=False, highlight=False)
         out.print(shown(f"  modules: {' '.join(a.modules)}"), markup=False, highlight=False)
+        for name, initrd in a.gpu_modules:
+            out.print(shown(f"  our virtio-gpu module {name}: {initrd}"), markup=False, highlight=False)
         out.print(shown(f"  cache: {cache or default_cache_dir()}"), markup=False, highlight=False)
     if failed:
         raise click.exceptions.Exit(2)
@@ -139,8 +141,12 @@ def provision_cmd(cache: Path | None, refresh: bool, stacks: tuple[str, ...]) ->
 @click.option("--restore-lpc", is_flag=True,
               help="q35, S3: after each wake write back ICH9 LPC PMBASE/ACPI_CNTL as read at boot, so that every "
                    "cycle reaches QEMU (the wake-up reset clears them; without this the 2nd S3 is 'aborted').")
+@click.option("--s4-replay", "s4_replay", is_flag=True,
+              help="Boot our virtio-gpu module (guest/linux: freeze/restore, objects re-created after hibernation) "
+                   "instead of the stock one: profile s4-replay, or no-soft-reset+s4-replay with --no-soft-reset "
+                   "(private stacks; built by `pyvirtio vm provision`).")
 def run_cmd(sleep: str, machine: str, cycles: int, out_dir: Path, cache: Path | None, stack: str,
-            nsr: bool, rng_port: bool, restore_lpc: bool) -> None:
+            nsr: bool, rng_port: bool, restore_lpc: bool, s4_replay: bool) -> None:
     """Boot the VM, sleep and wake it, measure every virtio device; write OUT/report.json."""
     output_dir(out_dir)
     if STACKS[stack].pcie_ports and machine != "q35":
@@ -151,12 +157,15 @@ def run_cmd(sleep: str, machine: str, cycles: int, out_dir: Path, cache: Path | 
         raise click.UsageError(f"--rng-behind-port needs a stack with pcie-root-ports, not {stack}")
     if restore_lpc and machine != "q35":
         raise click.UsageError("--restore-lpc is for q35 (ICH9 LPC); pc's PIIX4 keeps its PM base across S3")
+    if s4_replay and not STACKS[stack].private:
+        raise click.UsageError(f"--s4-replay needs a private stack (our module is built for its kernel), not {stack}")
     assets = _assets(cache, stack)
     cell = run_cell(assets, sleep, machine, cycles=cycles, out_dir=out_dir, progress=_progress(), nsr=nsr,
-                    rng_port=rng_port, restore_lpc=restore_lpc)
+                    rng_port=rng_port, restore_lpc=restore_lpc, gpu_module="s4-replay" if s4_replay else None)
     report = Report(cells=[cell], meta={"source": Source.REAL_VM.value, **assets.versions(), "cycles": cycles,
                                         "no_soft_reset": nsr, "rng_behind_port": rng_port,
-                                        "lpc_workaround": restore_lpc})
+                                        "lpc_workaround": restore_lpc,
+                                        "gpu_module": "s4-replay" if s4_replay else "stock"})
     report.write(out_dir / "report.json")
     _print_cell(cell)
     out.print(shown(f"report: {out_dir / 'report.json'}"), markup=False, highlight=False)

@@ -127,6 +127,66 @@ class CpioWriter:
         self._entry("TRAILER!!!", 0)
 
 
+@dataclass(frozen=True)
+class CpioEntry:
+    """One entry of a ``newc`` archive, as :func:`read_cpio` finds it."""
+
+    name: str
+    mode: int
+    data: bytes
+    rdev: tuple[int, int] = (0, 0)
+
+
+_NEWC_HEADER = 110  # "070701" + 13 fields of 8 hex digits
+
+
+def read_cpio(data: bytes) -> list[CpioEntry]:
+    """The entries of a ``newc`` archive up to its trailer (what :class:`CpioWriter` writes). Anything malformed
+    (a bad magic, a field that is not hex, a size past the end, no trailer) is a one-line
+    :class:`ProvisionError`."""
+    out: list[CpioEntry] = []
+    pos = 0
+    while True:
+        hdr = data[pos:pos + _NEWC_HEADER]
+        if len(hdr) < _NEWC_HEADER or hdr[:6] != b"070701":
+            raise ProvisionError(f"initramfs: no newc cpio header at offset {pos}")
+        try:
+            f = [int(hdr[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
+        except ValueError:
+            raise ProvisionError(f"initramfs: cpio header at offset {pos} has a field that is not hex") from None
+        mode, size, rmaj, rmin, namesize = f[1], f[6], f[9], f[10], f[11]
+        name_at = pos + _NEWC_HEADER
+        data_at = name_at + namesize + (-(_NEWC_HEADER + namesize) % 4)
+        end = data_at + size
+        if namesize < 1 or end > len(data):
+            raise ProvisionError(f"initramfs: cpio entry at offset {pos} runs past the end of the archive")
+        name = data[name_at:name_at + namesize - 1].decode(errors="replace")
+        if name == "TRAILER!!!":
+            return out
+        out.append(CpioEntry(name, mode, data[data_at:end], (rmaj, rmin)))
+        pos = end + (-size % 4)
+
+
+def replace_files(initrd: bytes, files: Mapping[str, bytes]) -> bytes:
+    """A gzip-compressed initramfs like ``initrd`` (one :func:`build_initramfs` wrote) with the contents of the
+    entries named in ``files`` replaced (names as in the archive, ``lib/modules/virtio_gpu.ko``); every other
+    entry is copied as it is. A name that is not in the archive is a :class:`ProvisionError`."""
+    try:
+        raw = gzip.decompress(initrd)
+    except (OSError, EOFError) as e:
+        raise ProvisionError(f"initramfs is not gzip-compressed: {e}") from None
+    entries = read_cpio(raw)
+    missing = sorted(set(files) - {e.name for e in entries})
+    if missing:
+        raise ProvisionError(f"initramfs has no {', '.join(missing)} to replace")
+    buf = io.BytesIO()
+    w = CpioWriter(buf)
+    for entry in entries:
+        w._entry(entry.name, entry.mode, files.get(entry.name, entry.data), entry.rdev)
+    w.trailer()
+    return gzip.compress(buf.getvalue(), compresslevel=6, mtime=0)
+
+
 def render_init(module_files: Sequence[str]) -> str:
     """The guest's ``/init`` script (busybox sh). ``module_files`` are basenames under ``/lib/modules``."""
     insmods = "\n".join(

@@ -10,6 +10,9 @@ half-provisioned leftover: it is removed and rebuilt, never used.
 :func:`provision_stack` and :func:`load_stack` take any stack by name (the default one is the system's,
 :mod:`pyvirtio.vm.provisioning`).
 
+Provisioning also builds our virtio-gpu modules for the stack's kernel and the initramfs variants that carry them
+(:mod:`pyvirtio.vm.kmod`, cached under ``kmod/``, by kernel version and patch).
+
 Contract: :func:`provision_private` resolves versions at call time (``apt-get update`` on the private lists,
 ``apt-cache madison``, ``apt-cache depends``); every failure is one line naming the stack, the package and what
 to do (:class:`~pyvirtio.vm.errors.ProvisionError`). Nothing outside ``<cache>/stacks/<stack>/`` changes.
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyvirtio.atomicio import write_text_atomic
-from pyvirtio.vm import image, initramfs
+from pyvirtio.vm import image, initramfs, kmod
 from pyvirtio.vm.errors import ProvisionError
 from pyvirtio.vm.initramfs import WANTED_MODULES, build_initramfs, module_name, resolve_load_order
 from pyvirtio.vm.provisioning import (
@@ -294,12 +297,13 @@ def _build(sdir: Path, key: str, stack: Stack, r: Resolved, apt: PrivateApt, log
 
 
 def load_private(cache: Path, stack: Stack) -> GuestAssets:
-    """The provisioned private stack, without provisioning; a one-line error when it is missing or partial."""
+    """The provisioned private stack, without provisioning; a one-line error when it is missing or partial. Our
+    virtio-gpu modules come along when they are built (:func:`pyvirtio.vm.kmod.load_modules`)."""
     assets = _assets_from(_stack_dir(cache, stack) / "current", stack)
     if assets is None:
         raise ProvisionError(f"stack {stack.name} is not provisioned in {cache}; run: pyvirtio vm provision "
                              f"--stack {stack.name}")
-    return assets
+    return kmod.load_modules(_stack_dir(cache, stack) / "kmod", assets)
 
 
 def provision_private(cache: Path, stack: Stack, *, refresh: bool = False, log: Log = _quiet) -> GuestAssets:
@@ -314,7 +318,7 @@ def provision_private(cache: Path, stack: Stack, *, refresh: bool = False, log: 
         except ProvisionError:
             if current is not None and not refresh:
                 log(f"{stack.name}: cannot resolve versions now; keeping the provisioned build")
-                return current
+                return kmod.load_modules(sdir / "kmod", current, log=log)
             raise
         key = build_key(stack, r)
         build = sdir / key
@@ -322,7 +326,7 @@ def provision_private(cache: Path, stack: Stack, *, refresh: bool = False, log: 
         if found is not None and not refresh:
             _point_current(sdir, build)
             log(f"{stack.name}: up to date ({build})")
-            return found
+            return kmod.provision_modules(sdir / "kmod", found, apt.download, log=log)
         if build.exists():
             log(f"{stack.name}: {build} is incomplete (no valid stamp); rebuilding")
             shutil.rmtree(build)
@@ -332,7 +336,7 @@ def provision_private(cache: Path, stack: Stack, *, refresh: bool = False, log: 
         if assets is None:
             raise ProvisionError(f"stack {stack.name}: freshly built {build} is unreadable")
         log(f"{stack.name}: ready ({build})")
-        return assets
+        return kmod.provision_modules(sdir / "kmod", assets, apt.download, log=log)
 
 
 def provision_stack(cache_dir: Path | None = None, *, stack: str | Stack = DEFAULT_STACK, refresh: bool = False,

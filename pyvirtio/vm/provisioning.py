@@ -74,6 +74,9 @@ class GuestAssets:
     qemu_args: tuple[str, ...] = ()
     #: QEMU package version as apt knows it (private stacks), e.g. ``1:10.0.2+ds-2+deb13u1~bpo12+1``.
     qemu_package_version: str = ""
+    #: Our virtio-gpu modules built for this kernel (:mod:`pyvirtio.vm.kmod`), as (name, initramfs carrying it)
+    #: pairs: the name is the mechanism the module implements (``s4-replay``).
+    gpu_modules: tuple[tuple[str, Path], ...] = ()
 
     def versions(self) -> dict[str, str]:
         """Versions for a report's ``meta`` (the stack's name included)."""
@@ -83,6 +86,17 @@ class GuestAssets:
         if self.qemu_package_version:
             out["qemu_package"] = self.qemu_package_version
         return out
+
+    def initrd_for(self, gpu_module: str | None) -> Path:
+        """The initramfs to boot: the stock one, or (``gpu_module``) the variant carrying that virtio-gpu module."""
+        if gpu_module is None:
+            return self.initrd
+        found = dict(self.gpu_modules).get(gpu_module)
+        if found is None:
+            raise ProvisionError(f"stack {self.stack} has no virtio-gpu module {gpu_module!r} built (have: "
+                                 f"{', '.join(dict(self.gpu_modules)) or 'none'}); run: pyvirtio vm provision "
+                                 f"--stack {self.stack}")
+        return found
 
     @property
     def stack_info(self) -> Stack:

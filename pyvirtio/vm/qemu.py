@@ -46,6 +46,14 @@ RNG_PORT = "rp1"
 MEMORY_MB = 512
 
 
+class InsmodError(VmError):
+    """``/init`` could not load a kernel module (:attr:`module`); the guest's shell is up anyway."""
+
+    def __init__(self, message: str, module: str) -> None:
+        super().__init__(message)
+        self.module = module
+
+
 @dataclass(frozen=True)
 class BootFiles:
     """Per-boot paths inside a run: logs in ``logs``, sockets in ``scratch`` (short path)."""
@@ -191,7 +199,8 @@ class QemuVm:
         text = self.console.text(0)
         if INIT_INSMOD_FAILED in text:
             bad = [ln for ln in text.splitlines() if INIT_INSMOD_FAILED in ln]
-            raise VmError(f"guest could not load a module: {bad[0].strip()}{self._where()}")
+            module = bad[0].split(INIT_INSMOD_FAILED, 1)[1].strip()
+            raise InsmodError(f"guest could not load a module: {bad[0].strip()}{self._where()}", module)
         return time.monotonic() - self.started_at
 
     def booted_afresh(self) -> bool:

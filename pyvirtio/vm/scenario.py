@@ -14,11 +14,12 @@ the guest did is in the returned :class:`~pyvirtio.report.CellResult`. What a cy
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -45,7 +46,7 @@ from pyvirtio.vm.disk import SWAP_DEV, create_disk
 from pyvirtio.vm.errors import GuestTimeout, VmError
 from pyvirtio.vm.probes import DeviceState, GuestShell, ProbeResult, device_state
 from pyvirtio.vm.provisioning import GuestAssets
-from pyvirtio.vm.qemu import DEVICE_IDS, MACHINE_TYPES, BootFiles, QemuVm, gpu_device, rng_device
+from pyvirtio.vm.qemu import DEVICE_IDS, MACHINE_TYPES, BootFiles, InsmodError, QemuVm, gpu_device, rng_device
 from pyvirtio.vm.serial import Pending
 from pyvirtio.vm.stacks import DEFAULT_STACK, NSR_PROFILE
 from pyvirtio.vm.timeline import real_events
@@ -58,6 +59,12 @@ Progress = Callable[[str], None]
 _LPC_CONFIG = "/sys/bus/pci/devices/0000:00:1f.0/config"
 #: virtio-gpu's modern PCI id (virtio 1.4 §4.1.2.1: 0x1040 + device id 16).
 _GPU_PCI_ID = "0x1050"
+#: What our virtio-gpu module (guest/linux) logs: every line carries this tag; restore says how many objects it
+#: re-created.
+GPU_MODULE_TAG = "s4-replay:"
+_RECREATED = re.compile(r"s4-replay: restore: re-created (\d+) objects")
+#: QEMU trace events of a host resource being created (RESOURCE_CREATE_2D / _BLOB, virtio 1.4 §5.7.6.8).
+_GPU_CREATE_EVENTS = "virtio_gpu_cmd_res_create_"
 
 
 def _quiet(_: str) -> None:
@@ -104,13 +111,31 @@ class CycleData:
 
 
 def cell_name(sleep: SleepState | str, machine_type: MachineType | str, stack: str = DEFAULT_STACK,
-              nsr: bool = False, rng_port: bool = False) -> str:
+              nsr: bool = False, rng_port: bool = False, gpu_module: str | None = None) -> str:
     """The cell's directory name under ``out_dir``: ``S3-q35`` (default stack), ``S3-q35-qemu10.0-linux6.12-nsr``,
-    ``...-nsr-rngport`` with virtio-rng behind its own root port."""
+    ``...-nsr-rngport`` with virtio-rng behind its own root port, ``...-s4-replay`` with our virtio-gpu module."""
     name = f"{SleepState(sleep).value}-{MachineType(machine_type).value}"
     if stack != DEFAULT_STACK:
         name += f"-{stack}"
-    return name + ("-nsr" if nsr else "") + ("-rngport" if rng_port else "")
+    return name + ("-nsr" if nsr else "") + ("-rngport" if rng_port else "") + (f"-{gpu_module}" if gpu_module else "")
+
+
+def real_profile(nsr: bool, gpu_module: str | None = None) -> str:
+    """The model profile a real cell corresponds to: ``baseline``, ``no-soft-reset``, ``s4-replay`` (our
+    virtio-gpu module) or ``no-soft-reset+s4-replay`` (mechanisms in the model's canonical order)."""
+    parts = ([NSR_PROFILE] if nsr else []) + ([gpu_module] if gpu_module else [])
+    return "+".join(parts) or REAL_VM_PROFILE
+
+
+def module_log(dmesg: str) -> list[str]:
+    """The lines our virtio-gpu module wrote to the kernel log (tagged :data:`GPU_MODULE_TAG`), without their
+    timestamps."""
+    return [re.sub(r"^\[\s*[0-9.]+\]\s*", "", ln).strip() for ln in dmesg.splitlines() if GPU_MODULE_TAG in ln]
+
+
+def objects_recreated(dmesg: str) -> list[int]:
+    """How many objects each restore of our module re-created, in the order of the kernel log."""
+    return [int(m.group(1)) for m in _RECREATED.finditer(dmesg)]
 
 
 def parse_pm_capability(config: bytes) -> tuple[int, int, int] | None:
@@ -143,7 +168,7 @@ class CellRun:
     def __init__(self, assets: GuestAssets, sleep: SleepState | str, machine_type: MachineType | str, *,
                  cycles: int = 1, out_dir: Path | None = None, timeouts: Timeouts | None = None,
                  progress: Progress = _quiet, nsr: bool = False, rng_port: bool = False,
-                 restore_lpc: bool = False) -> None:
+                 restore_lpc: bool = False, gpu_module: str | None = None) -> None:
         try:
             self.sleep = SleepState(sleep)
         except ValueError:
@@ -158,10 +183,14 @@ class CellRun:
         self.restore_lpc = restore_lpc and self.machine_type is MachineType.Q35
         gpu_device(assets, self.machine_type, nsr)  # a combination the stack cannot run: ValueError, before QEMU
         rng_device(assets, self.machine_type, nsr, rng_port)
+        #: Our virtio-gpu module (guest/linux) in place of the stock one: the initramfs variant that carries it.
+        self.gpu_module = gpu_module
+        if gpu_module is not None:
+            self.assets = replace(assets, initrd=assets.initrd_for(gpu_module))
         self.t = timeouts or Timeouts()
         self.progress = progress
         self.scratch = Path(tempfile.mkdtemp(prefix="pyvirtio-vm-"))
-        name = cell_name(self.sleep, self.machine_type, assets.stack, nsr, rng_port)
+        name = cell_name(self.sleep, self.machine_type, assets.stack, nsr, rng_port, gpu_module)
         self.logs = (out_dir / name) if out_dir else self.scratch / "logs"
         if self.logs.exists():
             shutil.rmtree(self.logs)
@@ -175,14 +204,14 @@ class CellRun:
         self.timeline_windows: list[tuple[list[statustrace.TraceRecord], dict[str, str]]] = []
         self._markers = 0
         self._window_start: int | None = None
-        self.result = CellResult(source=Source.REAL_VM, profile=NSR_PROFILE if nsr else REAL_VM_PROFILE,
-                                 sleep=self.sleep,
+        self.result = CellResult(source=Source.REAL_VM, profile=real_profile(nsr, gpu_module), sleep=self.sleep,
                                  machine_type=self.machine_type.value)
         self.images: dict[str, image.RGB] = {}
         self.lpc_pm_boot: str | None = None  # q35: ICH9 LPC config bytes 0x40-0x47 after the first boot
         self.cycle_data: list[CycleData] = []  # per-cycle measurements, for callers that want more than the report
         self.raw_status: dict[str, str] = {}  # per device: the annotated status trace of every window
         self.gpu_commands_after_restore: int | None = None  # virtio_gpu_cmd_* after the gpu's last DRIVER_OK
+        self.gpu_creates_after_restore = 0  # of those, host resources created (re-created, or new)
         self.gpu_pm: dict[str, tuple[int, int, int] | None] = {}  # phase -> the gpu's PM capability as read
         ports = assets.stack_info.pcie_ports
         self.result.placement = {"gpu": placement(ports, nsr), "rng": placement(rng_port, nsr and rng_port)}
@@ -190,6 +219,11 @@ class CellRun:
             where = "behind pcie-root-port" + (" with x-pcie-pm-no-soft-reset=true" if nsr else "")
             self.result.notes.append(f"stack {assets.stack}; gpu {where}"
                                      + (f"; rng {where}" if rng_port else "; rng on pcie.0"))
+        if gpu_module is not None:
+            self.result.notes.append(f"virtio-gpu: our {gpu_module} module (guest/linux), initramfs "
+                                     f"{self.assets.initrd}")
+        self.module_log: list[str] = []  # what our virtio-gpu module logged (dmesg at the end of the cell)
+        self.objects_recreated: list[int] = []  # per restore of our module: objects re-created
         self.hwrng_stack: str | None = None  # the hwrng fill thread's kernel stack after resume, if rng failed
         self._uptime_at_suspend = 0.0
 
@@ -270,7 +304,10 @@ class CellRun:
     def _boot_first(self) -> None:
         create_disk(self.disk)
         self._start_machine()
-        secs = self.m.wait_ready(self.t.boot)
+        try:
+            secs = self.m.wait_ready(self.t.boot)
+        except InsmodError as e:
+            raise VmError(self._insmod_failure(e)) from None
         self.progress(f"boot {self.boot}: guest shell after {secs:.1f} s")
         self.result.notes.append(f"boot to shell: {secs:.1f} s")
         self._discover()
@@ -289,6 +326,20 @@ class CellRun:
         if self.sleep is SleepState.S2IDLE:
             # The console UART is the wake-up source; its wakeup flag is off by default.
             self.g.sh("echo enabled > /sys/class/tty/ttyS0/power/wakeup")
+
+    def _insmod_failure(self, e: InsmodError) -> str:
+        """A module did not load: what the guest's kernel said about it (dmesg, kept in the logs)."""
+        shell = GuestShell(self.m.console, self.assets.blk_pattern_md5, self.t.command)
+        try:
+            dmesg = shell.sh("dmesg", 60)
+        except VmError:
+            return f"{e} (the guest's dmesg could not be read)"
+        (self.logs / "dmesg.txt").write_text(dmesg + "\n")
+        stem = e.module.rsplit(".", 1)[0]
+        said = [ln.strip() for ln in dmesg.splitlines() if stem in ln or stem.replace("_", "-") in ln][-3:]
+        said = said or [ln.strip() for ln in dmesg.splitlines() if ln.strip()][-3:]
+        return (f"guest could not load {e.module}; its kernel said: {' | '.join(said)} "
+                f"(dmesg: {self.logs / 'dmesg.txt'})")
 
     def _read_gpu_pm(self, phase: str) -> None:
         """The gpu's PM capability as the guest reads its config space (sysfs), kept per phase."""
@@ -568,7 +619,7 @@ class CellRun:
             r.display_restored = all(bool(c.display_restored) for c in done)
             r.new_frame_after_resume = all(bool(c.new_frame) for c in done)
             r.resources = ResourceFate.KEPT if not resets else (
-                ResourceFate.RECREATED if gpu_cmds_after > 0 else ResourceFate.LOST)
+                ResourceFate.RECREATED if self.gpu_creates_after_restore else ResourceFate.LOST)
         for name in DEVICES:
             alive = all(self._queues_alive(c, name) for c in done) if done else None
             if not done:
@@ -580,7 +631,9 @@ class CellRun:
             notes = [f"cycle {c.index}: {n}" for c in cycles for n in c.device_notes.get(name, [])]
             notes.append(f"status trace (raw): {raw.get(name, '')}")
             if name == "gpu":
-                notes.append(f"virtio_gpu_cmd_* in trace after the last restore: {gpu_cmds_after}")
+                notes.append(f"virtio_gpu_cmd_* in trace after the last restore: {gpu_cmds_after}, of which "
+                             f"{self.gpu_creates_after_restore} created a resource")
+                notes.extend(f"our module: {ln}" for ln in self.module_log)
                 notes.extend(f"PCI PM as the guest reads it ({phase}): {describe_pmcsr(pm)}"
                              for phase, pm in self.gpu_pm.items())
             r.devices[name] = DeviceOutcome(name=name, status_sequence=seqs.get(name, []), queues_alive=alive,
@@ -635,6 +688,8 @@ class CellRun:
             if k == len(self.trace_windows) - 1:
                 restored = self._last_gpu_restore(recs, mapping, start, end)
                 gpu_after = len(statustrace.events_between(recs, "virtio_gpu_cmd_", restored + 1, end))
+                self.gpu_creates_after_restore = len(statustrace.events_between(recs, _GPU_CREATE_EVENTS,
+                                                                                restored + 1, end))
         return seqs, {n: " ".join(v) for n, v in raw.items()}, gpu_after, gpu_reset
 
     @staticmethod
@@ -673,7 +728,9 @@ class CellRun:
             end = self._mark()
             self.trace_windows.append((self.m.files.trace_log, self._window_start, end))
             with contextlib.suppress(VmError):
-                (self.logs / "dmesg.txt").write_text(self.g.sh("dmesg", 60) + "\n")
+                dmesg = self.g.sh("dmesg", 60)
+                (self.logs / "dmesg.txt").write_text(dmesg + "\n")
+                self.module_log, self.objects_recreated = module_log(dmesg), objects_recreated(dmesg)
             self.m.stop()
             result = self._finish(cycles)
             result.notes.append(f"wall time {time.monotonic() - t0:.1f} s")
@@ -692,15 +749,18 @@ class CellRun:
 def run_cell(assets: GuestAssets, sleep: SleepState | str, machine_type: MachineType | str, *, cycles: int = 1,
              out_dir: Path | None = None, timeouts: Timeouts | None = None,
              progress: Progress = _quiet, nsr: bool = False, rng_port: bool = False,
-             restore_lpc: bool = False) -> CellResult:
+             restore_lpc: bool = False, gpu_module: str | None = None) -> CellResult:
     """Run one cell on the real VM and return its ``CellResult`` (source ``real-vm``, profile ``baseline``, or
     ``no-soft-reset`` with ``nsr``; ``rng_port`` puts virtio-rng behind its own root port too; ``restore_lpc``
-    writes ICH9 LPC PMBASE/ACPI_CNTL back after each S3 wake on q35, so that repeated S3 reaches QEMU).
+    writes ICH9 LPC PMBASE/ACPI_CNTL back after each S3 wake on q35, so that repeated S3 reaches QEMU;
+    ``gpu_module`` boots our virtio-gpu module instead of the stock one, profile ``s4-replay`` or
+    ``no-soft-reset+s4-replay``).
 
     Raises :class:`VmError` (with the log directory in the message) if the VM could not be driven.
     """
     return CellRun(assets, sleep, machine_type, cycles=cycles, out_dir=out_dir, timeouts=timeouts,
-                   progress=progress, nsr=nsr, rng_port=rng_port, restore_lpc=restore_lpc).run()
+                   progress=progress, nsr=nsr, rng_port=rng_port, restore_lpc=restore_lpc,
+                   gpu_module=gpu_module).run()
 
 
 def run_matrix(assets: GuestAssets, out_dir: Path, *, sleeps: tuple[SleepState, ...] = SLEEP_STATES,

@@ -62,6 +62,7 @@ class FakeAssets:
 
     root = Path("guest")
     modules = ("virtio_gpu",)
+    gpu_modules = (("s4-replay", Path("m/initrd [red]x[/].img")),)
 
     def versions(self) -> dict[str, str]:
         return {"qemu": "7.2 [red]x[/]"}
