@@ -17,8 +17,10 @@ from typing import Any, Protocol
 from pyvirtio.host.device import VirtioDevice
 from pyvirtio.host.rng import Rng
 from pyvirtio.vhost_user.faults import FaultPlan
+from pyvirtio.vhost_user.gpu_display import GpuDisplayFactory
 from pyvirtio.vhost_user.messages import Message, Request
 from pyvirtio.vhost_user.monitor import Monitor
+from pyvirtio.vhost_user.served_gpu import gpu_stats, make_served_gpu
 from pyvirtio.vhost_user.transport import MonitorTrace, StopPolicy
 
 Log = Callable[[str], None]
@@ -95,6 +97,12 @@ class ServeSpec:
 SERVABLE: Mapping[str, ServeSpec] = {
     "rng": ServeSpec("rng", _rng, StopPolicy.RESET, stats=_rng_stats,
                      description="virtio-rng (pyvirtio.host.rng.Rng): a seeded SHA-256 entropy stream"),
+    # RESET, not KEEP: over vhost-user the guest's reset of the gpu shows only as every ring stopping (QEMU sends
+    # no RESET_DEVICE), and the model loses its resources then, as the built-in device does; a VM stop/cont
+    # loses them too (vhost-user-gpu blocks migration anyway).
+    "gpu": ServeSpec("gpu", make_served_gpu, StopPolicy.RESET, faults=GENERIC_FAULTS | {"error"}, stats=gpu_stats,
+                     extension=GpuDisplayFactory(),
+                     description="virtio-gpu (pyvirtio.host.gpu.Gpu, 2D): its scanouts on the front-end's display"),
 }
 
 
