@@ -24,12 +24,9 @@ import select
 import socket
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+from pyvirtio.vhost_user.extension import Readers
 from pyvirtio.vhost_user.gpu_protocol import FLAG_REPLY, GpuRequest, Reply, ReplyParser, encode, request_name
-
-if TYPE_CHECKING:  # the catalog imports the gpu display, which imports this module
-    from pyvirtio.vhost_user.catalog import Readers
 
 #: Most bytes read from the front-end per readable event.
 READ_CHUNK = 65536

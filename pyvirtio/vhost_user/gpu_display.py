@@ -42,20 +42,22 @@ import json
 import os
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from pyvirtio.atomicio import write_text_atomic
+from pyvirtio.host.gpu import edid
 from pyvirtio.host.gpu.base import check_mode
 from pyvirtio.host.gpu.display import Rect, resource_pixels, write_png
-from pyvirtio.host.gpu import edid
 from pyvirtio.spec.constants import GpuFormat
 from pyvirtio.spec.gpu_formats import is_valid, to_rgba
 from pyvirtio.trace import Kind, TraceEvent
+from pyvirtio.vhost_user.extension import ExtensionHost, Readers
 from pyvirtio.vhost_user.gpu_channel import DisplayChannel
 from pyvirtio.vhost_user.gpu_protocol import (
     OFFERED_FEATURES,
@@ -73,9 +75,6 @@ from pyvirtio.vhost_user.gpu_protocol import (
 )
 from pyvirtio.vhost_user.messages import Message, Request
 from pyvirtio.vhost_user.served_gpu import ServedGpu, gpu_command
-
-if TYPE_CHECKING:  # the catalog imports this module
-    from pyvirtio.vhost_user.catalog import ExtensionHost
 
 #: Timeline entries kept per connection (all are counted).
 MAX_EVENTS = 400
@@ -136,7 +135,8 @@ class ScanoutState:
     size: tuple[int, int] = (0, 0)  # the size the last SCANOUT gave
     damage: Rect | None = None  # scanout coordinates still to send
     flushes: int = 0  # the model's flush count when last looked at
-    cursor: bytes | None = None  # the cursor message still to send
+    shape: bytes | None = None  # the CURSOR_UPDATE still to send
+    cursor: bytes | None = None  # the CURSOR_POS / CURSOR_POS_HIDE still to send (after the shape)
 
 
 @dataclass
@@ -152,13 +152,14 @@ class DisplayRecord:
     events: list[dict[str, Any]] = field(default_factory=list)
     events_total: int = 0
     dumps: int = 0
+    final: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         return {"sockets": self.sockets, "protocol_features": self.protocol_features,
                 "display_info": self.display_info, "frontend_edid": {str(k): v for k, v in self.frontend_edid.items()},
                 "messages": dict(sorted(self.messages.items())), "update_bytes": self.update_bytes,
-                "events": self.events, "events_total": self.events_total, "dumps": self.dumps}
+                "events": self.events, "events_total": self.events_total, "dumps": self.dumps, "final": self.final}
 
 
 class GpuDisplay:
@@ -218,7 +219,7 @@ class GpuDisplay:
         self._event("driver-ok", socket=self.record.sockets)
         self.protocol = 0
         for st in self.states:  # a new display: every scanout is announced again, as the model has it
-            st.announced, st.size, st.damage, st.cursor = False, (0, 0), None, None
+            st.announced, st.size, st.damage, st.shape, st.cursor = False, (0, 0), None, None, None
         self._scanouts_changed(repaint=False)
         self.channel = DisplayChannel(sock, self.host.readers, on_reply=self._on_reply, on_closed=self._on_closed,
                                       on_drained=self._pump, on_problem=self._problem)
@@ -233,6 +234,7 @@ class GpuDisplay:
         if self._closed:
             return
         self._closed = True
+        self.record.final = self.snapshot()
         if self.dump_path is not None:
             self.dump()
         if self.channel is not None:
@@ -322,21 +324,18 @@ class GpuDisplay:
                 elif cmd in _SCANOUT_CHANGERS:
                     self._scanouts_changed(repaint=cmd.startswith("SET_SCANOUT"))
             elif what == "gpu_cursor":
-                self._cursor(int(str(ev.detail.get("scanout", 0))))
+                self._cursor(int(str(ev.detail.get("scanout", 0))), ev.detail.get("cmd") == "MOVE_CURSOR")
             elif what == "resources_destroyed":
                 self._scanouts_changed(repaint=False)
-            elif what == "queue_started":
-                self._event("queue_started", **{k: ev.detail[k] for k in ("queue", "desc", "avail", "used", "size",
-                                                                            "next_avail", "next_used")})
+            elif what in ("queue_started", "queue_stopped"):
+                self._event(str(what), **{k: v for k, v in ev.detail.items() if k != "event"})
+                return
             elif what == "injected_error" and not self._error_seen:
                 self._error_seen = True
                 self.host.monitor.fault("error", f"{ev.detail.get('cmd')} answered ERR_UNSPEC (the first; all "
                                                  "are counted in injected_errors)")
             else:
                 return
-        elif ev.kind is Kind.QUEUE and ev.detail.get("event") == "reset_done":
-            self._event("queue_stopped", queue=ev.detail.get("queue"))
-            return
         elif ev.kind is Kind.RESET:
             self._scanouts_changed(repaint=False)
         else:
@@ -372,15 +371,19 @@ class GpuDisplay:
             elif not st.announced or repaint:
                 st.damage = Rect(0, 0, s.rect.width, s.rect.height)
 
-    def _cursor(self, sid: int) -> None:
+    def _cursor(self, sid: int, move: bool) -> None:
+        """UPDATE_CURSOR: the shape (always sent again: the same resource may hold a new image) or hide;
+        MOVE_CURSOR: the position, folded into a shape still waiting to go out."""
         if not 0 <= sid < len(self.states):
             return
         c = self.gpu.scanouts[sid].cursor
         st = self.states[sid]
-        if c.visible:  # an UPDATE_CURSOR may reload the same resource: the shape always goes out again
-            st.cursor = cursor_update(sid, c.x, c.y, c.hot_x, c.hot_y, cursor_argb(c.image))
+        if c.visible and (not move or st.shape is not None):
+            st.shape, st.cursor = cursor_update(sid, c.x, c.y, c.hot_x, c.hot_y, cursor_argb(c.image)), None
         else:
-            st.cursor = cursor_pos(sid, c.x, c.y, False)
+            if not move:
+                st.shape = None
+            st.cursor = cursor_pos(sid, c.x, c.y, c.visible)
 
     # -- producing messages -----------------------------------------------------------------------------------
 
@@ -400,10 +403,11 @@ class GpuDisplay:
                 self._event("scanout", scanout=sid, width=st.size[0], height=st.size[1])
                 st.announced = True
                 st.damage = Rect(0, 0, *st.size) if st.shown is not None else None
-            if st.cursor is not None:
-                msg, st.cursor = st.cursor, None
-                ch.send(msg)
-                self._count(GpuRequest(int.from_bytes(msg[:4], "little")).name)
+            for msg in (st.shape, st.cursor):
+                if msg is not None:
+                    ch.send(msg)
+                    self._count(GpuRequest(int.from_bytes(msg[:4], "little")).name)
+            st.shape = st.cursor = None
             if st.damage is not None and st.shown is not None:
                 r = clip(st.damage, Rect(0, 0, *st.size))
                 st.damage = None
@@ -430,6 +434,16 @@ class GpuDisplay:
 
     def _publish(self) -> None:
         self.host.monitor.record.frontend["gpu_display"] = self.record.to_dict()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The model's queues and scanouts now (the report keeps the one taken when the connection ends, before
+        the model is reset)."""
+        queues = [{"queue": i, "ready": q.ready, "desc": q.desc_table, "next_avail": q.next_avail,
+                   "next_used": q.next_used} for i, q in enumerate(self.gpu.queues)]
+        scanouts = [{"scanout": i, "enabled": s.enabled, "resource_id": s.resource_id, "width": s.rect.width,
+                     "height": s.rect.height, "flushes": s.flushes} for i, s in enumerate(self.gpu.scanouts)]
+        return {"lifecycle": self.gpu.lifecycle.value, "queues": queues, "scanouts": scanouts,
+                "resources": len(self.gpu.resources)}
 
     def dump(self) -> None:
         """Write what scanout 0 shows (PNG) and every scanout's state (JSON sidecar), atomically."""
@@ -471,7 +485,7 @@ class DumpTrigger:
         self._r, self._w = socket.socketpair()
         self._r.setblocking(False)
         self._w.setblocking(False)
-        self._dump: Any = None
+        self._dump: Callable[[], None] | None = None
 
     def install(self, signum: int = signal.SIGUSR1) -> None:
         """Make ``signum`` request a dump."""
@@ -487,12 +501,12 @@ class DumpTrigger:
         with contextlib.suppress(OSError):
             self._w.send(b"d")
 
-    def attach(self, readers: Any, dump: Any) -> None:
+    def attach(self, readers: Readers, dump: Callable[[], None]) -> None:
         """The current connection dumps with ``dump()`` when asked."""
         self._dump = dump
         readers.add_reader(self._r.fileno(), self._fire)
 
-    def detach(self, readers: Any) -> None:
+    def detach(self, readers: Readers) -> None:
         """The connection ended."""
         readers.remove_reader(self._r.fileno())
         self._dump = None

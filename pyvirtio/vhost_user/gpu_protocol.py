@@ -149,7 +149,7 @@ class ReplyParser:
         if self.broken is not None:
             return []
         self._buf += data
-        out = []
+        out: list[Reply] = []
         while len(self._buf) >= HEADER.size:
             request, flags, size = HEADER.unpack_from(self._buf)
             if size > MAX_REPLY:

@@ -9,8 +9,9 @@ Contract. :class:`ServedGpu` is :class:`~pyvirtio.host.gpu.device.Gpu` with:
 * :attr:`ServedGpu.fail_command`: when set (``--fault error=CMD``), every request of that control command is
   answered ``VIRTIO_GPU_RESP_ERR_UNSPEC`` (§5.7.6.7) without being executed, and traced as a device event
   ``injected_error`` — not as a driver violation: the driver did nothing wrong;
-* a device event ``queue_started`` each time a queue goes live, with its ring addresses and indices, so a listener
-  can tell what the front-end restarted (the rest of the model is untouched).
+* device events ``queue_started`` each time a queue goes live (its ring addresses and indices) and
+  ``queue_stopped`` each time one is reset (the indices it had reached), so a listener can tell what the
+  front-end stopped and restarted (the rest of the model is untouched).
 
 :func:`gpu_command` turns a ``--fault error=`` value into a control command (one line naming the problem on a
 name that is not one).
@@ -86,6 +87,15 @@ class ServedGpu(Gpu):
                        used=q.used_ring, size=q.size, next_avail=q.next_avail, next_used=q.next_used)
         return ok
 
+    def queue_reset(self, index: int) -> None:
+        """The model's queue reset (what a ring stop does), then a ``queue_stopped`` event with the indices the
+        queue had reached."""
+        q = self.queues[index]
+        was = (q.ready, q.next_avail, q.next_used)
+        super().queue_reset(index)
+        self.trace(Kind.DEVICE, event="queue_stopped", queue=index, ready=was[0], next_avail=was[1],
+                   next_used=was[2])
+
 
 def make_served_gpu(seed: int) -> VirtioDevice:
     """A fresh :class:`ServedGpu` (the seed does not matter to a gpu)."""
@@ -94,16 +104,11 @@ def make_served_gpu(seed: int) -> VirtioDevice:
 
 
 def gpu_stats(device: VirtioDevice) -> dict[str, Any]:
-    """What the report says of the gpu at the end of a connection: commands executed, scanouts, injected errors."""
+    """What the report says of the gpu at the end of a connection (after the model's reset): the commands it
+    executed and the errors injected. (What it showed and its queues then are in ``frontend.gpu_display``.)"""
     if not isinstance(device, ServedGpu):
         return {}
-    return {
-        "commands": dict(sorted(device.commands.items())),
-        "resources": len(device.resources),
-        "scanouts": [{"enabled": s.enabled, "resource_id": s.resource_id, "width": s.rect.width,
-                      "height": s.rect.height, "flushes": s.flushes} for s in device.scanouts],
-        "injected_errors": device.injected_errors,
-    }
+    return {"commands": dict(sorted(device.commands.items())), "injected_errors": device.injected_errors}
 
 
 __all__ = ["ERROR_COMMANDS", "QEMU_XRES", "QEMU_YRES", "ServedGpu", "gpu_command", "gpu_stats", "make_served_gpu"]

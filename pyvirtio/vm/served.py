@@ -317,8 +317,8 @@ def served_gpu_argv(argv: Sequence[str], socket_path: Path, memory_mb: int = MEM
     if len(idx) != 1 or idx[0] == 0 or out[idx[0] - 1] != "-device":
         raise ValueError("the QEMU command line has no single '-device virtio-gpu-pci,...'")
     out[idx[0]] = "vhost-user-gpu-pci,chardev=vuchr0," + out[idx[0]][len("virtio-gpu-pci,"):]
-    return out + ["-object", f"memory-backend-memfd,id=vumem,size={memory_mb}M,share=on",
-                  "-numa", "node,memdev=vumem", "-chardev", f"socket,id=vuchr0,path={socket_path}"]
+    return [*out, "-object", f"memory-backend-memfd,id=vumem,size={memory_mb}M,share=on",
+            "-numa", "node,memdev=vumem", "-chardev", f"socket,id=vuchr0,path={socket_path}"]
 
 
 class ServedGpuVm(ServedVm):
