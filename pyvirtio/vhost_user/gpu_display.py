@@ -30,8 +30,11 @@ Contract. :class:`GpuDisplay` is the :class:`~pyvirtio.vhost_user.catalog.Extens
   guest cleared DRIVER_OK or reset the device), ``queue_started`` (a ring went live, with its addresses and
   indices), ``queue_stopped``;
 * :meth:`GpuDisplay.dump` writes what the model's scanout 0 shows (:meth:`~pyvirtio.host.gpu.device.Gpu.
-  scanout_image`, PNG) and a JSON sidecar (every scanout's state, the cursor, a sequence number), atomically: at
-  the end of the connection (before the model is reset) and on request (:class:`DumpTrigger`, ``SIGUSR1``).
+  scanout_image`, PNG) and a JSON sidecar (every scanout's state and cursor, the EDID each display answers, the
+  display record so far with the model's queues now, a sequence number), atomically: on request
+  (:class:`DumpTrigger`, ``SIGUSR1``), and with the model's last live state — when every ring has stopped (the
+  stop policy resets the model right after: QEMU stops both rings when the guest clears DRIVER_OK and when it
+  quits) or when the connection ends with a ring still running; the report's ``final`` is that state too.
 """
 
 from __future__ import annotations
@@ -153,13 +156,15 @@ class DisplayRecord:
     events_total: int = 0
     dumps: int = 0
     final: dict[str, Any] = field(default_factory=dict)
+    cursor: dict[str, Any] = field(default_factory=dict)  # the last cursor message sent, and the last shape
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         return {"sockets": self.sockets, "protocol_features": self.protocol_features,
                 "display_info": self.display_info, "frontend_edid": {str(k): v for k, v in self.frontend_edid.items()},
                 "messages": dict(sorted(self.messages.items())), "update_bytes": self.update_bytes,
-                "events": self.events, "events_total": self.events_total, "dumps": self.dumps, "final": self.final}
+                "events": self.events, "events_total": self.events_total, "dumps": self.dumps, "final": self.final,
+                "cursor": self.cursor}
 
 
 class GpuDisplay:
@@ -234,9 +239,8 @@ class GpuDisplay:
         if self._closed:
             return
         self._closed = True
-        self.record.final = self.snapshot()
-        if self.dump_path is not None:
-            self.dump()
+        if any(q.ready for q in self.gpu.queues) or not self.record.final:
+            self._last_state("the connection ended")
         if self.channel is not None:
             self.channel.close("the vhost-user connection ended")
         with contextlib.suppress(ValueError):
@@ -329,6 +333,8 @@ class GpuDisplay:
                 self._scanouts_changed(repaint=False)
             elif what in ("queue_started", "queue_stopped"):
                 self._event(str(what), **{k: v for k, v in ev.detail.items() if k != "event"})
+                if what == "queue_stopped" and not any(q.ready for q in self.gpu.queues):
+                    self._last_state("every ring stopped")  # the stop policy may reset the model next
                 return
             elif what == "injected_error" and not self._error_seen:
                 self._error_seen = True
@@ -406,7 +412,7 @@ class GpuDisplay:
             for msg in (st.shape, st.cursor):
                 if msg is not None:
                     ch.send(msg)
-                    self._count(GpuRequest(int.from_bytes(msg[:4], "little")).name)
+                    self._sent_cursor(msg)
             st.shape = st.cursor = None
             if st.damage is not None and st.shown is not None:
                 r = clip(st.damage, Rect(0, 0, *st.size))
@@ -418,6 +424,16 @@ class GpuDisplay:
                     self.record.update_bytes += len(pixels)
 
     # -- the report, the dump ---------------------------------------------------------------------------------
+
+    def _sent_cursor(self, msg: bytes) -> None:
+        req = GpuRequest(int.from_bytes(msg[:4], "little"))
+        self._count(req.name)
+        sid, x, y = (int.from_bytes(msg[12 + 4 * i:16 + 4 * i], "little") for i in range(3))
+        shape = self.record.cursor.get("shape")
+        if req is GpuRequest.CURSOR_UPDATE:
+            shape = {"hot_x": int.from_bytes(msg[24:28], "little"), "hot_y": int.from_bytes(msg[28:32], "little"),
+                     "argb_md5": hashlib.md5(msg[32:]).hexdigest()}
+        self.record.cursor = {"message": req.name, "scanout": sid, "x": x, "y": y, "shape": shape}
 
     def _count(self, name: str) -> None:
         self.record.messages[name] = self.record.messages.get(name, 0) + 1
@@ -435,6 +451,11 @@ class GpuDisplay:
     def _publish(self) -> None:
         self.host.monitor.record.frontend["gpu_display"] = self.record.to_dict()
 
+    def _last_state(self, when: str) -> None:
+        self.record.final = {"when": when, **self.snapshot()}
+        if self.dump_path is not None:
+            self.dump()
+
     def snapshot(self) -> dict[str, Any]:
         """The model's queues and scanouts now (the report keeps the one taken when the connection ends, before
         the model is reset)."""
@@ -451,7 +472,8 @@ class GpuDisplay:
             return
         self.record.dumps += 1
         path = self.dump_path
-        info: dict[str, Any] = {"seq": self.record.dumps, "scanouts": [], "edid": []}
+        info: dict[str, Any] = {"seq": self.record.dumps, "scanouts": [], "edid": [],
+                                "display": self.record.to_dict() | {"now": self.snapshot()}}
         try:
             for sid, s in enumerate(self.gpu.scanouts):
                 c = s.cursor
@@ -478,26 +500,34 @@ class GpuDisplay:
 
 
 class DumpTrigger:
-    """Dumps on request: ``SIGUSR1`` (installed by :meth:`install`, main thread only) wakes the event loop through
-    a socket pair and the current connection's :meth:`GpuDisplay.dump` runs there, between two device steps."""
+    """Dumps on request: ``SIGUSR1`` (installed by :meth:`install`, main thread only) wakes the event loop and the
+    current connection's :meth:`GpuDisplay.dump` runs there, between two device steps.
+
+    The wake-up is :func:`signal.set_wakeup_fd` on a socket pair the loop watches: the C-level handler writes it
+    whatever thread the kernel delivered the signal to (numpy's BLAS threads may take it), so the loop wakes even
+    when no descriptor of the connection is busy. (It wakes the loop for every signal, e.g. SIGTERM, which then
+    reaches the loop's own handler at once.)"""
 
     def __init__(self) -> None:
         self._r, self._w = socket.socketpair()
         self._r.setblocking(False)
         self._w.setblocking(False)
         self._dump: Callable[[], None] | None = None
+        self._requested = False
 
     def install(self, signum: int = signal.SIGUSR1) -> None:
         """Make ``signum`` request a dump."""
 
         def handler(num: int, frame: FrameType | None) -> None:
             del num, frame
-            self.request()
+            self._requested = True
 
         signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._w.fileno(), warn_on_full_buffer=False)
 
     def request(self) -> None:
-        """Ask for a dump (safe from a signal handler)."""
+        """Ask for a dump (as the signal does)."""
+        self._requested = True
         with contextlib.suppress(OSError):
             self._w.send(b"d")
 
@@ -515,7 +545,8 @@ class DumpTrigger:
         with contextlib.suppress(OSError):
             while self._r.recv(64):
                 pass
-        if self._dump is not None:
+        if self._requested and self._dump is not None:
+            self._requested = False
             self._dump()
 
 

@@ -123,14 +123,13 @@ class BackendProcess:
         """Ask a ``pyvirtio serve gpu --dump-scanout`` back-end for a dump (SIGUSR1) and wait for it; the JSON
         sidecar (the PNG is at ``dump``)."""
         sidecar = Path(f"{dump}.json")
-        before = _dump_seq(sidecar)
+        before = _file_id(sidecar)
         if self.proc is None or self.proc.poll() is not None:
             raise VmError(f"the back-end is not running: {self.stderr()}")
         os.kill(self.proc.pid, signal.SIGUSR1)
         deadline = time.monotonic() + timeout
         while True:
-            seq = _dump_seq(sidecar)
-            if seq > before:
+            if _file_id(sidecar) != before:  # written atomically: a new file each time
                 info: dict[str, Any] = json.loads(sidecar.read_text())
                 return info
             if time.monotonic() > deadline:
@@ -301,11 +300,12 @@ class ServedVm:
         return Sleep("s2idle", ok, f"'echo freeze' returned {res.rc}; suspend_stats success {before} -> {after}")
 
 
-def _dump_seq(sidecar: Path) -> int:
+def _file_id(path: Path) -> tuple[int, int] | None:
     try:
-        return int(json.loads(sidecar.read_text()).get("seq", 0))
-    except (OSError, ValueError, AttributeError):
-        return 0
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def served_gpu_argv(argv: Sequence[str], socket_path: Path, memory_mb: int = MEMORY_MB) -> list[str]:
@@ -325,10 +325,11 @@ class ServedGpuVm(ServedVm):
     """The harness's q35 VM with pyvirtio's gpu served in place of QEMU's built-in one: ``vhost-user-gpu-pci``
     behind the stack's pcie-root-port (with ``x-pcie-pm-no-soft-reset`` when ``nsr``), the fbcon console unbound
     so only the test draws, ``/dev/fb0`` checked to be the served gpu's. ``builtin`` keeps QEMU's own
-    ``virtio-gpu-pci`` instead (the benchmark's baseline), with the same guest and commands."""
+    ``virtio-gpu-pci`` instead (the benchmark's baseline), with the same guest and commands; ``vnc``: a VNC
+    server on that UNIX socket too."""
 
     def __init__(self, assets: GuestAssets, socket_path: Path, logs: Path, *, nsr: bool = False,
-                 builtin: bool = False, command_timeout: float = 60.0) -> None:
+                 builtin: bool = False, vnc: Path | None = None, command_timeout: float = 60.0) -> None:
         if not assets.stack_info.pcie_ports:
             raise ValueError(f"stack {assets.stack} has no vhost-user-gpu under TCG (QEMU 10 needed)")
         self.assets = assets
@@ -340,6 +341,8 @@ class ServedGpuVm(ServedVm):
         self.vm = QemuVm(assets, self.machine_type, self.disk, files, nsr=nsr)
         if not builtin:
             self.vm.argv = served_gpu_argv(self.vm.argv, socket_path)
+        if vnc is not None:  # QEMU's VNC server shows the cursor it holds (screendump does not)
+            self.vm.argv += ["-vnc", f"unix:{vnc}"]
         self.builtin = builtin
         self.timeout = command_timeout
         self.guest: GuestShell | None = None
@@ -386,6 +389,20 @@ class ServedGpuVm(ServedVm):
         """The EDID the guest's DRM connector read (sysfs), as bytes (empty: none)."""
         out = self.g.sh("for e in /sys/class/drm/card*-Virtual-1/edid; do od -An -tx1 -v $e; break; done; true")
         return bytes.fromhex("".join(out.split()))
+
+    def put_file(self, path: str, data: bytes, mode: str = "755", chunk: int = 96) -> None:
+        """Create ``path`` in the guest with ``data``, typed over the serial console as ``printf`` arguments
+        (printable bytes as they are, the rest as octal escapes; short lines): for small files only."""
+        def esc(b: int) -> str:
+            return chr(b) if 0x20 <= b < 0x7F and chr(b) not in "'\\%" else f"\\{b:03o}"
+
+        self.g.sh(f": > {path}")
+        for i in range(0, len(data), chunk):
+            self.g.sh(f"printf '{''.join(esc(b) for b in data[i:i + chunk])}' >> {path}")
+        self.g.sh(f"chmod {mode} {path}")
+        size = self.g.sh(f"wc -c < {path}").strip()
+        if size != str(len(data)):
+            raise VmError(f"{path}: the guest has {size} bytes, not {len(data)}")
 
     def fb_loop(self, frames: int, timeout: float = 600.0) -> float:
         """Write ``frames`` whole frames into /dev/fb0 (alternating ``a`` and ``b``, unpacked in guest RAM
