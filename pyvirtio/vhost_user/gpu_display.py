@@ -30,7 +30,8 @@ Contract. :class:`GpuDisplay` is the :class:`~pyvirtio.vhost_user.catalog.Extens
   guest cleared DRIVER_OK or reset the device), ``queue_started`` (a ring went live, with its addresses and
   indices), ``queue_stopped``;
 * :meth:`GpuDisplay.dump` writes what the model's scanout 0 shows (:meth:`~pyvirtio.host.gpu.device.Gpu.
-  scanout_image`, PNG) and a JSON sidecar (every scanout's state and cursor, the EDID each display answers, the
+  scanout_image`, PNG), each scanout's cursor image (``PATH.cursor<N>.png``, RGBA) and a JSON sidecar (every
+  scanout's state and cursor, the EDID each display answers, the
   display record so far with the model's queues now, a sequence number), atomically: on request
   (:class:`DumpTrigger`, ``SIGUSR1``), and with the model's last live state — when every ring has stopped (the
   stop policy resets the model right after: QEMU stops both rings when the guest clears DRIVER_OK and when it
@@ -485,6 +486,8 @@ class GpuDisplay:
                                "argb_md5": hashlib.md5(cursor_argb(c.image)).hexdigest()}})
                 d = self.gpu.displays[sid]
                 info["edid"].append(edid.generate(d.width, d.height, serial=sid).hex() if d.enabled else None)
+            for sid, s in enumerate(self.gpu.scanouts):
+                write_png(s.cursor.image, Path(f"{path}.cursor{sid}.png"))
             img = self.gpu.scanout_image(0)
             if img is not None:
                 write_png(img, path)
