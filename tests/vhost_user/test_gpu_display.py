@@ -406,3 +406,43 @@ def test_reply_parser_never_raises(chunks: list[bytes]) -> None:
         for r in p.feed(c):
             assert len(r.payload) <= 4096
     assert p.pending < HEADER.size + 4096
+
+
+def test_generic_faults_apply_to_the_gpu() -> None:
+    """--fault needs-reset-after=K: after K completed requests the gpu sets DEVICE_NEEDS_RESET (§2.1.2) and
+    answers nothing more (the error eventfds are signalled); the display keeps what it had."""
+    fe = make(faults=("needs-reset-after=4",))
+    try:
+        peer = DisplayPeer(fe)
+        g = GpuDriver(fe)
+        g.image(1, pattern(W, H))  # create, attach, transfer: 3 requests
+        g.set_scanout(0, 1, 0, 0, W, H)  # the 4th
+        peer.read()
+        a = g.flush(1, 0, 0, W, H)
+        assert g.resp_type(a) == 0  # never answered
+        assert [f.what for f in fe.server.monitor.record.faults] == ["armed", "needs-reset-after"]
+        assert fe.errors(0) >= 1
+        assert len(peer.updates()) == 1
+    finally:
+        fe.close()
+
+
+def test_every_ring_stopped_dumps_the_last_live_state(tmp_path: Path) -> None:
+    """QEMU stops both rings when the guest clears DRIVER_OK and when it quits; the gpu's stop policy then resets
+    the model, so the dump (and the report's ``final``) is written just before, with what it showed."""
+    path = tmp_path / "scan.png"
+    fe = make(dump=path)
+    try:
+        DisplayPeer(fe).read()
+        g = GpuDriver(fe)
+        g.image(1, pattern(W, H))
+        g.set_scanout(0, 1, 0, 0, W, H)
+        fe.stop_ring(1)
+        fe.stop_ring(0)
+        assert gpu(fe).scanouts[0].enabled is False  # reset by the stop policy
+        info = json.loads(Path(f"{path}.json").read_text())
+        assert info["scanouts"][0]["enabled"] is True and path.exists()
+        final = fe.server.monitor.record.frontend["gpu_display"]["final"]
+        assert final["when"] == "every ring stopped" and final["scanouts"][0]["enabled"] is True
+    finally:
+        fe.close()
