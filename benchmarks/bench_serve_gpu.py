@@ -24,6 +24,7 @@ import argparse
 import json
 import pstats
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -123,12 +124,19 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--profile", type=Path, default=None, help="cProfile the back-end into this file")
+    ap.add_argument("--keep", action="store_true", help="keep the VMs' logs and disks (their directory is printed)")
     args = ap.parse_args()
     assets = provision_stack(stack=QEMU10_LINUX612.name)
     tmp = Path(tempfile.mkdtemp(prefix="pvgb-", dir="/tmp"))
     t0 = time.monotonic()
-    builtin = max(run_builtin(assets, tmp, args.frames, args.repeats), key=lambda r: r.fps)
-    served = max(run_served(assets, tmp, args.frames, args.repeats, args.profile), key=lambda r: r.fps)
+    try:
+        builtin = max(run_builtin(assets, tmp, args.frames, args.repeats), key=lambda r: r.fps)
+        served = max(run_served(assets, tmp, args.frames, args.repeats, args.profile), key=lambda r: r.fps)
+    finally:
+        if args.keep:
+            print(f"logs in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     print(f"{QEMU10_LINUX612.name} q35: {args.frames} frames of 1280x800 into /dev/fb0, best of {args.repeats} "
           f"({time.monotonic() - t0:.0f} s in all)")
     print(f"  QEMU virtio-gpu-pci (built-in):   {builtin.fps:6.2f} frames/s   "
