@@ -10,6 +10,7 @@ exit status 2). SIGTERM and SIGINT end the server cleanly (socket removed, repor
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,13 @@ from typing import Any
 import click
 
 from pyvirtio.cli.common import Group, output_dir, shown
+from pyvirtio.errors import UserInputError
 from pyvirtio.pm.config import SEED_MAX
-from pyvirtio.vhost_user import SERVABLE, parse_fault
+from pyvirtio.vhost_user import SERVABLE, ServeSpec, parse_fault
 from pyvirtio.vhost_user import serve as serve_device
 from pyvirtio.vhost_user.faults import FAULT_NAMES
+from pyvirtio.vhost_user.gpu_display import DumpTrigger, GpuDisplayFactory
+from pyvirtio.vhost_user.served_gpu import gpu_command
 
 
 def _log(msg: str) -> None:
@@ -46,13 +50,14 @@ def serve_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def run_server(device: str, socket_path: Path, once: bool, report: Path | None, faults: tuple[str, ...],
-               seed: int) -> None:
+def run_server(device: str | ServeSpec, socket_path: Path, once: bool, report: Path | None,
+               faults: tuple[str, ...], seed: int) -> None:
     """Check the options, then serve ``device`` until a signal (or the first disconnect with ``once``)."""
-    plan = parse_fault(faults, SERVABLE[device].faults)
+    spec = SERVABLE[device] if isinstance(device, str) else device
+    plan = parse_fault(faults, spec.faults)
     if report is not None:
         output_dir(report.parent if str(report.parent) else Path("."), "--report")
-    serve_device(device, socket_path, seed=seed, faults=plan, once=once, report=report, log=_log, out=_out)
+    serve_device(spec, socket_path, seed=seed, faults=plan, once=once, report=report, log=_log, out=_out)
 
 
 @click.group(cls=Group)
@@ -65,3 +70,28 @@ def serve() -> None:
 def rng(socket_path: Path, once: bool, report: Path | None, faults: tuple[str, ...], seed: int) -> None:
     """virtio-rng: pyvirtio's seeded entropy stream, for QEMU's vhost-user-rng-pci."""
     run_server("rng", socket_path, once, report, faults, seed)
+
+
+@serve.command("gpu")
+@serve_options
+@click.option("--dump-scanout", "dump", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="write what scanout 0 shows (PNG, plus a JSON sidecar PATH.json) at the end of each connection "
+                   "and on SIGUSR1")
+def gpu(socket_path: Path, once: bool, report: Path | None, faults: tuple[str, ...], seed: int,
+        dump: Path | None) -> None:
+    """virtio-gpu (2D): pyvirtio's gpu model on the front-end's display, for QEMU's vhost-user-gpu-pci.
+
+    --fault error=CMD answers every request of control command CMD (e.g. RESOURCE_FLUSH) with ERR_UNSPEC."""
+    for f in faults:
+        name, _, value = f.strip().partition("=")
+        if name == "error" and value:
+            cmd = gpu_command(value)
+            if isinstance(cmd, str):
+                raise UserInputError(cmd)
+    spec = SERVABLE["gpu"]
+    if dump is not None:
+        output_dir(dump.parent if str(dump.parent) else Path("."), "--dump-scanout")
+        trigger = DumpTrigger()
+        trigger.install()
+        spec = dataclasses.replace(spec, extension=GpuDisplayFactory(dump, trigger))
+    run_server(spec, socket_path, once, report, faults, seed)

@@ -5,6 +5,7 @@ time, with the real guest driver in the loop, checked by a conformance monitor a
 
     from pyvirtio.vhost_user import serve
     serve("rng", "/tmp/rng.sock", seed=7, once=True, report="report.json")
+    serve("gpu", "/tmp/gpu.sock", once=True, faults=("error=RESOURCE_FLUSH",))
 
 Modules, one concept each: :mod:`~pyvirtio.vhost_user.messages` (wire format, parser),
 :mod:`~pyvirtio.vhost_user.memory` (regions mapped from the front-end's descriptors),
@@ -12,8 +13,11 @@ Modules, one concept each: :mod:`~pyvirtio.vhost_user.messages` (wire format, pa
 context and the driver's side of the device core), :mod:`~pyvirtio.vhost_user.backend` (one connection's
 protocol state machine), :mod:`~pyvirtio.vhost_user.loop` (real-time scheduler and event loop),
 :mod:`~pyvirtio.vhost_user.monitor` (violations with their statements), :mod:`~pyvirtio.vhost_user.faults`
-(fault injection), :mod:`~pyvirtio.vhost_user.catalog` (what can be served), :mod:`~pyvirtio.vhost_user.server`
-(the socket, one client at a time, the report).
+(fault injection), :mod:`~pyvirtio.vhost_user.catalog` (what can be served), :mod:`~pyvirtio.vhost_user.extension`
+(a device's own messages), :mod:`~pyvirtio.vhost_user.server` (the socket, one client at a time, the report); for
+virtio-gpu: :mod:`~pyvirtio.vhost_user.served_gpu` (the model as served), :mod:`~pyvirtio.vhost_user.gpu_protocol`
+(the display socket's wire format), :mod:`~pyvirtio.vhost_user.gpu_channel` (one display socket, never blocking),
+:mod:`~pyvirtio.vhost_user.gpu_display` (``GPU_SET_SOCKET`` and the display driven from the model's scanouts).
 """
 
 from __future__ import annotations

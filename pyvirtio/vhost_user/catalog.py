@@ -12,56 +12,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from pyvirtio.host.device import VirtioDevice
 from pyvirtio.host.rng import Rng
-from pyvirtio.vhost_user.faults import FaultPlan
-from pyvirtio.vhost_user.messages import Message, Request
-from pyvirtio.vhost_user.monitor import Monitor
-from pyvirtio.vhost_user.transport import MonitorTrace, StopPolicy
+from pyvirtio.vhost_user.extension import Extension, ExtensionHost, Readers
+from pyvirtio.vhost_user.gpu_display import GpuDisplayFactory
+from pyvirtio.vhost_user.served_gpu import gpu_stats, make_served_gpu
+from pyvirtio.vhost_user.transport import StopPolicy
 
 Log = Callable[[str], None]
 
 #: Faults every device model supports through the core's switches.
 GENERIC_FAULTS = frozenset({"delay", "hang-after", "needs-reset-after", "quiesce-never-ends", "suspend-fails",
                             "resume-fails"})
-
-
-class Readers(Protocol):
-    """The event loop's descriptor watching, as an extension sees it."""
-
-    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` whenever ``fd`` is readable."""
-
-    def remove_reader(self, fd: int) -> None:
-        """Stop watching ``fd``."""
-
-
-@dataclass
-class ExtensionHost:
-    """What an extension may use: the device model, the event loop, the monitor, the log, the fault plan, and the
-    model's trace (append to ``trace.listeners`` to follow what the model does, e.g. its scanouts)."""
-
-    device: VirtioDevice
-    readers: Readers
-    monitor: Monitor
-    log: Log
-    plan: FaultPlan
-    trace: MonitorTrace
-
-
-class Extension(Protocol):
-    """Device-specific vhost-user messages (e.g. virtio-gpu's ``GPU_SET_SOCKET``), for one connection."""
-
-    requests: frozenset[Request]
-
-    def handle(self, msg: Message) -> str | None:
-        """Serve ``msg`` (one of :attr:`requests`): None, or the problem. The extension owns ``msg.fds``: it keeps
-        or closes each one."""
-
-    def close(self) -> None:
-        """The connection ended: release every descriptor and reader."""
 
 
 #: Served devices answer as fast as the host can: the model's modelled processing time (``latency``, the rng's
@@ -95,7 +59,14 @@ class ServeSpec:
 SERVABLE: Mapping[str, ServeSpec] = {
     "rng": ServeSpec("rng", _rng, StopPolicy.RESET, stats=_rng_stats,
                      description="virtio-rng (pyvirtio.host.rng.Rng): a seeded SHA-256 entropy stream"),
+    # RESET, not KEEP: over vhost-user the guest's reset of the gpu shows only as every ring stopping (QEMU sends
+    # no RESET_DEVICE), and the model loses its resources then, as the built-in device does; a VM stop/cont
+    # loses them too (vhost-user-gpu blocks migration anyway).
+    "gpu": ServeSpec("gpu", make_served_gpu, StopPolicy.RESET, faults=GENERIC_FAULTS | {"error"}, stats=gpu_stats,
+                     extension=GpuDisplayFactory(),
+                     description="virtio-gpu (pyvirtio.host.gpu.Gpu, 2D): its scanouts on the front-end's display"),
 }
 
 
-__all__ = ["GENERIC_FAULTS", "SERVABLE", "Extension", "ExtensionHost", "Readers", "ServeSpec"]
+__all__ = ["GENERIC_FAULTS", "SERVABLE", "Extension", "ExtensionHost", "Readers", "ServeSpec"]  # the three
+# extension types live in :mod:`pyvirtio.vhost_user.extension` and are re-exported here

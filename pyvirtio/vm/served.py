@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -26,15 +27,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyvirtio
 from pyvirtio.host.rng import EntropySource
 from pyvirtio.machine import MachineType
+from pyvirtio.vm import image
 from pyvirtio.vm.disk import create_disk
 from pyvirtio.vm.errors import GuestTimeout, VmError
 from pyvirtio.vm.probes import GuestShell
 from pyvirtio.vm.provisioning import GuestAssets
-from pyvirtio.vm.qemu import MEMORY_MB, BootFiles, QemuVm
+from pyvirtio.vm.qemu import DEVICE_IDS, MEMORY_MB, BootFiles, QemuVm
 
 #: PCI slot of the served device on the root bus (after the harness's own devices in every machine type).
 SERVED_SLOT = 0x10
@@ -46,8 +49,9 @@ _RNG_PARAMS = "/sys/module/rng_core/parameters"
 
 
 def serve_command(device: str, socket_path: Path, *, seed: int = 0, report: Path | None = None,
-                  faults: Sequence[str] = (), once: bool = True) -> list[str]:
-    """``pyvirtio serve <device> ...`` as an argv for this Python and this checkout."""
+                  faults: Sequence[str] = (), once: bool = True, extra: Sequence[str] = ()) -> list[str]:
+    """``pyvirtio serve <device> ...`` as an argv for this Python and this checkout (``extra``: the device's own
+    options, e.g. ``--dump-scanout PATH`` for the gpu)."""
     argv = [sys.executable, "-c", "from pyvirtio.cli import run; run()", "serve", device, "--socket",
             str(socket_path), "--seed", str(seed)]
     if once:
@@ -56,7 +60,7 @@ def serve_command(device: str, socket_path: Path, *, seed: int = 0, report: Path
         argv += ["--report", str(report)]
     for f in faults:
         argv += ["--fault", f]
-    return argv
+    return argv + list(extra)
 
 
 def vhost_user_args(socket_path: Path, device: str = "vhost-user-rng-pci", dev_id: str = "vurng0",
@@ -114,6 +118,23 @@ class BackendProcess:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
+
+    def request_dump(self, dump: Path, timeout: float = 30.0) -> dict[str, Any]:
+        """Ask a ``pyvirtio serve gpu --dump-scanout`` back-end for a dump (SIGUSR1) and wait for it; the JSON
+        sidecar (the PNG is at ``dump``)."""
+        sidecar = Path(f"{dump}.json")
+        before = _file_id(sidecar)
+        if self.proc is None or self.proc.poll() is not None:
+            raise VmError(f"the back-end is not running: {self.stderr()}")
+        os.kill(self.proc.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while True:
+            if _file_id(sidecar) != before:  # written atomically: a new file each time
+                info: dict[str, Any] = json.loads(sidecar.read_text())
+                return info
+            if time.monotonic() > deadline:
+                raise GuestTimeout(f"the back-end wrote no scanout dump within {timeout:.0f} s: {self.stderr()}")
+            time.sleep(0.02)
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL to the group if it lingers; its exit status."""
@@ -279,6 +300,122 @@ class ServedVm:
         return Sleep("s2idle", ok, f"'echo freeze' returned {res.rc}; suspend_stats success {before} -> {after}")
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def served_gpu_argv(argv: Sequence[str], socket_path: Path, memory_mb: int = MEMORY_MB) -> list[str]:
+    """The harness's QEMU command line with its built-in ``virtio-gpu-pci`` replaced by ``vhost-user-gpu-pci``
+    on the same bus, with the same id and properties (No_Soft_Reset included), connected to ``socket_path``, and
+    guest RAM on a shared memfd. ValueError if the command line has no built-in gpu."""
+    out = list(argv)
+    idx = [i for i, a in enumerate(out) if a.startswith("virtio-gpu-pci,")]
+    if len(idx) != 1 or idx[0] == 0 or out[idx[0] - 1] != "-device":
+        raise ValueError("the QEMU command line has no single '-device virtio-gpu-pci,...'")
+    out[idx[0]] = "vhost-user-gpu-pci,chardev=vuchr0," + out[idx[0]][len("virtio-gpu-pci,"):]
+    return [*out, "-object", f"memory-backend-memfd,id=vumem,size={memory_mb}M,share=on",
+            "-numa", "node,memdev=vumem", "-chardev", f"socket,id=vuchr0,path={socket_path}"]
+
+
+class ServedGpuVm(ServedVm):
+    """The harness's q35 VM with pyvirtio's gpu served in place of QEMU's built-in one: ``vhost-user-gpu-pci``
+    behind the stack's pcie-root-port (with ``x-pcie-pm-no-soft-reset`` when ``nsr``), the fbcon console unbound
+    so only the test draws, ``/dev/fb0`` checked to be the served gpu's. ``builtin`` keeps QEMU's own
+    ``virtio-gpu-pci`` instead (the benchmark's baseline), with the same guest and commands; ``vnc``: a VNC
+    server on that UNIX socket too."""
+
+    def __init__(self, assets: GuestAssets, socket_path: Path, logs: Path, *, nsr: bool = False,
+                 builtin: bool = False, vnc: Path | None = None, command_timeout: float = 60.0) -> None:
+        if not assets.stack_info.pcie_ports:
+            raise ValueError(f"stack {assets.stack} has no vhost-user-gpu under TCG (QEMU 10 needed)")
+        self.assets = assets
+        self.machine_type = MachineType.Q35
+        self.logs = logs
+        logs.mkdir(parents=True, exist_ok=True)
+        self.disk = logs / "disk.img"
+        files = BootFiles.for_boot(logs, socket_path.parent, 1)
+        self.vm = QemuVm(assets, self.machine_type, self.disk, files, nsr=nsr)
+        if not builtin:
+            self.vm.argv = served_gpu_argv(self.vm.argv, socket_path)
+        if vnc is not None:  # QEMU's VNC server shows the cursor it holds (screendump does not)
+            self.vm.argv += ["-vnc", f"unix:{vnc}"]
+        self.builtin = builtin
+        self.timeout = command_timeout
+        self.guest: GuestShell | None = None
+        self.boot_s = 0.0
+        self.scratch = socket_path.parent
+
+    def start(self, boot_timeout: float = 120.0) -> None:
+        """Boot to the guest's shell; unbind fbcon; check /dev/fb0 is a virtio-gpu of the expected size."""
+        super().start(boot_timeout)
+        self.g.setup()
+        driver = self.g.sh("basename $(readlink -f /sys/class/graphics/fb0/device/driver) 2>/dev/null; "
+                           "cat /sys/class/graphics/fb0/name; true").split()
+        fw, fh = self.assets.frame_size
+        geom = self.g.fb_geometry()
+        if "virtio_gpu" not in " ".join(driver) and "virtio_gpudrmfb" not in " ".join(driver):
+            raise VmError(f"/dev/fb0 is not a virtio-gpu framebuffer ({driver}) (logs in {self.logs})")
+        if not geom.startswith(f"{fw},{fh}"):
+            raise VmError(f"/dev/fb0 is {geom}, expected {fw},{fh} (logs in {self.logs})")
+
+    def draw(self, frame: str) -> None:
+        """Write the known frame ``a`` or ``b`` into /dev/fb0."""
+        self.g.draw(frame)
+
+    def screendump(self, name: str = "screen") -> image.RGB:
+        """QMP ``screendump`` of the gpu's console, as (H, W, 3) RGB."""
+        qmp = self.vm.qmp
+        assert qmp is not None
+        ppm = self.logs / f"{name}.ppm"
+        qmp.execute("screendump", {"filename": str(ppm), "device": DEVICE_IDS["gpu"]})
+        rgb = image.read_ppm(ppm)
+        ppm.unlink()
+        return rgb
+
+    def wait_screen(self, want: image.RGB, timeout: float, name: str = "screen") -> tuple[bool, image.RGB]:
+        """Poll ``screendump`` until it equals ``want`` or ``timeout`` s pass: (equal, last screen)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.screendump(name)
+            if image.same_image(got, want) or time.monotonic() >= deadline:
+                return image.same_image(got, want), got
+            time.sleep(0.1)
+
+    def edid(self) -> bytes:
+        """The EDID the guest's DRM connector read (sysfs), as bytes (empty: none)."""
+        out = self.g.sh("for e in /sys/class/drm/card*-Virtual-1/edid; do od -An -tx1 -v $e; break; done; true")
+        return bytes.fromhex("".join(out.split()))
+
+    def put_file(self, path: str, data: bytes, mode: str = "755", chunk: int = 96) -> None:
+        """Create ``path`` in the guest with ``data``, typed over the serial console as ``printf`` arguments
+        (printable bytes as they are, the rest as octal escapes; short lines): for small files only."""
+        def esc(b: int) -> str:
+            return chr(b) if 0x20 <= b < 0x7F and chr(b) not in "'\\%" else f"\\{b:03o}"
+
+        self.g.sh(f": > {path}")
+        for i in range(0, len(data), chunk):
+            self.g.sh(f"printf '{''.join(esc(b) for b in data[i:i + chunk])}' >> {path}")
+        self.g.sh(f"chmod {mode} {path}")
+        size = self.g.sh(f"wc -c < {path}").strip()
+        if size != str(len(data)):
+            raise VmError(f"{path}: the guest has {size} bytes, not {len(data)}")
+
+    def fb_loop(self, frames: int, timeout: float = 600.0) -> float:
+        """Write ``frames`` whole frames into /dev/fb0 (alternating ``a`` and ``b``, unpacked in guest RAM
+        first, one ``dd`` per frame); the seconds the loop took as the host saw it (the shell's round trip
+        subtracted)."""
+        self.g.sh("zcat /data/frame-a.gz > /tmp/fa; zcat /data/frame-b.gz > /tmp/fb")
+        rt = self.round_trip()
+        t0 = time.monotonic()
+        self.g.sh(f"i=0; while [ $i -lt {frames} ]; do dd if=/tmp/f$([ $((i % 2)) = 0 ] && echo a || echo b) "
+                  f"of=/dev/fb0 bs=4096000 2>/dev/null; i=$((i + 1)); done", timeout)
+        return max(1e-6, time.monotonic() - t0 - rt)
+
+
 def entropy_stream(seed: int, n: int) -> bytes:
     """The first ``n`` bytes the served rng model produces with ``seed`` (read in pieces: fast for megabytes)."""
     src = EntropySource(seed)
@@ -331,5 +468,5 @@ def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-__all__ = ["SERVED_PCI", "SERVED_SLOT", "Alignment", "BackendProcess", "ServedVm", "Sleep", "align",
-           "entropy_stream", "find_in_stream", "md5", "serve_command", "vhost_user_args"]
+__all__ = ["SERVED_PCI", "SERVED_SLOT", "Alignment", "BackendProcess", "ServedGpuVm", "ServedVm", "Sleep", "align",
+           "entropy_stream", "find_in_stream", "md5", "serve_command", "served_gpu_argv", "vhost_user_args"]

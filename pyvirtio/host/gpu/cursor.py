@@ -62,14 +62,17 @@ class CursorQueue(GpuBase):
         self.trace(Kind.DEVICE, event="gpu_cursor", cmd=name, scanout=sid, resource_id=c.resource_id)
 
     def _load_cursor(self, c: Cursor, rid: int) -> None:
-        """Copy the 64x64 cursor image out of resource ``rid`` (QEMU ``virtio_gpu_update_cursor_data``)."""
+        """Copy the 64x64 cursor image out of resource ``rid`` as a8r8g8b8, whatever its format (QEMU
+    ``virtio_gpu_update_cursor_data`` copies the raw pixels)."""
         res = self.resources.get(rid)
         n = GPU_CURSOR_SIZE
         if res is None:
             self.violation("§5.7.6.6 cursor resource does not exist", resource_id=rid)
             return
         if res.image is not None and res.width == n and res.height == n:
-            c.image = formats.to_rgba(res.image.reshape(n, n, 4), res.format)
+            # QEMU copies the resource's 32-bit pixels into its a8r8g8b8 cursor whatever the resource's format:
+            # Linux's cursor is an XRGB dumb buffer whose X byte carries the alpha (found with the real driver)
+            c.image = formats.to_rgba(res.image.reshape(n, n, 4), GpuFormat.B8G8R8A8_UNORM)
         elif res.blob is not None and res.backing and res.backing_size >= n * n * GPU_BYTES_PER_PIXEL:
             raw = res.backing_bytes(self.ctx.memory, 0, n * n * GPU_BYTES_PER_PIXEL, copy=True)
             c.image = formats.to_rgba(raw.reshape(n, n, 4), GpuFormat.B8G8R8A8_UNORM)

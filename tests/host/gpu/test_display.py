@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 
 from pyvirtio.guest.gpu.driver import arrow_cursor
+from pyvirtio.guest.gpu.objects import ObjectKind
+from pyvirtio.spec.constants import GpuCmd
 
 from .helpers import (
     ALL_FORMATS,
@@ -198,3 +200,25 @@ def test_a_3d_resource_of_any_format_on_a_scanout_composes(virgl: Rig, fmt: int,
     assert (img[..., :3] == 0).all() and (img[..., 3] == 255).all()
     virgl.dev.save_png(0, tmp_path / "3d.png")
     assert np.array_equal(np.asarray(Image.open(tmp_path / "3d.png").convert("RGBA")), img)
+
+
+def test_cursor_of_an_xrgb_resource_keeps_the_alpha_in_its_x_byte(rig: Rig) -> None:
+    """QEMU ``virtio_gpu_update_cursor_data`` copies a cursor resource's 32-bit pixels as a8r8g8b8 whatever its
+    format. Linux's cursor is an XRGB dumb buffer whose X byte carries the alpha (found serving the gpu to the
+    real 6.12 driver): a transparent part must stay transparent, not turn opaque black."""
+    img = pattern(320, 200, 5)
+    rig.drv.draw(0, img)
+    obj = rig.drv.create_resource_2d(64, 64, B8G8R8X8, kind=ObjectKind.CURSOR)
+    raw = np.zeros((64, 64, 4), np.uint8)
+    raw[..., :3] = (30, 60, 90)  # B, G, R
+    raw[..., 3] = 0xFF
+    raw[:8, :8, 3] = 0  # a transparent corner, in the X byte
+    rig.drv._write_backing(obj, 0, raw.reshape(-1))
+    rig.drv.transfer_to_host_2d(obj, (0, 0, 64, 64), wait=True)
+    rig.drv.wait(rig.drv._cursor_cmd(GpuCmd.UPDATE_CURSOR, 0, 100, 50, obj.id, 0, 0))
+    cur = rig.dev.scanouts[0].cursor
+    assert cur.visible and cur.image[0, 0, 3] == 0 and tuple(cur.image[20, 20]) == (90, 60, 30, 255)
+    out = rig.dev.scanout_image(0)
+    assert out is not None
+    assert np.array_equal(out[50:58, 100:108], img[50:58, 100:108])  # under the transparent corner
+    assert tuple(out[70, 120]) == (90, 60, 30, 255)
