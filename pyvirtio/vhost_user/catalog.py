@@ -24,8 +24,8 @@ from pyvirtio.vhost_user.transport import StopPolicy
 Log = Callable[[str], None]
 
 #: Faults every device model supports through the core's switches.
-GENERIC_FAULTS = frozenset({"delay", "hang-after", "needs-reset-after", "quiesce-never-ends", "suspend-fails",
-                            "resume-fails"})
+GENERIC_FAULTS = frozenset({"delay", "hang-after", "hang-on-sigusr2", "needs-reset-after", "quiesce-never-ends",
+                            "suspend-fails", "resume-fails"})
 
 
 #: Served devices answer as fast as the host can: the model's modelled processing time (``latency``, the rng's

@@ -8,6 +8,10 @@ problem on bad input) and applied to the device model through its own switches
 ``delay=MS``               every device step takes ``MS`` ms longer (the model's ``latency``): slow requests
 ``hang-after=K``           after ``K`` completed requests the backend wedges: no request completes any more
                            (``Faults.backend_hangs``; NON-CONFORMING on purpose)
+``hang-on-sigusr2``        from the moment the back-end process receives SIGUSR2 (a trigger the caller aims:
+                           e.g. just before a guest's freeze) no request completes any more, as ``hang-after``
+                           (NON-CONFORMING); the signal is ignored without this fault; each connection starts
+                           un-hung
 ``needs-reset-after=K``    after ``K`` completed requests the device sets DEVICE_NEEDS_RESET (§2.1.2) and
                            stops; over vhost-user the front-end owns the status byte, so the guest sees the
                            requests stop, and the error eventfd of every ring is signalled
@@ -19,7 +23,8 @@ problem on bad input) and applied to the device model through its own switches
 =========================  ===================================================================================
 
 :class:`FaultEngine` counts completed requests (used-ring entries the device wrote, over every queue) after each
-device step and fires the counted faults once, recording them in the monitor.
+device step and fires the counted faults once, recording them in the monitor; :meth:`FaultEngine.hang_now`
+(what SIGUSR2 calls, :func:`~pyvirtio.vhost_user.server.serve` installs it) wedges the backend at once.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ COUNT_MAX = 1 << 32
 DELAY_MAX_MS = 3_600_000
 #: Every fault name and whether it takes a value.
 FAULT_NAMES: dict[str, bool] = {
-    "delay": True, "hang-after": True, "needs-reset-after": True, "quiesce-never-ends": False,
+    "delay": True, "hang-after": True, "hang-on-sigusr2": False, "needs-reset-after": True, "quiesce-never-ends": False,
     "suspend-fails": False, "resume-fails": False, "error": True,
 }
 _CMD = re.compile(r"[A-Za-z0-9_]{1,64}")
@@ -51,6 +56,7 @@ class FaultPlan:
 
     delay_ms: int | None = None
     hang_after: int | None = None
+    hang_on_sigusr2: bool = False
     needs_reset_after: int | None = None
     quiesce_never_ends: bool = False
     suspend_fails: bool = False
@@ -152,6 +158,15 @@ class FaultEngine:
                 self.completed += delta
                 self._last[i] = (q, q.next_used)
         self._fire()
+
+    def hang_now(self, why: str) -> None:
+        """Wedge the backend from now on (``hang-on-sigusr2``; no effect without it or when already hung):
+        no request completes any more on this connection; recorded as a fault event."""
+        if not self.plan.hang_on_sigusr2 or self._hung:
+            return
+        self._hung = True
+        self.device.faults.backend_hangs = True
+        self._report("hang-on-sigusr2", f"backend wedged on {why}: no request completes any more")
 
     def _fire(self) -> None:
         p = self.plan

@@ -28,7 +28,9 @@ Contract. :class:`GpuDisplay` is the :class:`~pyvirtio.vhost_user.catalog.Extens
   information and EDID, message and byte counts, and a timeline of what the front-end did to the device as the
   back-end saw it: ``driver-ok`` (a ``GPU_SET_SOCKET``), ``display-closed`` (the front-end closed the socket: the
   guest cleared DRIVER_OK or reset the device), ``queue_started`` (a ring went live, with its addresses and
-  indices), ``queue_stopped``;
+  indices), ``queue_stopped``; and ``commands``, the control commands the model executed in order (name and
+  response, consecutive repeats folded into one entry with a count ``n``) with the rings' starts and stops among
+  them, so the order of a sequence (e.g. objects re-created before the first SET_SCANOUT) can be read back;
 * :meth:`GpuDisplay.dump` writes what the model's scanout 0 shows (:meth:`~pyvirtio.host.gpu.device.Gpu.
   scanout_image`, PNG), each scanout's cursor image (``PATH.cursor<N>.png``, RGBA) and a JSON sidecar (every
   scanout's state and cursor, the EDID each display answers, the
@@ -82,6 +84,8 @@ from pyvirtio.vhost_user.served_gpu import ServedGpu, gpu_command
 
 #: Timeline entries kept per connection (all are counted).
 MAX_EVENTS = 400
+#: Entries of the folded command sequence kept per connection (all are counted).
+MAX_COMMANDS = 1000
 #: Formats whose bytes are already x8r8g8b8 in little-endian memory (B, G, R, X/A): sent as they are.
 _BGRX = (GpuFormat.B8G8R8X8_UNORM, GpuFormat.B8G8R8A8_UNORM)
 _SCANOUT_CHANGERS = frozenset({"SET_SCANOUT", "SET_SCANOUT_BLOB", "RESOURCE_UNREF", "RESOURCE_DETACH_BACKING"})
@@ -158,6 +162,8 @@ class DisplayRecord:
     dumps: int = 0
     final: dict[str, Any] = field(default_factory=dict)
     cursor: dict[str, Any] = field(default_factory=dict)  # the last cursor message sent, and the last shape
+    commands: list[dict[str, Any]] = field(default_factory=list)  # folded: consecutive repeats counted in "n"
+    commands_total: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -165,7 +171,7 @@ class DisplayRecord:
                 "display_info": self.display_info, "frontend_edid": {str(k): v for k, v in self.frontend_edid.items()},
                 "messages": dict(sorted(self.messages.items())), "update_bytes": self.update_bytes,
                 "events": self.events, "events_total": self.events_total, "dumps": self.dumps, "final": self.final,
-                "cursor": self.cursor}
+                "cursor": self.cursor, "commands": self.commands, "commands_total": self.commands_total}
 
 
 class GpuDisplay:
@@ -324,6 +330,7 @@ class GpuDisplay:
             what = ev.detail.get("event")
             if what == "gpu_cmd":
                 cmd = str(ev.detail.get("cmd"))
+                self._command(cmd, resp=str(ev.detail.get("resp")))
                 if cmd == "RESOURCE_FLUSH":
                     self._flushed()
                 elif cmd in _SCANOUT_CHANGERS:
@@ -334,6 +341,7 @@ class GpuDisplay:
                 self._scanouts_changed(repaint=False)
             elif what in ("queue_started", "queue_stopped"):
                 self._event(str(what), **{k: v for k, v in ev.detail.items() if k != "event"})
+                self._command(str(what), queue=ev.detail.get("queue"))
                 if what == "queue_stopped" and not any(q.ready for q in self.gpu.queues):
                     self._last_state("every ring stopped")  # the stop policy may reset the model next
                 return
@@ -444,6 +452,17 @@ class GpuDisplay:
         if len(self.record.events) < MAX_EVENTS:
             t = (self.gpu.ctx.scheduler.now - self._t0) / 1e9
             self.record.events.append({"t_s": round(t, 6), "what": what, **detail})
+
+    def _command(self, what: str, **detail: Any) -> None:
+        """Append to the folded command sequence (a repeat of the last entry only counts)."""
+        rec = self.record
+        rec.commands_total += 1
+        last = rec.commands[-1] if rec.commands else None
+        if last is not None and last["what"] == what and all(last.get(k) == v for k, v in detail.items()):
+            last["n"] += 1
+        elif len(rec.commands) < MAX_COMMANDS:
+            t = (self.gpu.ctx.scheduler.now - self._t0) / 1e9
+            rec.commands.append({"t_s": round(t, 6), "what": what, **detail, "n": 1})
 
     def _problem(self, text: str) -> None:
         self.host.log(text)
@@ -565,5 +584,5 @@ class GpuDisplayFactory:
         return GpuDisplay(host, self.dump_path, self.trigger)
 
 
-__all__ = ["MAX_EVENTS", "DisplayRecord", "DumpTrigger", "GpuDisplay", "GpuDisplayFactory", "ScanoutState", "clip",
-           "cursor_argb", "scanout_pixels", "union"]
+__all__ = ["MAX_COMMANDS", "MAX_EVENTS", "DisplayRecord", "DumpTrigger", "GpuDisplay", "GpuDisplayFactory",
+           "ScanoutState", "clip", "cursor_argb", "scanout_pixels", "union"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import stat
 import sys
@@ -240,15 +241,21 @@ def serve(device: str | ServeSpec, socket_path: str | os.PathLike[str], *, seed:
           faults: tuple[str, ...] | FaultPlan = (), once: bool = False, report: str | os.PathLike[str] | None = None,
           log: Log = _stderr, out: Log = _stdout, stop_on_signals: bool = True) -> list[ConnectionRecord]:
     """Serve ``device`` (a :data:`~pyvirtio.vhost_user.catalog.SERVABLE` name) on ``socket_path`` until SIGTERM or
-    SIGINT (or the first connection's end with ``once``); the record of every connection."""
+    SIGINT (or the first connection's end with ``once``); the record of every connection. With ``--fault
+    hang-on-sigusr2`` SIGUSR2 wedges the backend (:meth:`FaultEngine.hang_now`)."""
     server = Server(device, seed=seed, faults=faults, once=once, report=Path(report) if report else None, log=log,
                     out=out)
     if stop_on_signals:  # before the socket exists: a signal never finds it half-served
         server.loop.stop_on_signals()
+    old_usr2 = None
+    if stop_on_signals and server.plan.hang_on_sigusr2:  # the trigger of --fault hang-on-sigusr2 (main thread)
+        old_usr2 = signal.signal(signal.SIGUSR2, lambda _n, _f: server.engine.hang_now("SIGUSR2"))
     try:
         server.listen(Path(socket_path))
         server.run()
     finally:
+        if old_usr2 is not None:
+            signal.signal(signal.SIGUSR2, old_usr2)
         server.close()
         if server.path is not None:
             server.write_report()

@@ -9,6 +9,12 @@ Contract:
   unbinds every other virtio-rng in the guest so ``/dev/hwrng`` is the served one (:meth:`ServedVm.use_served_rng`,
   and :meth:`ServedVm.use_builtin_rng` for a comparison), reads it (bytes over the serial console, or a
   checksum for large reads), and takes the guest through S3 and s2idle;
+* :class:`ServedGpuVm` does the same with pyvirtio's gpu in place of QEMU's built-in one (q35, behind the stack's
+  root port), optionally booting the variant initramfs carrying one of our virtio-gpu modules (``gpu_module``,
+  e.g. ``s4-replay``), and hibernates it (:meth:`ServedGpuVm.enable_s4`, :meth:`ServedGpuVm.s4`): swap on the blk
+  disk, ``echo disk`` with ``/sys/power/disk`` = shutdown, QEMU exits, a second QEMU boots with ``resume=`` and
+  connects to the same back-end (which keeps listening across the restart); a hibernation the guest aborts
+  leaves the first QEMU running and says why;
 * the module imports nothing of the back-end: the two meet only through the socket and the report file.
 
 Errors are one-line :class:`~pyvirtio.vm.errors.VmError` s naming the log directory.
@@ -25,7 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +39,7 @@ import pyvirtio
 from pyvirtio.host.rng import EntropySource
 from pyvirtio.machine import MachineType
 from pyvirtio.vm import image
-from pyvirtio.vm.disk import create_disk
+from pyvirtio.vm.disk import SWAP_DEV, create_disk
 from pyvirtio.vm.errors import GuestTimeout, VmError
 from pyvirtio.vm.probes import GuestShell
 from pyvirtio.vm.provisioning import GuestAssets
@@ -326,28 +332,42 @@ class ServedGpuVm(ServedVm):
     behind the stack's pcie-root-port (with ``x-pcie-pm-no-soft-reset`` when ``nsr``), the fbcon console unbound
     so only the test draws, ``/dev/fb0`` checked to be the served gpu's. ``builtin`` keeps QEMU's own
     ``virtio-gpu-pci`` instead (the benchmark's baseline), with the same guest and commands; ``vnc``: a VNC
-    server on that UNIX socket too."""
+    server on that UNIX socket too; ``gpu_module``: boot the initramfs carrying that virtio-gpu module of ours
+    (:meth:`~pyvirtio.vm.provisioning.GuestAssets.initrd_for`) instead of the stock driver."""
 
     def __init__(self, assets: GuestAssets, socket_path: Path, logs: Path, *, nsr: bool = False,
-                 builtin: bool = False, vnc: Path | None = None, command_timeout: float = 60.0) -> None:
+                 builtin: bool = False, vnc: Path | None = None, command_timeout: float = 60.0,
+                 gpu_module: str | None = None) -> None:
         if not assets.stack_info.pcie_ports:
             raise ValueError(f"stack {assets.stack} has no vhost-user-gpu under TCG (QEMU 10 needed)")
+        if gpu_module is not None:
+            assets = replace(assets, initrd=assets.initrd_for(gpu_module))
         self.assets = assets
+        self.gpu_module = gpu_module
         self.machine_type = MachineType.Q35
         self.logs = logs
         logs.mkdir(parents=True, exist_ok=True)
         self.disk = logs / "disk.img"
-        files = BootFiles.for_boot(logs, socket_path.parent, 1)
-        self.vm = QemuVm(assets, self.machine_type, self.disk, files, nsr=nsr)
-        if not builtin:
-            self.vm.argv = served_gpu_argv(self.vm.argv, socket_path)
-        if vnc is not None:  # QEMU's VNC server shows the cursor it holds (screendump does not)
-            self.vm.argv += ["-vnc", f"unix:{vnc}"]
+        self.nsr = nsr
+        self.socket_path = socket_path
+        self.vnc = vnc
         self.builtin = builtin
+        self.scratch = socket_path.parent
+        self.boots = 1
+        self.vm = self._machine(resume=False)
         self.timeout = command_timeout
         self.guest: GuestShell | None = None
         self.boot_s = 0.0
-        self.scratch = socket_path.parent
+
+    def _machine(self, *, resume: bool) -> QemuVm:
+        """QEMU for boot number :attr:`boots` (the second one resumes a hibernated guest)."""
+        files = BootFiles.for_boot(self.logs, self.scratch, self.boots)
+        vm = QemuVm(self.assets, self.machine_type, self.disk, files, nsr=self.nsr, resume=resume)
+        if not self.builtin:
+            vm.argv = served_gpu_argv(vm.argv, self.socket_path)
+        if self.vnc is not None:  # QEMU's VNC server shows the cursor it holds (screendump does not)
+            vm.argv += ["-vnc", f"unix:{self.vnc}"]
+        return vm
 
     def start(self, boot_timeout: float = 120.0) -> None:
         """Boot to the guest's shell; unbind fbcon; check /dev/fb0 is a virtio-gpu of the expected size."""
@@ -361,6 +381,52 @@ class ServedGpuVm(ServedVm):
             raise VmError(f"/dev/fb0 is not a virtio-gpu framebuffer ({driver}) (logs in {self.logs})")
         if not geom.startswith(f"{fw},{fh}"):
             raise VmError(f"/dev/fb0 is {geom}, expected {fw},{fh} (logs in {self.logs})")
+
+    def enable_s4(self) -> None:
+        """Make ``echo disk`` possible: swap on the blk disk's swap partition, hibernation powers off."""
+        self.g.sh(f"mkswap /dev/{SWAP_DEV} >/dev/null && swapon /dev/{SWAP_DEV} && echo shutdown > /sys/power/disk")
+
+    def s4(self, suspend_timeout: float = 180.0, resume_timeout: float = 180.0) -> Sleep:
+        """Hibernate: ``echo disk``; if QEMU exits (the image is on swap), boot a second QEMU with ``resume=``
+        (same disk, same back-end socket) and wait for the restored kernel's shell to finish the command. If the
+        command returns instead (the guest aborted the hibernation), QEMU is still running and the Sleep says
+        what ``echo disk`` printed and returned. Errors (no exit, no resume, a fresh boot) are VmErrors."""
+        old = self.vm
+        pending = old.console.start("echo disk > /sys/power/state 2>&1")
+        deadline = time.monotonic() + suspend_timeout
+        while old.alive() and not old.console.eof:
+            try:
+                res = old.console.wait(pending, 0.1)
+            except GuestTimeout:
+                if time.monotonic() > deadline:
+                    raise GuestTimeout(f"S4: QEMU still running {suspend_timeout:.0f} s after 'echo disk' "
+                                       f"(logs in {self.logs})") from None
+                continue
+            except VmError:
+                if old.console.eof:
+                    break
+                raise
+            said = " | ".join(ln.strip() for ln in res.output.splitlines() if ln.strip())
+            return Sleep("S4", False, f"'echo disk' returned {res.rc} without powering off: {said}")
+        old.wait_exit(suspend_timeout)
+        old.stop(graceful=False)
+        self.boots += 1
+        self.vm = new = self._machine(resume=True)
+        new.start()
+        deadline = time.monotonic() + resume_timeout
+        while True:
+            with contextlib.suppress(GuestTimeout):
+                res = new.console.wait(pending, 0.2, start=0)
+                break
+            if new.booted_afresh():
+                raise VmError(f"S4: the second boot did not resume the hibernated kernel (logs in {self.logs})")
+            if not new.alive():
+                raise VmError(f"S4: QEMU exited during resume: {new.stderr_tail()} (logs in {self.logs})")
+            if time.monotonic() > deadline:
+                raise GuestTimeout(f"S4: no resume within {resume_timeout:.0f} s (logs in {self.logs})")
+        self.g.console = new.console
+        return Sleep("S4", res.rc == 0, f"hibernated, QEMU exited, resumed by boot {self.boots}; "
+                                        f"'echo disk' returned {res.rc}")
 
     def draw(self, frame: str) -> None:
         """Write the known frame ``a`` or ``b`` into /dev/fb0."""
