@@ -10,8 +10,8 @@ problem on bad input) and applied to the device model through its own switches
                            (``Faults.backend_hangs``; NON-CONFORMING on purpose)
 ``hang-on-sigusr2``        from the moment the back-end process receives SIGUSR2 (a trigger the caller aims:
                            e.g. just before a guest's freeze) no request completes any more, as ``hang-after``
-                           (NON-CONFORMING); the signal is ignored without this fault; each connection starts
-                           un-hung
+                           (NON-CONFORMING); each connection starts un-hung (without this fault SIGUSR2
+                           keeps its default action)
 ``needs-reset-after=K``    after ``K`` completed requests the device sets DEVICE_NEEDS_RESET (§2.1.2) and
                            stops; over vhost-user the front-end owns the status byte, so the guest sees the
                            requests stop, and the error eventfd of every ring is signalled

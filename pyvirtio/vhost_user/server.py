@@ -247,15 +247,16 @@ def serve(device: str | ServeSpec, socket_path: str | os.PathLike[str], *, seed:
                     out=out)
     if stop_on_signals:  # before the socket exists: a signal never finds it half-served
         server.loop.stop_on_signals()
-    old_usr2 = None
-    if stop_on_signals and server.plan.hang_on_sigusr2:  # the trigger of --fault hang-on-sigusr2 (main thread)
-        old_usr2 = signal.signal(signal.SIGUSR2, lambda _n, _f: server.engine.hang_now("SIGUSR2"))
+    usr2 = stop_on_signals and server.plan.hang_on_sigusr2  # the trigger of --fault hang-on-sigusr2 (main thread)
+    old_usr2 = signal.getsignal(signal.SIGUSR2)
+    if usr2:
+        signal.signal(signal.SIGUSR2, lambda _n, _f: server.engine.hang_now("SIGUSR2"))
     try:
         server.listen(Path(socket_path))
         server.run()
     finally:
-        if old_usr2 is not None:
-            signal.signal(signal.SIGUSR2, old_usr2)
+        if usr2:
+            signal.signal(signal.SIGUSR2, old_usr2 if old_usr2 is not None else signal.SIG_DFL)
         server.close()
         if server.path is not None:
             server.write_report()
