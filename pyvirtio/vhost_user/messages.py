@@ -288,6 +288,7 @@ REQUESTS: dict[Request, RequestSpec] = {
     Request.SET_CONFIG: RequestSpec(PayloadKind.CONFIG),
     Request.GPU_SET_SOCKET: RequestSpec(_N, FdRule.ONE),
     Request.RESET_DEVICE: RequestSpec(_N),
+    Request.VRING_KICK: RequestSpec(_S),  # in-band kick (INBAND_NOTIFICATIONS): served by an extension
     Request.GET_MAX_MEM_SLOTS: RequestSpec(_N, reply=True),
     Request.ADD_MEM_REG: RequestSpec(PayloadKind.REGION, FdRule.ONE),
     Request.REM_MEM_REG: RequestSpec(PayloadKind.REGION, FdRule.ZERO_OR_ONE),
