@@ -16,8 +16,9 @@ Contract:
   before the time it asked for run in order, then it runs at exactly that time. Everything happens in one
   total order, so the same kernel, initramfs, scenario and seed give the same register-level trace;
 * a request on the cmd queue is served before the kick is acknowledged (time-travel) or in the same pass of the
-  loop (real time), so the kernel's busy-poll (``max_delay_us``, 40 ms) finds its answer; in real time every
-  pass that took longer than :data:`READ_BUDGET_NS` is counted in :attr:`Bridge.slow_passes`;
+  loop (real time), so the kernel's busy-poll (``max_delay_us``, 40 ms) finds its answer; every device step
+  that took longer than :data:`READ_BUDGET_NS` of real time (a read arriving meanwhile waits for it) is counted
+  in ``stats.slow_steps``;
 * nothing the kernel sends raises out of the bridge: the back-end core, the carrier and the calendar answer bad
   input with the protocol's answer and record it.
 """
@@ -112,6 +113,8 @@ class _InbandKick:
             return f"VRING_KICK of vring {state.index}, which does not exist"
         ring = session.rings[state.index]
         self.kicks += 1
+        for hook in self.bridge.before_kick:
+            hook()
         if ring.phase is not RingPhase.STARTED and not (ring.runnable() and state.index in self.slot.served.running):
             ring.kicked = True
             return None
@@ -161,8 +164,8 @@ class BridgeStats:
     steps: int = 0
     runs_granted: int = 0
     inband_calls: int = 0
-    max_pass_ns: int = 0
-    slow_passes: int = 0
+    max_step_ns: int = 0  # real time the longest device step took (the kernel's reads wait behind it)
+    slow_steps: int = 0  # steps longer than the kernel's read budget (40 ms)
     idle_forever_at: int | None = None
     calendar_problems: list[str] = field(default_factory=list)
 
@@ -181,6 +184,8 @@ class Bridge:
         self.wire: list[WireRecord] = []
         self.stats = BridgeStats()
         self.step_hooks = step_hooks if step_hooks is not None else []
+        #: run before a kick is served (the runner reads the console there, so lines keep their order)
+        self.before_kick: list[Callable[[], None]] = []
         self.calendar = Calendar() if mode is Mode.TIME_TRAVEL else None
         self._cal_listener: socket.socket | None = None
         self._cal: socket.socket | None = None
@@ -304,11 +309,16 @@ class Bridge:
 
     def _step(self) -> bool:
         sched = self.machine.scheduler
+        t0 = time.monotonic_ns()
         ran = sched.step()
         if ran:
             self.stats.steps += 1
             for hook in self.step_hooks:
                 hook()
+            spent = time.monotonic_ns() - t0
+            self.stats.max_step_ns = max(self.stats.max_step_ns, spent)
+            if spent > READ_BUDGET_NS:
+                self.stats.slow_steps += 1
         return ran
 
     def settle(self) -> None:
@@ -416,29 +426,27 @@ class Bridge:
         once per pass (the runner reads the console there)."""
         deadline = time.monotonic() + timeout
         while not until():
-            now = time.monotonic()
-            if now >= deadline:
+            if time.monotonic() >= deadline:
                 return False
-            t0 = time.monotonic_ns()
-            if self.mode is Mode.REALTIME:
-                self._advance_realtime()
-                nxt = self.machine.scheduler.next_time()
-                wait = 0.05 if nxt is None else max(0.0, min(0.05, (nxt - self.machine.now) / 1e9))
-                self.loop.poll(wait)
-                self.settle()
-            else:
-                if self._calendar_turn():
-                    self.loop.poll(0.0)
-                else:
-                    self.loop.poll(0.05)
-            if extra is not None:
-                extra()
-            spent = time.monotonic_ns() - t0
-            self.stats.passes += 1
-            self.stats.max_pass_ns = max(self.stats.max_pass_ns, spent)
-            if self.mode is Mode.REALTIME and spent > READ_BUDGET_NS:
-                self.stats.slow_passes += 1
+            self.run_once(extra)
         return True
+
+    def run_once(self, extra: Callable[[], None] | None = None, *, wait: float = 0.05) -> None:
+        """One pass of the loop: time moves (real time: to now; time travel: one calendar turn), then the
+        descriptors that are ready are served (waiting at most ``wait`` seconds when nothing else is to do)."""
+        if self.mode is Mode.REALTIME:
+            self._advance_realtime()
+            nxt = self.machine.scheduler.next_time()
+            w = wait if nxt is None else max(0.0, min(wait, (nxt - self.machine.now) / 1e9))
+            self.loop.poll(w)
+            self.settle()
+        elif self._calendar_turn():
+            self.loop.poll(0.0)
+        else:
+            self.loop.poll(wait)
+        if extra is not None:
+            extra()
+        self.stats.passes += 1
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
         """Watch another descriptor in the loop (the console)."""

@@ -127,7 +127,8 @@ def driver_steps(fn: VirtioPciFunction, events: Iterable[TraceEvent], *, since: 
                         if value & b]
                 add(e.t, Cat.MSIX, f"MSI-X control <- {'|'.join(bits) or '0'}")
             elif off in _BAR_REGS or off == _ROM_BAR:
-                add(e.t, Cat.ENUMERATION, f"cfg {off:#04x} <- {'sizing' if value in (0xFFFFFFFF, 0xFFFFF800) else 'set'}")
+                what = "sizing" if value in (0xFFFFFFFF, 0xFFFFF800) else "set"
+                add(e.t, Cat.ENUMERATION, f"cfg {off:#04x} <- {what}")
             else:
                 add(e.t, Cat.ENUMERATION, f"cfg {off:#04x}/{size} <- {value:#x}")
             continue

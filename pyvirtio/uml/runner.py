@@ -63,6 +63,7 @@ class RunResult:
     ended: str  # "done", "exited", "timeout", "killed after done"
     guest_rc: int | None
     console: list[str]
+    console_pos: list[int]  # per console line: how many machine-trace events there were when it was read
     wire: list[WireRecord]
     trace: list[TraceEvent]
     driver_violations: dict[str, list[Violation]]
@@ -98,9 +99,12 @@ class RunResult:
 class _Console:
     """The kernel's console: lines kept, markers noticed, callbacks run."""
 
-    def __init__(self, fd: int, path: Path, on_line: Sequence[Callable[[str], None]]) -> None:
+    def __init__(self, fd: int, path: Path, on_line: Sequence[Callable[[str], None]],
+                 position: Callable[[], int]) -> None:
         self.fd = fd
         self.lines: list[str] = []
+        self.positions: list[int] = []  # the machine trace's length when each line was read
+        self.position = position
         self._partial = b""
         self._file = open(path, "wb")  # noqa: SIM115 (closed in close())
         self.on_line = list(on_line)
@@ -132,6 +136,7 @@ class _Console:
 
     def _line(self, line: str) -> None:
         self.lines.append(line)
+        self.positions.append(self.position())
         if INIT_MARKER in line and self.init_at is None:
             self.init_at = time.monotonic() - self.t0
         if line.startswith(DONE_MARKER):
@@ -153,8 +158,8 @@ def kernel_command(assets: UmlAssets, directory: Path, bridge_args: list[str], *
                    extra: Sequence[str] = ()) -> list[str]:
     """The UML command line: the kernel binary and its arguments."""
     return [str(assets.kernel), f"mem={mem}", f"initrd={assets.initrd}", "rdinit=/init", "con=null", "ssl=null",
-            "con0=fd:0,fd:1", f"{RUN_ARG}={directory}", f"umid=pv{os.getpid()}", f"uml_dir={directory}",
-            *bridge_args, *extra]
+            "con0=fd:0,fd:1", "no_console_suspend", f"{RUN_ARG}={directory}", f"umid=pv{os.getpid()}",
+            f"uml_dir={directory}", *bridge_args, *extra]
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -196,8 +201,10 @@ def run(assets: UmlAssets, plugs: Sequence[Plug], script: str, directory: Path, 
         bridge.close()
         raise VmError(f"cannot start the UML kernel {assets.kernel}: {e.strerror or e}") from None
     assert proc.stdout is not None
-    console = _Console(proc.stdout.fileno(), directory / "console.log", on_line)
+    console = _Console(proc.stdout.fileno(), directory / "console.log", on_line,
+                       lambda: len(machine.trace.events))
     bridge.add_reader(console.fd, console.read)
+    bridge.before_kick.append(console.read)  # what the kernel printed before it kicked comes first
     ended = "timeout"
     try:
         ok = bridge.run(lambda: console.done or console.eof or proc.poll() is not None, timeout=timeout,
@@ -224,10 +231,10 @@ def run(assets: UmlAssets, plugs: Sequence[Plug], script: str, directory: Path, 
     warnings = [ln for ln in console.lines if any(p in ln for p in WARNING_PATTERNS)]
     findings: list[dict[str, object]] = []
     for s in bridge.slots:
-        findings += [{"slot": s.index, **f.to_dict()} for f in s.monitor.record.findings] \
-            if hasattr(s.monitor.record, "findings") else []
+        findings += [{"slot": s.index, **f.to_dict()} for f in s.monitor.record.findings]
     return RunResult(name=name, mode=mode, seed=seed, ended=ended, guest_rc=console.done_rc,
-                     console=console.lines, wire=list(bridge.wire), trace=list(machine.trace.events),
+                     console=console.lines, console_pos=console.positions, wire=list(bridge.wire),
+                     trace=list(machine.trace.events),
                      driver_violations={s.fn.name: list(s.watched.violations) for s in bridge.slots},
                      carrier_findings=findings, stats=bridge.stats, wall_seconds=wall, boot_seconds=console.init_at,
                      virtual_ns=machine.now, functions=functions, machine=machine, directory=directory,

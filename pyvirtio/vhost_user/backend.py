@@ -481,6 +481,10 @@ class Session:
         if msg.payload.num not in (0, 1):
             return _fail(f"vring {ring.index}: enable value {msg.payload.num} (want 0 or 1)")
         ring.enabled = bool(msg.payload.num)
+        if ring.enabled and ring.phase is RingPhase.STOPPED and self._negotiated(_PF.INBAND_NOTIFICATIONS):
+            # In-band kicks (VRING_KICK messages): a front-end such as UML's virtio_uml sends no SET_VRING_KICK
+            # at all, so enabling a configured ring is what starts it.
+            ring.phase = RingPhase.STARTED
         if ring.enabled:
             ring.kicked = False
             self.served.resume(ring.index)
