@@ -16,6 +16,7 @@ timings. Nothing here leaves a process behind: the process group is killed on an
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -37,8 +38,9 @@ from pyvirtio.vm.uml_guest import DONE_MARKER, INIT_MARKER, NOHOST_MARKER, RUN_A
 from pyvirtio.vm.uml_kernel import UmlAssets
 
 Log = Callable[[str], None]
-#: Seconds the kernel gets to exit after the guest said it is done.
-EXIT_GRACE = 3.0
+#: Seconds the kernel gets to exit after the guest said it is done (it prints "reboot: Power down" first).
+EXIT_GRACE = 2.0
+POWER_DOWN = "reboot: Power down"
 #: Kernel messages that mean something went wrong at register level or in the kernel.
 WARNING_PATTERNS = ("um virt-pci delay", "WARNING:", "Kernel panic", "BUG:", "Oops", "timed out",
                     "time-travel:", "probe of", "failed with error")
@@ -110,6 +112,7 @@ class _Console:
         self.on_line = list(on_line)
         self.done_rc: int | None = None
         self.done = False
+        self.powered_down = False
         self.eof = False
         self.init_at: float | None = None
         self.t0 = time.monotonic()
@@ -139,6 +142,8 @@ class _Console:
         self.positions.append(self.position())
         if INIT_MARKER in line and self.init_at is None:
             self.init_at = time.monotonic() - self.t0
+        if POWER_DOWN in line:
+            self.powered_down = True
         if line.startswith(DONE_MARKER):
             self.done = True
             with contextlib.suppress(ValueError, IndexError):
@@ -158,8 +163,23 @@ def kernel_command(assets: UmlAssets, directory: Path, bridge_args: list[str], *
                    extra: Sequence[str] = ()) -> list[str]:
     """The UML command line: the kernel binary and its arguments."""
     return [str(assets.kernel), f"mem={mem}", f"initrd={assets.initrd}", "rdinit=/init", "con=null", "ssl=null",
-            "con0=fd:0,fd:1", "no_console_suspend", f"{RUN_ARG}={directory}", f"umid=pv{os.getpid()}",
+            "con0=fd:0,fd:1", "no_console_suspend", "norandmaps", f"{RUN_ARG}={directory}", f"umid=pv{os.getpid()}",
             f"uml_dir={directory}", *bridge_args, *extra]
+
+
+#: ``personality(2)`` flag: no address-space randomisation for the process (``setarch -R``).
+ADDR_NO_RANDOMIZE = 0x0040000
+_QUERY_PERSONALITY = 0xFFFFFFFF
+
+
+def _no_aslr() -> None:
+    """In the child before exec: turn off the host's address-space randomisation. UML sizes its physical memory
+    from where the host put its heap ("exec-shield gap"), so with ASLR every run has another memory map and the
+    kernel's DMA addresses differ from run to run."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    current = libc.personality(_QUERY_PERSONALITY)
+    if current != -1:
+        libc.personality(current | ADDR_NO_RANDOMIZE)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -196,7 +216,7 @@ def run(assets: UmlAssets, plugs: Sequence[Plug], script: str, directory: Path, 
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                cwd=directory, env=env, start_new_session=True)
+                                cwd=directory, env=env, start_new_session=True, preexec_fn=_no_aslr)
     except OSError as e:
         bridge.close()
         raise VmError(f"cannot start the UML kernel {assets.kernel}: {e.strerror or e}") from None
@@ -212,10 +232,12 @@ def run(assets: UmlAssets, plugs: Sequence[Plug], script: str, directory: Path, 
         if ok:
             ended = "done" if console.done else "exited"
         if console.done:
-            grace_ok = bridge.run(lambda: console.eof or proc.poll() is not None, timeout=EXIT_GRACE,
-                                  extra=console.read)
-            if not grace_ok:
-                ended = "killed after done"
+            grace_ok = bridge.run(lambda: console.eof or proc.poll() is not None or console.powered_down,
+                                  timeout=EXIT_GRACE, extra=console.read)
+            if console.powered_down:  # the exit path's panic text, briefly, then the known hang is cut short
+                bridge.run(lambda: console.eof or proc.poll() is not None, timeout=0.3, extra=console.read)
+            if not grace_ok or console.powered_down:
+                ended = "killed after power-down" if console.powered_down else "killed after done"
     finally:
         _kill_group(proc)
         console.read()

@@ -415,8 +415,9 @@ class Session:
         if v & VRING_NOFD:
             return ring, None
         fd = msg.fds[0]
-        if _fd_kind(fd) not in ("eventfd", "fifo"):
-            return f"vring {ring.index}: descriptor is not an eventfd or a pipe"
+        # a socket too: UML's virtio_uml passes one end of a socketpair as the call descriptor (its os_pipe)
+        if _fd_kind(fd) not in ("eventfd", "fifo", "socket"):
+            return f"vring {ring.index}: descriptor is not an eventfd, a pipe or a socket"
         return ring, self._take(fd)
 
     def _set_vring_kick(self, msg: Message) -> Answer:

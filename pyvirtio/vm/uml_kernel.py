@@ -78,6 +78,11 @@ UML_CONFIG: tuple[tuple[str, str], ...] = (
     ("DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT", "n"), ("DEBUG_INFO_DWARF4", "n"), ("DEBUG_INFO_DWARF5", "n"),
     ("DEBUG_INFO_NONE", "y"),
 )
+#: Patches every build gets, before a variant's own (files next to this module, applied with ``patch -p1``):
+#: ``host-xstate.patch`` lets Linux 6.12's UML run on hosts whose xstate is larger than the 2696 bytes it keeps
+#: per task (AMX: 11008): ptrace only takes NT_X86_XSTATE at the host's full size, so without it every user
+#: process dies at its first context switch ("ptrace set fp regs failed, errno = 14").
+BUILD_FIXES: tuple[Path, ...] = (Path(__file__).parent / "uml_patches" / "host-xstate.patch",)
 HOST_TOOLS: tuple[tuple[str, str], ...] = (("make", "make"), ("gcc", "gcc"), ("flex", "flex"), ("bison", "bison"),
                                            ("bc", "bc"), ("xz", "xz-utils"), ("patch", "patch"))
 APT_INSTALL_TOOLS = "apt-get install -y --no-install-recommends"
@@ -95,12 +100,14 @@ class KernelVariant:
         if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]{0,39}", self.name):
             raise ProvisionError(f"kernel variant name {self.name[:60]!r}: want lower-case letters, digits, . + -")
 
+    def all_patches(self) -> tuple[Path, ...]:
+        """The build fixes, then the variant's own patches: what is applied, in order."""
+        return (*BUILD_FIXES, *self.patches)
+
     def patch_digest(self) -> str:
-        """A digest of the patches' contents, in order ("" for none); an unreadable patch is one line."""
-        if not self.patches:
-            return ""
+        """A digest of the contents of :meth:`all_patches`, in order; an unreadable patch is one line."""
         h = hashlib.sha256()
-        for p in self.patches:
+        for p in self.all_patches():
             try:
                 h.update(hashlib.sha256(Path(p).read_bytes()).digest())
             except OSError as e:
@@ -319,7 +326,7 @@ def build_kernel(sdir: Path, key: str, tarball: Path, r: UmlResolved, variant: K
         if len(trees) != 1:
             raise blog.fail("unpack", f"{len(trees)} top-level directories in the tarball, expected one")
         src, out = trees[0], work / "out"
-        for p in variant.patches:
+        for p in variant.all_patches():
             blog.run(f"patch {Path(p).name}", ["patch", "-p1", "--batch", "--forward", "-i", str(Path(p).resolve())],
                      cwd=src, timeout=600)
         make = ["make", "-C", str(src), f"O={out}", "ARCH=um"]
@@ -350,7 +357,7 @@ def build_kernel(sdir: Path, key: str, tarball: Path, r: UmlResolved, variant: K
         blog.close()
         shutil.copyfile(tmp / "build.log", entry / "build.log")
         stamp = {"layout": UML_LAYOUT, "stack": stack.name, "kind": "kernel", "key": key, "variant": variant.name,
-                 "patches": [Path(p).name for p in variant.patches], "patch_digest": variant.patch_digest(),
+                 "patches": [Path(p).name for p in variant.all_patches()], "patch_digest": variant.patch_digest(),
                  "source_version": r.source_version, "kernel_release": release, "config_digest": config_digest(),
                  "build_seconds": seconds, "jobs": jobs}
         write_text_atomic(entry / "stamp.json", json.dumps(stamp, indent=2) + "\n")  # last: the entry is whole
