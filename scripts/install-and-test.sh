@@ -2,13 +2,17 @@
 # Install everything the tests need and run all of them (the README's test command; .ci/run calls it).
 #   1. the Python package with its test tools;
 #   2. both real-VM stacks: the system QEMU and Debian guest kernel (apt, as root) and the private QEMU 10.0 +
-#      Linux 6.12 unpacked into the cache (`pyvirtio vm provision --stack ...`);
+#      Linux 6.12 unpacked into the cache (`pyvirtio vm provision --stack ...`), and the User-Mode Linux 6.12
+#      kernel built from source (its build tools from apt; the build is cached, minutes the first time);
 #   3. ruff, the import contracts (lint-imports), mypy --strict, then pytest: every test, the real-VM ones included (never skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 python3 -m pip install --quiet --root-user-action=ignore -e '.[test]'
-pyvirtio vm provision --stack qemu7.2-linux6.1 --stack qemu10.0-linux6.12
+if [ "$(id -u)" = 0 ] && ! { command -v flex && command -v bison && command -v bc; } >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends make gcc libc6-dev flex bison bc xz-utils patch
+fi
+pyvirtio vm provision --stack qemu7.2-linux6.1 --stack qemu10.0-linux6.12 --stack uml-linux6.12
 ruff check .
 lint-imports  # the architecture: layers, guest never imports host, no cycles (pyproject.toml)
 mypy --strict pyvirtio

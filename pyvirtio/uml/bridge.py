@@ -13,8 +13,11 @@ Contract:
   (:mod:`pyvirtio.uml.calendar`) and with in-band notifications (VHOST_USER_PROTOCOL_F_INBAND_NOTIFICATIONS:
   kicks are VRING_KICK messages, calls are VRING_CALL messages on the back-end channel, each answered before
   anything else happens). pyvirtio's scheduler is the calendar: while the kernel waits, the device steps due
-  before the time it asked for run in order, then it runs at exactly that time. Everything happens in one
-  total order, so the same kernel, initramfs, scenario and seed give the same register-level trace;
+  before the time it asked for run in order, then it runs at exactly that time. The kernel may move its own
+  clock up to pyvirtio's next step without asking (FREE_UNTIL, sent with RUN, and again inside a kick's answer
+  when the kick scheduled an earlier step, acknowledged before the kick is); before serving a kick pyvirtio's
+  clock catches up with the kernel's (its UPDATE). Everything happens in one total order, so the same kernel,
+  initramfs, scenario and seed give the same register-level trace;
 * a request on the cmd queue is served before the kick is acknowledged (time-travel) or in the same pass of the
   loop (real time), so the kernel's busy-poll (``max_delay_us``, 40 ms) finds its answer; every device step
   that took longer than :data:`READ_BUDGET_NS` of real time (a read arriving meanwhile waits for it) is counted
@@ -39,7 +42,7 @@ from pathlib import Path
 from pyvirtio.clock import MS
 from pyvirtio.conformance.driver_monitor import DriverMonitor
 from pyvirtio.host.pci.function import VirtioPciFunction
-from pyvirtio.uml.calendar import MESSAGE_SIZE, Calendar, TtOp
+from pyvirtio.uml.calendar import MESSAGE_SIZE, NEVER, Calendar, TtOp
 from pyvirtio.uml.carrier import PciCarrier, WireRecord
 from pyvirtio.uml.platform import UmlMachine
 from pyvirtio.vhost_user.backend import Session
@@ -115,14 +118,13 @@ class _InbandKick:
         self.kicks += 1
         for hook in self.bridge.before_kick:
             hook()
-        if ring.phase is not RingPhase.STARTED and not (ring.runnable() and state.index in self.slot.served.running):
-            ring.kicked = True
-            return None
-        if not ring.enabled:
+        self.bridge.catch_up()
+        if ring.phase is not RingPhase.STARTED or not ring.enabled:
             ring.kicked = True
             return None
         self.slot.served.kick(state.index)
         self.bridge.settle()
+        self.bridge.tighten()
         return None
 
     def close(self) -> None:
@@ -168,6 +170,7 @@ class BridgeStats:
     slow_steps: int = 0  # steps longer than the kernel's read budget (40 ms)
     idle_forever_at: int | None = None
     calendar_problems: list[str] = field(default_factory=list)
+    calendar_end: str = ""  # the kernel's calendar state when the bridge closed
 
 
 class Bridge:
@@ -191,6 +194,11 @@ class Bridge:
         self._cal: socket.socket | None = None
         self._cal_buf = b""
         self._t0 = time.monotonic_ns()
+        #: the kernel's time as last known (a RUN we granted, an UPDATE it sent): pyvirtio's clock never
+        #: answers below it
+        self._floor = 0
+        self._free_until: int | None = None  # the FREE_UNTIL the kernel has (None: it asks for every advance)
+        self.free_running = True
         self._settling = False
         if mode is Mode.TIME_TRAVEL:
             self._cal_listener = self._listen(self.calendar_path)
@@ -287,7 +295,9 @@ class Bridge:
         while len(self._cal_buf) >= MESSAGE_SIZE:
             raw, self._cal_buf = self._cal_buf[:MESSAGE_SIZE], self._cal_buf[MESSAGE_SIZE:]
             first = int.from_bytes(raw[:4], "little")
-            reply = cal.handle(raw, self.machine.now)
+            reply = cal.handle(raw, self.kernel_now())
+            if first == TtOp.UPDATE:
+                self._floor = max(self._floor, cal.reported)
             if reply is None:
                 continue
             if first == TtOp.START:
@@ -306,6 +316,36 @@ class Bridge:
                 os.close(fd)
 
     # -- time -----------------------------------------------------------------------------------------------------
+
+    def kernel_now(self) -> int:
+        """The time the calendar tells the kernel: pyvirtio's clock, never below the kernel's own."""
+        return max(self.machine.now, self._floor)
+
+    def catch_up(self) -> None:
+        """Bring pyvirtio's clock to the kernel's (after it ran freely): steps due by then run first."""
+        sched = self.machine.scheduler
+        while True:
+            nxt = sched.next_time()
+            if nxt is None or nxt > self._floor:
+                break
+            self._step()
+        sched.now = max(sched.now, self._floor)
+
+    def tighten(self) -> None:
+        """If pyvirtio now has a step before the kernel's FREE_UNTIL, send the earlier one and wait for its ACK
+        (the kernel is waiting for an answer and reads it first), so it never runs past the step."""
+        conn, cal = self._cal, self.calendar
+        nxt = self.machine.scheduler.next_time()
+        if conn is None or cal is None or self._free_until is None or nxt is None or nxt >= self._free_until:
+            return
+        seq, msg = cal.free_until(nxt)
+        self._free_until = nxt
+        conn.sendall(msg)
+        deadline = time.monotonic() + CALL_REPLY_TIMEOUT
+        while cal.acked != seq and self._cal is not None and time.monotonic() < deadline:
+            readable, _, _ = select.select([self._cal], [], [], 0.5)
+            if readable:
+                self._read_calendar()
 
     def _step(self) -> bool:
         sched = self.machine.scheduler
@@ -364,6 +404,12 @@ class Bridge:
             return False
         self.stats.idle_forever_at = None
         sched.now = max(sched.now, at)
+        self._floor = max(self._floor, sched.now)
+        if self.free_running:
+            nxt = sched.next_time()
+            until = nxt if nxt is not None else NEVER
+            conn.sendall(cal.free_until(until)[1])
+            self._free_until = until
         conn.sendall(cal.grant(sched.now))
         self.stats.runs_granted += 1
         return True
@@ -459,7 +505,10 @@ class Bridge:
     def close(self) -> None:
         """Close every connection and socket; the sockets' files are removed."""
         if self.calendar is not None:
-            self.stats.calendar_problems = list(self.calendar.problems)
+            c = self.calendar
+            self.stats.calendar_problems = list(c.problems)
+            self.stats.calendar_end = (f"waiting={c.waiting} request={c.request} free_until={self._free_until} "
+                                       f"now={self.machine.now} floor={self._floor} counts={c.counts}")
         for s in self.slots:
             if s.session is not None:
                 s.session.close("the run ended")

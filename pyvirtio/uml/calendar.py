@@ -11,8 +11,11 @@ time, the START reply carries the client id). It keeps the kernel's state as dat
 asked to run at (:attr:`Calendar.request`), whether it is waiting for RUN (:attr:`Calendar.waiting`). It never
 raises on what the kernel sends: an unknown or malformed message is kept in :attr:`Calendar.problems` and
 answered with an ACK (the kernel's side panics on a missing ACK). :meth:`Calendar.grant` makes the RUN message
-once the caller has run its own steps up to the requested time. No FREE_UNTIL is ever sent, so every advance of
-the kernel's clock passes through the calendar and the co-simulation is one total order.
+once the caller has run its own steps up to the requested time; :meth:`Calendar.free_until` makes a FREE_UNTIL
+message (the kernel may then advance its own clock without asking, up to that time: the calendar's next own
+step), and :attr:`Calendar.acked` is the last of our messages the kernel acknowledged. The caller sends
+FREE_UNTIL only where the kernel is known to read it before going on (with RUN, or while it waits for an answer
+and the caller waits for the ACK), so the co-simulation stays one total order.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ class Calendar:
     #: the time the kernel last reported (UPDATE)
     reported: int = 0
     broadcasts: list[int] = field(default_factory=list)
+    #: sequence number of the last of our messages (RUN, FREE_UNTIL) the kernel acknowledged
+    acked: int = 0
     problems: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     _seq: int = 0
@@ -79,6 +84,7 @@ class Calendar:
             return pack(TtOp.ACK, seq, 0)
         self.counts[kind.name] = self.counts.get(kind.name, 0) + 1
         if kind is TtOp.ACK:
+            self.acked = seq
             return None
         if kind is TtOp.START:
             self.started = True
@@ -117,6 +123,11 @@ class Calendar:
         self.request = None
         self._seq += 1
         return pack(TtOp.RUN, self._seq, at)
+
+    def free_until(self, until: int) -> tuple[int, bytes]:
+        """A FREE_UNTIL message (the kernel may run without asking up to ``until``) and its sequence number."""
+        self._seq += 1
+        return self._seq, pack(TtOp.FREE_UNTIL, self._seq, until)
 
 
 __all__ = ["DEFAULT_TOD", "MESSAGE", "MESSAGE_SIZE", "NEVER", "Calendar", "TtOp", "pack"]

@@ -162,7 +162,9 @@ def sleep_script(*, rtc_wake: bool = True, gpu: bool = True, in_flight: bool = T
     if gpu:
         s += "pvfb draw 3 300 > /dev/null 2>&1\n"
     if in_flight:
-        s += "( while :; do dd if=/dev/hwrng of=/dev/null bs=512 count=1 2>/dev/null; done ) &\nRP=$!\n"
+        # one long reader, not a loop of short ones: under time travel a fork per read would burn real time
+        # while the kernel's clock hardly moves
+        s += "dd if=/dev/hwrng of=/dev/null bs=512 count=1000000 2>/dev/null &\nRP=$!\n"
         if gpu:
             s += "pvfb loop 20 1000 > /dev/null 2>&1 &\nFP=$!\n"
         s += "sleep 0.2\n"
