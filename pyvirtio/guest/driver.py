@@ -508,7 +508,16 @@ class VirtioDriver:
             raise DriverError(f"{self.name}: queue {index} vector not accepted")
 
     def del_vqs(self) -> None:
-        """``vp_del_vqs``: forget the queues and release their memory and vectors (the device was reset)."""
+        """``vp_del_vqs``: forget the queues and release their memory and vectors (the device was reset). As
+        Linux does (seen through UML): each queue's interrupt is freed, then the config interrupt, then MSI-X is
+        disabled. (Linux also writes NO_VECTOR to each queue's and the config vector here, after the reset: a
+        write outside the §3.1.1 sequence that pyvirtio's DriverMonitor records against it; the reset already
+        set NO_VECTOR, so the model leaves those writes out.)"""
+        if any(v != VIRTIO_MSI_NO_VECTOR for v in self._vq_vectors):
+            for v in self._vq_vectors:
+                if v != VIRTIO_MSI_NO_VECTOR:
+                    self.t.release_vector(v)
+            self.t.release_vector(0)
         for base in self._vq_mem:
             self.alloc.free(base)
         self._vq_mem.clear()

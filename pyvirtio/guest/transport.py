@@ -388,6 +388,10 @@ class Transport(Protocol):
         """Mask or unmask MSI-X table entry ``index`` (a vector is unmasked when its interrupt is requested)."""
         ...
 
+    def release_vector(self, index: int) -> None:
+        """Free MSI-X table entry ``index``'s interrupt: masked, then its address and data cleared."""
+        ...
+
     def free_msix(self) -> None:
         """Release every vector and disable MSI-X."""
         ...
@@ -772,11 +776,11 @@ class PciTransport:
 
     def setup_msix(self, handlers: list[Callable[[], None]]) -> bool:
         """Program one table entry per handler and enable MSI-X, in Linux's order (``msix_capability_init``, as
-        the real kernel was seen to do it through UML): Enable with Mask All, the entries programmed masked, INTx
-        disabled in COMMAND, every table entry masked, Mask All cleared. The entries stay masked: each is unmasked
-        when its interrupt is requested (:meth:`mask_vector`). False if there is no MSI-X capability or the table
-        is too small (any Table Size 0..0x7FF is handled: the caller falls back to INTx, §4.1.5.1.2.2), so no
-        event is ever routed to a vector beyond the table."""
+        the real kernel was seen to do it through UML): Enable with Mask All, the entries' address and data
+        programmed, INTx disabled in COMMAND, every table entry masked, Mask All cleared. The entries stay
+        masked: each is unmasked when its interrupt is requested (:meth:`mask_vector`). False if there is no
+        MSI-X capability or the table is too small (any Table Size 0..0x7FF is handled: the caller falls back to
+        INTx, §4.1.5.1.2.2), so no event is ever routed to a vector beyond the table."""
         n = self.msix_table_size()
         # spec: drv:pci/msix#1, drv:pci/msix#2
         if n < len(handlers):
@@ -795,7 +799,6 @@ class PciTransport:
             self.fn.bar_write(bar, e + PCI_MSIX_ENTRY_ADDR_LO, 4, addr & 0xFFFFFFFF)
             self.fn.bar_write(bar, e + PCI_MSIX_ENTRY_ADDR_HI, 4, addr >> 32)
             self.fn.bar_write(bar, e + PCI_MSIX_ENTRY_DATA, 4, data)
-            self.fn.bar_write(bar, e + PCI_MSIX_ENTRY_VECTOR_CTRL, 4, PCI_MSIX_ENTRY_CTRL_MASKBIT)
         cmd = self.fn.config_read(PCI_COMMAND, 2)
         self.fn.config_write(PCI_COMMAND, 2, cmd | PciCommand.INTX_DISABLE)
         for i in range(n):
@@ -812,14 +815,33 @@ class PciTransport:
         e = (table & ~PCI_MSIX_BIR_MASK) + index * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL
         self.fn.bar_write(table & PCI_MSIX_BIR_MASK, e, 4, PCI_MSIX_ENTRY_CTRL_MASKBIT if masked else 0)
 
+    def release_vector(self, index: int) -> None:
+        """``free_irq`` of MSI-X table entry ``index`` (Linux, as seen through UML): the entry is masked, then
+        its message is cleared (address and data written 0)."""
+        self.mask_vector(index, True)
+        table = self.fn.config_read(self.msix_cap + PCI_MSIX_TABLE, 4)
+        bar, e = table & PCI_MSIX_BIR_MASK, (table & ~PCI_MSIX_BIR_MASK) + index * PCI_MSIX_ENTRY_SIZE
+        for field in (PCI_MSIX_ENTRY_ADDR_LO, PCI_MSIX_ENTRY_ADDR_HI, PCI_MSIX_ENTRY_DATA):
+            self.fn.bar_write(bar, e + field, 4, 0)
+
     def free_msix(self) -> None:
-        """Release every MSI allocated by :meth:`setup_msix` and clear MSI-X Enable."""
+        """Release every MSI allocated by :meth:`setup_msix` and disable MSI-X as Linux's
+        ``pci_free_irq_vectors`` does: every table entry masked, MSI-X Enable cleared, INTx enabled again in
+        COMMAND."""
         for d in self._msi_data:
             self.platform.free_msi(d)
         self._msi_data.clear()
         if self.msix_cap and self.msix_enabled:
+            table = self.fn.config_read(self.msix_cap + PCI_MSIX_TABLE, 4)
+            bar, base = table & PCI_MSIX_BIR_MASK, table & ~PCI_MSIX_BIR_MASK
+            for i in range(self.msix_table_size()):
+                self.fn.bar_write(bar, base + i * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL, 4,
+                                  PCI_MSIX_ENTRY_CTRL_MASKBIT)
             flags = self.fn.config_read(self.msix_cap + PCI_MSIX_FLAGS, 2)
             self.fn.config_write(self.msix_cap + PCI_MSIX_FLAGS, 2, flags & ~PCI_MSIX_FLAGS_ENABLE)
+            cmd = self.fn.config_read(PCI_COMMAND, 2)
+            if cmd & PciCommand.INTX_DISABLE:
+                self.fn.config_write(PCI_COMMAND, 2, cmd & ~PciCommand.INTX_DISABLE)
         self.msix_enabled = False
 
     def setup_intx(self, handler: Callable[[], None] | None) -> None:

@@ -1,12 +1,14 @@
-"""pyvirtio's own model driver on the devices of a UML scenario, and its register-level sequence beside the real
-kernel's.
+"""pyvirtio's own model driver on the devices of a UML scenario, and its register-level sequence beside the
+real kernel's.
 
 Contract. :func:`model_run` builds the deterministic machine with the scenario's devices plugged exactly as in
 the UML run (same device classes, PCIe port and No_Soft_Reset), binds pyvirtio's Linux-modelled drivers
 (:class:`~pyvirtio.guest.rng.RngDriver`, the no-hooks :class:`~pyvirtio.guest.gpu.driver.GpuDriver`: Linux 6.12's
-virtio-gpu has no freeze/restore) under a kernel configured as Linux 6.12 (``pm_no_reset``: the No_Soft_Reset
-skip), probes, and — for a sleeping scenario — suspends and resumes the guest as UML's S3 does (no wake-up
-reset: UML has no platform that resets devices on wake). It returns the machine trace cut into phases.
+virtio-gpu has no freeze/restore) configured as Linux 6.12's — which knows neither VIRTIO_F_SUSPEND nor
+VIRTIO_GPU_F_BLOB_ALIGNMENT, so the model drivers are built not to accept them (their defaults model newer
+kernels) — under a kernel configured as Linux 6.12 (``pm_no_reset``: the No_Soft_Reset skip), probes, and —
+for a sleeping scenario — suspends and resumes the guest as UML's S3 does (no wake-up reset: UML has no platform
+that resets devices on wake). It returns the machine trace cut into phases.
 :func:`real_phases` cuts a UML run's trace the same way, from the guest's marks. :func:`compare_run` decodes both
 with :func:`~pyvirtio.uml.regtrace.driver_steps` and lists, per device and phase, where they differ.
 
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyvirtio.guest.driver import VirtioDriver
-from pyvirtio.guest.gpu.flavours import FLAVOURS, GpuDriverKind
+from pyvirtio.guest.gpu.driver import GpuDriver
 from pyvirtio.guest.kernel import Guest, KernelConfig
 from pyvirtio.guest.rng import RngDriver
 from pyvirtio.host.pci.function import VirtioPciFunction
@@ -66,9 +68,10 @@ def model_run(devices: Sequence[DeviceSpec], *, seed: int = 0, sleep: bool = Fal
     for spec in devices:
         drv: VirtioDriver
         if spec.kind == "rng":
-            drv = RngDriver(machine, fns["rng"], guest.alloc, name="rng")
+            drv = RngDriver(machine, fns["rng"], guest.alloc, name="rng", accept_suspend=False)
         elif spec.kind == "gpu":
-            drv = FLAVOURS[GpuDriverKind.NO_HOOKS](machine, fns["gpu"], guest.alloc, name="gpu")
+            drv = GpuDriver(machine, fns["gpu"], guest.alloc, name="gpu", accept_suspend=False,
+                            want_blob_alignment=False)
         else:
             continue
         guest.bind(drv)
@@ -85,14 +88,18 @@ def model_run(devices: Sequence[DeviceSpec], *, seed: int = 0, sleep: bool = Fal
 
 def real_phases(r: RunResult) -> PhasedTrace:
     """The UML run's machine trace cut at the guest's ``suspend`` mark and at the start of the resume (a resume
-    line of the kernel, else the longest quiet time after the suspend mark)."""
+    line of the kernel, else the longest quiet time after the suspend mark); without a suspend the probe ends at
+    the guest's ``probed`` mark."""
     events = r.trace
     n = len(events)
-    suspend = next((pos for line, pos in zip(r.console, r.console_pos, strict=True)
-                    if STEP in line and line.split(STEP, 1)[1].split()[:1] == ["suspend"]), None)
+    def mark(name: str) -> int | None:
+        return next((pos for line, pos in zip(r.console, r.console_pos, strict=True)
+                     if STEP in line and line.split(STEP, 1)[1].split()[:1] == [name]), None)
+
+    suspend = mark("suspend")
     fns = {f.name: f for f in r.functions if f.name in ("rng", "gpu")}
-    if suspend is None:
-        return PhasedTrace(events, fns, {"probe": (0, n)})
+    if suspend is None:  # the probe is what happened before the guest's first mark
+        return PhasedTrace(events, fns, {"probe": (0, mark("probed") or n)})
     resume = next((pos for line, pos in zip(r.console, r.console_pos, strict=True)
                    if pos >= suspend and any(m in line for m in RESUME_LINES)), None)
     if resume is None:
@@ -101,7 +108,9 @@ def real_phases(r: RunResult) -> PhasedTrace:
             gap = events[i].t - events[i - 1].t
             if gap > best:
                 best, resume = gap, i
-    return PhasedTrace(events, fns, {"probe": (0, suspend), "suspend": (suspend, resume), "resume": (resume, n)})
+    end = mark("resumed") or n
+    return PhasedTrace(events, fns, {"probe": (0, mark("probed") or suspend), "suspend": (suspend, resume),
+                                     "resume": (resume, max(resume, end))})
 
 
 @dataclass
