@@ -46,7 +46,7 @@ def print_uml_provisioned(a: UmlAssets) -> None:
     _say(f"stack {a.stack} ({UML_LINUX612.description}): {a.kernel_dir}")
     for k, v in a.versions().items():
         _say(f"  {k}: {v}")
-    _say(f"  kernel: {a.kernel}")
+    _say(f"  binary: {a.kernel}")
     _say(f"  initrd: {a.initrd}")
     _say(f"  built in: {a.build_seconds:.0f} s")
 

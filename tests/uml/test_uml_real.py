@@ -9,7 +9,7 @@ README explains (:data:`EXPLAINED`).
 
 from __future__ import annotations
 
-from pathlib import Path
+import re
 
 import pytest
 
@@ -67,22 +67,44 @@ def test_real_time_mode_answers_within_the_read_budget(uml_runs: dict[str, Scena
     assert r.stats.slow_steps == 0
 
 
-def test_the_kernel_breaks_no_rule_pyvirtio_checks(uml_runs: dict[str, ScenarioResult]) -> None:
-    """Conformance: against the real kernel no device model, driver monitor or carrier records a violation in
-    the scenarios without injected faults."""
-    for name in ("boot", "s3", "s3-nsr", "s3-pme"):
-        found = violations(uml_runs[name].run)
-        assert not found, (name, found[:5])
+#: The violations pyvirtio records against the real Linux 6.12 drivers, each a finding the README explains:
+#: (device, driver-monitor rule).
+EXPLAINED_VIOLATIONS = {
+    # vp_del_vqs writes NO_VECTOR to queue_msix_vector after virtio_reset_device (freeze without No_Soft_Reset)
+    ("rng", "STATUS_ORDER"),
+    # virtio-gpu 6.12 has no .freeze/.restore: after virtio_device_restore's reset it notifies a queue it never
+    # enabled again (the `baseline` profile's bug, seen for real)
+    ("gpu", "QUEUE_NOT_SET_UP"),
+}
+
+
+def test_every_violation_against_the_real_kernel_is_explained(uml_runs: dict[str, ScenarioResult]) -> None:
+    """Conformance: the device models, the driver monitors and the carriers record nothing against the real
+    kernel but the explained findings; the runs that neither freeze the rng nor restore the gpu record none."""
+    for name, res in uml_runs.items():
+        found = violations(res.run)
+        unexplained = [v for v in found if (v["device"], v["rule"]) not in EXPLAINED_VIOLATIONS]
+        assert not unexplained, (name, unexplained[:5])
+    for name in ("boot", "s3-nsr", "s3-pme", "boot-realtime"):
+        assert not violations(uml_runs[name].run), name
 
 
 #: Differences between the real driver's register-level sequence and pyvirtio's model driver's that the README
-#: explains: (device, phase) -> the texts allowed to differ.
-EXPLAINED: dict[tuple[str, str], frozenset[str]] = {}
+#: explains, per phase (patterns of the step texts allowed to differ).
+EXPLAINED: dict[str, tuple[str, ...]] = {
+    # the PCI core's enumeration (BAR sizing) and pci_enable_device before pci_set_master; the hwrng core's first read
+    "probe": (r"COMMAND <- (INTX_DISABLE|0|MEMORY)", r"notify queue 0"),
+    # a reader's request before the freezer; vp_del_vqs's NO_VECTOR writes after the reset (a finding, above)
+    "suspend": (r"notify queue 0", r"(queue 0|config) vector <- 0xffff"),
+    # pci_restore_state: COMMAND and the whole MSI-X table restored; the model re-reads the device features
+    "resume": (r"notify queue 0", r"COMMAND <- MEMORY(\|MASTER)?(\|INTX_DISABLE)?",
+               r"MSI-X control <- (0|enable\|mask-all)", r"MSI-X entry \d+ (masked|programmed|unmasked)",
+               r"device_feature\[[01]\] = 0x[0-9a-f]{8}"),
+}
 
 
 @pytest.mark.parametrize("name", ["boot", "s3", "s3-nsr"])
-def test_register_sequence_matches_the_model_driver(uml_runs: dict[str, ScenarioResult], name: str,
-                                                    tmp_path: Path) -> None:
+def test_register_sequence_matches_the_model_driver(uml_runs: dict[str, ScenarioResult], name: str) -> None:
     res = uml_runs[name]
     comparison = compare_run(res.run, res.scenario)
     assert comparison
@@ -90,8 +112,8 @@ def test_register_sequence_matches_the_model_driver(uml_runs: dict[str, Scenario
     assert report["comparison"]
     unexplained = []
     for c in comparison:
-        allowed = EXPLAINED.get((c.device, c.phase), frozenset())
+        allowed = EXPLAINED.get(c.phase, ())
         for d in c.differences:
-            if not set(d.real) | set(d.model) <= allowed:
+            if not all(any(re.fullmatch(p, text) for p in allowed) for text in (*d.real, *d.model)):
                 unexplained.append((c.device, c.phase, d))
     assert not unexplained, "\n".join(f"{dev}/{ph}: {d.lines()}" for dev, ph, d in unexplained)
