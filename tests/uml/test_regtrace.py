@@ -20,7 +20,7 @@ def test_the_model_driver_as_linux_612_negotiates_what_linux_612_does() -> None:
     assert "driver_feature[0] <- 0x3000000e" in gpu  # no BLOB_ALIGNMENT (6.12 lacks it)
     assert gpu.index("queue 1 enable <- 1") < gpu.index("device config read 0x8/4")  # config after the queues
     assert [s.text for s in m.steps("rng", "suspend")] == ["PMCSR <- D3hot"]  # No_Soft_Reset: nothing else
-    assert [s.text for s in m.steps("rng", "resume")][0] == "PMCSR <- D0"
+    assert next(s.text for s in m.steps("rng", "resume")) == "PMCSR <- D0"
     assert m.steps("nope", "probe") == [] and m.steps("rng", "nope") == []
 
 

@@ -102,5 +102,5 @@ def test_a_failed_step_is_one_line_and_keeps_the_log(tmp_path: Path) -> None:
     assert "\n" not in msg and "step 'build'" in msg and "exit status 2" in msg and "flex: not found" in msg
     kept = Path(msg.rsplit("log: ", 1)[1])
     assert kept.parent == tmp_path / "logs" and "flex: not found" in kept.read_text()
-    with pytest.raises(ProvisionError, match="step 'unpack'.*not found"):
+    with pytest.raises(ProvisionError, match=r"step 'unpack'.*not found"):
         BuildLog(tmp_path / "c" / "build.log", "uml-linux6.12", tmp_path / "logs").run("unpack", ["/nonexistent/x"])
