@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyvirtio.atomicio import write_text_atomic
+from pyvirtio.atomicio import write_atomic, write_text_atomic
 from pyvirtio.conformance.driver_monitor import Violation
 from pyvirtio.host.device import VirtioDevice
 from pyvirtio.host.pci.function import VirtioPciFunction
@@ -211,7 +211,7 @@ def run(assets: UmlAssets, plugs: Sequence[Plug], script: str, directory: Path, 
     if setup is not None:
         setup(machine, bridge)
     argv = kernel_command(assets, directory, bridge.kernel_args(), extra=extra_args)
-    write_text_atomic(directory / "cmdline.txt", " ".join(argv) + "\n")
+    write_atomic(directory / "cmdline.txt", b" ".join(os.fsencode(a) for a in argv) + b"\n")  # paths may not be UTF-8
     env = {**os.environ, "TMPDIR": str(directory)}
     t0 = time.monotonic()
     try:
