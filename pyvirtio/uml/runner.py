@@ -62,7 +62,7 @@ class RunResult:
     name: str
     mode: Mode
     seed: int
-    ended: str  # "done", "exited", "timeout", "killed after done"
+    ended: str  # "done", "exited", "timeout", "killed after done", "killed after power-down" (the exit-path hang)
     guest_rc: int | None
     console: list[str]
     console_pos: list[int]  # per console line: how many machine-trace events there were when it was read

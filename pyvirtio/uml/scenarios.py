@@ -28,7 +28,7 @@ from pyvirtio.host.gpu.base import Pending, Reply
 from pyvirtio.host.gpu.device import Gpu
 from pyvirtio.host.rng import EntropySource, Rng
 from pyvirtio.host.testdev import TestDevice
-from pyvirtio.spec.constants import GpuCmd, GpuResp, Status
+from pyvirtio.spec.constants import GpuCmd, GpuResp
 from pyvirtio.spec.gpu_formats import Image
 from pyvirtio.trace import Kind
 from pyvirtio.uml.bridge import Bridge, Mode
@@ -530,11 +530,6 @@ def run_scenario(assets: UmlAssets, scenario: Scenario | str, directory: Path, *
     except Exception as e:  # a check that cannot even look is a failed check, never a crash
         checks = [Check("the checks could run", False, repr(e))]
     return ScenarioResult(sc, r, checks, frames)
-
-
-def needs_reset_seen(r: RunResult) -> bool:
-    """Some device presented DEVICE_NEEDS_RESET."""
-    return any(e.kind is Kind.STATUS and int(e.detail.get("status", 0)) & Status.DEVICE_NEEDS_RESET for e in r.trace)
 
 
 __all__ = ["SCENARIOS", "Check", "DeviceSpec", "FaultyGpu", "Scenario", "ScenarioResult", "kernel_time",
