@@ -329,11 +329,11 @@ class GuestMemory:
         """Set ``[addr, addr+n)`` to ``byte``; bounds-checked like :meth:`write`. Zeroing whole pages gives them
         back to the kernel (:meth:`Region.zero`): it costs no memory."""
         mm, off = self._locate(addr, n)
-        if byte == 0:
-            r = self._last
-            assert r is not None and r.mm is mm
+        r = self._last
+        if byte == 0 and r is not None and r.mm is mm:
             r.zero(off, n)
             return
+        # any other byte, or memory mapped by a subclass (vhost-user): write the bytes
         pattern = bytes([byte]) * min(n, _FILL_CHUNK)
         end = off + n
         while off < end:

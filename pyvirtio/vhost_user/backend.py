@@ -29,6 +29,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pyvirtio.errors import QueueError
 from pyvirtio.host.lifecycle import DeviceLifecycle
 from pyvirtio.spec.constants import VIRTQ_MAX_SIZE, Status
 from pyvirtio.vhost_user.catalog import Extension, Readers
@@ -340,12 +341,23 @@ class Session:
             ring.enabled = False
         return _OK
 
+    def _memory_changed(self) -> None:
+        """The regions were replaced, added or removed: the model's ready queues resolved their rings to the old
+        mappings (closed now), so they resolve them again; a ring no longer inside guest memory is the device's
+        error (DEVICE_NEEDS_RESET), as for any unusable ring."""
+        for q in self.served.device.queues:
+            try:
+                q.rebind()
+            except QueueError as e:
+                self.served.device.needs_reset(f"ring no longer in guest memory after a memory update: {e}")
+
     def _set_mem_table(self, msg: Message) -> Answer:
         assert isinstance(msg.payload, MemTable)
         problem = self.memory.set_table(msg.payload.regions, msg.fds)
         if problem is not None:
             return _fail(problem)
         self.failed.clear()
+        self._memory_changed()
         self.monitor.record.frontend["memory"] = self.memory.describe()
         return _OK
 
@@ -535,12 +547,14 @@ class Session:
         if problem is not None:
             return _fail(problem)
         self.failed.clear()
+        self._memory_changed()
         self.monitor.record.frontend["memory"] = self.memory.describe()
         return _OK
 
     def _rem_mem_reg(self, msg: Message) -> Answer:
         assert isinstance(msg.payload, SingleRegion)
         problem = self.memory.remove(msg.payload.region)
+        self._memory_changed()
         self.monitor.record.frontend["memory"] = self.memory.describe()
         return _OK if problem is None else _fail(problem)
 

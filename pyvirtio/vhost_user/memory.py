@@ -42,6 +42,12 @@ class MappedRegion:
     mmap_offset: int
     mm: mmap.mmap = field(repr=False)
     delta: int = 0  # where the region starts in ``mm`` (the mapping starts at a page boundary of the file)
+    file: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file mapped
+
+    @property
+    def key(self) -> tuple[int, int, int, int, tuple[int, int]]:
+        """What makes two mappings the same memory: addresses, size, file offset and the file itself."""
+        return (self.gpa, self.size, self.uva, self.mmap_offset, self.file)
 
     @property
     def end(self) -> int:
@@ -88,7 +94,7 @@ def _map(fd: int, r: MemRegion) -> MappedRegion | str:
                        offset=start)
     except (OSError, ValueError, OverflowError) as e:
         return f"cannot map region: {e}"
-    return MappedRegion(r.gpa, r.size, r.uva, r.mmap_offset, mm, delta)
+    return MappedRegion(r.gpa, r.size, r.uva, r.mmap_offset, mm, delta, (st.st_dev, st.st_ino))
 
 
 class VhostMemory(GuestMemory):
@@ -148,6 +154,12 @@ class VhostMemory(GuestMemory):
             for m in new:
                 self._unmap(m)
             return problem
+        if [m.key for m in new] == [m.key for m in self._mapped]:
+            # the same memory again (a reconnecting front-end, or another connection sharing this map, as UML's
+            # PCI slots do): keep the mappings every queue already resolved its rings to
+            for m in new:
+                self._unmap(m)
+            return None
         for m in self._mapped:
             self._unmap(m)
         self._install(new)

@@ -211,6 +211,18 @@ class DeviceQueue:
         """The configured size and ring addresses as a :class:`RingLayout`."""
         return RingLayout(self._size, self._desc, self._avail, self._used)
 
+    def rebind(self) -> None:
+        """The guest memory's mapping changed under a ready queue (a vhost-user front-end sent a new memory
+        table): check the rings again and resolve them to the new buffers. :class:`QueueError` (and the queue is
+        no longer ready) when a ring is not inside guest memory any more; nothing to do for a queue not ready."""
+        if not self._ready:
+            return
+        problem = self.layout.problem(self.mem)
+        if problem is not None:
+            self._ready = False
+            raise QueueError(problem[1])
+        self._bind()
+
     def activate(self) -> None:
         """Validate size and ring addresses (§2.7: alignment 16/2/4, inside guest memory) and set ready.
 
