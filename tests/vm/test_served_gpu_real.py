@@ -47,7 +47,6 @@ from pyvirtio.errors import PyvirtioError
 from pyvirtio.fidelity import normalise
 from pyvirtio.host.gpu import edid
 from pyvirtio.vm import image
-from pyvirtio.vm.private_stack import provision_stack
 from pyvirtio.vm.provisioning import GuestAssets
 from pyvirtio.vm.served import BackendProcess, ServedGpuVm, serve_command
 from pyvirtio.vm.stacks import QEMU10_LINUX612
@@ -188,11 +187,8 @@ def run(run: GpuRun, assets: GuestAssets, binary: Path) -> GpuRun:
 
 
 @pytest.fixture(scope="module")
-def assets() -> GuestAssets:
-    try:
-        return provision_stack(stack=STACK)
-    except PyvirtioError as e:  # fail, never skip
-        pytest.fail(f"provisioning {STACK} failed: {e}", pytrace=False)
+def assets(stack2_assets: GuestAssets) -> GuestAssets:
+    return stack2_assets
 
 
 @pytest.fixture(scope="module")

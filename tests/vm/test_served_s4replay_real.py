@@ -38,7 +38,6 @@ import pytest
 
 from pyvirtio.errors import PyvirtioError
 from pyvirtio.vm import image
-from pyvirtio.vm.private_stack import provision_stack
 from pyvirtio.vm.provisioning import GuestAssets
 from pyvirtio.vm.served import BackendProcess, ServedGpuVm, serve_command
 from pyvirtio.vm.stacks import QEMU10_LINUX612
@@ -193,13 +192,9 @@ def run_timeout(r: S4Run, assets: GuestAssets) -> S4Run:
 
 
 @pytest.fixture(scope="module")
-def assets() -> GuestAssets:
-    try:
-        assets = provision_stack(stack=STACK)
-    except PyvirtioError as e:  # fail, never skip
-        pytest.fail(f"provisioning {STACK} (with our virtio-gpu module) failed: {e}", pytrace=False)
-    assert MODULE in dict(assets.gpu_modules), assets.gpu_modules
-    return assets
+def assets(stack2_assets: GuestAssets) -> GuestAssets:
+    assert MODULE in dict(stack2_assets.gpu_modules), stack2_assets.gpu_modules
+    return stack2_assets
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,17 +24,16 @@ import pytest
 from click.testing import CliRunner
 
 from pyvirtio.cli import main
-from pyvirtio.errors import PyvirtioError
 from pyvirtio.fidelity import model_cell
-from pyvirtio.report import CellResult, Outcome, Report, ResourceFate, Source
+from pyvirtio.report import CellResult, Outcome, ResourceFate
 from pyvirtio.vm import image
 from pyvirtio.vm.errors import VmError
 from pyvirtio.vm.initramfs import replace_files
 from pyvirtio.vm.kmod import INITRAMFS_MODULE, MODULE_FILE
-from pyvirtio.vm.private_stack import provision_stack
 from pyvirtio.vm.provisioning import GuestAssets
 from pyvirtio.vm.scenario import CellRun
 from pyvirtio.vm.stacks import QEMU10_LINUX612
+from vm.realcells import run_two_at_a_time, write_report
 
 pytestmark = pytest.mark.realvm
 
@@ -52,29 +50,22 @@ Runs = dict[tuple[str, bool], CellRun]
 
 
 @pytest.fixture(scope="module")
-def assets() -> GuestAssets:
-    try:
-        assets = provision_stack(stack=STACK)
-    except PyvirtioError as e:  # fail, never skip
-        pytest.fail(f"provisioning {STACK} (with our virtio-gpu module) failed: {e}", pytrace=False)
-    assert MODULE in dict(assets.gpu_modules), assets.gpu_modules
-    return assets
+def assets(stack2_assets: GuestAssets) -> GuestAssets:
+    assert MODULE in dict(stack2_assets.gpu_modules), stack2_assets.gpu_modules
+    return stack2_assets
 
 
 @pytest.fixture(scope="module")
 def runs(assets: GuestAssets, tmp_path_factory: pytest.TempPathFactory) -> Runs:
     out = tmp_path_factory.mktemp("s4replay")
     runs: Runs = {key: CellRun(assets, key[0], "q35", out_dir=out, nsr=key[1], gpu_module=MODULE) for key in CELLS}
-    with ThreadPoolExecutor(2) as pool:  # one TCG QEMU per core; the S4 cells (longest) first
-        list(pool.map(lambda r: r.run(), runs.values()))
+    run_two_at_a_time(runs.values())  # the S4 cells (longest) first
     return runs
 
 
 @pytest.fixture(scope="module")
 def report(runs: Runs, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("s4replay-report") / "report.json"
-    Report(cells=[r.result for r in runs.values()], meta={"source": Source.REAL_VM.value, "stack": STACK}).write(path)
-    return path
+    return write_report(runs.values(), tmp_path_factory.mktemp("s4replay-report") / "report.json", stack=STACK)
 
 
 def _ok(run: CellRun) -> CellResult:

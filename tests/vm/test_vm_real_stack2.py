@@ -13,7 +13,6 @@ sent while the function is in D3hot) and S3 does not; the model predicts both.
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,12 @@ import pytest
 from click.testing import CliRunner
 
 from pyvirtio.cli import main
-from pyvirtio.errors import PyvirtioError
-from pyvirtio.report import CellResult, Outcome, Report, ResourceFate, Source
+from pyvirtio.report import CellResult, Outcome, ResourceFate
 from pyvirtio.vm import image
-from pyvirtio.vm.private_stack import provision_stack
 from pyvirtio.vm.provisioning import GuestAssets
 from pyvirtio.vm.scenario import CellRun
 from pyvirtio.vm.stacks import QEMU10_LINUX612
+from vm.realcells import run_two_at_a_time, write_report
 
 pytestmark = pytest.mark.realvm
 
@@ -45,27 +43,21 @@ Runs = dict[tuple[str, bool, bool], CellRun]
 
 
 @pytest.fixture(scope="module")
-def assets() -> GuestAssets:
-    try:
-        return provision_stack(stack=STACK)
-    except PyvirtioError as e:  # fail, never skip
-        pytest.fail(f"provisioning {STACK} failed: {e}", pytrace=False)
+def assets(stack2_assets: GuestAssets) -> GuestAssets:
+    return stack2_assets
 
 
 @pytest.fixture(scope="module")
 def runs(assets: GuestAssets, tmp_path_factory: pytest.TempPathFactory) -> Runs:
     out = tmp_path_factory.mktemp("stack2")
     runs: Runs = {key: CellRun(assets, key[0], "q35", out_dir=out, nsr=key[1], rng_port=key[2]) for key in CELLS}
-    with ThreadPoolExecutor(2) as pool:  # one TCG QEMU per core
-        list(pool.map(lambda r: r.run(), runs.values()))
+    run_two_at_a_time(runs.values())
     return runs
 
 
 @pytest.fixture(scope="module")
 def report(runs: Runs, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("stack2-report") / "report.json"
-    Report(cells=[r.result for r in runs.values()], meta={"source": Source.REAL_VM.value, "stack": STACK}).write(path)
-    return path
+    return write_report(runs.values(), tmp_path_factory.mktemp("stack2-report") / "report.json", stack=STACK)
 
 
 def _ok(run: CellRun) -> CellResult:
