@@ -2,9 +2,9 @@
 
 ``info`` (a machine's PCI layout), ``gpu`` (virtio-gpu demo), ``pm`` (the power-management matrix on the model),
 ``vm`` (the real QEMU + Linux VM, and ``vm compare``: the model beside it), ``serve`` (a device model served
-to a real VM over vhost-user). The consoles, the error policy and
-the choices every command uses are in :mod:`pyvirtio.cli.common`: a :class:`~pyvirtio.errors.PyvirtioError` is
-one line ``pyvirtio: error: ...`` on stderr and exit status 2.
+to a real VM over vhost-user), ``uml`` (a real User-Mode Linux kernel driving pyvirtio's PCI functions). The
+consoles, the error policy and the choices every command uses are in :mod:`pyvirtio.cli.common`: a
+:class:`~pyvirtio.errors.PyvirtioError` is one line ``pyvirtio: error: ...`` on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pyvirtio.cli.info import info
 from pyvirtio.cli.pm import pm
 from pyvirtio.cli.serve import serve
 from pyvirtio.cli.spec import spec
+from pyvirtio.cli.uml import uml
 from pyvirtio.cli.vm import vm
 from pyvirtio.errors import PyvirtioError
 
@@ -35,6 +36,7 @@ main.add_command(pm)
 main.add_command(vm)
 main.add_command(spec)
 main.add_command(serve)
+main.add_command(uml)
 
 
 def run() -> None:

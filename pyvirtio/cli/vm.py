@@ -27,13 +27,15 @@ from pyvirtio.cli.common import (
     yes_no,
 )
 from pyvirtio.cli.compare import compare_cmd
+from pyvirtio.cli.uml import print_uml_provisioned
 from pyvirtio.errors import PyvirtioError
 from pyvirtio.report import CellResult, Outcome, Report, Source
 from pyvirtio.vm.private_stack import provision_stack as provision
 from pyvirtio.vm.provisioning import GuestAssets, default_cache_dir
 from pyvirtio.vm.scenario import run_cell, run_matrix
-from pyvirtio.vm.stacks import DEFAULT_STACK, STACK_NAMES, STACKS
+from pyvirtio.vm.stacks import DEFAULT_STACK, PROVISIONABLE_NAMES, STACK_NAMES, STACKS, UML_STACKS
 from pyvirtio.vm.statustrace import format_sequence
+from pyvirtio.vm.uml_kernel import provision_uml
 
 
 def _progress() -> Callable[[str], None]:
@@ -98,7 +100,7 @@ vm.add_command(compare_cmd)
 @vm.command("provision")
 @cache_option
 @click.option("--refresh", is_flag=True, help="Rebuild the guest even if it is up to date.")
-@click.option("--stack", "stacks", type=STACK_CHOICE, multiple=True,
+@click.option("--stack", "stacks", type=click.Choice(PROVISIONABLE_NAMES), multiple=True,
               help=f"Stack to provision (repeatable; default {DEFAULT_STACK}).")
 def provision_cmd(cache: Path | None, refresh: bool, stacks: tuple[str, ...]) -> None:
     """Provision each stack: the system QEMU (apt, needs root) or a private QEMU + kernel unpacked into the
@@ -108,6 +110,9 @@ def provision_cmd(cache: Path | None, refresh: bool, stacks: tuple[str, ...]) ->
     failed: list[str] = []
     for name in stacks or (DEFAULT_STACK,):
         try:
+            if name in UML_STACKS:  # User-Mode Linux: a kernel built from source, no QEMU (pyvirtio uml)
+                print_uml_provisioned(provision_uml(cache, stack=name, refresh=refresh, log=_provision_log))
+                continue
             a = provision(cache, refresh=refresh, log=_provision_log, stack=name)
         except PyvirtioError as e:
             if len(stacks) <= 1:

@@ -451,15 +451,17 @@ class VirtioDriver:
 
     def find_vqs(self, sizes: tuple[int | None, ...] | None = None) -> list[DriverQueue]:
         """Allocate and enable queues; one MSI-X vector per queue plus one for config (``vp_find_vqs_msix``),
-        INTx when the MSI-X table is too small or absent (virtio 1.4 §4.1.5.1.2.2)."""
+        INTx when the MSI-X table is too small or absent (virtio 1.4 §4.1.5.1.2.2). In Linux 6.12's order, as the
+        real kernel was seen to do it through UML: the config vector is unmasked (its interrupt requested) and
+        written; each queue is checked against ``num_queues``, programmed, and its vector unmasked; only then
+        are all queues enabled (``vp_modern_find_vqs``)."""
         sizes = sizes if sizes is not None else self.queue_sizes
         n = len(sizes)
-        if n > self.t.num_queues():
-            raise DriverError(f"{self.name}: device has {self.t.num_queues()} queues, driver needs {n}")
         # spec: drv:pci/msix#1
         per_vq = self.use_msix and self.t.setup_msix(
             [self._config_irq] + [self._vq_irq_handler(i) for i in range(n)])
         if per_vq:
+            self.t.mask_vector(0, False)
             if self.t.set_config_vector(0) == VIRTIO_MSI_NO_VECTOR:
                 raise DriverError(f"{self.name}: config vector not accepted")
         else:
@@ -469,12 +471,18 @@ class VirtioDriver:
         for i, want in enumerate(sizes):
             vector = i + 1 if per_vq else VIRTIO_MSI_NO_VECTOR
             self._vq_vectors.append(vector)
-            self.vqs.append(self._setup_vq(i, want, vector))
+            self.vqs.append(self._setup_vq(i, want, vector, enable=False))
+            if per_vq:
+                self.t.mask_vector(vector, False)
+        for i in range(n):
+            self.t.enable_queue(i)
         return self.vqs
 
-    def _setup_vq(self, index: int, want: int | None, vector: int) -> DriverQueue:
+    def _setup_vq(self, index: int, want: int | None, vector: int, *, enable: bool = True) -> DriverQueue:
         """Allocate zeroed, page-aligned rings for queue ``index`` (recorded for :meth:`del_vqs`) and program it
-        (:meth:`_program_vq`)."""
+        (:meth:`_program_vq`); ``enable`` False leaves ``queue_enable`` to the caller."""
+        if index >= self.t.num_queues():
+            raise DriverError(f"{self.name}: device has {self.t.num_queues()} queues, driver needs {index + 1}")
         maxsz = self.t.queue_max_size(index)
         if maxsz == 0:
             raise DriverError(f"{self.name}: queue {index} does not exist")
@@ -487,20 +495,29 @@ class VirtioDriver:
         layout = RingLayout.contiguous(base, size)
         vq = DriverQueue(self.alloc.mem, layout, event_idx=self.has(Feature.EVENT_IDX),
                          indirect=self.has(Feature.INDIRECT_DESC), alloc=self.alloc)
-        self._program_vq(index, vq, vector)
+        self._program_vq(index, vq, vector, enable=enable)
         return vq
 
-    def _program_vq(self, index: int, vq: DriverQueue, vector: int) -> None:
+    def _program_vq(self, index: int, vq: DriverQueue, vector: int, *, enable: bool = True) -> None:
         """Program queue ``index`` with ``vq``'s rings and enable it (§4.1.5.1.3): at discovery and, the same
         way, when re-enabling it after a queue reset (§2.6.1.2). DriverError if the vector is refused."""
         lay = vq.layout
-        got = self.t.setup_queue(index, lay.size, lay.desc, lay.avail, lay.used, vector)
+        got = self.t.setup_queue(index, lay.size, lay.desc, lay.avail, lay.used, vector, enable=enable)
         # spec: drv:pci/msix#3
         if vector != VIRTIO_MSI_NO_VECTOR and got == VIRTIO_MSI_NO_VECTOR:
             raise DriverError(f"{self.name}: queue {index} vector not accepted")
 
     def del_vqs(self) -> None:
-        """``vp_del_vqs``: forget the queues and release their memory and vectors (the device was reset)."""
+        """``vp_del_vqs``: forget the queues and release their memory and vectors (the device was reset). As
+        Linux does (seen through UML): each queue's interrupt is freed, then the config interrupt, then MSI-X is
+        disabled. (Linux also writes NO_VECTOR to each queue's and the config vector here, after the reset: a
+        write outside the §3.1.1 sequence that pyvirtio's DriverMonitor records against it; the reset already
+        set NO_VECTOR, so the model leaves those writes out.)"""
+        if any(v != VIRTIO_MSI_NO_VECTOR for v in self._vq_vectors):
+            for v in self._vq_vectors:
+                if v != VIRTIO_MSI_NO_VECTOR:
+                    self.t.release_vector(v)
+            self.t.release_vector(0)
         for base in self._vq_mem:
             self.alloc.free(base)
         self._vq_mem.clear()

@@ -41,6 +41,7 @@ from pyvirtio.spec.constants import (
     PCI_MSIX_ENTRY_VECTOR_CTRL,
     PCI_MSIX_FLAGS,
     PCI_MSIX_FLAGS_ENABLE,
+    PCI_MSIX_FLAGS_MASKALL,
     PCI_MSIX_FLAGS_QSIZE,
     PCI_MSIX_PBA,
     PCI_MSIX_TABLE,
@@ -340,8 +341,13 @@ class Transport(Protocol):
         """Maximum size of queue ``index`` (0: the queue does not exist)."""
         ...
 
-    def setup_queue(self, index: int, size: int, desc: int, driver: int, device: int, vector: int) -> int:
-        """Program and enable queue ``index``; returns the MSI-X vector the device accepted."""
+    def setup_queue(self, index: int, size: int, desc: int, driver: int, device: int, vector: int, *,
+                    enable: bool = True) -> int:
+        """Program (and with ``enable``, enable) queue ``index``; returns the MSI-X vector the device accepted."""
+        ...
+
+    def enable_queue(self, index: int) -> None:
+        """``queue_enable`` = 1 for queue ``index`` (programmed before)."""
         ...
 
     def set_config_vector(self, vector: int) -> int:
@@ -375,7 +381,15 @@ class Transport(Protocol):
 
     # interrupts
     def setup_msix(self, handlers: list[Callable[[], None]]) -> bool:
-        """One MSI-X vector per handler, enabled; False if the table is too small."""
+        """One MSI-X vector per handler, MSI-X enabled with every entry masked; False if the table is too small."""
+        ...
+
+    def mask_vector(self, index: int, masked: bool) -> None:
+        """Mask or unmask MSI-X table entry ``index`` (a vector is unmasked when its interrupt is requested)."""
+        ...
+
+    def release_vector(self, index: int) -> None:
+        """Free MSI-X table entry ``index``'s interrupt: masked, then its address and data cleared."""
         ...
 
     def free_msix(self) -> None:
@@ -617,11 +631,14 @@ class PciTransport:
         self.write(CommonCfg.QUEUE_SELECT, index)
         return self.read(CommonCfg.QUEUE_SIZE)
 
-    def setup_queue(self, index: int, size: int, desc: int, driver: int, device: int, vector: int) -> int:
+    def setup_queue(self, index: int, size: int, desc: int, driver: int, device: int, vector: int, *,
+                    enable: bool = True) -> int:
         """Program and enable queue ``index`` (§4.1.5.1.3; the same at first set-up and when re-enabling after a
         queue reset, §2.6.1.2): size (a power of 2), the three areas as lo/hi halves, the MSI-X vector read back
-        (§4.1.5.1.2.2), and only then ``queue_enable`` = 1. Returns the vector the device accepted (NO_VECTOR =
-        failed). ValueError when ``size`` is not a power of 2 (a driver bug)."""
+        (§4.1.5.1.2.2), and only then ``queue_enable`` = 1 — unless ``enable`` is False: Linux's
+        ``vp_modern_find_vqs`` programs every queue first and enables them all at the end (:meth:`enable_queue`).
+        Returns the vector the device accepted (NO_VECTOR = failed). ValueError when ``size`` is not a power of 2
+        (a driver bug)."""
         # spec: drv:pci/common-cfg#3
         if size <= 0 or size & (size - 1):
             raise ValueError(f"{self.name}: queue size {size} is not a power of 2 (§4.1.4.3.2)")
@@ -638,8 +655,15 @@ class PciTransport:
             self.write(CommonCfg.QUEUE_MSIX_VECTOR, vector)
             # spec: drv:pci/msix#3
             accepted = self.read(CommonCfg.QUEUE_MSIX_VECTOR)
-        self.write(CommonCfg.QUEUE_ENABLE, 1)
+        if enable:
+            self.write(CommonCfg.QUEUE_ENABLE, 1)
         return accepted
+
+    def enable_queue(self, index: int) -> None:
+        """Select queue ``index`` and write ``queue_enable`` = 1 (its size, areas and vector are programmed)."""
+        # spec: drv:pci/common-cfg#4
+        self.write(CommonCfg.QUEUE_SELECT, index)
+        self.write(CommonCfg.QUEUE_ENABLE, 1)
 
     def reset_queue(self, index: int, timeout: int) -> None:
         """Reset queue ``index`` (VIRTIO_F_RING_RESET, §4.1.4.3.2): write 1 to ``queue_reset``, then poll until
@@ -751,9 +775,12 @@ class PciTransport:
         return (self.fn.config_read(self.msix_cap + PCI_MSIX_FLAGS, 2) & PCI_MSIX_FLAGS_QSIZE) + 1
 
     def setup_msix(self, handlers: list[Callable[[], None]]) -> bool:
-        """Program one table entry per handler and enable MSI-X. False if there is no MSI-X capability or the
-        table is too small (any Table Size 0..0x7FF is handled: the caller falls back to INTx, §4.1.5.1.2.2), so no
-        event is ever routed to a vector beyond the table."""
+        """Program one table entry per handler and enable MSI-X, in Linux's order (``msix_capability_init``, as
+        the real kernel was seen to do it through UML): Enable with Mask All, the entries' address and data
+        programmed, INTx disabled in COMMAND, every table entry masked, Mask All cleared. The entries stay
+        masked: each is unmasked when its interrupt is requested (:meth:`mask_vector`). False if there is no
+        MSI-X capability or the table is too small (any Table Size 0..0x7FF is handled: the caller falls back to
+        INTx, §4.1.5.1.2.2), so no event is ever routed to a vector beyond the table."""
         n = self.msix_table_size()
         # spec: drv:pci/msix#1, drv:pci/msix#2
         if n < len(handlers):
@@ -762,6 +789,9 @@ class PciTransport:
         self.fn.config_read(self.msix_cap + PCI_MSIX_PBA, 4)
         bar, base = table & PCI_MSIX_BIR_MASK, table & ~PCI_MSIX_BIR_MASK
         self.free_msix()
+        flags = self.fn.config_read(self.msix_cap + PCI_MSIX_FLAGS, 2)
+        self.fn.config_write(self.msix_cap + PCI_MSIX_FLAGS, 2,
+                             flags | PCI_MSIX_FLAGS_ENABLE | PCI_MSIX_FLAGS_MASKALL)
         for i, h in enumerate(handlers):
             addr, data = self.platform.alloc_msi(h)
             self._msi_data.append(data)
@@ -769,9 +799,13 @@ class PciTransport:
             self.fn.bar_write(bar, e + PCI_MSIX_ENTRY_ADDR_LO, 4, addr & 0xFFFFFFFF)
             self.fn.bar_write(bar, e + PCI_MSIX_ENTRY_ADDR_HI, 4, addr >> 32)
             self.fn.bar_write(bar, e + PCI_MSIX_ENTRY_DATA, 4, data)
-            self.fn.bar_write(bar, e + PCI_MSIX_ENTRY_VECTOR_CTRL, 4, 0)
-        flags = self.fn.config_read(self.msix_cap + PCI_MSIX_FLAGS, 2)
-        self.fn.config_write(self.msix_cap + PCI_MSIX_FLAGS, 2, flags | PCI_MSIX_FLAGS_ENABLE)
+        cmd = self.fn.config_read(PCI_COMMAND, 2)
+        self.fn.config_write(PCI_COMMAND, 2, cmd | PciCommand.INTX_DISABLE)
+        for i in range(n):
+            self.fn.bar_write(bar, base + i * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL, 4,
+                              PCI_MSIX_ENTRY_CTRL_MASKBIT)
+        self.fn.config_write(self.msix_cap + PCI_MSIX_FLAGS, 2, (flags | PCI_MSIX_FLAGS_ENABLE)
+                             & ~PCI_MSIX_FLAGS_MASKALL)
         self.msix_enabled = True
         return True
 
@@ -781,14 +815,33 @@ class PciTransport:
         e = (table & ~PCI_MSIX_BIR_MASK) + index * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL
         self.fn.bar_write(table & PCI_MSIX_BIR_MASK, e, 4, PCI_MSIX_ENTRY_CTRL_MASKBIT if masked else 0)
 
+    def release_vector(self, index: int) -> None:
+        """``free_irq`` of MSI-X table entry ``index`` (Linux, as seen through UML): the entry is masked, then
+        its message is cleared (address and data written 0)."""
+        self.mask_vector(index, True)
+        table = self.fn.config_read(self.msix_cap + PCI_MSIX_TABLE, 4)
+        bar, e = table & PCI_MSIX_BIR_MASK, (table & ~PCI_MSIX_BIR_MASK) + index * PCI_MSIX_ENTRY_SIZE
+        for field in (PCI_MSIX_ENTRY_ADDR_LO, PCI_MSIX_ENTRY_ADDR_HI, PCI_MSIX_ENTRY_DATA):
+            self.fn.bar_write(bar, e + field, 4, 0)
+
     def free_msix(self) -> None:
-        """Release every MSI allocated by :meth:`setup_msix` and clear MSI-X Enable."""
+        """Release every MSI allocated by :meth:`setup_msix` and disable MSI-X as Linux's
+        ``pci_free_irq_vectors`` does: every table entry masked, MSI-X Enable cleared, INTx enabled again in
+        COMMAND."""
         for d in self._msi_data:
             self.platform.free_msi(d)
         self._msi_data.clear()
         if self.msix_cap and self.msix_enabled:
+            table = self.fn.config_read(self.msix_cap + PCI_MSIX_TABLE, 4)
+            bar, base = table & PCI_MSIX_BIR_MASK, table & ~PCI_MSIX_BIR_MASK
+            for i in range(self.msix_table_size()):
+                self.fn.bar_write(bar, base + i * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL, 4,
+                                  PCI_MSIX_ENTRY_CTRL_MASKBIT)
             flags = self.fn.config_read(self.msix_cap + PCI_MSIX_FLAGS, 2)
             self.fn.config_write(self.msix_cap + PCI_MSIX_FLAGS, 2, flags & ~PCI_MSIX_FLAGS_ENABLE)
+            cmd = self.fn.config_read(PCI_COMMAND, 2)
+            if cmd & PciCommand.INTX_DISABLE:
+                self.fn.config_write(PCI_COMMAND, 2, cmd & ~PciCommand.INTX_DISABLE)
         self.msix_enabled = False
 
     def setup_intx(self, handler: Callable[[], None] | None) -> None:

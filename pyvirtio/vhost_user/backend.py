@@ -427,8 +427,9 @@ class Session:
         if v & VRING_NOFD:
             return ring, None
         fd = msg.fds[0]
-        if _fd_kind(fd) not in ("eventfd", "fifo"):
-            return f"vring {ring.index}: descriptor is not an eventfd or a pipe"
+        # a socket too: UML's virtio_uml passes one end of a socketpair as the call descriptor (its os_pipe)
+        if _fd_kind(fd) not in ("eventfd", "fifo", "socket"):
+            return f"vring {ring.index}: descriptor is not an eventfd, a pipe or a socket"
         return ring, self._take(fd)
 
     def _set_vring_kick(self, msg: Message) -> Answer:
@@ -493,6 +494,10 @@ class Session:
         if msg.payload.num not in (0, 1):
             return _fail(f"vring {ring.index}: enable value {msg.payload.num} (want 0 or 1)")
         ring.enabled = bool(msg.payload.num)
+        if ring.enabled and ring.phase is RingPhase.STOPPED and self._negotiated(_PF.INBAND_NOTIFICATIONS):
+            # In-band kicks (VRING_KICK messages): a front-end such as UML's virtio_uml sends no SET_VRING_KICK
+            # at all, so enabling a configured ring is what starts it.
+            ring.phase = RingPhase.STARTED
         if ring.enabled:
             ring.kicked = False
             self.served.resume(ring.index)

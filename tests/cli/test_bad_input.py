@@ -30,12 +30,14 @@ from pyvirtio.cli.common import SIZE_UNITS, to_size
 from pyvirtio.fidelity import model_cell
 from pyvirtio.pm.config import RESOURCE_SIZE_MAX, SEED_MAX
 from pyvirtio.report import CellResult, Report, Source
+from pyvirtio.vm.errors import ProvisionError
 
 pm_cli = importlib.import_module("pyvirtio.cli.pm")  # the modules (pyvirtio.cli.pm is the command group)
 vm_cli = importlib.import_module("pyvirtio.cli.vm")
 gpu_cli = importlib.import_module("pyvirtio.cli.gpu")
 compare_cli = importlib.import_module("pyvirtio.cli.compare")
 serve_cli = importlib.import_module("pyvirtio.cli.serve")
+uml_cli = importlib.import_module("pyvirtio.cli.uml")
 
 
 def one_line_error(r: Result, *needles: str) -> str:
@@ -106,6 +108,12 @@ def install_stubs(monkeypatch: pytest.MonkeyPatch, canned: CellResult) -> None:
     monkeypatch.setattr("pyvirtio.vm.private_stack.provision_stack", provision)
     monkeypatch.setattr("pyvirtio.vm.scenario.run_cell", vm_run_cell)
     monkeypatch.setattr(serve_cli, "serve_device", lambda *_, **__: [])  # serving would wait for a front-end
+
+    def no_uml(*_: object, **__: object) -> object:  # building or booting the UML kernel is the realvm tests' job
+        raise ProvisionError("the UML kernel is not provisioned here (stub)")
+
+    monkeypatch.setattr(uml_cli, "assets_for", no_uml)
+    monkeypatch.setattr(vm_cli, "provision_uml", no_uml)
 
 
 # -- defect 12: sizes and numbers ---------------------------------------------------------------------------------

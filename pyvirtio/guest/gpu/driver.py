@@ -230,9 +230,10 @@ class GpuDriver(GpuRequests):
     # -- probe (Linux virtio_gpu_init) ------------------------------------------------------------------------
 
     def setup(self) -> None:
-        """Read the config (§5.7.4: num_scanouts, num_capsets, blob_alignment when negotiated) and create
-        controlq + cursorq, before DRIVER_OK."""
+        """Create controlq + cursorq, then read the config (§5.7.4: num_scanouts, num_capsets, blob_alignment when
+        negotiated), before DRIVER_OK — Linux 6.12's ``virtio_gpu_init`` order, as seen through UML."""
         t = self.t
+        self.find_vqs()
         # spec: drv:config-space#1
         self.num_scanouts, self.num_capsets = t.config_read_consistent(
             [(GpuCfg.NUM_SCANOUTS, 4), (GpuCfg.NUM_CAPSETS, 4)]
@@ -242,7 +243,6 @@ class GpuDriver(GpuRequests):
         # spec: drv:config-space#2
         if self.has_blob_alignment:
             self.blob_alignment = max(1, t.config_read(GpuCfg.BLOB_ALIGNMENT, 4))
-        self.find_vqs()
 
     def probe(self) -> None:
         """The virtio core's probe, then :meth:`init_display`."""

@@ -26,6 +26,7 @@ from pyvirtio.spec.constants import (
     GpuFeature,
     GpuResp,
 )
+from pyvirtio.trace import Kind
 
 #: A blob scanout's offset must fit 32 bits and its stride a signed int (QEMU).
 _U32 = 0xFFFFFFFF
@@ -113,7 +114,12 @@ class Commands2D(GpuBase):
         x, y, w, h, offset, rid, _ = self._body(p)
         res = self._resource(rid)
         if res.blob is not None:
-            raise GpuError(GpuResp.ERR_INVALID_RESOURCE_ID, "TRANSFER_TO_HOST_2D on a blob", resource_id=rid)
+            # virtio 1.4 §5.7.6.8 defines TRANSFER_TO_HOST_2D for any resource (response OK_NODATA) and forbids
+            # nothing for blobs; a guest blob has no host copy to update (the scanout reads its guest pages), so
+            # there is nothing to transfer. Linux 6.12 sends it on every damage of its blob dumb buffers; QEMU
+            # returns early with OK_NODATA, as here.
+            self.trace(Kind.DEVICE, event="transfer_to_blob", resource_id=rid)
+            return GpuResp.OK_NODATA, b""
         if res.backing is None:
             raise GpuError(GpuResp.ERR_INVALID_RESOURCE_ID, "transfer to a resource without backing",
                            resource_id=rid)

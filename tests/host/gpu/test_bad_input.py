@@ -291,7 +291,11 @@ def test_blob_errors(g: Rig) -> None:
     assert g.dev.resources == {}
     assert resp_type(g.drv.call(create_blob(1, BLOB_MEM_GUEST, 0, [(a, 16384)], 0, 16384))) == OK_NODATA
     assert resp_type(g.drv.call(set_scanout(0, 1, 0, 0, 16, 16))) == ERR_RESOURCE
-    assert resp_type(g.drv.call(transfer(1, 0, 0, 1, 1, 0))) == ERR_RESOURCE
+    # TRANSFER_TO_HOST_2D on a guest blob: defined for any resource, nothing to copy (Linux 6.12 sends it, QEMU
+    # answers OK_NODATA): not an error, not a violation
+    before = len(g.dev.ctx.trace.violations())  # type: ignore[attr-defined]
+    assert resp_type(g.drv.call(transfer(1, 0, 0, 1, 1, 0))) == OK_NODATA
+    assert len(g.dev.ctx.trace.violations()) == before  # type: ignore[attr-defined]
     assert resp_type(g.drv.call(set_scanout_blob(0, 1, (0, 0, 64, 64), 64, 64, B8G8R8X8, 255, 0))) == ERR_PARAM
     assert resp_type(g.drv.call(set_scanout_blob(0, 1, (0, 0, 64, 65), 64, 65, B8G8R8X8, 256, 0))) == ERR_PARAM
     assert resp_type(g.drv.call(set_scanout_blob(0, 1, (0, 0, 64, 64), 64, 64, 99, 256, 0))) == ERR_PARAM

@@ -1,0 +1,154 @@
+"""pyvirtio's own model driver on the devices of a UML scenario, and its register-level sequence beside the
+real kernel's.
+
+Contract. :func:`model_run` builds the deterministic machine with the scenario's devices plugged exactly as in
+the UML run (same device classes, PCIe port and No_Soft_Reset), binds pyvirtio's Linux-modelled drivers
+(:class:`~pyvirtio.guest.rng.RngDriver`, the no-hooks :class:`~pyvirtio.guest.gpu.driver.GpuDriver`: Linux 6.12's
+virtio-gpu has no freeze/restore) configured as Linux 6.12's — which knows neither VIRTIO_F_SUSPEND nor
+VIRTIO_GPU_F_BLOB_ALIGNMENT, so the model drivers are built not to accept them (their defaults model newer
+kernels) — under a kernel configured as Linux 6.12 (``pm_no_reset``: the No_Soft_Reset skip), probes, and —
+for a sleeping scenario — suspends and resumes the guest as UML's S3 does (no wake-up reset: UML has no platform
+that resets devices on wake). It returns the machine trace cut into phases.
+:func:`real_phases` cuts a UML run's trace the same way, from the guest's marks. :func:`compare_run` decodes both
+with :func:`~pyvirtio.uml.regtrace.driver_steps` and lists, per device and phase, where they differ.
+
+Devices without a pyvirtio driver (the test device) are probed by nobody in the model; they are left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pyvirtio.guest.driver import VirtioDriver
+from pyvirtio.guest.gpu.driver import GpuDriver
+from pyvirtio.guest.kernel import Guest, KernelConfig
+from pyvirtio.guest.rng import RngDriver
+from pyvirtio.host.pci.function import VirtioPciFunction
+from pyvirtio.machine import Machine, MachineType
+from pyvirtio.trace import TraceEvent
+from pyvirtio.uml.regtrace import Difference, Step, compare, driver_steps, side_by_side
+from pyvirtio.uml.runner import RunResult
+from pyvirtio.uml.scenarios import STEP, DeviceSpec, Scenario
+
+#: Linux 6.12 as pyvirtio's guest models it: the No_Soft_Reset skip (6.8+), no SUSPEND, no freeze_mode.
+LINUX_612 = KernelConfig(name="linux-6.12", pm_no_reset=True)
+PHASES = ("probe", "suspend", "resume")
+#: Console lines that mark the start of the resume (printed with pm_debug_messages).
+RESUME_LINES = ("Timekeeping suspended for", "PM: noirq resume of devices")
+
+
+@dataclass
+class PhasedTrace:
+    """A machine trace and, per phase, the index range of its events."""
+
+    events: list[TraceEvent]
+    functions: dict[str, VirtioPciFunction]
+    cuts: dict[str, tuple[int, int]]
+
+    def steps(self, device: str, phase: str) -> list[Step]:
+        """The decoded steps of ``device`` in ``phase`` (empty when the phase did not happen)."""
+        if phase not in self.cuts or device not in self.functions:
+            return []
+        lo, hi = self.cuts[phase]
+        return driver_steps(self.functions[device], self.events[lo:hi])
+
+
+def model_run(devices: Sequence[DeviceSpec], *, seed: int = 0, sleep: bool = False) -> PhasedTrace:
+    """pyvirtio's drivers on ``devices`` (see the module contract)."""
+    machine = Machine(128 << 20, seed=seed, machine_type=MachineType.Q35)
+    fns: dict[str, VirtioPciFunction] = {}
+    for spec in devices:
+        dev, _ = spec.build(seed)
+        fns[spec.kind] = machine.plug(dev, pcie_port=spec.pcie_port, no_soft_reset=spec.no_soft_reset)
+    guest = Guest(machine, LINUX_612)
+    t = machine.trace.events
+    cuts: dict[str, tuple[int, int]] = {}
+    start = len(t)
+    for spec in devices:
+        drv: VirtioDriver
+        if spec.kind == "rng":
+            drv = RngDriver(machine, fns["rng"], guest.alloc, name="rng", accept_suspend=False)
+        elif spec.kind == "gpu":
+            drv = GpuDriver(machine, fns["gpu"], guest.alloc, name="gpu", accept_suspend=False,
+                            want_blob_alignment=False)
+        else:
+            continue
+        guest.bind(drv)
+    cuts["probe"] = (start, len(t))
+    if sleep:
+        s0 = len(t)
+        guest.suspend()
+        cuts["suspend"] = (s0, len(t))
+        r0 = len(t)
+        guest.resume()
+        cuts["resume"] = (r0, len(t))
+    return PhasedTrace(t, {k: v for k, v in fns.items() if k in ("rng", "gpu")}, cuts)
+
+
+def real_phases(r: RunResult) -> PhasedTrace:
+    """The UML run's machine trace cut at the guest's ``suspend`` mark and at the start of the resume (a resume
+    line of the kernel, else the longest quiet time after the suspend mark); without a suspend the probe ends at
+    the guest's ``probed`` mark."""
+    events = r.trace
+    n = len(events)
+    def mark(name: str) -> int | None:
+        return next((pos for line, pos in zip(r.console, r.console_pos, strict=True)
+                     if STEP in line and line.split(STEP, 1)[1].split()[:1] == [name]), None)
+
+    suspend = mark("suspend")
+    fns = {f.name: f for f in r.functions if f.name in ("rng", "gpu")}
+    if suspend is None:  # the probe is what happened before the guest's first mark
+        return PhasedTrace(events, fns, {"probe": (0, mark("probed") or n)})
+    resume = next((pos for line, pos in zip(r.console, r.console_pos, strict=True)
+                   if pos >= suspend and any(m in line for m in RESUME_LINES)), None)
+    if resume is None:
+        best, resume = -1, n
+        for i in range(max(suspend, 1), n):
+            gap = events[i].t - events[i - 1].t
+            if gap > best:
+                best, resume = gap, i
+    end = mark("resumed") or n
+    return PhasedTrace(events, fns, {"probe": (0, mark("probed") or suspend), "suspend": (suspend, resume),
+                                     "resume": (resume, max(resume, end))})
+
+
+@dataclass
+class PhaseComparison:
+    """One device in one phase: the two step lists and their differences."""
+
+    device: str
+    phase: str
+    real: list[Step]
+    model: list[Step]
+    differences: list[Difference]
+
+    def lines(self, *, full: bool = False) -> list[str]:
+        """A heading, then the two columns (``full``) or only the differences."""
+        head = (f"{self.device} / {self.phase}: {len(self.real)} real steps, {len(self.model)} model steps, "
+                f"{len(self.differences)} difference(s)")
+        if full:
+            return [head, *side_by_side(self.real, self.model)]
+        out = [head]
+        for d in self.differences:
+            out += d.lines()
+        return out
+
+
+def compare_run(r: RunResult, scenario: Scenario) -> list[PhaseComparison]:
+    """The real kernel's register-level sequence beside pyvirtio's model driver's, per device and phase."""
+    real = real_phases(r)
+    model = model_run(scenario.devices, seed=r.seed, sleep=scenario.sleeps)
+    out: list[PhaseComparison] = []
+    for dev in ("rng", "gpu"):
+        if dev not in real.functions or dev not in model.functions:
+            continue
+        for ph in PHASES:
+            if ph not in real.cuts and ph not in model.cuts:
+                continue
+            a, b = real.steps(dev, ph), model.steps(dev, ph)
+            out.append(PhaseComparison(dev, ph, a, b, compare(a, b)))
+    return out
+
+
+__all__ = ["LINUX_612", "PHASES", "PhaseComparison", "PhasedTrace", "compare_run", "model_run", "real_phases"]
