@@ -239,10 +239,15 @@ class Bridge:
 
     def kernel_args(self) -> list[str]:
         """The kernel command-line arguments that connect UML to the slots (and to the calendar)."""
-        args = [f"virtio_uml.device={s.path}:{PCI_OVER_VIRTIO_DEVICE_ID}" for s in self.slots]
+        args = [f"virtio_uml.device={self._relative(s.path)}:{PCI_OVER_VIRTIO_DEVICE_ID}" for s in self.slots]
         if self.mode is Mode.TIME_TRAVEL:
-            args.append(f"time-travel=ext:{self.calendar_path}")
+            args.append(f"time-travel=ext:{self._relative(self.calendar_path)}")
         return args
+
+    def _relative(self, path: Path) -> str:
+        """``path`` relative to the run directory, which is the kernel's working directory: the command line, and
+        so the kernel's early allocations, must not depend on where the run directory is."""
+        return os.fspath(path.relative_to(self.dir))
 
     def _accept(self, slot: Slot) -> None:
         try:

@@ -159,12 +159,22 @@ class _Console:
         self._file.close()
 
 
-def kernel_command(assets: UmlAssets, directory: Path, bridge_args: list[str], *, mem: str = "256M",
+#: What the guest mounts with hostfs: hostfs opens host paths from the kernel's own process, whose working
+#: directory is the run directory (hostfs prefixes ``/``, so a relative path would not do).
+HOST_DIR = "/proc/self/cwd"
+#: The UML instance name. Each run has a directory of its own (``uml_dir``), so one fixed name never collides.
+UMID = "pv"
+
+
+def kernel_command(assets: UmlAssets, bridge_args: list[str], *, mem: str = "256M",
                    extra: Sequence[str] = ()) -> list[str]:
-    """The UML command line: the kernel binary and its arguments."""
+    """The UML command line: the kernel binary and its arguments. The kernel runs in the run directory, and every
+    run-specific path on its command line is relative to it (or :data:`HOST_DIR`), with a fixed umid: the command
+    line is copied into the kernel's memory at boot, so a path of another length would move its early allocations
+    (and so the DMA addresses in the register trace) from one run directory to the next."""
     return [str(assets.kernel), f"mem={mem}", f"initrd={assets.initrd}", "rdinit=/init", "con=null", "ssl=null",
-            "con0=fd:0,fd:1", "no_console_suspend", "norandmaps", f"{RUN_ARG}={directory}", f"umid=pv{os.getpid()}",
-            f"uml_dir={directory}", *bridge_args, *extra]
+            "con0=fd:0,fd:1", "no_console_suspend", "norandmaps", f"{RUN_ARG}={HOST_DIR}", f"umid={UMID}",
+            "uml_dir=.", *bridge_args, *extra]
 
 
 #: ``personality(2)`` flag: no address-space randomisation for the process (``setarch -R``).
@@ -210,9 +220,9 @@ def run(assets: UmlAssets, plugs: Sequence[Plug], script: str, directory: Path, 
         functions.append(fn)
     if setup is not None:
         setup(machine, bridge)
-    argv = kernel_command(assets, directory, bridge.kernel_args(), extra=extra_args)
+    argv = kernel_command(assets, bridge.kernel_args(), extra=extra_args)
     write_atomic(directory / "cmdline.txt", b" ".join(os.fsencode(a) for a in argv) + b"\n")  # paths may not be UTF-8
-    env = {**os.environ, "TMPDIR": str(directory)}
+    env = {**os.environ, "TMPDIR": "."}  # relative, like the command line (see kernel_command)
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -263,4 +273,4 @@ def run(assets: UmlAssets, plugs: Sequence[Plug], script: str, directory: Path, 
                      warnings=warnings, notes=notes)
 
 
-__all__ = ["EXIT_GRACE", "Plug", "RunResult", "kernel_command", "run"]
+__all__ = ["EXIT_GRACE", "HOST_DIR", "UMID", "Plug", "RunResult", "kernel_command", "run"]

@@ -23,8 +23,10 @@ from pyvirtio.spec.constants import (
 from pyvirtio.trace import Kind
 from pyvirtio.uml.bridge import Bridge, Mode
 from pyvirtio.uml.platform import UmlMachine
+from pyvirtio.uml.runner import kernel_command
 from pyvirtio.uml.wire import HEADER, HEADER_SIZE, UML_MSI_ADDRESS, Op
 from pyvirtio.vhost_user.messages import BackendRequest
+from pyvirtio.vm.uml_kernel import UmlAssets
 
 from .fake_kernel import FakeKernel
 
@@ -134,3 +136,21 @@ def test_inband_notifications(tmp_path: Path) -> None:
     finally:
         k.close()
         bridge.close()
+
+
+def test_the_kernel_command_line_does_not_depend_on_the_run_directory(tmp_path: Path) -> None:
+    """The command line is copied into the kernel's memory: a run directory of another length would move the
+    kernel's early allocations and so the DMA addresses of the register trace (found with --basetemp lengths)."""
+    lines = []
+    for name in ("d", "a-much-longer-run-directory-name"):
+        (tmp_path / name).mkdir()
+        machine = UmlMachine(seed=1)
+        bridge = Bridge(machine, tmp_path / name, mode=Mode.TIME_TRAVEL)
+        bridge.add(machine.plug(Rng("rng", seed=1)))
+        assets = UmlAssets(stack="s", variant="stock", kernel=Path("/k/linux"), initrd=Path("/k/initrd"),
+                           source_version="v", kernel_release="r", config_digest="c", patch_digest="",
+                           busybox_version="b", build_seconds=0.0, kernel_dir=Path("/k"), guest_dir=Path("/g"))
+        lines.append(kernel_command(assets, bridge.kernel_args()))
+        bridge.close()
+    assert lines[0] == lines[1]
+    assert not any(str(tmp_path) in a for a in lines[0])
