@@ -33,7 +33,7 @@ class Kind(Enum):
     DEVICE = "device"  # device-specific event (gpu command, resource destroyed, ...)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TraceEvent:
     """One trace entry: virtual time ``t`` (ns), its kind, the source device or component, and details."""
 
@@ -57,7 +57,8 @@ class Trace:
 
     def record(self, kind: Kind, src: str, /, **detail: Any) -> None:
         """Append an event at the clock's current time (register accesses dropped if not kept)."""
-        if not self.register_accesses and kind in _REGISTER_KINDS:
+        # (a tuple: membership by identity, without hashing the enum member in Python)
+        if not self.register_accesses and kind in _REGISTER_TUPLE:
             return
         self.events.append(TraceEvent(self._clock.now, kind, src, detail))
 
@@ -82,3 +83,4 @@ class Trace:
 
 
 _REGISTER_KINDS = frozenset({Kind.CONFIG_READ, Kind.CONFIG_WRITE, Kind.BAR_READ, Kind.BAR_WRITE})
+_REGISTER_TUPLE = tuple(_REGISTER_KINDS)

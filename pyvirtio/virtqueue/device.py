@@ -39,7 +39,6 @@ from pyvirtio.virtqueue.layout import (
     is_valid_queue_size,
     used_event_offset,
     used_ring_size,
-    vring_need_event,
 )
 from pyvirtio.virtqueue.state import QueueState
 
@@ -114,8 +113,10 @@ class DeviceQueue:
         self._dbuf, self._doff = mem.locate(self._desc, desc_table_size(n))
         self._abuf, aoff = mem.locate(self._avail, avail_ring_size(n))
         self._ubuf, uoff = mem.locate(self._used, used_ring_size(n))
+        self._aflags_off = aoff + VIRTQ_RING_FLAGS
         self._aidx_off = aoff + VIRTQ_RING_IDX
         self._aent_off = aoff + VIRTQ_RING_ENTRIES
+        self._uevt_off = aoff + used_event_offset(n)
         self._uidx_off = uoff + VIRTQ_RING_IDX
         self._uent_off = uoff + VIRTQ_RING_ENTRIES
         self._aevt_off = uoff + avail_event_offset(n)
@@ -342,7 +343,7 @@ class DeviceQueue:
         lo, hi = self._lo, self._hi
         contains = self.mem.contains
         if not flags & _F_SPECIAL:  # the common case: one direct descriptor
-            if not (lo <= addr and addr + ln <= hi or contains(addr, ln)):
+            if not ((lo <= addr and addr + ln <= hi) or contains(addr, ln)):
                 return DescriptorChain(head, error=f"descriptor {head} [{addr:#x}, +{ln:#x}) is outside guest memory")
             if flags & _F_WRITE:
                 return DescriptorChain(head, [], [(addr, ln)])
@@ -360,7 +361,7 @@ class DeviceQueue:
                 # end a chain of any number of direct descriptors.
                 if flags & _F_INDIRECT:
                     break
-                if not (lo <= addr and addr + ln <= hi or contains(addr, ln)):
+                if not ((lo <= addr and addr + ln <= hi) or contains(addr, ln)):
                     return DescriptorChain(head, error=f"descriptor {i} [{addr:#x}, +{ln:#x}) is outside guest "
                                                        "memory")
                 if flags & _F_WRITE:
@@ -394,7 +395,7 @@ class DeviceQueue:
                 addr, ln, flags, nxt = _DESC_UNPACK(buf, base + VIRTQ_DESC_SIZE * j)
                 if flags & _F_INDIRECT:
                     return DescriptorChain(head, error=f"INDIRECT flag inside indirect table entry {j} (§2.7.5.3.1)")
-                if not (lo <= addr and addr + ln <= hi or contains(addr, ln)):
+                if not ((lo <= addr and addr + ln <= hi) or contains(addr, ln)):
                     return DescriptorChain(head, error=f"indirect entry {j} [{addr:#x}, +{ln:#x}) is outside guest "
                                                        "memory")
                 if flags & _F_WRITE:
@@ -436,7 +437,7 @@ class DeviceQueue:
         n = table_len // VIRTQ_DESC_SIZE
         if n > VIRTQ_MAX_INDIRECT_ENTRIES:
             return f"indirect table of {n} entries exceeds {VIRTQ_MAX_INDIRECT_ENTRIES}"
-        if not (self._lo <= table and table + table_len <= self._hi or self.mem.contains(table, table_len)):
+        if not ((self._lo <= table and table + table_len <= self._hi) or self.mem.contains(table, table_len)):
             return f"indirect table [{table:#x}, +{table_len:#x}) is outside guest memory"
         return ""
 
@@ -509,11 +510,11 @@ class DeviceQueue:
                     return True
                 # spec: dev:split/used-event#4, dev:split/used-event#5, dev:split/used-event#6
                 # avail.flags is not even read; notify iff the batch wrote the entry at used_event.
-                event: int = self.mem.unpack_from(_U16, self._used_event_addr)[0]
-                return vring_need_event(event, nu, old)
+                event: int = _U16_UNPACK(self._abuf, self._uevt_off)[0]
+                return ((nu - event - 1) & _M) < ((nu - old) & _M)  # vring_need_event(event, nu, old), inline
             # spec: dev:split/used-event#1, dev:split/used-event#2, dev:split/used-event#3
             # used_event is not read; avail.flags bit 0 alone decides.
-            flags: int = self.mem.unpack_from(_U16, self._avail)[0]
+            flags: int = _U16_UNPACK(self._abuf, self._aflags_off)[0]
         except GuestMemoryError as e:  # pragma: no cover
             raise QueueError(str(e)) from e
         return not flags & VIRTQ_AVAIL_F_NO_INTERRUPT

@@ -37,7 +37,6 @@ from pyvirtio.virtqueue.layout import (
     desc_table_size,
     used_event_offset,
     used_ring_size,
-    vring_need_event,
 )
 
 __all__ = ["CHAIN_BYTES_MAX", "DriverQueue", "QueueFull"]
@@ -110,8 +109,10 @@ class DriverQueue:
         self._aidx_off = aoff + VIRTQ_RING_IDX
         self._aent_off = aoff + VIRTQ_RING_ENTRIES
         self._uevt_off = aoff + used_event_offset(n)
+        self._uflags_off = uoff + VIRTQ_RING_FLAGS
         self._uidx_off = uoff + VIRTQ_RING_IDX
         self._uent_off = uoff + VIRTQ_RING_ENTRIES
+        self._aevt_off = uoff + avail_event_offset(n)
         self._init_rings()
 
     def _init_rings(self) -> None:
@@ -386,10 +387,11 @@ class DriverQueue:
             if added > _M:  # u16 arithmetic cannot tell; a spurious kick is allowed (§2.7.10)
                 return True
             # spec: drv:split/avail-event#5, drv:split/avail-event#6, drv:split/avail-event#7
-            event: int = self.mem.unpack_from(_U16, self._avail_event_addr)[0]
-            return vring_need_event(event, new, (new - added) & _M)
+            event: int = _U16_UNPACK(self._ubuf, self._aevt_off)[0]
+            # vring_need_event(event, new, old), inline: the batch wrote the entry at event
+            return ((new - event - 1) & _M) < added
         # spec: drv:split/avail-event#2, drv:split/avail-event#3, drv:split/avail-event#4
-        flags: int = self.mem.unpack_from(_U16, self._used_flags_addr)[0]
+        flags: int = _U16_UNPACK(self._ubuf, self._uflags_off)[0]
         return not flags & VIRTQ_USED_F_NO_NOTIFY
 
     # -- receiving used buffers (§2.7.14)

@@ -23,6 +23,11 @@ from pyvirtio.virtqueue.driver import QueueFull
 
 __all__ = ["GpuCommandError", "GpuRequest", "GpuRequests"]
 
+_HDR_PACK = protocol.HDR.pack
+_HDR_UNPACK = protocol.HDR.unpack_from
+_OK_NODATA = int(GpuResp.OK_NODATA)
+_ERR_UNSPEC = int(GpuResp.ERR_UNSPEC)
+
 
 class GpuCommandError(DriverError):
     """The device answered a command with an error response (Linux logs ``response 0x%x (command 0x%x)``)."""
@@ -111,13 +116,17 @@ class GpuRequests(VirtioDriver):
             self._next_fence += 1
         if ring_idx is not None:
             flags |= protocol.FLAG_INFO_RING_IDX
-        req_bytes = protocol.HDR.pack(cmd, flags, fence_id, ctx_id, ring_idx or 0) + body
+        req_bytes = _HDR_PACK(cmd, flags, fence_id, ctx_id, ring_idx or 0) + body
         if queue == GPU_CURSORQ:
             resp_len = 0
-        block = self.alloc.alloc(len(req_bytes) + resp_len, 8)
-        self.alloc.mem.write(block, req_bytes + bytes(resp_len))  # request, then a zeroed response buffer
-        resp_addr = block + len(req_bytes)
-        out = [(block, len(req_bytes))]
+        alloc = self.alloc
+        n = len(req_bytes)
+        block = alloc.alloc(n + resp_len, 8)
+        # request, then a zeroed response buffer (the block lies in the allocator's window: no lookup needed)
+        o = alloc.window_off + block - alloc.base
+        alloc.window_buf[o : o + n + resp_len] = req_bytes + bytes(resp_len) if resp_len else req_bytes
+        resp_addr = block + n
+        out = [(block, n)]
         extra_addr = None
         if extra:
             extra_addr = self.alloc.alloc_bytes(extra, 8)
@@ -162,14 +171,14 @@ class GpuRequests(VirtioDriver):
         if req.resp_len:
             req.response = mem.read(req.resp_addr, min(length, req.resp_len))
         if len(req.response) >= GPU_CTRL_HDR_SIZE:
-            h = protocol.CtrlHdr.unpack(req.response)
-            req.resp_type, req.resp_flags = h.type, h.flags
-            req.resp_fence_id, req.resp_ctx_id, req.resp_ring_idx = h.fence_id, h.ctx_id, h.ring_idx
-            if h.flags & protocol.FLAG_FENCE:
-                self.last_fence = max(self.last_fence, h.fence_id)
+            rtype, rflags, fence_id, ctx_id, ring_idx = _HDR_UNPACK(req.response)  # the CtrlHdr fields
+            req.resp_type, req.resp_flags = rtype, rflags
+            req.resp_fence_id, req.resp_ctx_id, req.resp_ring_idx = fence_id, ctx_id, ring_idx
+            if rflags & protocol.FLAG_FENCE and fence_id > self.last_fence:
+                self.last_fence = fence_id
         elif req.queue == GPU_CONTROLQ:
             req.resp_type = GpuResp.ERR_UNSPEC  # no response header at all
-        if not req.ok:
+        if not (req.queue == GPU_CURSORQ or _OK_NODATA <= req.resp_type < _ERR_UNSPEC):  # not req.ok
             self.errors.append((req.cmd, req.resp_type))
         self.alloc.free(req.block)
         if req.extra is not None:
@@ -201,7 +210,10 @@ class GpuRequests(VirtioDriver):
         """Run the machine until ``req`` is answered; raise :class:`GpuCommandError` on an error response
         (``check``), :class:`~pyvirtio.errors.DriverTimeout` when no answer comes in time and
         :class:`~pyvirtio.guest.driver.DeviceNeedsReset` as soon as the device needs a reset (virtio 1.4 §2.1.1)."""
-        self.wait_for(lambda: req.done, timeout or self.TIMEOUT, f"no response to {protocol.command_name(req.cmd)}")
+        # wait_for(lambda: req.done, ...) with one predicate call per event (and the failure named only on failure)
+        self.platform.run_until(lambda: req.done or self.needs_reset_seen, timeout or self.TIMEOUT)
+        if not req.done:
+            self._wait_failed(f"no response to {protocol.command_name(req.cmd)}")
         if check and not req.ok:
             raise GpuCommandError(req.cmd, req.resp_type)
         return req
