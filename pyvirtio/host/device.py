@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, ClassVar
 
 from pyvirtio.clock import US
@@ -125,6 +126,8 @@ class VirtioDevice:
         self._ctx = ctx
         self.transport_features = transport_features
         self.queues = [DeviceQueue(ctx.memory, n) for n in self.queue_sizes]
+        # per queue: the step a kick schedules, and its label (made once)
+        self._queue_steps = [(partial(self._run_queue, i), f"q{i}") for i in range(len(self.queues))]
         self._taken = [{} for _ in self.queues]
         self._queue_epoch = [0] * len(self.queues)
         self._queue_resetting = set()
@@ -556,7 +559,8 @@ class VirtioDevice:
         if self._quiet or index in self._scheduled:  # spec: dev:suspend#3
             return
         self._scheduled.add(index)
-        self.after(self.latency, lambda: self._run_queue(index), label=f"q{index}")
+        step, label = self._queue_steps[index]
+        self.after(self.latency, step, label=label)
 
     def _run_queue(self, index: int) -> None:
         self._scheduled.discard(index)

@@ -214,7 +214,7 @@ class GpuRequests(VirtioDriver):
         self.platform.run_until(lambda: req.done or self.needs_reset_seen, timeout or self.TIMEOUT)
         if not req.done:
             self._wait_failed(f"no response to {protocol.command_name(req.cmd)}")
-        if check and not req.ok:
+        if check and not (req.queue == GPU_CURSORQ or _OK_NODATA <= req.resp_type < _ERR_UNSPEC):  # not req.ok
             raise GpuCommandError(req.cmd, req.resp_type)
         return req
 

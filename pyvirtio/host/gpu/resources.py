@@ -92,7 +92,10 @@ class Resource:
     @property
     def backing_size(self) -> int:
         """Total bytes of the attached mem entries (0 without backing)."""
-        return sum(e.length for e in self.backing) if self.backing else 0
+        b = self.backing
+        if not b:
+            return 0
+        return b[0].length if len(b) == 1 else sum(e.length for e in b)
 
     def attach(self, entries: list[MemEntry]) -> None:
         """RESOURCE_ATTACH_BACKING: remember the mem entries (already validated against guest RAM)."""

@@ -354,7 +354,7 @@ class VirtioPciFunction:
         self._signal(VIRTIO_PCI_ISR_QUEUE | VIRTIO_PCI_ISR_CONFIG, self.common.config_vector, "config")
 
     def _signal(self, isr_bits: int, vector: int, why: str) -> None:
-        if self.msix.enabled:
+        if self.cfg.get(self.msix.cap + PCI_MSIX_FLAGS, 2) & PCI_MSIX_FLAGS_ENABLE:  # (msix.enabled, inline)
             if vector == VIRTIO_MSI_NO_VECTOR:
                 # spec: dev:pci/used-notify#1, dev:pci/config-notify#1
                 self.trace.record(Kind.INTERRUPT, self.name, why=why, dropped="NO_VECTOR")
