@@ -615,7 +615,7 @@ class VirtioDevice:
         q = self.queues[index]
         q.push(chain.head, written)
         if q.needs_notification():  # _maybe_notify, inline
-            self.ctx.notify_queue(index)
+            (self._ctx or self.ctx).notify_queue(index)
         if self._lifecycle is _L.SUSPENDING:
             self.after(0, self._try_finish_suspend, label="suspend", dma=False)
 
@@ -660,7 +660,7 @@ class VirtioDevice:
         full = self._labels.get(label)
         if full is None:
             full = self._labels[label] = f"{self.name}:{label}"
-        return self.ctx.scheduler.schedule(delay, run, label=full)
+        return (self._ctx or self.ctx).scheduler.schedule(delay, run, label=full)
 
     # -- virtqueue reset (virtio 1.4 §2.6.1, VIRTIO_F_RING_RESET) ---------------------------------------------
 

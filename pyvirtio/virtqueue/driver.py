@@ -57,6 +57,7 @@ _U16_PACK = _U16.pack_into
 _U16_UNPACK = _U16.unpack_from
 _USED_UNPACK = _USED_ELEM.unpack_from
 _DESC_PACK = DESC_STRUCT.pack_into
+_TABLE2_PACK = struct.Struct("<" + DESC_STRUCT.format.lstrip("<") * 2).pack_into  # two descriptors at once
 
 
 class QueueFull(QueueError):
@@ -209,7 +210,11 @@ class DriverQueue:
         consecutive = True
         out_len = in_len = 0
         try:
-            if use_table:
+            if use_table and n_out == 1 and total == 2:  # one request, one response (a control command): one call
+                (addr, out_len), (addr2, in_len) = out[0], in_[0]
+                _TABLE2_PACK(scratch, 0, addr, out_len, _F_NEXT, 1, addr2, in_len, _F_WRITE_NEXT, 2)
+                o = 2 * VIRTQ_DESC_SIZE
+            elif use_table:
                 j = 0
                 for addr, ln in out:
                     j += 1

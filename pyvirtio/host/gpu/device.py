@@ -383,7 +383,7 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
             self._process_cursorq()
 
     def _prepare(self, chain: DescriptorChain) -> Pending:
-        raw = chain.read(self.ctx.memory, min(chain.readable_len, _MAX_REQUEST))
+        raw = chain.read((self._ctx or self.ctx).memory, min(chain.readable_len, _MAX_REQUEST))
         hdr = CtrlHdr(*_HDR_UNPACK(raw)) if len(raw) >= GPU_CTRL_HDR_SIZE else None
         cost = self.command_latency
         if hdr is not None and (hdr.type == _TRANSFER_TO_HOST_2D or hdr.type == _SUBMIT_3D):
@@ -435,8 +435,8 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
             self.violation(e.rule, cmd=name, resp=protocol.command_name(e.code), **e.detail)
             reply = (e.code, b"")
         resp = reply[0]
-        self.ctx.trace.record(Kind.DEVICE, self.name, event="gpu_cmd", cmd=name,
-                              resp=_NAMES.get(resp) or protocol.command_name(resp))
+        (self._ctx or self.ctx).trace.record(Kind.DEVICE, self.name, event="gpu_cmd", cmd=name,
+                                             resp=_NAMES.get(resp) or protocol.command_name(resp))
         return reply
 
     def _dispatch(self, p: Pending) -> Reply:
@@ -479,7 +479,7 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
             self.violation("§5.7.2 control request without a device-writable response buffer")
             written = 0
         else:
-            written = chain.write(self.ctx.memory, data)
+            written = chain.write((self._ctx or self.ctx).memory, data)
             if written < len(data):
                 self.violation("§5.7.6.7 response buffer too small", size=chain.writable_len, needed=len(data))
         self.complete(GPU_CONTROLQ, chain, written)  # spec: dev:split/used#2 (response written, then used.idx)
