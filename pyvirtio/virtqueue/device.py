@@ -380,13 +380,14 @@ class DeviceQueue:
             else:
                 return DescriptorChain(head, error=f"descriptor chain at head {head} loops (> {size} descriptors)")
         if flags & _F_INDIRECT:  # the chain ends with a descriptor that refers to a table: walk its entries
-            why = self._indirect_problem(addr, ln, flags)
-            if why:
-                return DescriptorChain(head, error=why)
             table, n = addr, ln // VIRTQ_DESC_SIZE
-            if lo <= table and table + ln <= hi:
-                buf, base = self._rbuf, table - lo
+            if (self._indirect and not flags & _F_NEXT and ln and not ln % VIRTQ_DESC_SIZE
+                    and n <= VIRTQ_MAX_INDIRECT_ENTRIES and lo <= table and table + ln <= hi):
+                buf, base = self._rbuf, table - lo  # (what _indirect_problem accepts, in the region of the rings)
             else:
+                why = self._indirect_problem(addr, ln, flags)
+                if why:
+                    return DescriptorChain(head, error=why)
                 buf, base = self.mem.locate(table, ln)  # (checked by _indirect_problem)
             # the walk reads only the entries it visits
             budget = size - len(readable) - len(writable)  # §2.7.5.3.1: chain length <= Queue Size

@@ -354,7 +354,8 @@ class VirtioPciFunction:
         self._signal(VIRTIO_PCI_ISR_QUEUE | VIRTIO_PCI_ISR_CONFIG, self.common.config_vector, "config")
 
     def _signal(self, isr_bits: int, vector: int, why: str) -> None:
-        if self.cfg.get(self.msix.cap + PCI_MSIX_FLAGS, 2) & PCI_MSIX_FLAGS_ENABLE:  # (msix.enabled, inline)
+        o = self.msix.cap + PCI_MSIX_FLAGS
+        if int.from_bytes(self.cfg.data[o : o + 2], "little") & PCI_MSIX_FLAGS_ENABLE:  # (msix.enabled, inline)
             if vector == VIRTIO_MSI_NO_VECTOR:
                 # spec: dev:pci/used-notify#1, dev:pci/config-notify#1
                 self.trace.record(Kind.INTERRUPT, self.name, why=why, dropped="NO_VECTOR")
@@ -501,10 +502,12 @@ class VirtioPciFunction:
 
     def _bars_mapped(self) -> bool:
         """Memory decoding on and the function in D0 (PowerState 0); read from the registers as plain ints."""
-        cfg = self.cfg
-        if self.pm_cap and cfg.get(self.pm_cap + PCI_PM_CTRL, 2) & _PM_STATE_MASK != PowerState.D0:
-            return False
-        return cfg.get(PCI_COMMAND, 2) & _CMD_MEMORY != 0
+        data = self.cfg.data
+        if self.pm_cap:
+            o = self.pm_cap + PCI_PM_CTRL
+            if int.from_bytes(data[o : o + 2], "little") & _PM_STATE_MASK != PowerState.D0:
+                return False
+        return int.from_bytes(data[PCI_COMMAND : PCI_COMMAND + 2], "little") & _CMD_MEMORY != 0
 
     def bar_read(self, bar: int, offset: int, size: int) -> int:
         """A guest read of a BAR: all-ones outside a BAR or while memory decoding is off or not in D0."""

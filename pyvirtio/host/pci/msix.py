@@ -120,8 +120,9 @@ class Msix:
         """Signal ``vector`` (a valid table index): delivered now, or left pending while masked or held."""
         # masked(vector) and entry(vector), read once
         lo, hi, data, ctrl = _ENTRY.unpack_from(self.table, vector * PCI_MSIX_ENTRY_SIZE)
-        if (self.cfg.get(self.cap + PCI_MSIX_FLAGS, 2) & PCI_MSIX_FLAGS_MASKALL or ctrl & PCI_MSIX_ENTRY_CTRL_MASKBIT
-                or not self.may_send()):
+        o = self.cap + PCI_MSIX_FLAGS
+        if (int.from_bytes(self.cfg.data[o : o + 2], "little") & PCI_MSIX_FLAGS_MASKALL  # (Mask All: flags)
+                or ctrl & PCI_MSIX_ENTRY_CTRL_MASKBIT or not self.may_send()):
             self.pending[vector] = True
             self.trace.record(Kind.INTERRUPT, self.name, vector=vector, why=why, pending=True)
             return
