@@ -356,6 +356,20 @@ class DeviceQueue:
             buf, base = self._dbuf, self._doff
             i = head
             for _ in range(size):  # a chain visits at most size descriptors: one more means it loops
+                if flags == _F_NEXT:  # the common middle of a chain: readable, more to come (the checks below)
+                    if not ((lo <= addr and addr + ln <= hi) or contains(addr, ln)):
+                        return DescriptorChain(head, error=f"descriptor {i} [{addr:#x}, +{ln:#x}) is outside guest "
+                                                           "memory")
+                    if writable:
+                        return DescriptorChain(head, error=f"device-readable descriptor {i} after a device-writable "
+                                                           "one")
+                    readable.append((addr, ln))
+                    total += ln
+                    if nxt >= size:
+                        return DescriptorChain(head, error=f"descriptor {i} next {nxt} >= queue size {size}")
+                    i = nxt
+                    addr, ln, flags, nxt = _DESC_UNPACK(buf, base + VIRTQ_DESC_SIZE * i)
+                    continue
                 # spec: dev:split/indirect#1, dev:split/indirect#2
                 # INDIRECT is looked at before WRITE (ignored on the descriptor that refers to a table), and may
                 # end a chain of any number of direct descriptors.
