@@ -406,8 +406,24 @@ class DeviceQueue:
             # the walk reads only the entries it visits
             budget = size - len(readable) - len(writable)  # §2.7.5.3.1: chain length <= Queue Size
             j = 0
-            for _ in range(n):  # a table's chain visits at most n entries: one more means it loops
+            for k in range(n):  # a table's chain visits at most n entries: one more means it loops
                 addr, ln, flags, nxt = _DESC_UNPACK(buf, base + VIRTQ_DESC_SIZE * j)
+                if flags == _F_NEXT:  # a readable entry with more to come: the checks below, in their order
+                    if not ((lo <= addr and addr + ln <= hi) or contains(addr, ln)):
+                        return DescriptorChain(head, error=f"indirect entry {j} [{addr:#x}, +{ln:#x}) is outside "
+                                                           "guest memory")
+                    if writable:
+                        return DescriptorChain(head, error=f"device-readable indirect entry {j} after a "
+                                                           "device-writable descriptor")
+                    readable.append((addr, ln))
+                    total += ln
+                    if k == budget:  # this entry is one more than the queue size allows
+                        return DescriptorChain(head, error=f"chain of {len(readable) + len(writable)}+ descriptors "
+                                                           f"is longer than queue size {size}")
+                    if nxt >= n:
+                        return DescriptorChain(head, error=f"indirect entry {j} next {nxt} >= table size {n}")
+                    j = nxt
+                    continue
                 if flags & _F_INDIRECT:
                     return DescriptorChain(head, error=f"INDIRECT flag inside indirect table entry {j} (§2.7.5.3.1)")
                 if not ((lo <= addr and addr + ln <= hi) or contains(addr, ln)):
@@ -421,11 +437,9 @@ class DeviceQueue:
                 else:
                     readable.append((addr, ln))
                 total += ln
-                budget -= 1
-                if budget < 0:
-                    count = len(readable) + len(writable)
-                    return DescriptorChain(head, error=f"chain of {count}+ descriptors is longer than queue size "
-                                                       f"{size}")
+                if k == budget:
+                    return DescriptorChain(head, error=f"chain of {len(readable) + len(writable)}+ descriptors is "
+                                                       f"longer than queue size {size}")
                 if not flags & _F_NEXT:
                     break
                 if nxt >= n:
