@@ -152,7 +152,14 @@ class Machine:
         if handler is None:
             self.trace.record(Kind.INTERRUPT, "machine", src=src, data=data, dropped="no handler")
             return
-        self._deliver(irq, handler)
+        if not self.cpu_running:  # _deliver(irq, handler), inline
+            self._pending.append((irq, handler))
+            return
+        self.interrupts.append(irq)
+        label = self._irq_labels.get(src)
+        if label is None:
+            label = self._irq_labels[src] = f"irq:{src}"
+        self.scheduler.schedule(0, handler, label=label)
 
     def intx(self, src: str, level: bool) -> None:
         """``src`` drives its INTx line: a rising level is delivered to its handler (level-triggered)."""

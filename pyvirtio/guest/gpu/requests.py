@@ -134,7 +134,10 @@ class GpuRequests(VirtioDriver):
         req = GpuRequest(cmd, queue, block, resp_addr, resp_len, fence_id if fence else None, extra_addr, on_done)
         ins = [(resp_addr, resp_len)] if resp_len else []
         try:
-            self._add(queue, out, ins, req)
+            try:
+                self.add_buffer(queue, out, ins, req)  # _add's first attempt, inline
+            except QueueFull:
+                self._add_when_full(queue, out, ins, req)
         except BaseException:
             self.alloc.free(block)
             if extra_addr is not None:
@@ -147,14 +150,23 @@ class GpuRequests(VirtioDriver):
     def _add(self, queue: int, out: list[tuple[int, int]], ins: list[tuple[int, int]], req: GpuRequest) -> None:
         """``virtqueue_add_sgs``; when the ring is full wait for the device to return buffers (Linux
         ``virtio_gpu_queue_ctrl_sgs`` waits on ``ctrlq.ack_queue``)."""
+        try:
+            self.add_buffer(queue, out, ins, req)
+        except QueueFull:
+            self._add_when_full(queue, out, ins, req)
+
+    def _add_when_full(self, queue: int, out: list[tuple[int, int]], ins: list[tuple[int, int]],
+                       req: GpuRequest) -> None:
+        """:meth:`_add` after the ring was found full: notify, wait for room, try again (until it fits)."""
         while True:
+            self.kick(queue)
+            self.wait_for(lambda: self.vqs[queue].num_free >= len(out) + len(ins), self.TIMEOUT,
+                          f"queue {queue} stayed full")
             try:
                 self.add_buffer(queue, out, ins, req)
                 return
             except QueueFull:
-                self.kick(queue)
-                self.wait_for(lambda: self.vqs[queue].num_free >= len(out) + len(ins), self.TIMEOUT,
-                              f"queue {queue} stayed full")
+                pass
 
     def vq_callback(self, index: int) -> None:
         """Reclaim used buffers (Linux ``virtio_gpu_dequeue_ctrl_func`` / ``_cursor_func``)."""

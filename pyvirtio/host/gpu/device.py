@@ -383,7 +383,9 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
             self._process_cursorq()
 
     def _prepare(self, chain: DescriptorChain) -> Pending:
-        raw = chain.read((self._ctx or self.ctx).memory, min(chain.readable_len, _MAX_REQUEST))
+        segs = chain.readable
+        n = segs[0][1] if len(segs) == 1 else chain.readable_len
+        raw = chain.read((self._ctx or self.ctx).memory, n if n < _MAX_REQUEST else _MAX_REQUEST)
         hdr = CtrlHdr(*_HDR_UNPACK(raw)) if len(raw) >= GPU_CTRL_HDR_SIZE else None
         cost = self.command_latency
         if hdr is not None and (hdr.type == _TRANSFER_TO_HOST_2D or hdr.type == _SUBMIT_3D):
@@ -412,7 +414,7 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
         # request is answered only once it has completed.
         self._busy = False
         faults = self.faults
-        if faults.backend_hangs or faults.quiesce_never_completes and self.suspending:  # request_stuck(), inline
+        if faults.backend_hangs or (faults.quiesce_never_completes and self.suspending):  # request_stuck(), inline
             self._busy = True  # the command hangs in the backend for ever
             return
         if self.disabled or not self._cmdq:

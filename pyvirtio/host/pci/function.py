@@ -344,7 +344,8 @@ class VirtioPciFunction:
     def notify_queue(self, index: int) -> None:
         """Used-buffer notification for queue ``index``: its MSI-X vector, or ISR bit 0 and INTx."""
         # spec: dev:pci/isr#3 (ISR bit 0 only without MSI-X, set in _signal before INTx)
-        self._signal(VIRTIO_PCI_ISR_QUEUE, self.common.queue_vector(index),
+        vectors = self.common.queue_vectors  # (common.queue_vector(index), inline)
+        self._signal(VIRTIO_PCI_ISR_QUEUE, vectors[index] if index < len(vectors) else VIRTIO_MSI_NO_VECTOR,
                      _QUEUE_WHY[index] if index < len(_QUEUE_WHY) else f"queue{index}")
 
     def notify_config(self) -> None:
