@@ -9,8 +9,9 @@ descriptor the device reads (4, or 5 with an indirect table) is printed too, for
 thread (``time.thread_time``: what other processes on a shared machine do counts less than in wall time), best of
 ``REPEAT`` interleaved runs; no assertions on timing.
 
-``--against REV`` also runs the one-at-a-time cases on the tree of git revision REV (``git archive``), in a child
-process, interleaved with this tree's: the speed-up in the same run.
+Each run of a case is a fresh child process (so is every run on another tree). ``--against REV`` also runs the
+one-at-a-time cases on the tree of git revision REV (``git archive``), interleaved with this tree's: the speed-up
+in the same run.
 
 Run: ``python benchmarks/bench_queue.py [--against 0d0b508]``
 """
@@ -38,7 +39,7 @@ from pyvirtio.memory import GuestMemory  # noqa: E402
 from pyvirtio.virtqueue import DeviceQueue, DriverQueue, RingLayout  # noqa: E402
 
 N = 30_000  # chains per measurement
-REPEAT = 3  # runs per case (best taken); the baseline takes the best of REPEAT around each run
+REPEAT = 5  # runs per case (best taken); the baseline takes the best of REPEAT around each run
 SIZE = 256  # queue size
 SEG = 64  # bytes per segment
 #: (name, descriptors, batch, indirect)
@@ -139,7 +140,9 @@ def _old_tree(rev: str, where: Path) -> Path:
 
 
 def _case_in(tree: Path | None, ndesc: int, batch: int, indirect: bool) -> float:
-    """One run of a case, in this process (``tree`` None) or in a child on another tree."""
+    """One run of a case, in this process (``tree`` None) or in a fresh child process on ``tree`` (this tree's
+    cases run in a child too: whatever ran before in this process, its heap and collector state, does not weigh on
+    one side of a comparison only)."""
     if tree is None:
         return chains(ndesc, batch=batch, indirect=indirect)
     env = {**os.environ, "PYVIRTIO_ROOT": str(tree), "PYTHONPATH": str(tree)}
@@ -163,7 +166,7 @@ def results(against: str | None = None, repeat: int = REPEAT) -> list[dict[str, 
                 t_base = min(t_base, best(baseline))
                 if seen > 1:
                     t_descs = min(t_descs, best(partial(baseline_descs, seen)))
-                t = min(t, chains(ndesc, batch=batch, indirect=indirect))
+                t = min(t, _case_in(ROOT, ndesc, batch, indirect))
                 if old is not None and batch == 1:
                     t_old = min(t_old, _case_in(old, ndesc, batch, indirect))
                 t_base = min(t_base, best(baseline))

@@ -127,7 +127,7 @@ def image(res: Results, quick: bool) -> None:
 
 
 def queue(res: Results, quick: bool, against: str | None) -> None:
-    rows = bench_queue.results(against, repeat=2 if quick else 3)
+    rows = bench_queue.results(against, repeat=3 if quick else 5)
     res.details["queue"] = rows
     for r in rows:
         res.add("4 queue", f"{r['case']}: chains/s", f"{r['chains_per_s']:,.0f}",
@@ -143,7 +143,7 @@ def queue(res: Results, quick: bool, against: str | None) -> None:
 
 
 def gpu(res: Results, quick: bool) -> None:
-    rows = bench_gpu.results(frames=15 if quick else 30, repeats=3 if quick else 7)
+    rows = bench_gpu.results(frames=15 if quick else 30, repeats=5 if quick else 11)
     res.details["gpu"] = rows
     for r in rows:
         target = ">= 0.80" if r["frame"] == "1920x1080" else ""
