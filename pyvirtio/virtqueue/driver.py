@@ -191,8 +191,36 @@ class DriverQueue:
             raise ValueError("token must not be None")
         n_out = len(out)
         total = n_out + len(in_)
-        if total == 1:
-            return self._add_one(out[0] if n_out else in_[0], not n_out, token)
+        if total == 1:  # one segment: one descriptor, no table, no NEXT (the same checks, the same ring bytes)
+            if n_out:
+                addr, ln = out[0]
+                flags = 0
+                in_len = 0
+            else:
+                addr, ln = in_[0]
+                flags = _F_WRITE
+                in_len = ln
+            # spec: drv:reserved-features#3
+            if not (0 <= addr < _ADDR_LIMIT and 0 <= ln <= VIRTQ_DESC_LEN_MAX):
+                raise ValueError(f"segment ({addr:#x}, {ln:#x}) is not a 64-bit address and 32-bit length")
+            if self._num_free < 1:
+                raise QueueFull(f"1 descriptors needed, {self._num_free} free")
+            head = self._free_head
+            nxt = self._free_next[head]
+            _DESC_PACK(self._dbuf, self._doff + VIRTQ_DESC_SIZE * head, addr, ln, flags, nxt)
+            self._free_head = nxt
+            self._num_free -= 1
+            self._heads[head] = (token, 1, _NO_TABLE, in_len, head)
+            # spec: drv:split/avail-idx#1, drv:split/avail#1
+            ai = self._avail_idx
+            abuf = self._abuf
+            _U16_PACK(abuf, self._aent_off + VIRTQ_AVAIL_ELEM_SIZE * (ai & self._mask), head)
+            ai = (ai + 1) & _M
+            _U16_PACK(abuf, self._aidx_off, ai)
+            self._avail_idx = ai
+            self._num_added += 1
+            self._in_flight += 1
+            return head
         if total == 0:
             raise ValueError("a buffer needs at least one segment")
         # spec: drv:split/indirect#3, drv:split/framing#2
@@ -348,31 +376,6 @@ class DriverQueue:
         for addr, ln in (*out, *in_):
             if not (0 <= addr < _ADDR_LIMIT and 0 <= ln <= VIRTQ_DESC_LEN_MAX):
                 raise ValueError(f"segment ({addr:#x}, {ln:#x}) is not a 64-bit address and 32-bit length")
-
-    def _add_one(self, seg: tuple[int, int], writable: bool, token: object) -> int:
-        """:meth:`add` of a buffer of one segment (no table, no NEXT): the same checks and the same ring bytes."""
-        addr, ln = seg
-        # spec: drv:reserved-features#3
-        if not (0 <= addr < _ADDR_LIMIT and 0 <= ln <= VIRTQ_DESC_LEN_MAX):
-            raise ValueError(f"segment ({addr:#x}, {ln:#x}) is not a 64-bit address and 32-bit length")
-        if self._num_free < 1:
-            raise QueueFull(f"1 descriptors needed, {self._num_free} free")
-        head = self._free_head
-        nxt = self._free_next[head]
-        _DESC_PACK(self._dbuf, self._doff + VIRTQ_DESC_SIZE * head, addr, ln, _F_WRITE if writable else 0, nxt)
-        self._free_head = nxt
-        self._num_free -= 1
-        self._heads[head] = (token, 1, _NO_TABLE, ln if writable else 0, head)
-        # spec: drv:split/avail-idx#1, drv:split/avail#1
-        ai = self._avail_idx
-        abuf = self._abuf
-        _U16_PACK(abuf, self._aent_off + VIRTQ_AVAIL_ELEM_SIZE * (ai & self._mask), head)
-        ai = (ai + 1) & _M
-        _U16_PACK(abuf, self._aidx_off, ai)
-        self._avail_idx = ai
-        self._num_added += 1
-        self._in_flight += 1
-        return head
 
     def kick_prepare(self) -> bool:
         """Whether to notify the device about the buffers added since the last call (§2.7.10).
