@@ -436,7 +436,7 @@ def test_allocator_never_leaves_its_window(ops):
 def _first_fit(live: dict[int, int], base: int, size: int, n: int, align: int) -> int | None:
     """The reference: the lowest ``align``-aligned address whose ``n`` bytes fit a gap between live blocks."""
     cursor = base
-    for a, m in sorted(live.items()) + [(base + size, 0)]:
+    for a, m in [*sorted(live.items()), (base + size, 0)]:
         addr = (cursor + align - 1) & ~(align - 1)
         if addr + n <= a:
             return addr
