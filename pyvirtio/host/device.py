@@ -639,28 +639,30 @@ class VirtioDevice:
         request completing meanwhile is *dropped*, not deferred. pyvirtio defers it instead, so guest memory is
         untouched while BME is 0 and no buffer is lost.
         """
-        epoch = self._epoch
         # spec: dev:vq-reset#1
         # The queue's epoch as it is now: work of a queue reset in between never runs.
         qepoch = self._queue_epoch[queue] if queue is not None else 0
-
-        def run() -> None:
-            if epoch != self._epoch:
-                return
-            if queue is not None and qepoch != self._queue_epoch[queue]:
-                return
-            if dma and self.disabled:
-                self._held.append(run)  # spec: dev:pci#1
-                return
-            try:  # guarded(), inline
-                fn()
-            except Exception as e:
-                self._step_failed(e)
-
         full = self._labels.get(label)
         if full is None:
             full = self._labels[label] = f"{self.name}:{label}"
-        return (self._ctx or self.ctx).scheduler.schedule(delay, run, label=full)
+        # (a partial of a method rather than a closure: one object per step instead of a function and its cells)
+        step = partial(self._step, self._epoch, queue, qepoch, dma, fn)
+        return (self._ctx or self.ctx).scheduler.schedule(delay, step, label=full)
+
+    def _step(self, epoch: int, queue: int | None, qepoch: int, dma: bool, fn: Callable[[], None]) -> None:
+        """A step scheduled by :meth:`after` comes due: dropped if the device (or its queue) was reset since, held
+        while bus mastering is off (``dma``), else run guarded."""
+        if epoch != self._epoch:
+            return
+        if queue is not None and qepoch != self._queue_epoch[queue]:
+            return
+        if dma and self.disabled:
+            self._held.append(partial(self._step, epoch, queue, qepoch, dma, fn))  # spec: dev:pci#1
+            return
+        try:  # guarded(), inline
+            fn()
+        except Exception as e:
+            self._step_failed(e)
 
     # -- virtqueue reset (virtio 1.4 §2.6.1, VIRTIO_F_RING_RESET) ---------------------------------------------
 
