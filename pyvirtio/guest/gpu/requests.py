@@ -178,10 +178,16 @@ class GpuRequests(VirtioDriver):
 
     def _complete(self, req: GpuRequest, length: int) -> None:
         """Read the response header, record errors and the fence, free the request's guest memory."""
-        mem = self.alloc.mem
+        alloc = self.alloc
         req.written = length
         if req.resp_len:
-            req.response = mem.read(req.resp_addr, min(length, req.resp_len))
+            n = length if length < req.resp_len else req.resp_len
+            o = req.resp_addr - alloc.base
+            if 0 <= o and o + n <= alloc.size:  # in the allocator's window (it always is): no lookup needed
+                o += alloc.window_off
+                req.response = alloc.window_buf[o : o + n]
+            else:
+                req.response = alloc.mem.read(req.resp_addr, n)
         if len(req.response) >= GPU_CTRL_HDR_SIZE:
             rtype, rflags, fence_id, ctx_id, ring_idx = _HDR_UNPACK(req.response)  # the CtrlHdr fields
             req.resp_type, req.resp_flags = rtype, rflags
