@@ -135,7 +135,7 @@ class GpuRequests(VirtioDriver):
         ins = [(resp_addr, resp_len)] if resp_len else []
         try:
             try:
-                self.add_buffer(queue, out, ins, req)  # _add's first attempt, inline
+                self.add_buffer(queue, out, ins, req)  # virtqueue_add_sgs
             except QueueFull:
                 self._add_when_full(queue, out, ins, req)
         except BaseException:
@@ -147,17 +147,10 @@ class GpuRequests(VirtioDriver):
         self.kick(queue)
         return req
 
-    def _add(self, queue: int, out: list[tuple[int, int]], ins: list[tuple[int, int]], req: GpuRequest) -> None:
-        """``virtqueue_add_sgs``; when the ring is full wait for the device to return buffers (Linux
-        ``virtio_gpu_queue_ctrl_sgs`` waits on ``ctrlq.ack_queue``)."""
-        try:
-            self.add_buffer(queue, out, ins, req)
-        except QueueFull:
-            self._add_when_full(queue, out, ins, req)
-
     def _add_when_full(self, queue: int, out: list[tuple[int, int]], ins: list[tuple[int, int]],
                        req: GpuRequest) -> None:
-        """:meth:`_add` after the ring was found full: notify, wait for room, try again (until it fits)."""
+        """``virtqueue_add_sgs`` found the ring full: notify, wait for the device to return buffers and try again
+        until the buffer fits (Linux ``virtio_gpu_queue_ctrl_sgs`` waits on ``ctrlq.ack_queue``)."""
         while True:
             self.kick(queue)
             self.wait_for(lambda: self.vqs[queue].num_free >= len(out) + len(ins), self.TIMEOUT,
@@ -183,7 +176,7 @@ class GpuRequests(VirtioDriver):
         if req.resp_len:
             n = length if length < req.resp_len else req.resp_len
             o = req.resp_addr - alloc.base
-            if 0 <= o and o + n <= alloc.size:  # in the allocator's window (it always is): no lookup needed
+            if o >= 0 and o + n <= alloc.size:  # in the allocator's window (it always is): no lookup needed
                 o += alloc.window_off
                 req.response = alloc.window_buf[o : o + n]
             else:
