@@ -6,10 +6,10 @@ Each result is printed beside a baseline measured in the same run over the same 
 Python work per chain (``struct`` unpack of one 16-byte descriptor + pack of one 8-byte used element on a
 bytearray); the goal is stated against it. For chains of several descriptors the ratio to the same loop over every
 descriptor the device reads (4, or 5 with an indirect table) is printed too, for information. CPU time of this
-thread (``time.thread_time``: what other processes on a shared machine do counts less than in wall time). The
-machine's speed swings by tens of percent within seconds when it is shared, so every ratio is the median of
-``REPEAT`` ratios, each taken between runs made back to back (the figures per second are the best runs); no
-assertions on timing.
+thread (``time.thread_time``: what other processes on a shared machine do counts less than in wall time), best of
+``REPEAT`` interleaved runs. The machine's speed swings by tens of percent within seconds when it is shared, so
+the speed-up over another tree is the median of ``REPEAT`` ratios, each between the two trees' runs made back to
+back; no assertions on timing.
 
 Each run of a case is a fresh child process (so is every run on another tree). ``--against REV`` also runs the
 one-at-a-time cases on the tree of git revision REV (``git archive``), interleaved with this tree's: the speed-up
@@ -155,9 +155,9 @@ def _case_in(tree: Path | None, ndesc: int, batch: int, indirect: bool) -> float
 
 
 def results(against: str | None = None, repeat: int = REPEAT) -> list[dict[str, Any]]:
-    """One dict per case: chains/s and the struct-loop baseline's loops/s (the best run of each), the ratio (the
-    median over the repeats of the ratio within one back-to-back group of runs), and with ``against`` the
-    chains/s of that revision in the same run and the speed-up (a median likewise)."""
+    """One dict per case: chains/s and the struct-loop baseline's loops/s (the best run of each) and their ratio,
+    and with ``against`` the chains/s of that revision in the same run (its best run) and the speed-up: the
+    median over the repeats of the ratio between the two trees' runs made back to back."""
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         old = _old_tree(against, Path(tmp)) if against else None
@@ -165,8 +165,8 @@ def results(against: str | None = None, repeat: int = REPEAT) -> list[dict[str, 
             seen = ndesc + 1 if indirect else ndesc  # descriptors the device reads per chain
             runs: list[tuple[float, float, float, float]] = []  # (case, baseline, descriptors baseline, other tree)
             for k in range(repeat):
-                # back to back: a baseline, the case and (with --against) the other tree's case, in alternating
-                # order; each ratio is taken within one such group, whose runs see the same machine
+                # back to back: a baseline, the case and (with --against) the other tree's case in alternating
+                # order, whose two runs (one fresh process each, the same length) see the same machine
                 t_base = best(baseline)
                 t_descs = best(partial(baseline_descs, seen)) if seen > 1 else float("nan")
                 if old is not None and batch == 1 and k % 2:
@@ -177,13 +177,14 @@ def results(against: str | None = None, repeat: int = REPEAT) -> list[dict[str, 
                     t_old = _case_in(old, ndesc, batch, indirect) if old is not None and batch == 1 else float("nan")
                 t_base = min(t_base, best(baseline))
                 runs.append((t, t_base, t_descs, t_old))
-            row: dict[str, Any] = {
-                "case": name, "chains_per_s": N / min(r[0] for r in runs),
-                "baseline_per_s": N / min(r[1] for r in runs),
-                "slower_than_baseline": statistics.median(r[0] / r[1] for r in runs), "descriptors": seen}
+            # against the struct loop: the best run of each side (the loop's runs are short and many, a case's
+            # run is one; a ratio per group would count a slow moment against the case only)
+            t, t_base = min(r[0] for r in runs), min(r[1] for r in runs)
+            row: dict[str, Any] = {"case": name, "chains_per_s": N / t, "baseline_per_s": N / t_base,
+                                   "slower_than_baseline": t / t_base, "descriptors": seen}
             if seen > 1:
-                row.update(descs_baseline_per_s=N / min(r[2] for r in runs),
-                           slower_than_descs_baseline=statistics.median(r[0] / r[2] for r in runs))
+                t_descs = min(r[2] for r in runs)
+                row.update(descs_baseline_per_s=N / t_descs, slower_than_descs_baseline=t / t_descs)
             if old is not None and batch == 1:
                 row.update(against=against, against_chains_per_s=N / min(r[3] for r in runs),
                            speedup=statistics.median(r[3] / r[0] for r in runs))
