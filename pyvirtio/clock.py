@@ -18,7 +18,7 @@ MS = 1_000_000
 S = 1_000_000_000
 
 
-@dataclass(order=True)
+@dataclass(order=True, slots=True)
 class Event:
     """A scheduled callback; events order by ``(when, seq)``, so equal times run in scheduling order."""
 
@@ -40,7 +40,8 @@ class Scheduler:
         self.now = 0
         self.seed = seed
         self.rng = random.Random(seed)
-        self._queue: list[Event] = []
+        # (when, seq, event): the heap compares plain tuples of ints (seq is unique, so never the events)
+        self._queue: list[tuple[int, int, Event]] = []
         self._seq = 0
         self._running = False
 
@@ -48,28 +49,31 @@ class Scheduler:
         """Run ``callback`` ``delay`` ns from now (``delay`` >= 0)."""
         if delay < 0:
             raise ValueError("cannot schedule in the past")
-        self._seq += 1
-        ev = Event(self.now + delay, self._seq, callback, label)
-        heapq.heappush(self._queue, ev)
+        self._seq = seq = self._seq + 1
+        when = self.now + delay
+        ev = Event(when, seq, callback, label)
+        heapq.heappush(self._queue, (when, seq, ev))
         return ev
 
     def pending(self) -> int:
         """Number of scheduled events not cancelled."""
-        return sum(1 for e in self._queue if not e.cancelled)
+        return sum(1 for _, _, e in self._queue if not e.cancelled)
 
     def next_time(self) -> int | None:
         """Virtual time of the next event that will run, or None if nothing is scheduled."""
-        while self._queue and self._queue[0].cancelled:
-            heapq.heappop(self._queue)
-        return self._queue[0].when if self._queue else None
+        q = self._queue
+        while q and q[0][2].cancelled:
+            heapq.heappop(q)
+        return q[0][0] if q else None
 
     def step(self) -> bool:
         """Run the next event; False if there is none."""
-        while self._queue:
-            ev = heapq.heappop(self._queue)
+        q = self._queue
+        while q:
+            when, _, ev = heapq.heappop(q)
             if ev.cancelled:
                 continue
-            self.now = ev.when
+            self.now = when
             ev.callback()
             return True
         return False
@@ -84,15 +88,21 @@ class Scheduler:
             raise RuntimeError("Scheduler.run_until is not re-entrant")
         deadline = self.now + timeout
         self._running = True
+        q = self._queue
+        heappop = heapq.heappop
         try:
             while True:
                 if predicate():
                     return True
-                nxt = self.next_time()
-                if nxt is None or nxt > deadline:
+                # next_time() and step(), inline: drop cancelled events, stop past the deadline, else run the next
+                while q and q[0][2].cancelled:
+                    heappop(q)
+                if not q or q[0][0] > deadline:
                     self.now = max(self.now, deadline)
                     return bool(predicate())
-                self.step()
+                when, _, ev = heappop(q)
+                self.now = when
+                ev.callback()
         finally:
             self._running = False
 

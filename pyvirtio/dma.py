@@ -97,6 +97,9 @@ class GuestAllocator:
         self.mem = mem
         self.base = base
         self.size = size
+        #: the buffer holding the window and the window's offset in it (:meth:`GuestMemory.locate`): a block at
+        #: ``addr`` starts at ``window_off + addr - base`` of ``window_buf``
+        self.window_buf, self.window_off = mem.locate(base, size)
         self._free_starts: list[int] = [base]  # sorted, disjoint, never adjacent (coalesced)
         self._free_sizes: list[int] = [size]
         self._allocated: dict[int, int] = {}  # address -> length
@@ -127,22 +130,31 @@ class GuestAllocator:
         if align <= 0 or align & (align - 1):
             raise ValueError(f"alignment {align} is not a power of 2")
         starts, sizes = self._free_starts, self._free_sizes
-        for k, (start, length) in enumerate(zip(starts, sizes, strict=True)):
-            addr = (start + align - 1) & ~(align - 1)
-            end = start + length
-            if addr + n > end:
-                continue
-            # carve [addr, addr+n) out of [start, end): keep the leading pad and the tail as free blocks
-            del starts[k], sizes[k]
-            if addr + n < end:
-                starts.insert(k, addr + n)
-                sizes.insert(k, end - addr - n)
-            if addr > start:
-                starts.insert(k, start)
-                sizes.insert(k, addr - start)
-            self._allocated[addr] = n
-            return addr
-        raise MemoryError(f"guest allocator: no {n} bytes aligned to {align} left ({self.free_bytes} free)")
+        m = align - 1
+        k = 0
+        for start in starts:  # first fit: the lowest free block the aligned range fits in
+            addr = (start + m) & ~m
+            end = start + sizes[k]
+            if addr + n <= end:
+                break
+            k += 1
+        else:
+            raise MemoryError(f"guest allocator: no {n} bytes aligned to {align} left ({self.free_bytes} free)")
+        # carve [addr, addr+n) out of [start, end): the leading pad and the tail stay free blocks
+        top = addr + n
+        if addr == start:
+            if top < end:
+                starts[k] = top
+                sizes[k] = end - top
+            else:
+                del starts[k], sizes[k]
+        else:
+            sizes[k] = addr - start
+            if top < end:
+                starts.insert(k + 1, top)
+                sizes.insert(k + 1, end - top)
+        self._allocated[addr] = n
+        return addr
 
     def alloc_bytes(self, data: bytes | bytearray | memoryview, align: int = 8) -> int:
         """Allocate ``len(data)`` bytes and copy ``data`` there."""
@@ -158,16 +170,20 @@ class GuestAllocator:
             raise ValueError(f"guest allocator: {addr:#x} is not an allocated block")
         starts, sizes = self._free_starts, self._free_sizes
         k = bisect.bisect(starts, addr)
-        start, end = addr, addr + n
-        if k < len(starts) and starts[k] == end:  # merge with the following block
-            end += sizes[k]
-            del starts[k], sizes[k]
-        if k > 0 and starts[k - 1] + sizes[k - 1] == start:  # merge with the preceding block
-            k -= 1
-            start = starts[k]
-            del starts[k], sizes[k]
-        starts.insert(k, start)
-        sizes.insert(k, end - start)
+        end = addr + n
+        # coalesce with the free block before and/or after (the free list never holds two adjacent blocks)
+        if k and starts[k - 1] + sizes[k - 1] == addr:
+            if k < len(starts) and starts[k] == end:
+                sizes[k - 1] += n + sizes[k]
+                del starts[k], sizes[k]
+            else:
+                sizes[k - 1] += n
+        elif k < len(starts) and starts[k] == end:
+            starts[k] = addr
+            sizes[k] += n
+        else:
+            starts.insert(k, addr)
+            sizes.insert(k, n)
 
     def reset(self) -> None:
         """Forget every allocation (e.g. after the guest re-initialises the device)."""

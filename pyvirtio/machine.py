@@ -28,7 +28,7 @@ class MachineType(Enum):
     Q35 = "q35"  # PCIe: functions may sit behind a pcie-root-port and then get the PM capability
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Interrupt:
     """One interrupt the machine delivered (or holds pending while the CPU is stopped)."""
 
@@ -65,6 +65,7 @@ class Machine:
         self._msi_handlers: dict[int, Callable[[], None]] = {}
         self._intx_handlers: dict[str, Callable[[], None]] = {}
         self._next_msi_data = 0x30
+        self._irq_labels: dict[str, str] = {}  # src -> "irq:src" (the interrupt events' labels, formatted once)
 
     # -- time -------------------------------------------------------------------------------------------------
 
@@ -146,12 +147,19 @@ class Machine:
 
     def msi(self, src: str, address: int, data: int, vector: int) -> None:
         """An MSI message from ``src``: delivered to the guest handler of ``data``, else dropped (traced)."""
-        irq = Interrupt(self.now, src, "msi", vector, data)
+        irq = Interrupt(self.scheduler.now, src, "msi", vector, data)
         handler = self._msi_handlers.get(data) if address & ~0xFFFFF == MSI_ADDRESS_BASE else None
         if handler is None:
             self.trace.record(Kind.INTERRUPT, "machine", src=src, data=data, dropped="no handler")
             return
-        self._deliver(irq, handler)
+        if not self.cpu_running:  # _deliver(irq, handler), inline
+            self._pending.append((irq, handler))
+            return
+        self.interrupts.append(irq)
+        label = self._irq_labels.get(src)
+        if label is None:
+            label = self._irq_labels[src] = f"irq:{src}"
+        self.scheduler.schedule(0, handler, label=label)
 
     def intx(self, src: str, level: bool) -> None:
         """``src`` drives its INTx line: a rising level is delivered to its handler (level-triggered)."""
@@ -167,7 +175,10 @@ class Machine:
             self._pending.append((irq, handler))
             return
         self.interrupts.append(irq)
-        self.scheduler.schedule(0, handler, label=f"irq:{irq.src}")
+        label = self._irq_labels.get(irq.src)
+        if label is None:
+            label = self._irq_labels[irq.src] = f"irq:{irq.src}"
+        self.scheduler.schedule(0, handler, label=label)
 
     def stop_cpu(self) -> None:
         """The guest CPU stops (S3 entered): interrupts are held pending."""

@@ -33,7 +33,7 @@ class Kind(Enum):
     DEVICE = "device"  # device-specific event (gpu command, resource destroyed, ...)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TraceEvent:
     """One trace entry: virtual time ``t`` (ns), its kind, the source device or component, and details."""
 
@@ -48,18 +48,36 @@ class TraceEvent:
 
 
 class Trace:
-    """Append-only list of :class:`TraceEvent`. ``register_accesses=False`` keeps only the coarse kinds."""
+    """Append-only list of :class:`TraceEvent`. ``register_accesses=False`` keeps only the coarse kinds.
+
+    Recording is cheap: :meth:`record` keeps the event's fields, and they become :class:`TraceEvent` objects, in
+    order, the first time :attr:`events` is read after it (the list is the same whenever it is read)."""
 
     def __init__(self, clock: Any, *, register_accesses: bool = True) -> None:
         self._clock = clock
-        self.events: list[TraceEvent] = []
+        self._events: list[TraceEvent] = []
+        self._recorded: list[tuple[int, Kind, str, dict[str, Any]]] = []  # not made TraceEvents yet
         self.register_accesses = register_accesses
+
+    @property
+    def events(self) -> list[TraceEvent]:
+        """Every event recorded, in order."""
+        if self._recorded:
+            recorded, self._recorded = self._recorded, []
+            self._events.extend([TraceEvent(t, kind, src, detail) for t, kind, src, detail in recorded])
+        return self._events
+
+    @events.setter
+    def events(self, value: list[TraceEvent]) -> None:
+        self._recorded = []
+        self._events = value
 
     def record(self, kind: Kind, src: str, /, **detail: Any) -> None:
         """Append an event at the clock's current time (register accesses dropped if not kept)."""
-        if not self.register_accesses and kind in _REGISTER_KINDS:
+        # (a tuple: membership by identity, without hashing the enum member in Python)
+        if not self.register_accesses and kind in _REGISTER_TUPLE:
             return
-        self.events.append(TraceEvent(self._clock.now, kind, src, detail))
+        self._recorded.append((self._clock.now, kind, src, detail))
 
     def __iter__(self) -> Iterator[TraceEvent]:
         return iter(self.events)
@@ -82,3 +100,4 @@ class Trace:
 
 
 _REGISTER_KINDS = frozenset({Kind.CONFIG_READ, Kind.CONFIG_WRITE, Kind.BAR_READ, Kind.BAR_WRITE})
+_REGISTER_TUPLE = (Kind.CONFIG_READ, Kind.CONFIG_WRITE, Kind.BAR_READ, Kind.BAR_WRITE)

@@ -121,6 +121,13 @@ PHASE_ALLOWS: Mapping[Action, frozenset[DriverPhase]] = MappingProxyType({
 })
 
 
+#: :data:`PHASE_ALLOWS` keyed by the action's id, phases as tuples: :meth:`VirtioDriver.allows` runs per buffer and
+#: per notification, and tuples test membership by identity without hashing enum members in Python.
+_ALLOWED: dict[int, tuple[DriverPhase, ...]] = {id(a): tuple(ps) for a, ps in PHASE_ALLOWS.items()}
+_ADD_BUFFER_PHASES = _ALLOWED[id(Action.ADD_BUFFER)]
+_NOTIFY_PHASES = _ALLOWED[id(Action.NOTIFY)]
+
+
 # -- state for the S4 image ----------------------------------------------------------------------------------------
 
 
@@ -322,7 +329,7 @@ class VirtioDriver:
 
     def allows(self, action: Action) -> bool:
         """Whether the current :attr:`phase` allows ``action`` (:data:`PHASE_ALLOWS`)."""
-        return self.phase in PHASE_ALLOWS[action]
+        return self.phase in _ALLOWED[id(action)]
 
     def _require(self, action: Action) -> None:
         if self.allows(action):
@@ -538,7 +545,8 @@ class VirtioDriver:
         # spec: drv:suspend#3
         if not self.submitting:
             raise SubmissionsStopped(f"{self.name}: submissions are stopped (device suspended)")
-        self._require(Action.ADD_BUFFER)
+        if self.phase not in _ADD_BUFFER_PHASES:  # (allows(), inline)
+            self._require(Action.ADD_BUFFER)
         if not 0 <= index < len(self.vqs) or index in self.reset_queues:
             raise DriverError(f"{self.name}: queue {index} is not set up")
         return self.vqs[index].add(out, in_, token)
@@ -551,7 +559,7 @@ class VirtioDriver:
         if index in self.reset_queues or self.phase is DriverPhase.FAILED:
             return
         # spec: drv:init#6, drv:suspend#4
-        if not (self.submitting and self.allows(Action.NOTIFY)):
+        if not (self.submitting and self.phase in _NOTIFY_PHASES):  # (allows(Action.NOTIFY), inline)
             self._held_kicks.add(index)
             return
         if self.vqs[index].kick_prepare():
@@ -632,6 +640,10 @@ class VirtioDriver:
         self.platform.run_until(lambda: done() or self.needs_reset_seen, timeout)
         if done():
             return
+        self._wait_failed(failure)
+
+    def _wait_failed(self, failure: str) -> None:
+        """:meth:`wait_for` once the time is up (or DEVICE_NEEDS_RESET was seen) without ``done``: raise."""
         if self.needs_reset_seen or self.t.get_status() & Status.DEVICE_NEEDS_RESET:
             self.needs_reset_seen = True
             raise DeviceNeedsReset(f"{self.name}: DEVICE_NEEDS_RESET: {failure}")

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, ClassVar
 
 from pyvirtio.clock import US
@@ -53,6 +54,10 @@ if TYPE_CHECKING:
 
 _L = DeviceLifecycle
 _E = LifecycleEvent
+#: Status bits as plain ints: the hot paths test ``int(self.status) & bit`` (IntFlag arithmetic runs in Python)
+_DRIVER_OK = int(Status.DRIVER_OK)
+#: the quiescent states as a tuple: membership by identity, without hashing the enum member in Python
+_QUIESCENT = tuple(QUIESCENT)
 
 
 @dataclass
@@ -90,6 +95,8 @@ class VirtioDevice:
         self.status = 0  # the value the device presents
         self.config_generation = 0
         self._lifecycle = DeviceLifecycle.RESET
+        self._quiet = False  # lifecycle in QUIESCENT (kept by _fire: the hot paths read it)
+        self._labels: dict[str, str] = {}  # label -> "name:label" (scheduled events' labels, formatted once)
         self.disabled = False  # bus mastering off (QEMU virtio_set_disabled); orthogonal to the lifecycle
         self._taken: list[dict[int, DescriptorChain]] = []  # per queue: chains popped, not completed (by id)
         self._held: list[Callable[[], None]] = []  # device steps waiting for bus mastering (see :meth:`after`)
@@ -119,6 +126,8 @@ class VirtioDevice:
         self._ctx = ctx
         self.transport_features = transport_features
         self.queues = [DeviceQueue(ctx.memory, n) for n in self.queue_sizes]
+        # per queue: the step a kick schedules, and its label (made once)
+        self._queue_steps = [(partial(self._run_queue, i), f"q{i}") for i in range(len(self.queues))]
         self._taken = [{} for _ in self.queues]
         self._queue_epoch = [0] * len(self.queues)
         self._queue_resetting = set()
@@ -152,6 +161,7 @@ class VirtioDevice:
 
     def _fire(self, event: LifecycleEvent) -> None:
         self._lifecycle = next_state(self._lifecycle, event)
+        self._quiet = self._lifecycle in _QUIESCENT
         for listener in self.lifecycle_listeners:
             listener(self._lifecycle)
 
@@ -163,7 +173,7 @@ class VirtioDevice:
     @property
     def suspended(self) -> bool:
         """SUSPEND is acknowledged (SUSPENDED, or RESUMING until the device presents DRIVER_OK again)."""
-        return self.lifecycle in (_L.SUSPENDED, _L.RESUMING)
+        return self._lifecycle is _L.SUSPENDED or self._lifecycle is _L.RESUMING
 
     @property
     def resuming(self) -> bool:
@@ -177,7 +187,7 @@ class VirtioDevice:
     @property
     def quiescent(self) -> bool:
         """Suspending, suspended or resuming: no buffer taken, no notification, config changes deferred."""
-        return self.lifecycle in QUIESCENT
+        return self._quiet
 
     # -- hooks for subclasses ---------------------------------------------------------------------------------
 
@@ -516,11 +526,7 @@ class VirtioDevice:
     def can_process(self) -> bool:
         """The device may take buffers now: DRIVER_OK presented, LIVE, bus mastering on."""
         # spec: dev:status#1, dev:suspend#3
-        return (
-            bool(self.status & Status.DRIVER_OK)
-            and self.lifecycle is _L.LIVE
-            and not self.disabled
-        )
+        return self._lifecycle is _L.LIVE and not self.disabled and int(self.status) & _DRIVER_OK != 0
 
     def enable_queue(self, index: int) -> bool:
         """The driver enabled queue ``index`` (§2.7): take EVENT_IDX / INDIRECT_DESC from the driver's features,
@@ -550,10 +556,11 @@ class VirtioDevice:
         if not 0 <= index < len(self.queues):
             self.violation("§4.1.4.5 notification for a queue that does not exist", queue=index)
             return
-        if self.quiescent or index in self._scheduled:  # spec: dev:suspend#3
+        if self._quiet or index in self._scheduled:  # spec: dev:suspend#3
             return
         self._scheduled.add(index)
-        self.after(self.latency, lambda: self._run_queue(index), label=f"q{index}")
+        step, label = self._queue_steps[index]
+        self.after(self.latency, step, label=label)
 
     def _run_queue(self, index: int) -> None:
         self._scheduled.discard(index)
@@ -561,16 +568,24 @@ class VirtioDevice:
         # A notification is only a reason to look: a queue with nothing new (or not ready) is left as it is.
         if not self.can_process() or not self.queues[index].ready:
             return
-        self.guarded(lambda: self.process_queue(index))
+        try:  # guarded(), inline
+            self.process_queue(index)
+        except Exception as e:
+            self._step_failed(e)
 
     def guarded(self, step: Callable[[], None]) -> None:
         """Run a device step; any error becomes DEVICE_NEEDS_RESET instead of escaping."""
         try:
             step()
-        except (QueueError, GuestMemoryError) as e:
+        except Exception as e:
+            self._step_failed(e)
+
+    def _step_failed(self, e: Exception) -> None:
+        """What :meth:`guarded` does with an error a step raised: DEVICE_NEEDS_RESET (and a trace of why)."""
+        if isinstance(e, (QueueError, GuestMemoryError)):
             self.violation("guest structure invalid", error=str(e))
             self.needs_reset(str(e))  # spec: dev:status#2
-        except Exception as e:  # a device bug must not take the machine down either
+        else:  # a device bug must not take the machine down either
             self.trace(Kind.DEVICE, event="device_error", error=repr(e))
             self.needs_reset(f"internal error: {e!r}")
 
@@ -599,8 +614,9 @@ class VirtioDevice:
             return
         q = self.queues[index]
         q.push(chain.head, written)
-        self._maybe_notify(index)
-        if self.lifecycle is _L.SUSPENDING:
+        if q.needs_notification():  # _maybe_notify, inline
+            (self._ctx or self.ctx).notify_queue(index)
+        if self._lifecycle is _L.SUSPENDING:
             self.after(0, self._try_finish_suspend, label="suspend", dma=False)
 
     def _maybe_notify(self, index: int) -> None:
@@ -623,22 +639,30 @@ class VirtioDevice:
         request completing meanwhile is *dropped*, not deferred. pyvirtio defers it instead, so guest memory is
         untouched while BME is 0 and no buffer is lost.
         """
-        epoch = self._epoch
         # spec: dev:vq-reset#1
         # The queue's epoch as it is now: work of a queue reset in between never runs.
         qepoch = self._queue_epoch[queue] if queue is not None else 0
+        full = self._labels.get(label)
+        if full is None:
+            full = self._labels[label] = f"{self.name}:{label}"
+        # (a partial of a method rather than a closure: one object per step instead of a function and its cells)
+        step = partial(self._step, self._epoch, queue, qepoch, dma, fn)
+        return (self._ctx or self.ctx).scheduler.schedule(delay, step, label=full)
 
-        def run() -> None:
-            if epoch != self._epoch:
-                return
-            if queue is not None and qepoch != self._queue_epoch[queue]:
-                return
-            if dma and self.disabled:
-                self._held.append(run)  # spec: dev:pci#1
-                return
-            self.guarded(fn)
-
-        return self.ctx.scheduler.schedule(delay, run, label=f"{self.name}:{label}")
+    def _step(self, epoch: int, queue: int | None, qepoch: int, dma: bool, fn: Callable[[], None]) -> None:
+        """A step scheduled by :meth:`after` comes due: dropped if the device (or its queue) was reset since, held
+        while bus mastering is off (``dma``), else run guarded."""
+        if epoch != self._epoch:
+            return
+        if queue is not None and qepoch != self._queue_epoch[queue]:
+            return
+        if dma and self.disabled:
+            self._held.append(partial(self._step, epoch, queue, qepoch, dma, fn))  # spec: dev:pci#1
+            return
+        try:  # guarded(), inline
+            fn()
+        except Exception as e:
+            self._step_failed(e)
 
     # -- virtqueue reset (virtio 1.4 §2.6.1, VIRTIO_F_RING_RESET) ---------------------------------------------
 

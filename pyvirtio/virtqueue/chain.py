@@ -68,12 +68,18 @@ class DescriptorChain:
     @property
     def readable_len(self) -> int:
         """Total bytes of the device-readable segments."""
-        return sum(n for _, n in self.readable)
+        segs = self.readable
+        if len(segs) == 1:
+            return segs[0][1]
+        return sum(n for _, n in segs)
 
     @property
     def writable_len(self) -> int:
         """Total bytes of the device-writable segments: the most the device may report as written."""
-        return sum(n for _, n in self.writable)
+        segs = self.writable
+        if len(segs) == 1:
+            return segs[0][1]
+        return sum(n for _, n in segs)
 
     def read(self, mem: GuestMemory, n: int | None = None, offset: int = 0) -> bytes:
         """Gather up to ``n`` bytes (all if None) of the device-readable part, from ``offset``.
@@ -116,6 +122,15 @@ class DescriptorChain:
             raise ValueError("offset must be >= 0")
         # spec: dev:split/framing#1, dev:split/desc#1
         # Only the writable segments are written, scattered in chain order whatever their number and sizes.
+        segs = self.writable
+        if len(segs) == 1 and offset == 0 and type(data) is bytes:  # fast path: bytes into one segment
+            addr, ln = segs[0]
+            n = len(data)
+            if n <= ln:
+                mem.write(addr, data)
+                return n
+            mem.write(addr, data[:ln])
+            return ln
         src = memoryview(data).cast("B")
         total = len(src)
         pos = 0

@@ -39,7 +39,6 @@ from pyvirtio.virtqueue.layout import (
     is_valid_queue_size,
     used_event_offset,
     used_ring_size,
-    vring_need_event,
 )
 from pyvirtio.virtqueue.state import QueueState
 
@@ -114,11 +113,19 @@ class DeviceQueue:
         self._dbuf, self._doff = mem.locate(self._desc, desc_table_size(n))
         self._abuf, aoff = mem.locate(self._avail, avail_ring_size(n))
         self._ubuf, uoff = mem.locate(self._used, used_ring_size(n))
+        self._aflags_off = aoff + VIRTQ_RING_FLAGS
         self._aidx_off = aoff + VIRTQ_RING_IDX
         self._aent_off = aoff + VIRTQ_RING_ENTRIES
+        self._uevt_off = aoff + used_event_offset(n)
         self._uidx_off = uoff + VIRTQ_RING_IDX
         self._uent_off = uoff + VIRTQ_RING_ENTRIES
         self._aevt_off = uoff + avail_event_offset(n)
+        # the region holding the descriptor table: a buffer inside it passes the bounds check with two compares
+        # (anything else asks GuestMemory.contains, which decides as before)
+        self._lo, self._hi, self._rbuf = 0, -1, self._dbuf
+        for r in mem.regions:
+            if r.base <= self._desc < r.end:
+                self._lo, self._hi, self._rbuf = r.base, r.end, r.mm
 
     def _check_configurable(self, what: str) -> None:
         if self._ready:
@@ -300,9 +307,9 @@ class DeviceQueue:
         if self._event_idx and self._notify:
             # §2.7.10: ask for a kick once the driver passes what we have consumed (QEMU virtqueue_pop)
             _U16_PACK(self._ubuf, self._aevt_off, na)
-        addr, ln, flags, _ = _DESC_UNPACK(self._dbuf, self._doff + VIRTQ_DESC_SIZE * head)
-        if flags & _F_SPECIAL or not self.mem.contains(addr, ln):
-            return self._walk(head)
+        addr, ln, flags, nxt = _DESC_UNPACK(self._dbuf, self._doff + VIRTQ_DESC_SIZE * head)
+        if flags & _F_SPECIAL or not (self._lo <= addr and addr + ln <= self._hi):
+            return self._walk(head, addr, ln, flags, nxt)
         # the common case, one direct descriptor inside guest memory (what _walk decides for it too)
         if flags & _F_WRITE:
             return DescriptorChain(head, [], [(addr, ln)])
@@ -320,7 +327,7 @@ class DeviceQueue:
             count = limit
         out: list[DescriptorChain] = []
         abuf, aent, mask, size = self._abuf, self._aent_off, self._mask, self._size
-        dbuf, doff, contains = self._dbuf, self._doff, self.mem.contains
+        dbuf, doff, lo, hi = self._dbuf, self._doff, self._lo, self._hi
         for _ in range(count):
             head: int = _U16_UNPACK(abuf, aent + VIRTQ_AVAIL_ELEM_SIZE * (na & mask))[0]
             if head >= size:
@@ -329,9 +336,9 @@ class DeviceQueue:
                 raise QueueError(f"available ring entry {na} names head {head} >= queue size {size}")
             na = (na + 1) & _M
             self._next_avail = na
-            addr, ln, flags, _ = _DESC_UNPACK(dbuf, doff + VIRTQ_DESC_SIZE * head)
-            if flags & _F_SPECIAL or not contains(addr, ln):
-                out.append(self._walk(head))
+            addr, ln, flags, nxt = _DESC_UNPACK(dbuf, doff + VIRTQ_DESC_SIZE * head)
+            if flags & _F_SPECIAL or not (lo <= addr and addr + ln <= hi):
+                out.append(self._walk(head, addr, ln, flags, nxt))
             elif flags & _F_WRITE:
                 out.append(DescriptorChain(head, [], [(addr, ln)]))
             else:
@@ -340,15 +347,15 @@ class DeviceQueue:
             _U16_PACK(self._ubuf, self._aevt_off, na)  # §2.7.10, as pop writes it after each chain
         return out
 
-    def _walk(self, head: int) -> DescriptorChain:
-        """Follow the chain at ``head`` applying every MUST of §2.7.4-§2.7.5.3."""
+    def _walk(self, head: int, addr: int, ln: int, flags: int, nxt: int) -> DescriptorChain:
+        """Follow the chain at ``head`` (whose descriptor the caller read: ``addr, ln, flags, nxt``) applying every
+        MUST of §2.7.4-§2.7.5.3."""
         # spec: dev:split/desc#2
         # The walk only reads descriptors (direct and indirect); nothing here writes the descriptor table.
-        buf, base = self._dbuf, self._doff
+        lo, hi = self._lo, self._hi
         contains = self.mem.contains
-        addr, ln, flags, nxt = _DESC_UNPACK(buf, base + VIRTQ_DESC_SIZE * head)
         if not flags & _F_SPECIAL:  # the common case: one direct descriptor
-            if not contains(addr, ln):
+            if not ((lo <= addr and addr + ln <= hi) or contains(addr, ln)):
                 return DescriptorChain(head, error=f"descriptor {head} [{addr:#x}, +{ln:#x}) is outside guest memory")
             if flags & _F_WRITE:
                 return DescriptorChain(head, [], [(addr, ln)])
@@ -357,48 +364,111 @@ class DeviceQueue:
         readable: list[Segment] = []
         writable: list[Segment] = []
         total = 0
-        i = head
-        hops = 0
-        while True:
-            # spec: dev:split/indirect#1, dev:split/indirect#2
-            # INDIRECT is looked at before WRITE (ignored on the descriptor that refers to a table), and may end
-            # a chain of any number of direct descriptors.
-            if flags & _F_INDIRECT:
-                added = self._walk_indirect(addr, ln, flags, readable, writable)
-                if isinstance(added, str):
-                    return DescriptorChain(head, error=added)
-                total += added
-                break
-            if not contains(addr, ln):
-                return DescriptorChain(head, error=f"descriptor {i} [{addr:#x}, +{ln:#x}) is outside guest memory")
-            if flags & _F_WRITE:
-                writable.append((addr, ln))
-            elif writable:
-                return DescriptorChain(head, error=f"device-readable descriptor {i} after a device-writable one")
+        if not flags & _F_INDIRECT:
+            buf, base = self._dbuf, self._doff
+            i = head
+            for _ in range(size):  # a chain visits at most size descriptors: one more means it loops
+                if flags == _F_NEXT:  # the common middle of a chain: readable, more to come (the checks below)
+                    if not ((lo <= addr and addr + ln <= hi) or contains(addr, ln)):
+                        return DescriptorChain(head, error=f"descriptor {i} [{addr:#x}, +{ln:#x}) is outside guest "
+                                                           "memory")
+                    if writable:
+                        return DescriptorChain(head, error=f"device-readable descriptor {i} after a device-writable "
+                                                           "one")
+                    readable.append((addr, ln))
+                    total += ln
+                    if nxt >= size:
+                        return DescriptorChain(head, error=f"descriptor {i} next {nxt} >= queue size {size}")
+                    i = nxt
+                    addr, ln, flags, nxt = _DESC_UNPACK(buf, base + VIRTQ_DESC_SIZE * i)
+                    continue
+                # spec: dev:split/indirect#1, dev:split/indirect#2
+                # INDIRECT is looked at before WRITE (ignored on the descriptor that refers to a table), and may
+                # end a chain of any number of direct descriptors.
+                if flags & _F_INDIRECT:
+                    break
+                if not ((lo <= addr and addr + ln <= hi) or contains(addr, ln)):
+                    return DescriptorChain(head, error=f"descriptor {i} [{addr:#x}, +{ln:#x}) is outside guest "
+                                                       "memory")
+                if flags & _F_WRITE:
+                    writable.append((addr, ln))
+                elif writable:
+                    return DescriptorChain(head, error=f"device-readable descriptor {i} after a device-writable one")
+                else:
+                    readable.append((addr, ln))
+                total += ln
+                if not flags & _F_NEXT:
+                    break
+                if nxt >= size:
+                    return DescriptorChain(head, error=f"descriptor {i} next {nxt} >= queue size {size}")
+                i = nxt
+                addr, ln, flags, nxt = _DESC_UNPACK(buf, base + VIRTQ_DESC_SIZE * i)
             else:
-                readable.append((addr, ln))
-            total += ln
-            if not flags & _F_NEXT:
-                break
-            if nxt >= size:
-                return DescriptorChain(head, error=f"descriptor {i} next {nxt} >= queue size {size}")
-            hops += 1
-            if hops >= size:
                 return DescriptorChain(head, error=f"descriptor chain at head {head} loops (> {size} descriptors)")
-            i = nxt
-            addr, ln, flags, nxt = _DESC_UNPACK(buf, base + VIRTQ_DESC_SIZE * i)
-        count = len(readable) + len(writable)
-        if count > size:
-            return DescriptorChain(head, error=f"chain of {count} descriptors is longer than queue size {size}")
+        if flags & _F_INDIRECT:  # the chain ends with a descriptor that refers to a table: walk its entries
+            table, n = addr, ln // VIRTQ_DESC_SIZE
+            if (self._indirect and not flags & _F_NEXT and ln and not ln % VIRTQ_DESC_SIZE
+                    and n <= VIRTQ_MAX_INDIRECT_ENTRIES and lo <= table and table + ln <= hi):
+                buf, base = self._rbuf, table - lo  # (what _indirect_problem accepts, in the region of the rings)
+            else:
+                why = self._indirect_problem(addr, ln, flags)
+                if why:
+                    return DescriptorChain(head, error=why)
+                buf, base = self.mem.locate(table, ln)  # (checked by _indirect_problem)
+            # the walk reads only the entries it visits
+            budget = size - len(readable) - len(writable)  # §2.7.5.3.1: chain length <= Queue Size
+            j = 0
+            for k in range(n):  # a table's chain visits at most n entries: one more means it loops
+                addr, ln, flags, nxt = _DESC_UNPACK(buf, base + VIRTQ_DESC_SIZE * j)
+                if flags == _F_NEXT:  # a readable entry with more to come: the checks below, in their order
+                    if not ((lo <= addr and addr + ln <= hi) or contains(addr, ln)):
+                        return DescriptorChain(head, error=f"indirect entry {j} [{addr:#x}, +{ln:#x}) is outside "
+                                                           "guest memory")
+                    if writable:
+                        return DescriptorChain(head, error=f"device-readable indirect entry {j} after a "
+                                                           "device-writable descriptor")
+                    readable.append((addr, ln))
+                    total += ln
+                    if k == budget:  # this entry is one more than the queue size allows
+                        return DescriptorChain(head, error=f"chain of {len(readable) + len(writable)}+ descriptors "
+                                                           f"is longer than queue size {size}")
+                    if nxt >= n:
+                        return DescriptorChain(head, error=f"indirect entry {j} next {nxt} >= table size {n}")
+                    j = nxt
+                    continue
+                if flags & _F_INDIRECT:
+                    return DescriptorChain(head, error=f"INDIRECT flag inside indirect table entry {j} (§2.7.5.3.1)")
+                if not ((lo <= addr and addr + ln <= hi) or contains(addr, ln)):
+                    return DescriptorChain(head, error=f"indirect entry {j} [{addr:#x}, +{ln:#x}) is outside guest "
+                                                       "memory")
+                if flags & _F_WRITE:
+                    writable.append((addr, ln))
+                elif writable:
+                    return DescriptorChain(head, error=f"device-readable indirect entry {j} after a device-writable "
+                                                       "descriptor")
+                else:
+                    readable.append((addr, ln))
+                total += ln
+                if k == budget:
+                    return DescriptorChain(head, error=f"chain of {len(readable) + len(writable)}+ descriptors is "
+                                                       f"longer than queue size {size}")
+                if not flags & _F_NEXT:
+                    break
+                if nxt >= n:
+                    return DescriptorChain(head, error=f"indirect entry {j} next {nxt} >= table size {n}")
+                j = nxt
+            else:
+                return DescriptorChain(head, error=f"indirect table at {table:#x} loops (> {n} descriptors)")
+            count = len(readable) + len(writable)
+            if count > size:  # (the budget above stops the walk first: kept as the statement of the rule)
+                return DescriptorChain(head, error=f"chain of {count} descriptors is longer than queue size {size}")
         if total > VIRTQ_MAX_CHAIN_BYTES:
             return DescriptorChain(head, error=f"chain of {total} bytes is longer than 2^32 bytes")
         return DescriptorChain(head, readable, writable)
 
-    def _walk_indirect(
-        self, table: int, table_len: int, flags: int, readable: list[Segment], writable: list[Segment]
-    ) -> str | int:
-        """Append the segments of the indirect table at ``table``; return the bytes they add, or an error string on
-        a violation."""
+    def _indirect_problem(self, table: int, table_len: int, flags: int) -> str:
+        """Why the descriptor ``table, table_len, flags`` (INDIRECT set) cannot refer to a table (§2.7.5.3.1), or
+        "" when it can."""
         if not self._indirect:
             return "INDIRECT descriptor without VIRTIO_F_INDIRECT_DESC (§2.7.5.3.1)"
         if flags & _F_NEXT:
@@ -408,39 +478,9 @@ class DeviceQueue:
         n = table_len // VIRTQ_DESC_SIZE
         if n > VIRTQ_MAX_INDIRECT_ENTRIES:
             return f"indirect table of {n} entries exceeds {VIRTQ_MAX_INDIRECT_ENTRIES}"
-        contains = self.mem.contains
-        if not contains(table, table_len):
+        if not ((self._lo <= table and table + table_len <= self._hi) or self.mem.contains(table, table_len)):
             return f"indirect table [{table:#x}, +{table_len:#x}) is outside guest memory"
-        buf, base = self.mem.locate(table, table_len)  # the walk reads only the entries it visits
-        budget = self._size - len(readable) - len(writable)  # §2.7.5.3.1: chain length <= Queue Size
-        total: int = 0
-        j = 0
-        hops = 0
-        while True:
-            addr, ln, f, nxt = _DESC_UNPACK(buf, base + VIRTQ_DESC_SIZE * j)
-            if f & _F_INDIRECT:
-                return f"INDIRECT flag inside indirect table entry {j} (§2.7.5.3.1)"
-            if not contains(addr, ln):
-                return f"indirect entry {j} [{addr:#x}, +{ln:#x}) is outside guest memory"
-            if f & _F_WRITE:
-                writable.append((addr, ln))
-            elif writable:
-                return f"device-readable indirect entry {j} after a device-writable descriptor"
-            else:
-                readable.append((addr, ln))
-            total += ln
-            budget -= 1
-            if budget < 0:
-                count = len(readable) + len(writable)
-                return f"chain of {count}+ descriptors is longer than queue size {self._size}"
-            if not f & _F_NEXT:
-                return total
-            if nxt >= n:
-                return f"indirect entry {j} next {nxt} >= table size {n}"
-            hops += 1
-            if hops >= n:
-                return f"indirect table at {table:#x} loops (> {n} descriptors)"
-            j = nxt
+        return ""
 
     def push(self, head: int, written: int) -> None:
         """Return chain ``head`` with ``written`` bytes written to its device-writable part (§2.7.8, §2.7.14).
@@ -511,11 +551,11 @@ class DeviceQueue:
                     return True
                 # spec: dev:split/used-event#4, dev:split/used-event#5, dev:split/used-event#6
                 # avail.flags is not even read; notify iff the batch wrote the entry at used_event.
-                event: int = self.mem.unpack_from(_U16, self._used_event_addr)[0]
-                return vring_need_event(event, nu, old)
+                event: int = _U16_UNPACK(self._abuf, self._uevt_off)[0]
+                return ((nu - event - 1) & _M) < ((nu - old) & _M)  # vring_need_event(event, nu, old), inline
             # spec: dev:split/used-event#1, dev:split/used-event#2, dev:split/used-event#3
             # used_event is not read; avail.flags bit 0 alone decides.
-            flags: int = self.mem.unpack_from(_U16, self._avail)[0]
+            flags: int = _U16_UNPACK(self._abuf, self._aflags_off)[0]
         except GuestMemoryError as e:  # pragma: no cover
             raise QueueError(str(e)) from e
         return not flags & VIRTQ_AVAIL_F_NO_INTERRUPT

@@ -37,7 +37,6 @@ from pyvirtio.virtqueue.layout import (
     desc_table_size,
     used_event_offset,
     used_ring_size,
-    vring_need_event,
 )
 
 __all__ = ["CHAIN_BYTES_MAX", "DriverQueue", "QueueFull"]
@@ -51,12 +50,14 @@ _M = VIRTQ_IDX_MASK
 _F_NEXT = int(DescFlag.NEXT)
 _F_WRITE = int(DescFlag.WRITE)
 _F_INDIRECT = int(DescFlag.INDIRECT)
+_F_WRITE_NEXT = _F_WRITE | _F_NEXT
 _NO_TABLE = -1
 # bound methods of precompiled Structs: the hot path calls them directly on the ring buffers
 _U16_PACK = _U16.pack_into
 _U16_UNPACK = _U16.unpack_from
 _USED_UNPACK = _USED_ELEM.unpack_from
 _DESC_PACK = DESC_STRUCT.pack_into
+_TABLE2_PACK = struct.Struct("<" + DESC_STRUCT.format.lstrip("<") * 2).pack_into  # two descriptors at once
 
 
 class QueueFull(QueueError):
@@ -109,8 +110,10 @@ class DriverQueue:
         self._aidx_off = aoff + VIRTQ_RING_IDX
         self._aent_off = aoff + VIRTQ_RING_ENTRIES
         self._uevt_off = aoff + used_event_offset(n)
+        self._uflags_off = uoff + VIRTQ_RING_FLAGS
         self._uidx_off = uoff + VIRTQ_RING_IDX
         self._uent_off = uoff + VIRTQ_RING_ENTRIES
+        self._aevt_off = uoff + avail_event_offset(n)
         self._init_rings()
 
     def _init_rings(self) -> None:
@@ -123,8 +126,9 @@ class DriverQueue:
         self._free_next = [*range(1, n), 0]  # Linux desc_extra[].next: free list, then chain links
         self._free_head = 0
         self._num_free = n
-        # per head in flight: (token, descriptors used, indirect table or _NO_TABLE, device-writable bytes)
-        self._heads: list[tuple[object, int, int, int] | None] = [None] * n
+        # per head in flight: (token, descriptors used, indirect table or _NO_TABLE, device-writable bytes, the
+        # chain's last descriptor)
+        self._heads: list[tuple[object, int, int, int, int] | None] = [None] * n
         self._avail_idx = 0
         self._num_added = 0
         self._last_used = 0
@@ -187,69 +191,132 @@ class DriverQueue:
             raise ValueError("token must not be None")
         n_out = len(out)
         total = n_out + len(in_)
-        if total == 0:
-            raise ValueError("a buffer needs at least one segment")
-        if total == 1:
-            return self._add_one(out[0] if n_out else in_[0], not n_out, token)
-        # spec: drv:split/indirect#3, drv:split/framing#2
-        if total > self._n:
-            raise QueueError(f"chain of {total} descriptors is longer than queue size {self._n} (§2.7.5.3.1)")
-        out_len = 0
-        for addr, ln in out:
+        if total == 1:  # one segment: one descriptor, no table, no NEXT (the same checks, the same ring bytes)
+            if n_out:
+                addr, ln = out[0]
+                flags = 0
+                in_len = 0
+            else:
+                addr, ln = in_[0]
+                flags = _F_WRITE
+                in_len = ln
             # spec: drv:reserved-features#3
             if not (0 <= addr < _ADDR_LIMIT and 0 <= ln <= VIRTQ_DESC_LEN_MAX):
                 raise ValueError(f"segment ({addr:#x}, {ln:#x}) is not a 64-bit address and 32-bit length")
-            out_len += ln
-        in_len = 0
-        for addr, ln in in_:
-            if not (0 <= addr < _ADDR_LIMIT and 0 <= ln <= VIRTQ_DESC_LEN_MAX):
-                raise ValueError(f"segment ({addr:#x}, {ln:#x}) is not a 64-bit address and 32-bit length")
-            in_len += ln
+            if self._num_free < 1:
+                raise QueueFull(f"1 descriptors needed, {self._num_free} free")
+            head = self._free_head
+            nxt = self._free_next[head]
+            _DESC_PACK(self._dbuf, self._doff + VIRTQ_DESC_SIZE * head, addr, ln, flags, nxt)
+            self._free_head = nxt
+            self._num_free -= 1
+            self._heads[head] = (token, 1, _NO_TABLE, in_len, head)
+            # spec: drv:split/avail-idx#1, drv:split/avail#1
+            ai = self._avail_idx
+            abuf = self._abuf
+            _U16_PACK(abuf, self._aent_off + VIRTQ_AVAIL_ELEM_SIZE * (ai & self._mask), head)
+            ai = (ai + 1) & _M
+            _U16_PACK(abuf, self._aidx_off, ai)
+            self._avail_idx = ai
+            self._num_added += 1
+            self._in_flight += 1
+            return head
+        if total == 0:
+            raise ValueError("a buffer needs at least one segment")
+        # spec: drv:split/indirect#3, drv:split/framing#2
+        if total > self._n:
+            raise QueueError(f"chain of {total} descriptors is longer than queue size {self._n} (§2.7.5.3.1)")
+        # The descriptors are packed into a scratch buffer first: packing checks every segment's range (a 64-bit
+        # address, a 32-bit length) in C, and nothing reaches guest memory unless the whole buffer is valid. Indirect
+        # entries link to the next entry; direct descriptors follow the free list, and when their slots are
+        # consecutive (the usual case) the scratch is copied in one piece.
+        use_table = self.indirect and self._num_free > 0 and self.alloc is not None
+        free_next = self._free_next
+        head = last = i = self._free_head
+        scratch = bytearray(VIRTQ_DESC_SIZE * total)
+        o = 0
+        consecutive = True
+        out_len = in_len = 0
+        try:
+            if use_table and n_out == 1 and total == 2:  # one request, one response (a control command): one call
+                (addr, out_len), (addr2, in_len) = out[0], in_[0]
+                _TABLE2_PACK(scratch, 0, addr, out_len, _F_NEXT, 1, addr2, in_len, _F_WRITE_NEXT, 2)
+                o = 2 * VIRTQ_DESC_SIZE
+            elif use_table:
+                j = 0
+                for addr, ln in out:
+                    j += 1
+                    _DESC_PACK(scratch, o, addr, ln, _F_NEXT, j)
+                    out_len += ln
+                    o += VIRTQ_DESC_SIZE
+                for addr, ln in in_:
+                    j += 1
+                    _DESC_PACK(scratch, o, addr, ln, _F_WRITE_NEXT, j)
+                    in_len += ln
+                    o += VIRTQ_DESC_SIZE
+            else:
+                hb = VIRTQ_DESC_SIZE * head
+                for addr, ln in out:
+                    nxt = free_next[i]
+                    if VIRTQ_DESC_SIZE * i - hb != o:
+                        consecutive = False
+                    _DESC_PACK(scratch, o, addr, ln, _F_NEXT, nxt)
+                    out_len += ln
+                    o += VIRTQ_DESC_SIZE
+                    last = i
+                    i = nxt
+                for addr, ln in in_:
+                    nxt = free_next[i]
+                    if VIRTQ_DESC_SIZE * i - hb != o:
+                        consecutive = False
+                    _DESC_PACK(scratch, o, addr, ln, _F_WRITE_NEXT, nxt)
+                    in_len += ln
+                    o += VIRTQ_DESC_SIZE
+                    last = i
+                    i = nxt
+        except (struct.error, TypeError):
+            self._check_segments(out, in_)  # the ValueError naming the segment (else the packing error stands)
+            raise
+        # spec: drv:reserved-features#3
+        # (every address fits 64 bits and every length 32 bits: the packing above refused anything else)
         # spec: drv:split/desc#1
         if out_len + in_len > CHAIN_BYTES_MAX:
             raise ValueError(f"buffer of {out_len + in_len:#x} bytes is longer than 2^32 bytes (§2.7.5.2)")
+        # spec: drv:split/framing#1
+        # the last descriptor (or table entry) has no NEXT; a device-writable one keeps WRITE
+        _U16_PACK(scratch, o - 4, _F_WRITE if in_ else 0)
         table = _NO_TABLE
         # spec: drv:split/indirect#1
-        if self.indirect and total > 1 and self._num_free and self.alloc is not None:
+        if use_table:
+            alloc = self.alloc
+            assert alloc is not None
             try:
-                table = self.alloc.alloc(VIRTQ_DESC_SIZE * total, VIRTQ_DESC_ALIGN)
+                table = alloc.alloc(VIRTQ_DESC_SIZE * total, VIRTQ_DESC_ALIGN)
             except MemoryError:
                 table = _NO_TABLE
-        needed = 1 if table != _NO_TABLE else total
-        if self._num_free < needed:
-            raise QueueFull(f"{needed} descriptors needed, {self._num_free} free")
-        free_next = self._free_next
-        head = self._free_head
-        dbuf, doff = self._dbuf, self._doff
-        if table != _NO_TABLE:
-            tbuf, toff = self.mem.locate(table, VIRTQ_DESC_SIZE * total)  # the allocator's block: in guest RAM
-            last = total - 1
-            for j, (addr, ln) in enumerate((*out, *in_)):
-                # spec: drv:split/framing#1, drv:split/indirect#2
-                flags = (_F_WRITE if j >= n_out else 0) | (_F_NEXT if j < last else 0)
-                _DESC_PACK(tbuf, toff + VIRTQ_DESC_SIZE * j, addr, ln, flags, j + 1)
+            if table == _NO_TABLE:  # fall back to direct descriptors: the scratch follows the free list again
+                return self._add_direct(out, in_, token, in_len)
+            # spec: drv:split/framing#1, drv:split/indirect#2
+            # the allocator's block lies in guest RAM (its window is checked at construction)
+            t = alloc.window_off + table - alloc.base
+            alloc.window_buf[t : t + o] = scratch
             nxt = free_next[head]
             # spec: drv:split/indirect#4
-            _DESC_PACK(dbuf, doff + VIRTQ_DESC_SIZE * head, table, VIRTQ_DESC_SIZE * total, _F_INDIRECT, nxt)
+            _DESC_PACK(self._dbuf, self._doff + VIRTQ_DESC_SIZE * head, table, o, _F_INDIRECT, nxt)
             self._free_head = nxt
+            self._num_free -= 1
+            self._heads[head] = (token, 1, table, in_len, head)
         else:
-            # spec: drv:split/framing#1
-            i = head
-            j = 0
-            for addr, ln in out:
-                j += 1
-                nxt = free_next[i]
-                _DESC_PACK(dbuf, doff + VIRTQ_DESC_SIZE * i, addr, ln, _F_NEXT if j < total else 0, nxt)
-                i = nxt
-            for addr, ln in in_:
-                j += 1
-                nxt = free_next[i]
-                _DESC_PACK(dbuf, doff + VIRTQ_DESC_SIZE * i, addr, ln, _F_WRITE | _F_NEXT if j < total else _F_WRITE,
-                           nxt)
-                i = nxt
+            if self._num_free < total:
+                raise QueueFull(f"{total} descriptors needed, {self._num_free} free")
+            if consecutive:  # the slots follow each other: one copy
+                o = self._doff + VIRTQ_DESC_SIZE * head
+                self._dbuf[o : o + VIRTQ_DESC_SIZE * total] = scratch
+            else:
+                self._write_direct(scratch, head, total)
             self._free_head = i
-        self._num_free -= needed
-        self._heads[head] = (token, needed, table, in_len)
+            self._num_free -= total
+            self._heads[head] = (token, total, _NO_TABLE, in_len, last)
         # §2.7.13.2-3: ring entry first, then idx; idx only moves forward
         # spec: drv:split/avail-idx#1, drv:split/avail#1
         ai = self._avail_idx
@@ -262,30 +329,53 @@ class DriverQueue:
         self._in_flight += 1
         return head
 
-    def _add_one(self, seg: tuple[int, int], writable: bool, token: object) -> int:
-        """:meth:`add` of a buffer of one segment (no table, no NEXT): the same checks and the same ring bytes."""
-        addr, ln = seg
-        # spec: drv:reserved-features#3
-        if not (0 <= addr < _ADDR_LIMIT and 0 <= ln <= VIRTQ_DESC_LEN_MAX):
-            raise ValueError(f"segment ({addr:#x}, {ln:#x}) is not a 64-bit address and 32-bit length")
-        if self._num_free < 1:
-            raise QueueFull(f"1 descriptors needed, {self._num_free} free")
-        head = self._free_head
-        nxt = self._free_next[head]
-        _DESC_PACK(self._dbuf, self._doff + VIRTQ_DESC_SIZE * head, addr, ln, _F_WRITE if writable else 0, nxt)
-        self._free_head = nxt
-        self._num_free -= 1
-        self._heads[head] = (token, 1, _NO_TABLE, ln if writable else 0)
-        # spec: drv:split/avail-idx#1, drv:split/avail#1
+    def _write_direct(self, scratch: bytearray, head: int, total: int) -> None:
+        """Copy the packed descriptors of a direct chain to their slots along the free list, one by one."""
+        dbuf, doff = self._dbuf, self._doff
+        view = memoryview(scratch)
+        free_next = self._free_next
+        i = head
+        for j in range(0, VIRTQ_DESC_SIZE * total, VIRTQ_DESC_SIZE):
+            o = doff + VIRTQ_DESC_SIZE * i
+            dbuf[o : o + VIRTQ_DESC_SIZE] = view[j : j + VIRTQ_DESC_SIZE]
+            i = free_next[i]
+        view.release()
+
+    def _add_direct(self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]], token: object,
+                    in_len: int) -> int:
+        """:meth:`add` with direct descriptors when no indirect table could be allocated (segments checked)."""
+        total = len(out) + len(in_)
+        if self._num_free < total:
+            raise QueueFull(f"{total} descriptors needed, {self._num_free} free")
+        free_next = self._free_next
+        head = i = last = self._free_head
+        scratch = bytearray(VIRTQ_DESC_SIZE * total)
+        o = 0
+        for j, (addr, ln) in enumerate((*out, *in_)):
+            flags = _F_WRITE_NEXT if j >= len(out) else _F_NEXT
+            _DESC_PACK(scratch, o, addr, ln, flags if j < total - 1 else flags & ~_F_NEXT, free_next[i])
+            o += VIRTQ_DESC_SIZE
+            last = i
+            i = free_next[i]
+        self._write_direct(scratch, head, total)
+        self._free_head = i
+        self._num_free -= total
+        self._heads[head] = (token, total, _NO_TABLE, in_len, last)
         ai = self._avail_idx
-        abuf = self._abuf
-        _U16_PACK(abuf, self._aent_off + VIRTQ_AVAIL_ELEM_SIZE * (ai & self._mask), head)
+        _U16_PACK(self._abuf, self._aent_off + VIRTQ_AVAIL_ELEM_SIZE * (ai & self._mask), head)
         ai = (ai + 1) & _M
-        _U16_PACK(abuf, self._aidx_off, ai)
+        _U16_PACK(self._abuf, self._aidx_off, ai)
         self._avail_idx = ai
         self._num_added += 1
         self._in_flight += 1
         return head
+
+    @staticmethod
+    def _check_segments(out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]]) -> None:
+        """ValueError naming the first segment that is not a 64-bit address and a 32-bit length."""
+        for addr, ln in (*out, *in_):
+            if not (0 <= addr < _ADDR_LIMIT and 0 <= ln <= VIRTQ_DESC_LEN_MAX):
+                raise ValueError(f"segment ({addr:#x}, {ln:#x}) is not a 64-bit address and 32-bit length")
 
     def kick_prepare(self) -> bool:
         """Whether to notify the device about the buffers added since the last call (§2.7.10).
@@ -305,10 +395,11 @@ class DriverQueue:
             if added > _M:  # u16 arithmetic cannot tell; a spurious kick is allowed (§2.7.10)
                 return True
             # spec: drv:split/avail-event#5, drv:split/avail-event#6, drv:split/avail-event#7
-            event: int = self.mem.unpack_from(_U16, self._avail_event_addr)[0]
-            return vring_need_event(event, new, (new - added) & _M)
+            event: int = _U16_UNPACK(self._ubuf, self._aevt_off)[0]
+            # vring_need_event(event, new, old), inline: the batch wrote the entry at event
+            return ((new - event - 1) & _M) < added
         # spec: drv:split/avail-event#2, drv:split/avail-event#3, drv:split/avail-event#4
-        flags: int = self.mem.unpack_from(_U16, self._used_flags_addr)[0]
+        flags: int = _U16_UNPACK(self._ubuf, self._uflags_off)[0]
         return not flags & VIRTQ_USED_F_NO_NOTIFY
 
     # -- receiving used buffers (§2.7.14)
@@ -341,17 +432,18 @@ class DriverQueue:
         info = self._heads[head] if head < self._n else None
         if info is None:
             raise self._bad_ring(f"used id {head} is not a head in flight")
-        token, nd, table, in_len = info
+        token, nd, table, in_len, tail = info
         if ln > in_len:
             raise self._bad_ring(f"used len {ln} exceeds the {in_len} device-writable bytes of {head}")
-        if nd == 1 and table == _NO_TABLE:  # _detach of one direct descriptor
-            self._free_next[head] = self._free_head
-            self._free_head = head
-            self._num_free += 1
-            self._heads[head] = None
-            self._in_flight -= 1
-        else:
-            self._detach(head)
+        # _detach, inline: the chain goes back to the front of the free list in one step (its tail is known)
+        self._free_next[tail] = self._free_head
+        self._free_head = head
+        self._num_free += nd
+        self._heads[head] = None
+        if table != _NO_TABLE:
+            assert self.alloc is not None
+            self.alloc.free(table)
+        self._in_flight -= 1
         lu = (lu + 1) & _M
         self._last_used = lu
         if self.event_idx and self._cb_enabled:
@@ -369,12 +461,8 @@ class DriverQueue:
     def _detach(self, head: int) -> None:
         info = self._heads[head]
         assert info is not None
-        _, nd, table, _ = info
-        free_next = self._free_next
-        tail = head
-        for _ in range(nd - 1):
-            tail = free_next[tail]
-        free_next[tail] = self._free_head
+        _, nd, table, _, tail = info
+        self._free_next[tail] = self._free_head
         self._free_head = head
         self._num_free += nd
         self._heads[head] = None

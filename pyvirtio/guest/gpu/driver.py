@@ -433,12 +433,12 @@ class GpuDriver(GpuRequests):
             offset = y * obj.stride + x * GPU_BYTES_PER_PIXEL
         req = self.submit(GpuCmd.TRANSFER_TO_HOST_2D, protocol.TRANSFER_2D_BODY.pack(*rect, offset, obj.id, 0),
                           fence=fence)
-        return self._finish(req, wait)
+        return self.wait(req) if wait else req  # (_finish, inline)
 
     def resource_flush(self, obj: GpuObject, rect: Rect, *, fence: bool = True, wait: bool = False) -> GpuRequest:
         """RESOURCE_FLUSH (§5.7.6.8) of ``rect``: the scanouts showing ``obj`` update."""
         req = self.submit(GpuCmd.RESOURCE_FLUSH, protocol.FLUSH_BODY.pack(*rect, obj.id, 0), fence=fence)
-        return self._finish(req, wait)
+        return self.wait(req) if wait else req  # (_finish, inline)
 
     def write_pixels(self, obj: GpuObject, rgba: RGBA, x: int = 0, y: int = 0) -> None:
         """Write an RGBA image into ``obj``'s guest backing at (x, y), converted to its format."""

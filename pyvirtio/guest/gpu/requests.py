@@ -23,6 +23,11 @@ from pyvirtio.virtqueue.driver import QueueFull
 
 __all__ = ["GpuCommandError", "GpuRequest", "GpuRequests"]
 
+_HDR_PACK = protocol.HDR.pack
+_HDR_UNPACK = protocol.HDR.unpack_from
+_OK_NODATA = int(GpuResp.OK_NODATA)
+_ERR_UNSPEC = int(GpuResp.ERR_UNSPEC)
+
 
 class GpuCommandError(DriverError):
     """The device answered a command with an error response (Linux logs ``response 0x%x (command 0x%x)``)."""
@@ -111,13 +116,17 @@ class GpuRequests(VirtioDriver):
             self._next_fence += 1
         if ring_idx is not None:
             flags |= protocol.FLAG_INFO_RING_IDX
-        req_bytes = protocol.HDR.pack(cmd, flags, fence_id, ctx_id, ring_idx or 0) + body
+        req_bytes = _HDR_PACK(cmd, flags, fence_id, ctx_id, ring_idx or 0) + body
         if queue == GPU_CURSORQ:
             resp_len = 0
-        block = self.alloc.alloc(len(req_bytes) + resp_len, 8)
-        self.alloc.mem.write(block, req_bytes + bytes(resp_len))  # request, then a zeroed response buffer
-        resp_addr = block + len(req_bytes)
-        out = [(block, len(req_bytes))]
+        alloc = self.alloc
+        n = len(req_bytes)
+        block = alloc.alloc(n + resp_len, 8)
+        # request, then a zeroed response buffer (the block lies in the allocator's window: no lookup needed)
+        o = alloc.window_off + block - alloc.base
+        alloc.window_buf[o : o + n + resp_len] = req_bytes + bytes(resp_len) if resp_len else req_bytes
+        resp_addr = block + n
+        out = [(block, n)]
         extra_addr = None
         if extra:
             extra_addr = self.alloc.alloc_bytes(extra, 8)
@@ -125,7 +134,10 @@ class GpuRequests(VirtioDriver):
         req = GpuRequest(cmd, queue, block, resp_addr, resp_len, fence_id if fence else None, extra_addr, on_done)
         ins = [(resp_addr, resp_len)] if resp_len else []
         try:
-            self._add(queue, out, ins, req)
+            try:
+                self.add_buffer(queue, out, ins, req)  # virtqueue_add_sgs
+            except QueueFull:
+                self._add_when_full(queue, out, ins, req)
         except BaseException:
             self.alloc.free(block)
             if extra_addr is not None:
@@ -135,17 +147,19 @@ class GpuRequests(VirtioDriver):
         self.kick(queue)
         return req
 
-    def _add(self, queue: int, out: list[tuple[int, int]], ins: list[tuple[int, int]], req: GpuRequest) -> None:
-        """``virtqueue_add_sgs``; when the ring is full wait for the device to return buffers (Linux
-        ``virtio_gpu_queue_ctrl_sgs`` waits on ``ctrlq.ack_queue``)."""
+    def _add_when_full(self, queue: int, out: list[tuple[int, int]], ins: list[tuple[int, int]],
+                       req: GpuRequest) -> None:
+        """``virtqueue_add_sgs`` found the ring full: notify, wait for the device to return buffers and try again
+        until the buffer fits (Linux ``virtio_gpu_queue_ctrl_sgs`` waits on ``ctrlq.ack_queue``)."""
         while True:
+            self.kick(queue)
+            self.wait_for(lambda: self.vqs[queue].num_free >= len(out) + len(ins), self.TIMEOUT,
+                          f"queue {queue} stayed full")
             try:
                 self.add_buffer(queue, out, ins, req)
                 return
             except QueueFull:
-                self.kick(queue)
-                self.wait_for(lambda: self.vqs[queue].num_free >= len(out) + len(ins), self.TIMEOUT,
-                              f"queue {queue} stayed full")
+                pass
 
     def vq_callback(self, index: int) -> None:
         """Reclaim used buffers (Linux ``virtio_gpu_dequeue_ctrl_func`` / ``_cursor_func``)."""
@@ -157,19 +171,25 @@ class GpuRequests(VirtioDriver):
 
     def _complete(self, req: GpuRequest, length: int) -> None:
         """Read the response header, record errors and the fence, free the request's guest memory."""
-        mem = self.alloc.mem
+        alloc = self.alloc
         req.written = length
         if req.resp_len:
-            req.response = mem.read(req.resp_addr, min(length, req.resp_len))
+            n = length if length < req.resp_len else req.resp_len
+            o = req.resp_addr - alloc.base
+            if o >= 0 and o + n <= alloc.size:  # in the allocator's window (it always is): no lookup needed
+                o += alloc.window_off
+                req.response = alloc.window_buf[o : o + n]
+            else:
+                req.response = alloc.mem.read(req.resp_addr, n)
         if len(req.response) >= GPU_CTRL_HDR_SIZE:
-            h = protocol.CtrlHdr.unpack(req.response)
-            req.resp_type, req.resp_flags = h.type, h.flags
-            req.resp_fence_id, req.resp_ctx_id, req.resp_ring_idx = h.fence_id, h.ctx_id, h.ring_idx
-            if h.flags & protocol.FLAG_FENCE:
-                self.last_fence = max(self.last_fence, h.fence_id)
+            rtype, rflags, fence_id, ctx_id, ring_idx = _HDR_UNPACK(req.response)  # the CtrlHdr fields
+            req.resp_type, req.resp_flags = rtype, rflags
+            req.resp_fence_id, req.resp_ctx_id, req.resp_ring_idx = fence_id, ctx_id, ring_idx
+            if rflags & protocol.FLAG_FENCE and fence_id > self.last_fence:
+                self.last_fence = fence_id
         elif req.queue == GPU_CONTROLQ:
             req.resp_type = GpuResp.ERR_UNSPEC  # no response header at all
-        if not req.ok:
+        if not (req.queue == GPU_CURSORQ or _OK_NODATA <= req.resp_type < _ERR_UNSPEC):  # not req.ok
             self.errors.append((req.cmd, req.resp_type))
         self.alloc.free(req.block)
         if req.extra is not None:
@@ -201,8 +221,11 @@ class GpuRequests(VirtioDriver):
         """Run the machine until ``req`` is answered; raise :class:`GpuCommandError` on an error response
         (``check``), :class:`~pyvirtio.errors.DriverTimeout` when no answer comes in time and
         :class:`~pyvirtio.guest.driver.DeviceNeedsReset` as soon as the device needs a reset (virtio 1.4 §2.1.1)."""
-        self.wait_for(lambda: req.done, timeout or self.TIMEOUT, f"no response to {protocol.command_name(req.cmd)}")
-        if check and not req.ok:
+        # wait_for(lambda: req.done, ...) with one predicate call per event (and the failure named only on failure)
+        self.platform.run_until(lambda: req.done or self.needs_reset_seen, timeout or self.TIMEOUT)
+        if not req.done:
+            self._wait_failed(f"no response to {protocol.command_name(req.cmd)}")
+        if check and not (req.queue == GPU_CURSORQ or _OK_NODATA <= req.resp_type < _ERR_UNSPEC):  # not req.ok
             raise GpuCommandError(req.cmd, req.resp_type)
         return req
 

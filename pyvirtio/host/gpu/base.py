@@ -24,10 +24,14 @@ from pyvirtio.spec.constants import (
     GPU_MAX_MEM_ENTRIES,
     GPU_MEM_ENTRY_SIZE,
     GPU_MIN_SCANOUT_SIZE,
+    GpuCmd,
     GpuResp,
 )
 from pyvirtio.spec.gpu_wire import MEM_ENTRY, CtrlHdr
 from pyvirtio.virtqueue.chain import DescriptorChain
+
+#: ``protocol.body`` of every command, looked up per command (None entries left out)
+_BODY = {int(c): st for c in GpuCmd if (st := protocol.body(c)) is not None}
 
 
 class GpuError(Exception):
@@ -72,7 +76,7 @@ class GpuBase(VirtioDevice):
 
     def _body(self, p: Pending) -> tuple[Any, ...]:
         assert p.hdr is not None
-        st = protocol.body(p.hdr.type)
+        st = _BODY.get(p.hdr.type) or protocol.body(p.hdr.type)
         assert st is not None
         return st.unpack_from(p.raw, GPU_CTRL_HDR_SIZE)
 

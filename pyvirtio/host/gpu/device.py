@@ -99,6 +99,14 @@ HANDLERS: dict[int, Handler] = {
 }
 
 
+#: Command and response names (``protocol.command_name``) of every code the spec defines, looked up per command.
+_NAMES: dict[int, str] = {int(c): protocol.command_name(c) for c in (*GpuCmd, *GpuResp)}
+_TRANSFER_TO_HOST_2D = int(GpuCmd.TRANSFER_TO_HOST_2D)
+_SUBMIT_3D = int(GpuCmd.SUBMIT_3D)
+_HDR_UNPACK = protocol.HDR.unpack_from
+_HDR_PACK = protocol.HDR.pack
+
+
 def unknown_command(cmd: int) -> GpuError:
     """The answer to a command the device does not implement (§5.7.6.7: ERR_UNSPEC)."""
     if cmd in (GpuCmd.UPDATE_CURSOR, GpuCmd.MOVE_CURSOR):
@@ -375,19 +383,21 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
             self._process_cursorq()
 
     def _prepare(self, chain: DescriptorChain) -> Pending:
-        raw = chain.read(self.ctx.memory, min(chain.readable_len, _MAX_REQUEST))
-        hdr = CtrlHdr.unpack(raw) if len(raw) >= GPU_CTRL_HDR_SIZE else None
+        segs = chain.readable
+        n = segs[0][1] if len(segs) == 1 else chain.readable_len
+        raw = chain.read((self._ctx or self.ctx).memory, n if n < _MAX_REQUEST else _MAX_REQUEST)
+        hdr = CtrlHdr(*_HDR_UNPACK(raw)) if len(raw) >= GPU_CTRL_HDR_SIZE else None
         cost = self.command_latency
-        if hdr is not None:
+        if hdr is not None and (hdr.type == _TRANSFER_TO_HOST_2D or hdr.type == _SUBMIT_3D):
             cost += (self._payload_bytes(hdr.type, raw) * US) // self.bytes_per_us
         return Pending(chain, raw, hdr, cost)
 
     def _payload_bytes(self, cmd: int, raw: bytes) -> int:
         """Bytes a command moves (for its virtual-time cost): transfers and 3D submits."""
-        if cmd == GpuCmd.TRANSFER_TO_HOST_2D and len(raw) >= protocol.REQUEST_SIZE[cmd]:
+        if cmd == _TRANSFER_TO_HOST_2D and len(raw) >= protocol.REQUEST_SIZE[cmd]:
             _, _, w, h, *_ = protocol.TRANSFER_2D_BODY.unpack_from(raw, GPU_CTRL_HDR_SIZE)
             return int(min(w, GPU_MAX_DIMENSION) * min(h, GPU_MAX_DIMENSION) * GPU_BYTES_PER_PIXEL)
-        if cmd == GpuCmd.SUBMIT_3D and len(raw) >= protocol.REQUEST_SIZE[cmd]:
+        if cmd == _SUBMIT_3D and len(raw) >= protocol.REQUEST_SIZE[cmd]:
             return int(min(protocol.SUBMIT_BODY.unpack_from(raw, GPU_CTRL_HDR_SIZE)[0], GPU_MAX_SUBMIT_SIZE))
         return 0
 
@@ -403,7 +413,8 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
         # A command's effect and its response both happen here, when its processing time is over: a fenced
         # request is answered only once it has completed.
         self._busy = False
-        if self.request_stuck():
+        faults = self.faults
+        if faults.backend_hangs or (faults.quiesce_never_completes and self.suspending):  # request_stuck(), inline
             self._busy = True  # the command hangs in the backend for ever
             return
         if self.disabled or not self._cmdq:
@@ -418,14 +429,16 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
             self.violation("§5.7.6.7 request shorter than struct virtio_gpu_ctrl_hdr", length=len(p.raw))
             return GpuResp.ERR_INVALID_PARAMETER, b""
         cmd = p.hdr.type
-        name = protocol.command_name(cmd)
+        name = _NAMES.get(cmd) or protocol.command_name(cmd)
         self.commands[name] += 1
         try:
             reply = self._dispatch(p)
         except GpuError as e:
             self.violation(e.rule, cmd=name, resp=protocol.command_name(e.code), **e.detail)
             reply = (e.code, b"")
-        self.trace(Kind.DEVICE, event="gpu_cmd", cmd=name, resp=protocol.command_name(reply[0]))
+        resp = reply[0]
+        (self._ctx or self.ctx).trace.record(Kind.DEVICE, self.name, event="gpu_cmd", cmd=name,
+                                             resp=_NAMES.get(resp) or protocol.command_name(resp))
         return reply
 
     def _dispatch(self, p: Pending) -> Reply:
@@ -460,13 +473,15 @@ class Gpu(Commands2D, Commands3D, CursorQueue):
             if hdr.flags & protocol.FLAG_INFO_RING_IDX and self.negotiated(GpuFeature.CONTEXT_INIT):
                 flags |= protocol.FLAG_INFO_RING_IDX
                 ring_idx = hdr.ring_idx
-        data = protocol.HDR.pack(resp, flags, fence_id, ctx_id, ring_idx) + payload
+        data = _HDR_PACK(resp, flags, fence_id, ctx_id, ring_idx)
+        if payload:
+            data += payload
         chain = p.chain
         if not chain.writable:
             self.violation("§5.7.2 control request without a device-writable response buffer")
             written = 0
         else:
-            written = chain.write(self.ctx.memory, data)
+            written = chain.write((self._ctx or self.ctx).memory, data)
             if written < len(data):
                 self.violation("§5.7.6.7 response buffer too small", size=chain.writable_len, needed=len(data))
         self.complete(GPU_CONTROLQ, chain, written)  # spec: dev:split/used#2 (response written, then used.idx)

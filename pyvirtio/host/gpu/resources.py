@@ -92,7 +92,10 @@ class Resource:
     @property
     def backing_size(self) -> int:
         """Total bytes of the attached mem entries (0 without backing)."""
-        return sum(e.length for e in self.backing) if self.backing else 0
+        b = self.backing
+        if not b:
+            return 0
+        return b[0].length if len(b) == 1 else sum(e.length for e in b)
 
     def attach(self, entries: list[MemEntry]) -> None:
         """RESOURCE_ATTACH_BACKING: remember the mem entries (already validated against guest RAM)."""
@@ -145,7 +148,13 @@ def rows_view(flat: Bytes, rows: int, row_bytes: int, stride: int) -> npt.NDArra
         return np.zeros((rows, row_bytes), dtype=np.uint8)
     if stride == row_bytes:
         return flat[: rows * row_bytes].reshape(rows, row_bytes)
-    return np.lib.stride_tricks.as_strided(flat, shape=(rows, row_bytes), strides=(stride, 1), writeable=False)
+    if not flat.flags.c_contiguous:
+        return np.lib.stride_tricks.as_strided(flat, shape=(rows, row_bytes), strides=(stride, 1), writeable=False)
+    # the same read-only strided view, built directly over the buffer (as_strided costs microseconds per call);
+    # numpy checks that the last row ends inside ``flat``
+    view: npt.NDArray[Any] = np.ndarray((rows, row_bytes), np.uint8, flat, 0, (stride, 1))
+    view.flags.writeable = False
+    return view
 
 
 @dataclass

@@ -92,6 +92,12 @@ from pyvirtio.trace import Kind, Trace
 
 MODERN_BAR_SIZE = 0x4000
 
+# register bits as plain ints for the per-access paths (IntFlag arithmetic runs in Python)
+_CMD_MEMORY = int(PciCommand.MEMORY)
+_PM_STATE_MASK = int(Pmcsr.STATE_MASK)
+_ST_SUSPEND = int(Status.SUSPEND)
+_ST_DRIVER_OK = int(Status.DRIVER_OK)
+
 #: The PCI class code of each virtio device type (QEMU's virtio-*-pci wrappers); others are OTHERS.
 PCI_CLASS: dict[DeviceId, PciClass] = {DeviceId.GPU: PciClass.DISPLAY_OTHER}
 
@@ -338,7 +344,9 @@ class VirtioPciFunction:
     def notify_queue(self, index: int) -> None:
         """Used-buffer notification for queue ``index``: its MSI-X vector, or ISR bit 0 and INTx."""
         # spec: dev:pci/isr#3 (ISR bit 0 only without MSI-X, set in _signal before INTx)
-        self._signal(VIRTIO_PCI_ISR_QUEUE, self.common.queue_vector(index), f"queue{index}")
+        vectors = self.common.queue_vectors  # (common.queue_vector(index), inline)
+        self._signal(VIRTIO_PCI_ISR_QUEUE, vectors[index] if index < len(vectors) else VIRTIO_MSI_NO_VECTOR,
+                     _QUEUE_WHY[index] if index < len(_QUEUE_WHY) else f"queue{index}")
 
     def notify_config(self) -> None:
         """Configuration-change notification: ISR bit 1 first, whatever the interrupt mechanism; then the config
@@ -347,7 +355,8 @@ class VirtioPciFunction:
         self._signal(VIRTIO_PCI_ISR_QUEUE | VIRTIO_PCI_ISR_CONFIG, self.common.config_vector, "config")
 
     def _signal(self, isr_bits: int, vector: int, why: str) -> None:
-        if self.msix.enabled:
+        o = self.msix.cap + PCI_MSIX_FLAGS
+        if int.from_bytes(self.cfg.data[o : o + 2], "little") & PCI_MSIX_FLAGS_ENABLE:  # (msix.enabled, inline)
             if vector == VIRTIO_MSI_NO_VECTOR:
                 # spec: dev:pci/used-notify#1, dev:pci/config-notify#1
                 self.trace.record(Kind.INTERRUPT, self.name, why=why, dropped="NO_VECTOR")
@@ -493,7 +502,13 @@ class VirtioPciFunction:
     # -- guest accessors: BARs --------------------------------------------------------------------------------
 
     def _bars_mapped(self) -> bool:
-        return self.power_state is PowerState.D0 and bool(self.command & PciCommand.MEMORY)
+        """Memory decoding on and the function in D0 (PowerState 0); read from the registers as plain ints."""
+        data = self.cfg.data
+        if self.pm_cap:
+            o = self.pm_cap + PCI_PM_CTRL
+            if int.from_bytes(data[o : o + 2], "little") & _PM_STATE_MASK != PowerState.D0:
+                return False
+        return int.from_bytes(data[PCI_COMMAND : PCI_COMMAND + 2], "little") & _CMD_MEMORY != 0
 
     def bar_read(self, bar: int, offset: int, size: int) -> int:
         """A guest read of a BAR: all-ones outside a BAR or while memory decoding is off or not in D0."""
@@ -518,7 +533,8 @@ class VirtioPciFunction:
             self.trace.record(Kind.BAR_WRITE, self.name, bar=bar, offset=offset, size=size, value=value,
                               unmapped=True)
             return
-        self.trace.record(Kind.BAR_WRITE, self.name, bar=bar, offset=offset, size=size, value=value)
+        if self.trace.register_accesses:  # (record() drops register accesses otherwise: skip building them)
+            self.trace.record(Kind.BAR_WRITE, self.name, bar=bar, offset=offset, size=size, value=value)
         self._bar_write(bar, offset, size, value)
 
     def _bar_read(self, bar: int, offset: int, size: int) -> int:
@@ -570,12 +586,16 @@ class VirtioPciFunction:
             return
         if value != queue:
             self.device.violation("§4.1.5.2 notification data must be the queue index", queue=queue, value=value)
-        if self.device.status & Status.SUSPEND:
+        status = int(self.device.status)
+        if status & _ST_SUSPEND:
             self.device.violation("Device Suspend: driver MUST NOT send notifications while suspended",
                                   queue=queue)
-        elif not self.device.status & Status.DRIVER_OK:
+        elif not status & _ST_DRIVER_OK:
             self.device.violation("§3.1.1 driver MUST NOT notify before DRIVER_OK", queue=queue)
         self.device.kick(queue)
+
+
+_QUEUE_WHY = tuple(f"queue{i}" for i in range(64))  # notify_queue's reasons, formatted once
 
 
 def _covers(offset: int, size: int, target: int) -> bool:

@@ -118,11 +118,14 @@ class Msix:
 
     def send(self, vector: int, why: str) -> None:
         """Signal ``vector`` (a valid table index): delivered now, or left pending while masked or held."""
-        if self.masked(vector) or not self.may_send():
+        # masked(vector) and entry(vector), read once
+        lo, hi, data, ctrl = _ENTRY.unpack_from(self.table, vector * PCI_MSIX_ENTRY_SIZE)
+        o = self.cap + PCI_MSIX_FLAGS
+        if (int.from_bytes(self.cfg.data[o : o + 2], "little") & PCI_MSIX_FLAGS_MASKALL  # (Mask All: flags)
+                or ctrl & PCI_MSIX_ENTRY_CTRL_MASKBIT or not self.may_send()):
             self.pending[vector] = True
             self.trace.record(Kind.INTERRUPT, self.name, vector=vector, why=why, pending=True)
             return
-        lo, hi, data, _ = self.entry(vector)
         self.trace.record(Kind.INTERRUPT, self.name, vector=vector, why=why)
         self.sink.msi(self.name, (hi << 32) | lo, data, vector)
 
