@@ -62,7 +62,7 @@ def model_run(devices: Sequence[DeviceSpec], *, seed: int = 0, sleep: bool = Fal
         dev, _ = spec.build(seed)
         fns[spec.kind] = machine.plug(dev, pcie_port=spec.pcie_port, no_soft_reset=spec.no_soft_reset)
     guest = Guest(machine, LINUX_612)
-    t = machine.trace.events
+    t = machine.trace  # len() brings the recorded events into the list (Trace records lazily)
     cuts: dict[str, tuple[int, int]] = {}
     start = len(t)
     for spec in devices:
@@ -83,7 +83,7 @@ def model_run(devices: Sequence[DeviceSpec], *, seed: int = 0, sleep: bool = Fal
         r0 = len(t)
         guest.resume()
         cuts["resume"] = (r0, len(t))
-    return PhasedTrace(t, {k: v for k, v in fns.items() if k in ("rng", "gpu")}, cuts)
+    return PhasedTrace(t.events, {k: v for k, v in fns.items() if k in ("rng", "gpu")}, cuts)
 
 
 def real_phases(r: RunResult) -> PhasedTrace:
