@@ -13,16 +13,21 @@ from pyvirtio.vm.errors import ProvisionError
 from pyvirtio.vm.stacks import PROVISIONABLE_NAMES, STACK_NAMES, UML_LINUX612, get_uml_stack
 from pyvirtio.vm.uml_kernel import (
     BUILD_FIXES,
+    PATCH_DIR,
+    PROPOSAL_VARIANTS,
     STOCK,
     UML_CONFIG,
     UML_LAYOUT,
     BuildLog,
     KernelVariant,
     _assets,
+    _build_in_tree,
     check_config,
     config_digest,
     kernel_key,
+    patched_files,
     read_config,
+    tree_key,
 )
 
 
@@ -104,3 +109,73 @@ def test_a_failed_step_is_one_line_and_keeps_the_log(tmp_path: Path) -> None:
     assert kept.parent == tmp_path / "logs" and "flex: not found" in kept.read_text()
     with pytest.raises(ProvisionError, match=r"step 'unpack'.*not found"):
         BuildLog(tmp_path / "c" / "build.log", "uml-linux6.12", tmp_path / "logs").run("unpack", ["/nonexistent/x"])
+
+
+def test_patched_files_are_read_from_the_diff_headers_and_stay_inside_the_tree(tmp_path: Path) -> None:
+    p = tmp_path / "a.patch"
+    p.write_text("A description.\n--- a/drivers/virtio/virtio.c\t2025-01-01\n+++ b/drivers/virtio/virtio.c\n@@\n"
+                 "--- /dev/null\n+++ b/drivers/virtio/new.c\n@@\n--- a/old.c\n+++ /dev/null\n@@\n")
+    assert patched_files(p) == (["drivers/virtio/virtio.c", "drivers/virtio/new.c"], ["old.c"])
+    for bad in ("--- a/../etc/passwd\n+++ b/../etc/passwd\n", "--- /etc/x\n+++ /etc/x\n", "no diff here\n"):
+        p.write_text(bad)
+        with pytest.raises(ProvisionError, match=r"kernel patch a\.patch"):
+            patched_files(p)
+
+
+def _fake_tree(tmp_path: Path) -> Path:
+    """A kept tree whose "kernel build" copies the two source files into the binary (make, no compiler)."""
+    tree = tmp_path / "tree"
+    src = tree / "src"
+    src.mkdir(parents=True)
+    (tree / "out").mkdir()
+    (src / "Makefile").write_text("linux:\n\tcat $(CURDIR)/a.c $(CURDIR)/b.c > $(O)/linux\n")
+    (src / "a.c").write_text("stock a\n")
+    (src / "b.c").write_text("stock b\n")
+    (tree / "stamp.json").write_text('{"kind": "tree"}')
+    return tree
+
+
+def test_a_variant_is_built_in_the_kept_tree_and_the_tree_is_put_back(tmp_path: Path) -> None:
+    tree = _fake_tree(tmp_path)
+    src = tree / "src"
+    patch = tmp_path / "v.patch"
+    patch.write_text("--- a/a.c\n+++ b/a.c\n@@ -1 +1 @@\n-stock a\n+patched a\n"
+                     "--- /dev/null\n+++ b/c.c\n@@ -0,0 +1 @@\n+new c\n")
+    before = (src / "a.c").stat().st_mtime_ns
+    blog = BuildLog(tmp_path / "log" / "build.log", "uml-linux6.12", tmp_path / "logs")
+    binary = _build_in_tree(tree, KernelVariant("v", (patch,)), UML_LINUX612, blog, lambda _m: None)
+    assert binary.read_text() == "patched a\nstock b\n"
+    assert (src / "a.c").read_text() == "stock a\n" and not (src / "c.c").exists()
+    assert (src / "a.c").stat().st_mtime_ns > before  # make rebuilds what the variant changed
+    assert not (tree / "applied.json").exists() and not (tree / "backup").exists()
+    stock = _build_in_tree(tree, STOCK, UML_LINUX612, blog, lambda _m: None)
+    assert stock.read_text() == "stock a\nstock b\n"
+
+
+def test_a_failed_or_interrupted_variant_build_leaves_the_stock_tree(tmp_path: Path) -> None:
+    tree = _fake_tree(tmp_path)
+    src = tree / "src"
+    bad = tmp_path / "bad.patch"  # the first file patches, the second hunk does not apply
+    bad.write_text("--- a/a.c\n+++ b/a.c\n@@ -1 +1 @@\n-stock a\n+patched a\n"
+                   "--- a/b.c\n+++ b/b.c\n@@ -1 +1 @@\n-not there\n+x\n")
+    blog = BuildLog(tmp_path / "log" / "build.log", "uml-linux6.12", tmp_path / "logs")
+    with pytest.raises(ProvisionError, match=r"failed at step 'patch bad\.patch'"):
+        _build_in_tree(tree, KernelVariant("bad", (bad,)), UML_LINUX612, blog, lambda _m: None)
+    assert (src / "a.c").read_text() == "stock a\n" and not (tree / "applied.json").exists()
+    assert sorted(f.name for f in src.iterdir()) == ["Makefile", "a.c", "b.c"]  # no .rej or .orig left
+    # a build killed with its patch applied: the record of what it touched puts the tree back next time
+    (tree / "backup").mkdir()
+    (tree / "backup" / "b.c").write_text("stock b\n")
+    (src / "b.c").write_text("half-patched\n")
+    (src / "d.c").write_text("created\n")
+    (tree / "applied.json").write_text(json.dumps({"variant": "x", "saved": ["b.c"], "created": ["d.c"]}))
+    assert _build_in_tree(tree, STOCK, UML_LINUX612, blog, lambda _m: None).read_text() == "stock a\nstock b\n"
+    assert not (src / "d.c").exists()
+
+
+def test_the_proposal_kernels_are_variants_of_the_patch_folder() -> None:
+    assert set(PROPOSAL_VARIANTS) == {"suspend", "freeze-mode", "freezing"}
+    for v in PROPOSAL_VARIANTS.values():
+        assert all(p.parent == PATCH_DIR and p.suffix == ".patch" for p in v.patches)
+    assert (PATCH_DIR / "virtio-gpu-s4-replay.patch").is_file()
+    assert tree_key("6.12.117-1~deb12u1") != tree_key("6.12.118-1~deb12u1")
