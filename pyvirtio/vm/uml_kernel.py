@@ -130,7 +130,10 @@ PATCH_DIR = Path(__file__).resolve().parents[2] / "guest" / "linux"
 #: the 2023 virtio-gpu FREEZING command (virtio-gpu).
 PROPOSAL_VARIANTS: dict[str, KernelVariant] = {
     "suspend": KernelVariant("suspend", (PATCH_DIR / "virtio-suspend.patch",)),
-    "freeze-mode": KernelVariant("freeze-mode", (PATCH_DIR / "virtio-pci-freeze-mode.patch",)),
+    # the freeze-mode profile's gpu needs .freeze/.restore (6.12 has none): the FREEZING patch's, with bit 5 not
+    # offered by the device, are plain hooks
+    "freeze-mode": KernelVariant("freeze-mode", (PATCH_DIR / "virtio-gpu-freezing.patch",
+                                                 PATCH_DIR / "virtio-pci-freeze-mode.patch")),
     "freezing": KernelVariant("freezing", (PATCH_DIR / "virtio-gpu-freezing.patch",)),
 }
 
