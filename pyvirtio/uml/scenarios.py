@@ -170,7 +170,10 @@ class Scenario:
     """One scenario (see the module contract). ``profile``: the pm profile (None: stock Linux 6.12);
     ``model_gpu_driver``: the gpu driver kind the model runs when it is not the plan's (a patch that gives the
     real driver other hooks than the profile's model driver has); ``on_line``: extra console-line hooks (a
-    device event while the guest sleeps, say).
+    device event while the guest sleeps, say; the scratch state's ``frames`` is the run's :data:`Frames`, where a
+    hook may store scanouts of its own); ``resume_until``: the guest mark where the register-level comparison's
+    resume phase ends (later than ``resumed`` when the kernel finishes its resume in a work item, as a deferred
+    configuration change's handling).
 
     ``while_asleep`` runs ``asleep_after`` ns of virtual time after every function behind a PCIe port reached
     D3hot (in UML: seen before the kernel's next access; in the model: after the guest's suspend, before its
@@ -189,6 +192,7 @@ class Scenario:
     on_line: tuple[LineHook, ...] = ()
     while_asleep: HostEvent | None = None
     asleep_after: int = 500 * MS
+    resume_until: str = "resumed"
 
     def __post_init__(self) -> None:
         if self.profile is not None:
@@ -610,14 +614,14 @@ def run_scenario(assets: UmlAssets, scenario: Scenario | str, directory: Path, *
             engines.append(FaultEngine(plan, dev, lambda what, detail: log(f"fault {what}: {detail}")))
     for e in engines:
         e.arm()
-    state: dict[str, object] = {}
+    frames: Frames = {}
+    state: dict[str, object] = {"frames": frames}  # a hook may capture frames of its own under other names
 
     def setup(machine: UmlMachine, bridge: Bridge) -> None:
         state["machine"] = machine
         if sc.while_asleep is not None:
             bridge.before_kick.append(lambda: _asleep_check(sc, machine, state))
 
-    frames: Frames = {}
 
     def on_line(line: str) -> None:
         machine = state.get("machine")
