@@ -110,7 +110,8 @@ def profile_plan(profile: str) -> BuildPlan:
 class DeviceSpec:
     """A device of a scenario: kind (``rng``, ``gpu``, ``testdev``), how it is plugged (PCIe port, No_Soft_Reset,
     the 2023 freeze_mode field behind feature bit ``freeze_mode_bit``, None: no field), how it is built (the gpu's
-    2023 FREEZING offer), its faults. :meth:`from_plan` takes the plug and build options from a profile's plan."""
+    2023 FREEZING offer, the VIRTIO_F_SUSPEND offer), its faults. :meth:`from_plan` takes the plug and build
+    options from a profile's plan."""
 
     kind: str
     pcie_port: bool = False
@@ -118,6 +119,7 @@ class DeviceSpec:
     faults: tuple[str, ...] = ()
     freeze_mode_bit: int | None = None
     offer_freezing: bool = False
+    offer_suspend: bool = True  # pyvirtio's devices offer VIRTIO_F_SUSPEND unless told not to
 
     @classmethod
     def from_plan(cls, kind: str, plan: BuildPlan, *, faults: tuple[str, ...] = (),
@@ -142,11 +144,11 @@ class DeviceSpec:
         plan = parse_fault(self.faults, allowed)
         dev: VirtioDevice
         if self.kind == "rng":
-            dev = Rng("rng", seed=seed)
+            dev = Rng("rng", seed=seed, offer_suspend=self.offer_suspend)
         elif self.kind == "gpu":
             cmd = GpuCmd[plan.error_command] if plan.error_command else None
             dev = FaultyGpu("gpu", fail_command=int(cmd) if cmd is not None else None,
-                            offer_freezing=self.offer_freezing)
+                            offer_freezing=self.offer_freezing, offer_suspend=self.offer_suspend)
         elif self.kind == "testdev":
             dev = TestDevice("testdev")
         else:

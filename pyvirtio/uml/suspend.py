@@ -11,7 +11,8 @@ profile's plan (behind a PCIe port with No_Soft_Reset; pyvirtio's devices offer 
 * ``s3-suspend-timeout`` — the rng never finishes quiescing: the patch's time-out, its freeze fallback, the
   restore on resume;
 * ``s3-suspend-needs-reset`` — the rng answers SUSPEND with DEVICE_NEEDS_RESET: the same fallback at once;
-* ``s3-resume-needs-reset`` — the rng answers the resume with DEVICE_NEEDS_RESET: freeze and restore on resume.
+* ``s3-resume-needs-reset`` — the rng answers the resume with DEVICE_NEEDS_RESET: freeze and restore on resume;
+* ``s3-suspend-unoffered`` — neither device offers VIRTIO_F_SUSPEND: the patched kernel never writes SUSPEND.
 
 Each check names what the real kernel did, read from the run: the status bytes the device presented and the
 driver wrote, the kernel's ``virtio-suspend:`` lines, the requests completed while the device quiesced, the
@@ -23,7 +24,7 @@ ran again.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -31,7 +32,18 @@ from pyvirtio.host.device import VirtioDevice
 from pyvirtio.host.gpu.device import Gpu
 from pyvirtio.host.lifecycle import DeviceLifecycle
 from pyvirtio.host.pci.function import VirtioPciFunction
-from pyvirtio.spec.constants import QEMU_COMMON_OFFSET, QEMU_DEVICE_OFFSET, QEMU_MODERN_BAR, VIRTQ_RING_IDX, CommonCfg
+from pyvirtio.spec.constants import (
+    QEMU_COMMON_OFFSET,
+    QEMU_DEVICE_OFFSET,
+    QEMU_ISR_OFFSET,
+    QEMU_MODERN_BAR,
+    QEMU_NOTIFY_OFFSET,
+    QEMU_REGION_SIZE,
+    VIRTQ_RING_IDX,
+    CommonCfg,
+    Feature,
+    Status,
+)
 from pyvirtio.trace import Kind, TraceEvent
 from pyvirtio.uml.platform import UmlMachine
 from pyvirtio.uml.report import violations
@@ -269,6 +281,148 @@ def _in_flight(st: SuspendTrace) -> Check:
                  f"used index {used0} -> {used1} at SUSPEND=1 -> {end} after resume, available {avail}")
 
 
+# -- the driver-side SUSPEND statements, read from the real kernel's accesses ---------------------------------
+
+_BAR_ACCESS = (Kind.BAR_READ, Kind.BAR_WRITE)
+_S, _OK, _NR = int(Status.SUSPEND), int(Status.DRIVER_OK), int(Status.DEVICE_NEEDS_RESET)
+#: The driver-side statements of virtio 1.4 §3.4.1 (Device Suspend), in order.
+DRIVER_STATEMENTS = ("drv:suspend#1", "drv:suspend#2", "drv:suspend#3", "drv:suspend#4", "drv:suspend#5",
+                     "drv:suspend#6")
+
+
+@dataclass(frozen=True)
+class RoundTrip:
+    """One SUSPEND by the driver, from the machine trace: the index of its SUSPEND write, the status presented
+    before it, the driver's feature word 1 when it was written, the index where the suspended window ends (the
+    device running again after a DRIVER_OK write, or reset), the index of the resume's DRIVER_OK write (None:
+    the suspend fell back to a reset)."""
+
+    device: str
+    write: int
+    before: int
+    features_hi: int | None
+    end: int
+    resume_write: int | None
+
+
+def round_trips(r: RunResult, dev: str) -> list[RoundTrip]:
+    """Every SUSPEND ``dev``'s driver wrote in ``r``."""
+    ev = r.trace
+    out: list[RoundTrip] = []
+    presented, select, hi = 0, 0, None
+    i = 0
+    while i < len(ev):
+        e = ev[i]
+        if e.src == dev and e.kind is Kind.STATUS:
+            presented = int(e.detail["status"])
+        elif e.src == dev and e.kind is Kind.BAR_WRITE and e.detail.get("bar") == QEMU_MODERN_BAR:
+            off, val = e.detail.get("offset"), int(e.detail.get("value", 0))
+            if off == QEMU_COMMON_OFFSET + CommonCfg.DRIVER_FEATURE_SELECT:
+                select = val
+            elif off == QEMU_COMMON_OFFSET + CommonCfg.DRIVER_FEATURE and select == 1:
+                hi = val
+            elif off == _STATUS_OFFSET and val & _S and not presented & _S:
+                end, resume = len(ev), None
+                for j in range(i + 1, len(ev)):
+                    f = ev[j]
+                    if f.src != dev:
+                        continue
+                    if _is_status(f, dev, Kind.BAR_WRITE) and resume is None and int(f.detail["value"]) & _OK:
+                        resume = j
+                    if f.kind is Kind.STATUS and (int(f.detail["status"]) == 0 or (
+                            resume is not None and int(f.detail["status"]) & (_S | _OK) == _OK)):
+                        end = j
+                        break
+                out.append(RoundTrip(dev, i, presented, hi, end, resume))
+        i += 1
+    return out
+
+
+def _status_reads_after(r: RunResult, dev: str, start: int, end: int) -> tuple[list[int], TraceEvent | None, int]:
+    """The status bytes ``dev``'s driver read after the access at ``start`` before its first other virtio
+    register access (that access, or None), and how long the reads went on (ns)."""
+    vals: list[int] = []
+    last_t = r.trace[start].t
+    for e in r.trace[start + 1:end + 1]:
+        if e.src != dev or e.kind not in _BAR_ACCESS:
+            continue
+        if _is_status(e, dev, Kind.BAR_READ):
+            vals.append(int(e.detail.get("value", 0)))
+            last_t = e.t
+            continue
+        return vals, e, last_t - r.trace[start].t
+    return vals, None, last_t - r.trace[start].t
+
+
+def statement_checks(r: RunResult, dev: str) -> dict[str, Check]:
+    """For every driver-side SUSPEND statement, whether ``dev``'s real driver kept it in ``r``, read from the
+    accesses (and the watcher's available indexes): one :class:`Check` per statement id of
+    :data:`DRIVER_STATEMENTS`, over every SUSPEND the driver wrote (a run without one checks nothing and says so).
+    The driver monitor's verdicts on the same rules are part of each check."""
+    trips = round_trips(r, dev)
+    mon = [v.rule for v in r.driver_violations.get(dev, [])]
+    st = suspend_trace(r, dev)
+    out: dict[str, Check] = {}
+
+    def check(sid: str, what: str, bad: list[str], seen: str) -> None:
+        rules = [m.name for m in mon if sid in m.value.ids]
+        out[sid] = Check(f"{sid} ({dev}, {len(trips)} SUSPEND(s)): {what}", bool(trips) and not bad and not rules,
+                         "; ".join(bad + [f"monitor: {x}" for x in rules]) or seen)
+
+    bad1 = [f"SUSPEND written over {t.before:#04x}" for t in trips if t.before & (_OK | _S | _NR) != _OK]
+    bad1 += [f"SUSPEND written with driver_feature[1] {t.features_hi}" for t in trips
+             if t.features_hi is None or not t.features_hi & (1 << (Feature.SUSPEND - 32))]
+    check("drv:suspend#1", "SUSPEND only after DRIVER_OK and with VIRTIO_F_SUSPEND accepted", bad1,
+          ", ".join(f"over {t.before:#04x} with driver_feature[1] {t.features_hi:#x}" for t in trips
+                    if t.features_hi is not None))
+    bad2, seen2 = [], []
+    for t in trips:
+        vals, nxt, ns = _status_reads_after(r, dev, t.write, t.end)
+        ok = any(v & (_S | _OK) == _S for v in vals)
+        gave_up = bool(vals) and (vals[-1] & _NR or ns >= PATCH_TIMEOUT)
+        if not (ok or gave_up) or (ok and vals[-1] & (_S | _OK) != _S):
+            bad2.append(f"reads {_hex(vals)} then {nxt}")
+        seen2.append(f"{len(vals)} read(s) ending {vals[-1]:#04x}" if vals else "no read")
+    check("drv:suspend#2", "after SUSPEND the driver read the status until SUSPEND=1, DRIVER_OK=0 (or gave up after "
+          "its time-out / DEVICE_NEEDS_RESET) before any other access", bad2, "; ".join(seen2))
+    a_s, a_r = st.seen(_SUSPENDING, "avail"), st.seen(_RESUMING, "avail")
+    bad3 = [] if a_s is None or a_r is None or a_s == a_r else [f"available index {a_s} -> {a_r}"]
+    check("drv:suspend#3", "no buffer made available while suspended (every queue's available index at the "
+          "SUSPEND write equals that at the resume's DRIVER_OK write)", bad3,
+          f"{a_s} -> {a_r}" if a_r is not None else f"{a_s}, no resume (fell back to a reset)")
+    notif = QEMU_NOTIFY_OFFSET
+    bad4, bad5 = [], []
+    for t in trips:
+        for e in r.trace[t.write + 1:t.end]:
+            if e.src != dev or e.kind is not Kind.BAR_WRITE or e.detail.get("bar") != QEMU_MODERN_BAR:
+                continue
+            off = int(e.detail.get("offset", 0))
+            if notif <= off < notif + QEMU_REGION_SIZE:
+                bad4.append(f"notify at t={e.t}")
+            elif off != _STATUS_OFFSET and (off < QEMU_ISR_OFFSET or QEMU_DEVICE_OFFSET <= off < notif):
+                bad5.append(f"write of {off:#x} at t={e.t}")
+    windows = ", ".join(f"{(r.trace[t.end - 1].t - r.trace[t.write].t) / 1e6:.1f} ms" for t in trips)
+    check("drv:suspend#4", "no queue notification from the SUSPEND write until the device ran again (or was "
+          "reset)", bad4, f"suspended windows {windows}")
+    check("drv:suspend#5", "no configuration write other than the status in the same windows", bad5,
+          f"suspended windows {windows}")
+    bad6, seen6 = [], []
+    for t in trips:
+        if t.resume_write is None:
+            continue
+        vals, nxt, ns = _status_reads_after(r, dev, t.resume_write, len(r.trace) - 1)
+        ok = any(v & (_S | _OK) == _OK for v in vals)
+        gave_up = bool(vals) and (vals[-1] & _NR or ns >= PATCH_TIMEOUT)
+        if not (ok or gave_up) or (ok and vals[-1] & (_S | _OK) != _OK):
+            bad6.append(f"reads {_hex(vals)} then {nxt}")
+        seen6.append(f"{len(vals)} read(s) ending {vals[-1]:#04x}" if vals else "no read")
+    if trips and not seen6 and all(t.resume_write is None for t in trips):
+        seen6.append("no resume (fell back to a reset)")
+    check("drv:suspend#6", "after the resume's DRIVER_OK write the driver read the status until SUSPEND=0, "
+          "DRIVER_OK=1 before any other access", bad6, "; ".join(seen6))
+    return out
+
+
 def _display_checks(r: RunResult, frames: Frames) -> list[Check]:
     st = suspend_trace(r, "gpu")
     out: list[Check] = []
@@ -316,8 +470,13 @@ def _s3_checks(r: RunResult, sc: Scenario, frames: Frames) -> list[Check]:
     out += suspend_round_trip(r, "rng", "virtio_rng", slow=True)
     out += suspend_round_trip(r, "gpu", "virtio_gpu")
     out += _display_checks(r, frames)
+    out += _statements(r)
     out.append(_no_violations(r))
     return out
+
+
+def _statements(r: RunResult) -> list[Check]:
+    return [c for dev in ("rng", "gpu") for c in statement_checks(r, dev).values()]
 
 
 #: The finding the stock runs explain too: Linux's vp_del_vqs writes NO_VECTOR after the reset of a freeze.
@@ -352,6 +511,7 @@ def _fallback_checks(r: RunResult, sc: Scenario, frames: Frames, *, why: str, at
     out.append(entropy_served(r, "after resume (the restored rng)", r.seed, _read(r, "entropy-after.bin")))
     out.append(frame_check(frames, "drawn-after", "gpu: a frame drawn after resume reaches the scanout", 11,
                            r.directory))
+    out += _statements(r)
     out.append(_no_violations(r, _FREEZE_FINDING))
     return out
 
@@ -373,6 +533,19 @@ def _needs_reset_checks(r: RunResult, sc: Scenario, frames: Frames) -> list[Chec
 
 def _resume_fails_checks(r: RunResult, sc: Scenario, frames: Frames) -> list[Check]:
     return _fallback_checks(r, sc, frames, why="device needs reset", at_resume=True)
+
+
+def _unoffered_checks(r: RunResult, sc: Scenario, frames: Frames) -> list[Check]:
+    """Devices that do not offer VIRTIO_F_SUSPEND: the patched kernel behaves as Linux 6.12 (No_Soft_Reset: no
+    virtio access at all across S3), and never writes SUSPEND."""
+    out = sleep_checks(r, sc, frames)
+    for dev, driver in (("rng", "virtio_rng"), ("gpu", "virtio_gpu")):
+        st = suspend_trace(r, dev)
+        out.append(Check(f"{dev}: SUSPEND not offered: the driver did not accept it and never wrote a status "
+                         "across S3", st.written == [] and st.suspend_write is None and not kernel_lines(r, driver),
+                         f"status writes {_hex(st.written)}; {'; '.join(kernel_lines(r, driver)) or 'no line'}"))
+    out.append(_no_violations(r))
+    return out
 
 
 def _rng(*faults: str) -> DeviceSpec:
@@ -397,7 +570,12 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("s3-resume-needs-reset", "SUSPEND bit (our patch): the rng answers the resume with "
              "DEVICE_NEEDS_RESET; the patch freezes and restores it", (_rng("resume-fails"), _GPU), sleep_script(),
              _resume_fails_checks, profile=PROFILE, on_line=_WATCH),
+    Scenario("s3-suspend-unoffered", "SUSPEND bit (our patch), devices that do not offer VIRTIO_F_SUSPEND: the "
+             "patched kernel skips as Linux 6.12 does with No_Soft_Reset",
+             (replace(_rng(), offer_suspend=False), replace(_GPU, offer_suspend=False)), sleep_script(),
+             _unoffered_checks, profile=PROFILE, on_line=_WATCH),
 )}
 
-__all__ = ["PATCH_TIMEOUT", "PLAN", "PROFILE", "SCENARIOS", "TAG", "WATCH", "SuspendTrace", "display_event",
-           "kernel_lines", "suspend_round_trip", "suspend_trace", "watch_suspend"]
+__all__ = ["DRIVER_STATEMENTS", "PATCH_TIMEOUT", "PLAN", "PROFILE", "SCENARIOS", "TAG", "WATCH", "RoundTrip",
+           "SuspendTrace", "display_event", "kernel_lines", "round_trips", "statement_checks", "suspend_round_trip",
+           "suspend_trace", "watch_suspend"]
