@@ -7,6 +7,7 @@ from hypothesis import settings
 
 from pyvirtio.dma import GuestAllocator
 from pyvirtio.machine import Machine
+from pyvirtio.provenance import LEDGER_ENV
 
 # Deterministic by default: every property test draws the same examples on every run and machine (a failure
 # found once is found again in CI); widen a search locally with --hypothesis-seed or a larger max_examples.
@@ -55,3 +56,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                            if not isinstance(sid, str) or sid not in inventory)
     if unknown:
         raise pytest.UsageError("tests name unknown normative statements:\n  " + "\n  ".join(unknown))
+
+
+@pytest.fixture(scope="session")
+def _scratch_ledger(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("real-runs"))
+
+
+@pytest.fixture(autouse=True)
+def _real_runs_only_from_real_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+                                    _scratch_ledger: str) -> None:
+    """The ledger of real runs (``pm matrix --real``) is written by the real-VM tests only: every other test
+    writes to a scratch one, so a synthetic report never reaches the user's ledger."""
+    if request.node.get_closest_marker("realvm") is None:
+        monkeypatch.setenv(LEDGER_ENV, _scratch_ledger)

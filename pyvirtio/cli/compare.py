@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -13,6 +14,7 @@ from pyvirtio.cli.common import EXIT_RESULT, MACHINE_CHOICE, SLEEP_CHOICE, err, 
 from pyvirtio.errors import UserInputError
 from pyvirtio.fidelity import compare, differences, model_cell
 from pyvirtio.machine import MachineType
+from pyvirtio.provenance import Evidence, Kind, record
 from pyvirtio.report import REAL_VM_PROFILE, ROOT_BUS, CellResult, Outcome, Report, SleepState, Source
 from pyvirtio.timeline import side_by_side
 from pyvirtio.vm.stacks import DEFAULT_STACK, NSR_PROFILE, STACK_NAMES, STACKS
@@ -28,6 +30,11 @@ Key = tuple[str, str, SleepState, str, bool]
 #: of the real cells that run it (without and with the gpu's No_Soft_Reset).
 GPU_MODULE = "s4-replay"
 S4_REPLAY_PROFILES = (GPU_MODULE, f"{NSR_PROFILE}+{GPU_MODULE}")
+
+
+def utc_now() -> str:
+    """Now, ISO 8601 in UTC to the second (when a real run was recorded)."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def profile_parts(profile: str) -> tuple[bool, str | None]:
@@ -185,6 +192,9 @@ def compare_cmd(sleeps: tuple[str, ...], machines: tuple[str, ...], real: Path |
             out.print(f"[red]difference[/] {lit(line)}")
         if pair:
             out.print(shown(f"timelines, model | real: {pair}"), markup=False, highlight=False)
+        record(Evidence(Kind.QEMU, stack, profile, sleep.value, machine + ("+rng-port" if rp else ""),
+                        agrees=not diffs, detail=f"{len(checks)} checks, {len(diffs)} different",
+                        when=utc_now(), report=str((out_dir / "compare.json").resolve())))
         summary.append({"stack": stack, "profile": profile, "sleep": sleep.value, "machine": machine,
                         "rng_behind_port": rp, "timelines": pair,
                         "checks": [{"what": c.what, "model": c.model, "real": c.real, "ok": c.ok} for c in checks]})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -17,6 +18,7 @@ from rich.table import Table
 from pyvirtio.cli.common import (
     SLEEP_CHOICE,
     Group,
+    err,
     lit,
     millis,
     out,
@@ -30,6 +32,7 @@ from pyvirtio.pm.config import RESOURCE_SIZE_MAX, SEED_MAX, ScenarioConfig
 from pyvirtio.pm.matrix import JOBS_MAX, run_matrix
 from pyvirtio.pm.profiles import DEFAULT_PROFILES, DESCRIPTIONS, Profile
 from pyvirtio.pm.scenario import SLEEP_STATES, run_cell
+from pyvirtio.provenance import Evidence, Kind, latest, provenance_of
 from pyvirtio.report import CellResult, Report, ResourceFate, SleepState, Source
 
 #: How each resource fate is coloured: the good ones green, the others red.
@@ -47,16 +50,36 @@ def _fate(f: ResourceFate | None) -> str:
     return "-" if f is None else f"[{FATE_STYLE[f]}]{f.value}[/]"
 
 
-def table(cells: list[CellResult], title: str = "pyvirtio pm matrix") -> Table:
-    """The matrix as a rich table: one row per cell, good results green, bad ones red."""
+#: How each kind of provenance is shown: the model alone plain, a real run green when it agreed, red when not.
+KIND_LABEL = {Kind.MODEL: "model", Kind.UML: "UML", Kind.QEMU: "QEMU"}
+
+
+def _checked(evidence: list[Evidence]) -> str:
+    if not evidence:
+        return "model only"
+    parts = []
+    for e in evidence:
+        colour = "green" if e.agrees else "red"
+        parts.append(f"[{colour}]{KIND_LABEL[e.kind]} {lit(e.stack)}{' ' + e.machine if e.kind is Kind.QEMU else ''}"
+                     f"{'' if e.agrees else ' DIFFERS'}[/]")
+    return ", ".join(parts)
+
+
+def table(cells: list[CellResult], title: str = "pyvirtio pm matrix",
+          evidence: list[Evidence] | None = None) -> Table:
+    """The matrix as a rich table: one row per cell, good results green, bad ones red; with ``evidence`` (the
+    ledger of real runs) a last column says what each cell was checked against."""
     t = Table(title=title)
-    for col in MATRIX_COLUMNS:
+    for col in (*MATRIX_COLUMNS, *(("checked against",) if evidence is not None else ())):
         t.add_column(col, overflow="fold")
     for c in cells:
-        t.add_row(lit(c.profile), c.sleep.value, c.outcome.value, yes_no(c.display_restored),
-                  yes_no(c.new_frame_after_resume), _fate(c.resources), yes_no(c.queues_alive),
-                  yes_no(c.inflight_completed), _events(c.config_events_after_resume), str(len(c.violations)),
-                  millis(c.suspend_ms, 2), millis(c.resume_ms, 2))
+        row = [lit(c.profile), c.sleep.value, c.outcome.value, yes_no(c.display_restored),
+               yes_no(c.new_frame_after_resume), _fate(c.resources), yes_no(c.queues_alive),
+               yes_no(c.inflight_completed), _events(c.config_events_after_resume), str(len(c.violations)),
+               millis(c.suspend_ms, 2), millis(c.resume_ms, 2)]
+        if evidence is not None:
+            row.append(_checked(provenance_of(evidence, c.profile, c.sleep.value)[1]))
+        t.add_row(*row)
     return t
 
 
@@ -89,12 +112,24 @@ def pm() -> None:
               help="Profiles to run (default: the standard rows).")
 @click.option("--jobs", type=click.IntRange(1, JOBS_MAX), default=1, show_default=True,
               help="Worker processes running the cells (the report is the same whatever the number).")
+@click.option("--real", is_flag=True,
+              help="Add what each cell was checked against: the latest real runs (vm compare, the UML scenarios).")
+@click.option("--real-runs", "ledger", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The ledger of real runs to read with --real (default $PYVIRTIO_REAL_RUNS or "
+                   "~/.cache/pyvirtio/real-runs).")
 @scenario_options
-def matrix(out_dir: Path, profiles: tuple[Profile, ...], jobs: int, resources: int, resource_size: int,
-           scanouts: int, seed: int) -> None:
-    """Every profile through S3, s2idle and S4: table, pictures, timelines and a JSON report."""
+def matrix(out_dir: Path, profiles: tuple[Profile, ...], jobs: int, real: bool, ledger: Path | None, resources: int,
+           resource_size: int, scanouts: int, seed: int) -> None:
+    """Every profile through S3, s2idle and S4: table, pictures, timelines and a JSON report. With --real, each
+    cell also says whether it was checked against a real kernel with pyvirtio's device (UML) or a real VMM and
+    kernel (QEMU), from the latest real runs, and whether they agreed (report.json: meta "provenance")."""
     cfg = _config(resources, resource_size, scanouts, seed)
     output_dir(out_dir)
+    evidence: list[Evidence] | None = None
+    if real or ledger is not None:
+        evidence, problems = latest(ledger)
+        for line in problems:
+            err.print(shown(f"warning: real-run ledger: {line} (skipped)"), markup=False, highlight=False)
     rows: tuple[Profile | str, ...] = profiles or DEFAULT_PROFILES
     t0 = time.perf_counter()
     with Progress(console=out, transient=True) as bar:
@@ -104,7 +139,13 @@ def matrix(out_dir: Path, profiles: tuple[Profile, ...], jobs: int, resources: i
             bar.update(task, advance=1 if bar.tasks[task].description != "cells" else 0, description=label)
 
         report = run_matrix(rows, SLEEP_STATES, cfg, out_dir, progress=step, jobs=jobs)
-    out.print(table(report.cells))
+    if evidence is not None:
+        report.meta["provenance"] = {
+            f"{c.profile}/{c.sleep.value}": {"kind": kind.value, "runs": [{**asdict(e), "kind": e.kind.value}
+                                                                           for e in ev]}
+            for c in report.cells for kind, ev in [provenance_of(evidence, c.profile, c.sleep.value)]}
+        report.write(out_dir / "report.json")
+    out.print(table(report.cells, evidence=evidence))
     out.print(shown(f"{len(report.cells)} cells in {time.perf_counter() - t0:.1f} s; report {out_dir / 'report.json'}, "
               f"pictures in {out_dir / 'images'}"), markup=False, highlight=False)
 

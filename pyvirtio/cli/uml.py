@@ -46,7 +46,8 @@ def assets_for(cache: Path | None, variant: KernelVariant = STOCK) -> UmlAssets:
 
 def print_uml_provisioned(a: UmlAssets) -> None:
     """What ``vm provision --stack uml-linux6.12`` prints."""
-    _say(f"stack {a.stack} ({UML_LINUX612.description}): {a.kernel_dir}")
+    variant = "" if a.variant == "stock" else f", kernel variant {a.variant}"
+    _say(f"stack {a.stack} ({UML_LINUX612.description}{variant}): {a.kernel_dir}")
     for k, v in a.versions().items():
         _say(f"  {k}: {v}")
     _say(f"  binary: {a.kernel}")

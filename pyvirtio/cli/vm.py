@@ -35,7 +35,7 @@ from pyvirtio.vm.provisioning import GuestAssets, default_cache_dir
 from pyvirtio.vm.scenario import run_cell, run_matrix
 from pyvirtio.vm.stacks import DEFAULT_STACK, PROVISIONABLE_NAMES, STACK_NAMES, STACKS, UML_STACKS
 from pyvirtio.vm.statustrace import format_sequence
-from pyvirtio.vm.uml_kernel import provision_uml
+from pyvirtio.vm.uml_kernel import PROPOSAL_VARIANTS, provision_uml
 
 
 def _progress() -> Callable[[str], None]:
@@ -104,7 +104,8 @@ vm.add_command(compare_cmd)
               help=f"Stack to provision (repeatable; default {DEFAULT_STACK}).")
 def provision_cmd(cache: Path | None, refresh: bool, stacks: tuple[str, ...]) -> None:
     """Provision each stack: the system QEMU (apt, needs root) or a private QEMU + kernel unpacked into the
-    cache; build the guest initramfs; print exact versions. A stack that fails does not stop the others."""
+    cache, or the UML kernel built from source with each of our kernel patches; build the guest initramfs; print
+    exact versions. A stack that fails does not stop the others."""
     if cache is not None:
         output_dir(cache, "--cache")
     failed: list[str] = []
@@ -112,6 +113,9 @@ def provision_cmd(cache: Path | None, refresh: bool, stacks: tuple[str, ...]) ->
         try:
             if name in UML_STACKS:  # User-Mode Linux: a kernel built from source, no QEMU (pyvirtio uml)
                 print_uml_provisioned(provision_uml(cache, stack=name, refresh=refresh, log=_provision_log))
+                for variant in PROPOSAL_VARIANTS.values():  # our patches (issue 15), each built on the stock tree
+                    print_uml_provisioned(provision_uml(cache, stack=name, refresh=refresh, variant=variant,
+                                                        log=_provision_log))
                 continue
             a = provision(cache, refresh=refresh, log=_provision_log, stack=name)
         except PyvirtioError as e:
