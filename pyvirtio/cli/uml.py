@@ -4,10 +4,11 @@
 build each runs); ``uml run`` runs one (``--mode time-travel``, the default, is
 deterministic; ``real-time`` lets the kernel run freely), prints its checks, a sample of the register-level trace
 and, with ``--compare``, the real driver's register-level sequence beside pyvirtio's model driver's, and writes
-``OUT/report.json`` and ``OUT/trace.txt``; ``uml determinism`` runs a scenario twice with the same seed and says
-whether the two register-level traces are the same. The kernel comes from ``pyvirtio vm provision --stack
-uml-linux6.12`` (provisioned here if missing; a proposal's scenario runs our patched build of it, built here
-incrementally if missing). Exit status 1: a check failed (or the traces differ); 2: bad input.
+``OUT/report.json`` and ``OUT/trace.txt`` (a proposal scenario that checks a PM-matrix cell, compared, is
+recorded in the ledger of real runs for ``pm matrix --real``); ``uml determinism`` runs a scenario twice with the
+same seed and says whether the two register-level traces are the same. The kernel comes from ``pyvirtio vm
+provision --stack uml-linux6.12`` (provisioned here if missing; a proposal's scenario runs our patched build of
+it, built here incrementally if missing). Exit status 1: a check failed (or the traces differ); 2: bad input.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from pathlib import Path
 import click
 
 from pyvirtio.cli.common import EXIT_RESULT, Group, err, lit, out, output_dir, shown
+from pyvirtio.cli.compare import utc_now
 from pyvirtio.pm.config import SEED_MAX
+from pyvirtio.provenance import record
 from pyvirtio.uml.bridge import Mode
 from pyvirtio.uml.catalog import CATALOG, kernel_variant
-from pyvirtio.uml.model import compare_run
+from pyvirtio.uml.model import cell_evidence, compare_run
 from pyvirtio.uml.report import first_difference, run_report, trace_lines, write_report
 from pyvirtio.uml.scenarios import run_scenario
 from pyvirtio.vm.stacks import UML_LINUX612
@@ -97,6 +100,10 @@ def run_cmd(scenario: str, mode: str, seed: int, out_dir: Path, compare: bool, n
     r = res.run
     comparison = compare_run(r, res.scenario) if compare else []
     write_report(out_dir / "report.json", run_report(res, assets, comparison))
+    ev = cell_evidence(res, comparison, assets.stack, when=utc_now(), report=str((out_dir / "report.json").resolve())) \
+        if compare else None
+    if ev is not None:  # a proposal's matrix cell, checked on a real kernel: the ledger of real runs
+        record(ev)
     (out_dir / "trace.txt").write_text("\n".join(trace_lines(r)) + "\n")
     _say(f"{scenario} ({r.mode.value}, seed {seed}): ended {r.ended}, {len(r.wire)} register-trace entries, "
          f"{r.wall_seconds:.1f} s wall, {r.virtual_ns / 1e9:.3f} s virtual")

@@ -26,6 +26,7 @@ Devices without a pyvirtio driver (the test device) are probed by nobody in the 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -36,10 +37,13 @@ from pyvirtio.guest.kernel import Guest, KernelConfig
 from pyvirtio.guest.rng import RngDriver
 from pyvirtio.host.pci.function import VirtioPciFunction
 from pyvirtio.machine import Machine, MachineType
+from pyvirtio.pm.profiles import parse_profile
+from pyvirtio.provenance import Evidence
+from pyvirtio.provenance import Kind as ProvKind
 from pyvirtio.trace import TraceEvent
 from pyvirtio.uml.regtrace import Difference, Step, compare, driver_steps, side_by_side
 from pyvirtio.uml.runner import RunResult
-from pyvirtio.uml.scenarios import STEP, DeviceSpec, HostEvent, Scenario, profile_plan
+from pyvirtio.uml.scenarios import STEP, DeviceSpec, HostEvent, Scenario, ScenarioResult, profile_plan
 from pyvirtio.vhost_user.faults import FaultEngine
 
 #: Linux 6.12 as pyvirtio's guest models it: the No_Soft_Reset skip (6.8+), no SUSPEND, no freeze_mode.
@@ -166,6 +170,21 @@ def real_phases(r: RunResult, resume_until: str = "resumed") -> PhasedTrace:
                                      "resume": (resume, max(resume, end))})
 
 
+#: The differences between the real kernel's register-level sequence and pyvirtio's model driver's that the README
+#: explains, per phase: patterns of the step texts allowed to differ (``re.fullmatch``).
+EXPLAINED: dict[str, tuple[str, ...]] = {
+    # the PCI core's enumeration (BAR sizing) and pci_enable_device before pci_set_master; the hwrng core's first read
+    "probe": (r"COMMAND <- (INTX_DISABLE|0|MEMORY)", r"notify queue 0"),
+    # a reader's request before the freezer; vp_del_vqs's NO_VECTOR writes after the reset (a finding of Linux)
+    "suspend": (r"notify queue 0", r"(queue 0|config) vector <- 0xffff"),
+    # pci_restore_state: COMMAND and the whole MSI-X table restored; the model re-reads the device features; a
+    # resume that fails (SUSPEND patch) freezes there: the same NO_VECTOR writes
+    "resume": (r"notify queue 0", r"COMMAND <- MEMORY(\|MASTER)?(\|INTX_DISABLE)?",
+               r"MSI-X control <- (0|enable\|mask-all)", r"MSI-X entry \d+ (masked|programmed|unmasked)",
+               r"device_feature\[[01]\] = 0x[0-9a-f]{8}", r"(queue 0|config) vector <- 0xffff"),
+}
+
+
 @dataclass
 class PhaseComparison:
     """One device in one phase: the two step lists and their differences."""
@@ -188,6 +207,33 @@ class PhaseComparison:
         return out
 
 
+def unexplained(comparison: Sequence[PhaseComparison]) -> list[tuple[PhaseComparison, Difference]]:
+    """The differences of ``comparison`` that :data:`EXPLAINED` does not cover (every step text of a difference,
+    real and model, must match a pattern of its phase)."""
+    out = []
+    for c in comparison:
+        allowed = EXPLAINED.get(c.phase, ())
+        for d in c.differences:
+            if not all(any(re.fullmatch(p, text) for p in allowed) for text in (*d.real, *d.model)):
+                out.append((c, d))
+    return out
+
+
+def cell_evidence(res: ScenarioResult, comparison: Sequence[PhaseComparison], stack: str, *, when: str = "",
+                  report: str = "") -> Evidence | None:
+    """The ledger record (:mod:`pyvirtio.provenance`) of a run that checks a PM-matrix cell (a scenario with a
+    profile and a ``cell``): it agrees when every check held and no register-level difference is unexplained.
+    None for any other scenario."""
+    sc = res.scenario
+    if sc.profile is None or sc.cell is None:
+        return None
+    bad = unexplained(comparison)
+    detail = (f"kernel variant {sc.variant}, scenario {sc.name}, {sum(c.ok for c in res.checks)}/{len(res.checks)} "
+              f"checks, {len(bad)} unexplained register differences")
+    return Evidence(ProvKind.UML, stack, parse_profile(sc.profile).name, sc.cell, "uml",
+                    agrees=res.ok and bool(comparison) and not bad, detail=detail, when=when, report=report)
+
+
 def compare_run(r: RunResult, scenario: Scenario) -> list[PhaseComparison]:
     """The real kernel's register-level sequence beside pyvirtio's model driver's, per device and phase."""
     real = real_phases(r, scenario.resume_until)
@@ -206,5 +252,5 @@ def compare_run(r: RunResult, scenario: Scenario) -> list[PhaseComparison]:
     return out
 
 
-__all__ = ["LINUX_612", "PHASES", "ModelSetup", "PhaseComparison", "PhasedTrace", "compare_run", "model_run",
-           "model_setup", "real_phases"]
+__all__ = ["EXPLAINED", "LINUX_612", "PHASES", "RESUME_SETTLE", "ModelSetup", "PhaseComparison", "PhasedTrace",
+           "cell_evidence", "compare_run", "model_run", "model_setup", "real_phases", "unexplained"]

@@ -175,7 +175,8 @@ class Scenario:
     device event while the guest sleeps, say; the scratch state's ``frames`` is the run's :data:`Frames`, where a
     hook may store scanouts of its own); ``resume_until``: the guest mark where the register-level comparison's
     resume phase ends (later than ``resumed`` when the kernel finishes its resume in a work item, as a deferred
-    configuration change's handling).
+    configuration change's handling); ``cell``: the sleep state (``S3``) of the PM-matrix cell (profile, sleep)
+    this run checks on a real kernel, recorded in the ledger of real runs (None: a fault or variant scenario).
 
     ``while_asleep`` runs ``asleep_after`` ns of virtual time after every function behind a PCIe port reached
     D3hot (in UML: seen before the kernel's next access; in the model: after the guest's suspend, before its
@@ -195,6 +196,7 @@ class Scenario:
     while_asleep: HostEvent | None = None
     asleep_after: int = 500 * MS
     resume_until: str = "resumed"
+    cell: str | None = None
 
     def __post_init__(self) -> None:
         if self.profile is not None:

@@ -560,7 +560,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("s3-suspend", "SUSPEND bit (our patch): S3 with rng and gpu behind ports with No_Soft_Reset, a request "
              "in flight (rng 30 ms a request), a display event while asleep", (_rng("delay=30"), _GPU),
              sleep_script(), _s3_checks, profile=PROFILE, on_line=_WATCH, while_asleep=display_event,
-             resume_until="entropy-after"),
+             resume_until="entropy-after", cell="S3"),
     Scenario("s3-suspend-timeout", "SUSPEND bit (our patch): the rng never finishes quiescing; after 100 ms the "
              "patch falls back to freeze", (_rng("quiesce-never-ends"), _GPU), sleep_script(), _timeout_checks,
              profile=PROFILE, on_line=_WATCH),

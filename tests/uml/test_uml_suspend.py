@@ -5,26 +5,26 @@ through S3 (realvm).
 Each scenario of :data:`pyvirtio.uml.suspend.SCENARIOS` runs once per session under time travel on the kernel build
 its profile names, ``s3-suspend`` twice (the register-level traces must be identical). Every check a scenario makes
 must hold; the real kernel's register-level sequence must match pyvirtio's model driver (configured as the patched
-kernel) except for the differences the stock runs explain (:data:`EXPLAINED`, plus the freeze fallback's one); and
+kernel) except for the differences the README explains (:data:`pyvirtio.uml.model.EXPLAINED`); and
 every driver-side SUSPEND statement is kept by the real kernel in the runs that suspend.
 """
 
 from __future__ import annotations
 
-import re
+from datetime import UTC, datetime
 
 import pytest
 
+from pyvirtio.provenance import record
 from pyvirtio.spec.normative import load_inventory
 from pyvirtio.uml.bridge import Mode
 from pyvirtio.uml.catalog import kernel_variant
-from pyvirtio.uml.model import compare_run
+from pyvirtio.uml.model import cell_evidence, compare_run, unexplained
 from pyvirtio.uml.report import first_difference
 from pyvirtio.uml.scenarios import ScenarioResult, run_scenario
 from pyvirtio.uml.suspend import DRIVER_STATEMENTS, SCENARIOS, round_trips, statement_checks
 
 from .conftest import UmlKernel
-from .test_uml_real import EXPLAINED as STOCK_EXPLAINED
 
 pytestmark = pytest.mark.realvm
 
@@ -61,28 +61,27 @@ def test_same_seed_same_register_trace(suspend_runs: dict[str, ScenarioResult]) 
     assert first_difference(a, b) is None
 
 
-#: The stock runs' explained differences, and the freeze fallback of a failed resume: virtio_pci_freeze's
-#: vp_del_vqs writes NO_VECTOR after the reset (the stock runs see it in the suspend phase).
-EXPLAINED: dict[str, tuple[str, ...]] = {
-    **STOCK_EXPLAINED,
-    "resume": (*STOCK_EXPLAINED["resume"], r"(queue 0|config) vector <- 0xffff"),
-}
-
-
 @pytest.mark.parametrize("name", list(SCENARIOS))
-def test_register_sequence_matches_the_model_driver(suspend_runs: dict[str, ScenarioResult], name: str) -> None:
+def test_register_sequence_matches_the_model_driver(suspend_runs: dict[str, ScenarioResult], name: str,
+                                                    uml_kernel: UmlKernel) -> None:
     """The patched kernel's register-level sequence (status writes, feature words, queue set-up, PMCSR, MSI-X)
-    equals the model driver's under the same profile, phase by phase, up to the explained differences."""
+    equals the model driver's under the same profile, phase by phase, up to the explained differences
+    (:data:`pyvirtio.uml.model.EXPLAINED`: the stock runs', and the NO_VECTOR writes of a freeze that a failed
+    resume falls back to). The scenario that checks the profile's S3 cell records it in the ledger of real runs
+    (``pm matrix --real``)."""
     res = suspend_runs[name]
     comparison = compare_run(res.run, res.scenario)
     assert {c.phase for c in comparison} == {"probe", "suspend", "resume"}
-    unexplained = []
-    for c in comparison:
-        allowed = EXPLAINED.get(c.phase, ())
-        for d in c.differences:
-            if not all(any(re.fullmatch(p, text) for p in allowed) for text in (*d.real, *d.model)):
-                unexplained.append((c.device, c.phase, d))
-    assert not unexplained, "\n".join(f"{dev}/{ph}: {d.lines()}" for dev, ph, d in unexplained)
+    bad = unexplained(comparison)
+    assert not bad, "\n".join(f"{c.device}/{c.phase}: {d.lines()}" for c, d in bad)
+    stack = uml_kernel(kernel_variant(res.scenario).name).stack
+    ev = cell_evidence(res, comparison, stack, when=datetime.now(UTC).isoformat(timespec="seconds"),
+                       report=str(res.run.directory))
+    if res.scenario.cell is not None:  # the suspend-bit profile's S3 cell, checked on a real kernel
+        assert ev is not None and ev.agrees, ev
+        record(ev)
+    else:
+        assert ev is None
 
 
 def test_the_patched_kernel_suspends_only_devices_that_offer_it(suspend_runs: dict[str, ScenarioResult]) -> None:
