@@ -9,13 +9,11 @@ README explains (:data:`EXPLAINED`).
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from pyvirtio.errors import PyvirtioError
 from pyvirtio.uml.bridge import Mode
-from pyvirtio.uml.model import compare_run
+from pyvirtio.uml.model import compare_run, unexplained
 from pyvirtio.uml.report import first_difference, run_report, violations
 from pyvirtio.uml.scenarios import SCENARIOS, ScenarioResult, run_scenario
 from pyvirtio.vm.uml_kernel import UmlAssets, provision_uml
@@ -89,20 +87,6 @@ def test_every_violation_against_the_real_kernel_is_explained(uml_runs: dict[str
         assert not violations(uml_runs[name].run), name
 
 
-#: Differences between the real driver's register-level sequence and pyvirtio's model driver's that the README
-#: explains, per phase (patterns of the step texts allowed to differ).
-EXPLAINED: dict[str, tuple[str, ...]] = {
-    # the PCI core's enumeration (BAR sizing) and pci_enable_device before pci_set_master; the hwrng core's first read
-    "probe": (r"COMMAND <- (INTX_DISABLE|0|MEMORY)", r"notify queue 0"),
-    # a reader's request before the freezer; vp_del_vqs's NO_VECTOR writes after the reset (a finding, above)
-    "suspend": (r"notify queue 0", r"(queue 0|config) vector <- 0xffff"),
-    # pci_restore_state: COMMAND and the whole MSI-X table restored; the model re-reads the device features
-    "resume": (r"notify queue 0", r"COMMAND <- MEMORY(\|MASTER)?(\|INTX_DISABLE)?",
-               r"MSI-X control <- (0|enable\|mask-all)", r"MSI-X entry \d+ (masked|programmed|unmasked)",
-               r"device_feature\[[01]\] = 0x[0-9a-f]{8}"),
-}
-
-
 @pytest.mark.parametrize("name", ["boot", "s3", "s3-nsr"])
 def test_register_sequence_matches_the_model_driver(uml_runs: dict[str, ScenarioResult], name: str) -> None:
     res = uml_runs[name]
@@ -110,10 +94,5 @@ def test_register_sequence_matches_the_model_driver(uml_runs: dict[str, Scenario
     assert comparison
     report = run_report(res, None, comparison)
     assert report["comparison"]
-    unexplained = []
-    for c in comparison:
-        allowed = EXPLAINED.get(c.phase, ())
-        for d in c.differences:
-            if not all(any(re.fullmatch(p, text) for p in allowed) for text in (*d.real, *d.model)):
-                unexplained.append((c.device, c.phase, d))
-    assert not unexplained, "\n".join(f"{dev}/{ph}: {d.lines()}" for dev, ph, d in unexplained)
+    bad = unexplained(comparison)  # the differences the README explains: pyvirtio.uml.model.EXPLAINED
+    assert not bad, "\n".join(f"{c.device}/{c.phase}: {d.lines()}" for c, d in bad)
