@@ -1,11 +1,13 @@
 """``pyvirtio uml``: a real User-Mode Linux kernel drives pyvirtio's PCI functions (PCI over virtio).
 
-``uml scenarios`` lists the scenarios; ``uml run`` runs one (``--mode time-travel``, the default, is
+``uml scenarios`` lists the scenarios (stock and proposal, :data:`~pyvirtio.uml.catalog.CATALOG`, with the kernel
+build each runs); ``uml run`` runs one (``--mode time-travel``, the default, is
 deterministic; ``real-time`` lets the kernel run freely), prints its checks, a sample of the register-level trace
 and, with ``--compare``, the real driver's register-level sequence beside pyvirtio's model driver's, and writes
 ``OUT/report.json`` and ``OUT/trace.txt``; ``uml determinism`` runs a scenario twice with the same seed and says
 whether the two register-level traces are the same. The kernel comes from ``pyvirtio vm provision --stack
-uml-linux6.12`` (provisioned here if missing). Exit status 1: a check failed (or the traces differ); 2: bad input.
+uml-linux6.12`` (provisioned here if missing; a proposal's scenario runs our patched build of it, built here
+incrementally if missing). Exit status 1: a check failed (or the traces differ); 2: bad input.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import click
 from pyvirtio.cli.common import EXIT_RESULT, Group, err, lit, out, output_dir, shown
 from pyvirtio.pm.config import SEED_MAX
 from pyvirtio.uml.bridge import Mode
+from pyvirtio.uml.catalog import CATALOG, kernel_variant
 from pyvirtio.uml.model import compare_run
 from pyvirtio.uml.report import first_difference, run_report, trace_lines, write_report
-from pyvirtio.uml.scenarios import SCENARIOS, run_scenario
+from pyvirtio.uml.scenarios import run_scenario
 from pyvirtio.vm.stacks import UML_LINUX612
-from pyvirtio.vm.uml_kernel import UmlAssets, provision_uml
+from pyvirtio.vm.uml_kernel import STOCK, KernelVariant, UmlAssets, provision_uml
 
 MODE_CHOICE = click.Choice([m.value for m in Mode])
 
@@ -34,11 +37,11 @@ def _say(line: str) -> None:
     out.print(shown(line), markup=False, highlight=False)
 
 
-def assets_for(cache: Path | None) -> UmlAssets:
-    """The provisioned UML stack (built now if missing)."""
+def assets_for(cache: Path | None, variant: KernelVariant = STOCK) -> UmlAssets:
+    """The provisioned UML stack, ``variant``'s kernel build (built now if missing)."""
     if cache is not None:
         output_dir(cache, "--cache")
-    return provision_uml(cache, stack=UML_LINUX612, log=_log)
+    return provision_uml(cache, stack=UML_LINUX612, variant=variant, log=_log)
 
 
 def print_uml_provisioned(a: UmlAssets) -> None:
@@ -60,13 +63,14 @@ def uml() -> None:
 @uml.command("scenarios")
 def scenarios_cmd() -> None:
     """List the scenarios."""
-    for s in SCENARIOS.values():
-        _say(f"{s.name:<18} {s.about}")
+    for s in CATALOG.values():
+        kernel = "" if s.profile is None else f"[{s.variant} kernel] "
+        _say(f"{s.name:<18} {kernel}{s.about}")
 
 
 cache_option = click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
                             help="Cache directory (default: $PYVIRTIO_VM_CACHE or ~/.cache/pyvirtio/vm).")
-scenario_option = click.option("--scenario", type=click.Choice(list(SCENARIOS)), required=True)
+scenario_option = click.option("--scenario", type=click.Choice(list(CATALOG)), required=True)
 mode_option = click.option("--mode", type=MODE_CHOICE, default=Mode.TIME_TRAVEL.value, show_default=True,
                            help="time-travel: the kernel's clock is pyvirtio's scheduler (deterministic); "
                                 "real-time: it runs freely")
@@ -87,8 +91,9 @@ def run_cmd(scenario: str, mode: str, seed: int, out_dir: Path, compare: bool, n
             cache: Path | None) -> None:
     """Run one scenario; print its checks and a sample of the register-level trace."""
     output_dir(out_dir)
-    assets = assets_for(cache)
-    res = run_scenario(assets, scenario, out_dir, mode=Mode(mode), seed=seed, log=_log)
+    sc = CATALOG[scenario]
+    assets = assets_for(cache, kernel_variant(sc))
+    res = run_scenario(assets, sc, out_dir, mode=Mode(mode), seed=seed, log=_log)
     r = res.run
     comparison = compare_run(r, res.scenario) if compare else []
     write_report(out_dir / "report.json", run_report(res, assets, comparison))
@@ -117,8 +122,9 @@ def run_cmd(scenario: str, mode: str, seed: int, out_dir: Path, compare: bool, n
 def determinism_cmd(scenario: str, seed: int, out_dir: Path, cache: Path | None) -> None:
     """Run a scenario twice under time travel with the same seed; exit 1 if the register-level traces differ."""
     output_dir(out_dir)
-    assets = assets_for(cache)
-    runs = [run_scenario(assets, scenario, out_dir / f"run{i}", mode=Mode.TIME_TRAVEL, seed=seed, log=_log).run
+    sc = CATALOG[scenario]
+    assets = assets_for(cache, kernel_variant(sc))
+    runs = [run_scenario(assets, sc, out_dir / f"run{i}", mode=Mode.TIME_TRAVEL, seed=seed, log=_log).run
             for i in (1, 2)]
     diff = first_difference(runs[0], runs[1])
     for i, r in enumerate(runs, 1):

@@ -11,7 +11,9 @@ Modules, one concept each: :mod:`~pyvirtio.uml.wire` (the PCI-over-virtio messag
 :mod:`~pyvirtio.uml.platform` (the machine: the kernel's memory, MSI delivery), :mod:`~pyvirtio.uml.bridge`
 (sockets, the loop, real time or time travel), :mod:`~pyvirtio.uml.runner` (one run of the kernel),
 :mod:`~pyvirtio.uml.regtrace` (register traces decoded and compared), :mod:`~pyvirtio.uml.scenarios` (what the
-guest does and what is checked), :mod:`~pyvirtio.uml.model` (pyvirtio's model driver on the same devices).
+guest does and what is checked), :mod:`~pyvirtio.uml.model` (pyvirtio's model driver on the same devices),
+:mod:`~pyvirtio.uml.suspend` (the SUSPEND bit's scenarios, on our patched kernel), :mod:`~pyvirtio.uml.catalog`
+(every scenario and the kernel build it runs).
 """
 
 from __future__ import annotations

@@ -12,16 +12,23 @@ that resets devices on wake). It returns the machine trace cut into phases.
 :func:`real_phases` cuts a UML run's trace the same way, from the guest's marks. :func:`compare_run` decodes both
 with :func:`~pyvirtio.uml.regtrace.driver_steps` and lists, per device and phase, where they differ.
 
+A scenario with a pm profile runs our patched Linux 6.12 (:attr:`~pyvirtio.uml.scenarios.Scenario.variant`), so
+the model is configured as that kernel (:func:`model_setup`): Linux 6.12 plus the profile's mechanism from its
+build plan (the kernel's SUSPEND use or freeze_mode, the drivers' extra features, the gpu driver flavour), and the
+model drivers accept exactly what the patched kernel accepts (SUSPEND from virtio-rng and virtio-gpu with the
+suspend-bit patch). A scenario's host event while the guest sleeps (``while_asleep``) runs between the model
+guest's suspend and resume, ``asleep_after`` ns after the suspend.
+
 Devices without a pyvirtio driver (the test device) are probed by nobody in the model; they are left out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pyvirtio.guest.driver import VirtioDriver
-from pyvirtio.guest.gpu.driver import GpuDriver
+from pyvirtio.guest.gpu.flavours import FLAVOURS, GpuDriverKind
 from pyvirtio.guest.kernel import Guest, KernelConfig
 from pyvirtio.guest.rng import RngDriver
 from pyvirtio.host.pci.function import VirtioPciFunction
@@ -29,13 +36,38 @@ from pyvirtio.machine import Machine, MachineType
 from pyvirtio.trace import TraceEvent
 from pyvirtio.uml.regtrace import Difference, Step, compare, driver_steps, side_by_side
 from pyvirtio.uml.runner import RunResult
-from pyvirtio.uml.scenarios import STEP, DeviceSpec, Scenario
+from pyvirtio.uml.scenarios import STEP, DeviceSpec, HostEvent, Scenario, profile_plan
 
 #: Linux 6.12 as pyvirtio's guest models it: the No_Soft_Reset skip (6.8+), no SUSPEND, no freeze_mode.
 LINUX_612 = KernelConfig(name="linux-6.12", pm_no_reset=True)
 PHASES = ("probe", "suspend", "resume")
 #: Console lines that mark the start of the resume (printed with pm_debug_messages).
 RESUME_LINES = ("Timekeeping suspended for", "PM: noirq resume of devices")
+
+
+@dataclass(frozen=True)
+class ModelSetup:
+    """How the model guest is configured for a kernel build: its kernel, the gpu driver flavour, whether the
+    drivers accept VIRTIO_F_SUSPEND, and the transport bits every driver offers besides its own."""
+
+    kernel: KernelConfig
+    gpu_driver: GpuDriverKind = GpuDriverKind.NO_HOOKS
+    accept_suspend: bool = False
+    driver_features: int = 0
+
+
+def model_setup(profile: str | None = None, gpu_driver: GpuDriverKind | None = None) -> ModelSetup:
+    """The model of the UML kernel build for ``profile`` (None: stock :data:`LINUX_612`): Linux 6.12 with the
+    plan's mechanism (``suspend_bit``, ``freeze_mode`` and its bit), the plan's gpu driver flavour unless
+    ``gpu_driver`` says otherwise, SUSPEND accepted exactly when the kernel uses it."""
+    if profile is None:
+        return ModelSetup(LINUX_612, gpu_driver or GpuDriverKind.NO_HOOKS)
+    plan = profile_plan(profile)
+    k = plan.kernel
+    kernel = replace(LINUX_612, name=f"linux-6.12+{profile}", suspend_bit=k.suspend_bit, freeze_mode=k.freeze_mode,
+                     freeze_mode_bit=k.freeze_mode_bit)
+    return ModelSetup(kernel, gpu_driver or plan.gpu_driver, accept_suspend=kernel.suspend_bit,
+                      driver_features=kernel.driver_features())
 
 
 @dataclass
@@ -54,24 +86,29 @@ class PhasedTrace:
         return driver_steps(self.functions[device], self.events[lo:hi])
 
 
-def model_run(devices: Sequence[DeviceSpec], *, seed: int = 0, sleep: bool = False) -> PhasedTrace:
-    """pyvirtio's drivers on ``devices`` (see the module contract)."""
+def model_run(devices: Sequence[DeviceSpec], *, seed: int = 0, sleep: bool = False, setup: ModelSetup | None = None,
+              while_asleep: HostEvent | None = None, asleep_after: int = 0) -> PhasedTrace:
+    """pyvirtio's drivers on ``devices`` under ``setup`` (default: stock Linux 6.12; see the module contract)."""
+    ms = setup or model_setup()
     machine = Machine(128 << 20, seed=seed, machine_type=MachineType.Q35)
     fns: dict[str, VirtioPciFunction] = {}
     for spec in devices:
         dev, _ = spec.build(seed)
-        fns[spec.kind] = machine.plug(dev, pcie_port=spec.pcie_port, no_soft_reset=spec.no_soft_reset)
-    guest = Guest(machine, LINUX_612)
+        fns[spec.kind] = machine.plug(dev, pcie_port=spec.pcie_port, no_soft_reset=spec.no_soft_reset,
+                                      freeze_mode_bit=spec.freeze_mode_bit)
+    guest = Guest(machine, ms.kernel)
     t = machine.trace  # len() brings the recorded events into the list (Trace records lazily)
     cuts: dict[str, tuple[int, int]] = {}
     start = len(t)
     for spec in devices:
         drv: VirtioDriver
         if spec.kind == "rng":
-            drv = RngDriver(machine, fns["rng"], guest.alloc, name="rng", accept_suspend=False)
+            drv = RngDriver(machine, fns["rng"], guest.alloc, name="rng", accept_suspend=ms.accept_suspend,
+                            extra_features=ms.driver_features)
         elif spec.kind == "gpu":
-            drv = GpuDriver(machine, fns["gpu"], guest.alloc, name="gpu", accept_suspend=False,
-                            want_blob_alignment=False)
+            drv = FLAVOURS[ms.gpu_driver](machine, fns["gpu"], guest.alloc, name="gpu",
+                                          accept_suspend=ms.accept_suspend, want_blob_alignment=False,
+                                          extra_features=ms.driver_features)
         else:
             continue
         guest.bind(drv)
@@ -80,6 +117,9 @@ def model_run(devices: Sequence[DeviceSpec], *, seed: int = 0, sleep: bool = Fal
         s0 = len(t)
         guest.suspend()
         cuts["suspend"] = (s0, len(t))
+        if while_asleep is not None:
+            machine.run_for(asleep_after)
+            while_asleep({k: f.device for k, f in fns.items()})
         r0 = len(t)
         guest.resume()
         cuts["resume"] = (r0, len(t))
@@ -138,7 +178,9 @@ class PhaseComparison:
 def compare_run(r: RunResult, scenario: Scenario) -> list[PhaseComparison]:
     """The real kernel's register-level sequence beside pyvirtio's model driver's, per device and phase."""
     real = real_phases(r)
-    model = model_run(scenario.devices, seed=r.seed, sleep=scenario.sleeps)
+    model = model_run(scenario.devices, seed=r.seed, sleep=scenario.sleeps,
+                      setup=model_setup(scenario.profile, scenario.model_gpu_driver),
+                      while_asleep=scenario.while_asleep, asleep_after=scenario.asleep_after)
     out: list[PhaseComparison] = []
     for dev in ("rng", "gpu"):
         if dev not in real.functions or dev not in model.functions:
@@ -151,4 +193,5 @@ def compare_run(r: RunResult, scenario: Scenario) -> list[PhaseComparison]:
     return out
 
 
-__all__ = ["LINUX_612", "PHASES", "PhaseComparison", "PhasedTrace", "compare_run", "model_run", "real_phases"]
+__all__ = ["LINUX_612", "PHASES", "ModelSetup", "PhaseComparison", "PhasedTrace", "compare_run", "model_run",
+           "model_setup", "real_phases"]

@@ -48,11 +48,13 @@ WARNING_PATTERNS = ("um virt-pci delay", "WARNING:", "Kernel panic", "BUG:", "Oo
 
 @dataclass
 class Plug:
-    """A device to plug into the next slot, and how (behind a PCIe port: the PM capability; No_Soft_Reset)."""
+    """A device to plug into the next slot, and how (behind a PCIe port: the PM capability; No_Soft_Reset; the
+    2023 freeze_mode field behind feature bit ``freeze_mode_bit``, None: no field)."""
 
     device: VirtioDevice
     pcie_port: bool = False
     no_soft_reset: bool = False
+    freeze_mode_bit: int | None = None
 
 
 @dataclass
@@ -215,7 +217,8 @@ def run(assets: UmlAssets, plugs: Sequence[Plug], script: str, directory: Path, 
     bridge = Bridge(machine, directory, mode=mode, log=log, step_hooks=list(step_hooks))
     functions: list[VirtioPciFunction] = []
     for p in plugs:
-        fn = machine.plug(p.device, pcie_port=p.pcie_port, no_soft_reset=p.no_soft_reset)
+        fn = machine.plug(p.device, pcie_port=p.pcie_port, no_soft_reset=p.no_soft_reset,
+                          freeze_mode_bit=p.freeze_mode_bit)
         bridge.add(fn)
         functions.append(fn)
     if setup is not None:

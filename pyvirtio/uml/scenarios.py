@@ -4,8 +4,16 @@ Contract. A :class:`Scenario` is data: its devices (built from the seed, so a ru
 script (busybox sh, run by the initramfs's ``/init`` from the run directory), the fault switches it arms, and a
 check function that turns a :class:`~pyvirtio.uml.runner.RunResult` into :class:`Check` results — each one a
 fact about the real kernel and pyvirtio's model named in one line, with what was seen. :data:`SCENARIOS` lists
-them all; :func:`run_scenario` runs one. A scenario never raises on what the kernel did: a kernel that hangs, a
+the stock kernel's (the proposal scenarios live in their own modules; :mod:`~pyvirtio.uml.catalog` collects every
+one); :func:`run_scenario` runs one. A scenario never raises on what the kernel did: a kernel that hangs, a
 driver that did not bind, a frame that did not arrive are failed checks, not exceptions.
+
+A scenario may name a power-management profile (``profile="suspend-bit"``; None: Linux 6.12 as shipped). The
+profile decides three things, each from the profile's :class:`~pyvirtio.pm.profiles.BuildPlan`: which UML kernel
+build runs (:attr:`Scenario.variant`, a name of :data:`PROFILE_VARIANTS`: the stock kernel with our patch for the
+mechanism), how its devices are built and plugged (:meth:`DeviceSpec.from_plan`: PCIe port, No_Soft_Reset, the
+freeze_mode field and its bit, the gpu's FREEZING offer), and how pyvirtio's model drivers are configured for the
+register-level comparison (:mod:`~pyvirtio.uml.model`).
 
 The guest marks its progress by writing ``PVUML-STEP <what>`` to ``/dev/kmsg``: the line carries the kernel's
 own timestamp (virtual time under time travel), which is how a run's register trace is cut into phases.
@@ -15,20 +23,23 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image as Image_
 
-from pyvirtio.clock import S
+from pyvirtio.clock import MS, S
+from pyvirtio.guest.gpu.flavours import GpuDriverKind
 from pyvirtio.host.device import VirtioDevice
 from pyvirtio.host.gpu.base import Pending, Reply
 from pyvirtio.host.gpu.device import Gpu
+from pyvirtio.host.gpu.freezing import PmGpu
 from pyvirtio.host.rng import EntropySource, Rng
 from pyvirtio.host.testdev import TestDevice
-from pyvirtio.spec.constants import GpuCmd, GpuResp
+from pyvirtio.pm.profiles import BuildPlan, PlugOptions, parse_profile
+from pyvirtio.spec.constants import GpuCmd, GpuResp, PowerState
 from pyvirtio.spec.gpu_formats import Image
 from pyvirtio.trace import Kind
 from pyvirtio.uml.bridge import Bridge, Mode
@@ -60,12 +71,13 @@ class Check:
         return f"{'ok    ' if self.ok else 'FAILED'} {self.name}: {self.seen}"
 
 
-class FaultyGpu(Gpu):
-    """A virtio-gpu whose command ``fail_command`` always answers ERR_UNSPEC (``--fault error=CMD``); the fault is
-    traced as a device event, not as a violation of the driver."""
+class FaultyGpu(PmGpu):
+    """A virtio-gpu (with the 2023 proposals' device side, :class:`~pyvirtio.host.gpu.freezing.PmGpu`: FREEZING
+    is offered only with ``offer_freezing``) whose command ``fail_command`` always answers ERR_UNSPEC (``--fault
+    error=CMD``); the fault is traced as a device event, not as a violation of the driver."""
 
     def __init__(self, name: str = "gpu", *, fail_command: int | None = None, **kw: object) -> None:
-        super().__init__(name, **kw)  # type: ignore[arg-type]
+        super().__init__(name, **kw)
         self.fail_command = fail_command
 
     def _dispatch(self, p: Pending) -> Reply:
@@ -75,18 +87,56 @@ class FaultyGpu(Gpu):
         return super()._dispatch(p)
 
 
+#: The UML kernel build each profile runs (a :data:`~pyvirtio.vm.uml_kernel.PROPOSAL_VARIANTS` name): Linux 6.12
+#: with our patch for that mechanism. A profile not listed here cannot run in UML.
+PROFILE_VARIANTS: dict[str, str] = {
+    "suspend-bit": "suspend",
+    "freeze-mode": "freeze-mode",
+    "gpu-freezing": "freezing",
+}
+#: The stock kernel's variant name (:data:`~pyvirtio.vm.uml_kernel.STOCK`).
+STOCK_VARIANT = "stock"
+
+
+def profile_plan(profile: str) -> BuildPlan:
+    """The build plan of ``profile`` (a name :data:`PROFILE_VARIANTS` lists; ValueError otherwise)."""
+    canonical = parse_profile(profile).name
+    if canonical not in PROFILE_VARIANTS:
+        raise ValueError(f"profile {profile!r} has no UML kernel build (known: {', '.join(PROFILE_VARIANTS)})")
+    return parse_profile(canonical).plan()
+
+
 @dataclass(frozen=True)
 class DeviceSpec:
-    """A device of a scenario: kind (``rng``, ``gpu``, ``testdev``), how it is plugged, its faults."""
+    """A device of a scenario: kind (``rng``, ``gpu``, ``testdev``), how it is plugged (PCIe port, No_Soft_Reset,
+    the 2023 freeze_mode field behind feature bit ``freeze_mode_bit``, None: no field), how it is built (the gpu's
+    2023 FREEZING offer), its faults. :meth:`from_plan` takes the plug and build options from a profile's plan."""
 
     kind: str
     pcie_port: bool = False
     no_soft_reset: bool = False
     faults: tuple[str, ...] = ()
+    freeze_mode_bit: int | None = None
+    offer_freezing: bool = False
+
+    @classmethod
+    def from_plan(cls, kind: str, plan: BuildPlan, *, faults: tuple[str, ...] = (),
+                  pcie_port: bool | None = None) -> DeviceSpec:
+        """The ``rng`` or ``gpu`` of a profile's plan (its :class:`~pyvirtio.pm.profiles.PlugOptions`, and for the
+        gpu its device configuration); ``pcie_port`` overrides the plan's (S3 in UML needs a port for PMCSR even
+        when the profile needs no No_Soft_Reset)."""
+        if kind not in ("rng", "gpu"):
+            raise ValueError(f"a plan builds rng and gpu, not {kind!r}")
+        opts: PlugOptions = plan.gpu_plug if kind == "gpu" else plan.rng_plug
+        return cls(kind, pcie_port=opts.pcie_port if pcie_port is None else pcie_port,
+                   no_soft_reset=opts.no_soft_reset, faults=faults,
+                   freeze_mode_bit=opts.freeze_mode_bit if opts.freeze_mode else None,
+                   offer_freezing=kind == "gpu" and plan.gpu_device.offer_freezing)
 
     def build(self, seed: int) -> tuple[VirtioDevice, FaultPlan]:
         """The device model and its parsed fault plan."""
-        allowed = frozenset({"delay", "hang-after", "needs-reset-after", "quiesce-never-ends"})
+        allowed = frozenset({"delay", "hang-after", "needs-reset-after", "quiesce-never-ends", "suspend-fails",
+                             "resume-fails"})
         if self.kind == "gpu":
             allowed |= {"error"}
         plan = parse_fault(self.faults, allowed)
@@ -95,17 +145,36 @@ class DeviceSpec:
             dev = Rng("rng", seed=seed)
         elif self.kind == "gpu":
             cmd = GpuCmd[plan.error_command] if plan.error_command else None
-            dev = FaultyGpu("gpu", fail_command=int(cmd) if cmd is not None else None)
+            dev = FaultyGpu("gpu", fail_command=int(cmd) if cmd is not None else None,
+                            offer_freezing=self.offer_freezing)
         elif self.kind == "testdev":
             dev = TestDevice("testdev")
         else:
             raise ValueError(f"unknown device kind {self.kind!r}")
         return dev, plan
 
+    def plug(self, device: VirtioDevice) -> Plug:
+        """How :func:`~pyvirtio.uml.runner.run` plugs ``device`` (the model's machine takes the same options)."""
+        return Plug(device, self.pcie_port, self.no_soft_reset, self.freeze_mode_bit)
+
+
+#: A scenario's hook into the run: called with each console line, the machine and the run's scratch state.
+LineHook = Callable[[str, UmlMachine, dict[str, object]], None]
+#: What the host does while the guest sleeps (a display event, say), given the scenario's devices by kind; run
+#: in UML and in the model alike (:attr:`Scenario.while_asleep`).
+HostEvent = Callable[[Mapping[str, VirtioDevice]], None]
+
 
 @dataclass(frozen=True)
 class Scenario:
-    """One scenario (see the module contract)."""
+    """One scenario (see the module contract). ``profile``: the pm profile (None: stock Linux 6.12);
+    ``model_gpu_driver``: the gpu driver kind the model runs when it is not the plan's (a patch that gives the
+    real driver other hooks than the profile's model driver has); ``on_line``: extra console-line hooks (a
+    device event while the guest sleeps, say).
+
+    ``while_asleep`` runs ``asleep_after`` ns of virtual time after every function behind a PCIe port reached
+    D3hot (in UML: seen before the kernel's next access; in the model: after the guest's suspend, before its
+    resume), once: a host event the devices see while the guest sleeps."""
 
     name: str
     about: str
@@ -115,11 +184,30 @@ class Scenario:
     timeout: float = 60.0
     pme_after_suspend: int | None = None  # ns after "PM: suspend entry": the rng's function signals PME
     notes: tuple[str, ...] = field(default=())
+    profile: str | None = None
+    model_gpu_driver: GpuDriverKind | None = None
+    on_line: tuple[LineHook, ...] = ()
+    while_asleep: HostEvent | None = None
+    asleep_after: int = 500 * MS
+
+    def __post_init__(self) -> None:
+        if self.profile is not None:
+            profile_plan(self.profile)  # a profile without a kernel build is a programming error, found early
 
     @property
     def sleeps(self) -> bool:
         """The scenario suspends the guest (S3)."""
         return "/sys/power/state" in self.script
+
+    @property
+    def plan(self) -> BuildPlan | None:
+        """The profile's build plan (None: stock)."""
+        return None if self.profile is None else profile_plan(self.profile)
+
+    @property
+    def variant(self) -> str:
+        """The name of the UML kernel build this scenario runs (:data:`PROFILE_VARIANTS`, or ``stock``)."""
+        return STOCK_VARIANT if self.profile is None else PROFILE_VARIANTS[parse_profile(self.profile).name]
 
 
 # -- guest scripts ----------------------------------------------------------------------------------------------
@@ -387,6 +475,9 @@ def _sleep_checks(r: RunResult, sc: Scenario, frames: Frames) -> list[Check]:
     return out
 
 
+#: The checks of an S3 scenario (what the stock scenarios check; a proposal's scenarios add their own).
+sleep_checks = _sleep_checks
+
 _KILLED = (124, 143)  # busybox timeout: the command was still running (SIGTERM)
 
 
@@ -488,15 +579,33 @@ class ScenarioResult:
         return all(c.ok for c in self.checks)
 
 
+def _asleep_check(sc: Scenario, machine: UmlMachine, state: dict[str, object]) -> None:
+    """Before each kernel access: once every function behind a port is in D3hot, schedule the scenario's host
+    event (see :class:`Scenario`)."""
+    event = sc.while_asleep
+    if event is None or state.get("asleep"):
+        return
+    ported = [f for f in machine.functions if f.options.pcie_port]
+    if not ported or any(f.power_state is not PowerState.D3HOT for f in ported):
+        return
+    state["asleep"] = machine.now
+    devices = {f.name: f.device for f in machine.functions}
+    machine.scheduler.schedule(sc.asleep_after, lambda: event(devices), label="while-asleep")
+
+
 def run_scenario(assets: UmlAssets, scenario: Scenario | str, directory: Path, *, mode: Mode = Mode.TIME_TRAVEL,
                  seed: int = 0, log: Log = lambda _m: None, timeout: float | None = None) -> ScenarioResult:
-    """Run ``scenario`` once in ``directory`` and check it."""
+    """Run ``scenario`` (a :data:`SCENARIOS` name, or any :class:`Scenario`: :mod:`~pyvirtio.uml.catalog` has
+    them all) once in ``directory`` and check it; ``assets`` must be the kernel build of :attr:`Scenario.variant`
+    (ValueError otherwise: a proposal's scenario on the stock kernel would check nothing)."""
     sc = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
+    if assets.variant != sc.variant:
+        raise ValueError(f"scenario {sc.name} runs on the {sc.variant} kernel build, not {assets.variant}")
     plugs: list[Plug] = []
     engines: list[FaultEngine] = []
     for spec in sc.devices:
         dev, plan = spec.build(seed)
-        plugs.append(Plug(dev, spec.pcie_port, spec.no_soft_reset))
+        plugs.append(spec.plug(dev))
         if plan.specs:
             engines.append(FaultEngine(plan, dev, lambda what, detail: log(f"fault {what}: {detail}")))
     for e in engines:
@@ -505,6 +614,8 @@ def run_scenario(assets: UmlAssets, scenario: Scenario | str, directory: Path, *
 
     def setup(machine: UmlMachine, bridge: Bridge) -> None:
         state["machine"] = machine
+        if sc.while_asleep is not None:
+            bridge.before_kick.append(lambda: _asleep_check(sc, machine, state))
 
     frames: Frames = {}
 
@@ -521,6 +632,8 @@ def run_scenario(assets: UmlAssets, scenario: Scenario | str, directory: Path, *
         if sc.pme_after_suspend is not None and "PM: suspend entry" in line and not state.get("pme"):
             state["pme"] = True
             machine.scheduler.schedule(sc.pme_after_suspend, lambda: machine.pme("rng"), label="pme")
+        for hook in sc.on_line:
+            hook(line, machine, state)
 
     r = run(assets, plugs, sc.script, directory, name=sc.name, mode=mode, seed=seed,
             timeout=timeout if timeout is not None else sc.timeout, log=log, on_line=[on_line], setup=setup,
@@ -532,5 +645,7 @@ def run_scenario(assets: UmlAssets, scenario: Scenario | str, directory: Path, *
     return ScenarioResult(sc, r, checks, frames)
 
 
-__all__ = ["SCENARIOS", "Check", "DeviceSpec", "FaultyGpu", "Scenario", "ScenarioResult", "kernel_time",
-           "run_scenario", "sleep_script", "status_writes", "step_rc", "step_time", "steps_seen"]
+__all__ = ["PROFILE_VARIANTS", "SCENARIOS", "STOCK_VARIANT", "Check", "DeviceSpec", "FaultyGpu", "Frames",
+           "HostEvent", "LineHook", "Scenario", "ScenarioResult", "common_checks", "console_has", "entropy_served",
+           "frame_check", "kernel_time", "mark_pos", "profile_plan", "run_scenario", "sleep_checks", "sleep_script",
+           "status_writes", "step_rc", "step_time", "steps_seen"]
