@@ -99,8 +99,8 @@ def test_every_violation_against_the_patched_kernels_is_explained(freeze_runs: d
 EXPLAINED: dict[str, tuple[str, ...]] = {
     # the PCI core's enumeration and pci_enable_device before pci_set_master; the hwrng core's first read
     "probe": (r"COMMAND <- (INTX_DISABLE|0|MEMORY)", r"notify queue 0"),
-    # a reader's request before the freezer; drm_mode_config_helper_suspend's scanout disables (notified before
-    # FREEZE_S3 is written... after it, in the freeze-mode build); vp_del_vqs's NO_VECTOR writes after the reset
+    # a reader's request before the freezer; drm_mode_config_helper_suspend's scanout disables (the model has no
+    # modeset to suspend); vp_del_vqs's NO_VECTOR writes after the reset (a finding of issue 14)
     "suspend": (r"notify queue 0", r"(queue [01]|config) vector <- 0xffff"),
     # pci_restore_state (COMMAND, the MSI-X table); the model re-reads the device features; the display event
     # held during the freeze reaches virtio-gpu's config work item, which acknowledges it (events_clear) after
