@@ -27,10 +27,9 @@ core holds configuration changes back; the change is delivered once after restor
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -38,8 +37,7 @@ from pyvirtio.errors import PyvirtioError
 from pyvirtio.guest.kernel import SleepAborted
 from pyvirtio.host.device import VirtioDevice
 from pyvirtio.host.gpu.base import Pending, Reply
-from pyvirtio.host.gpu.device import Gpu, Handler
-from pyvirtio.host.gpu.freezing import PmGpu
+from pyvirtio.host.gpu.device import Gpu
 from pyvirtio.host.rng import Rng
 from pyvirtio.pm.profiles import BuildPlan
 from pyvirtio.spec import gpu_wire
@@ -133,21 +131,12 @@ class FreezeRng(_ResetRecord, Rng):
     """pyvirtio's rng, recording what it held at each reset."""
 
 
-def _status_freezing(dev: PmGpu, p: Pending) -> Reply:
-    reply = PmGpu.handlers[GpuCmd.STATUS_FREEZING](dev, p)
-    if isinstance(dev, FreezeGpu) and dev.freezing:
-        dev.state_kept()
-    return reply
-
-
 class FreezeGpu(_ResetRecord, FaultyGpu):
     """pyvirtio's gpu (with the 2023 proposals' device side) for these scenarios: records what it held at each
     reset; ``event_when_kept`` raises a display event (scanout 0, same mode) once, as soon as it is asked to keep
     its state (freeze_mode FREEZE_S3 reached, or STATUS_FREEZING 1); ``huge_state`` makes a freeze_mode freeze
     take longer than the kernel waits; when armed (:meth:`arm`) it captures scanout 0 at the first scanout
     disable of the freeze and at the first scanout the restore shows again (:class:`Captures`)."""
-
-    handlers: ClassVar[Mapping[int, Handler]] = {**PmGpu.handlers, GpuCmd.STATUS_FREEZING: _status_freezing}
 
     def __init__(self, name: str = "gpu", *, event_when_kept: bool = False, huge_state: bool = False,
                  **kw: Any) -> None:
@@ -160,8 +149,8 @@ class FreezeGpu(_ResetRecord, FaultyGpu):
 
     @property
     def retain_state_on_reset(self) -> bool:
-        """The device core's policy (see :class:`~pyvirtio.host.device.VirtioDevice`); setting it to True is
-        the moment the device is asked to keep its state."""
+        """The device core's policy (see :class:`~pyvirtio.host.device.VirtioDevice`); it is set to True the
+        moment the device is asked to keep its state (freeze_mode reached FREEZE_S3, or STATUS_FREEZING 1)."""
         return self._retain
 
     @retain_state_on_reset.setter
@@ -230,14 +219,10 @@ class FreezeDeviceSpec(DeviceSpec):
 
 # -- what a run shows ---------------------------------------------------------------------------------------------
 
-#: Per run (keyed by its machine): nothing; the gpu carries its own captures. Kept for the line hook's state.
-_ARMED: weakref.WeakSet[UmlMachine] = weakref.WeakSet()
-
-
 def arm_on_suspend(line: str, machine: UmlMachine, state: dict[str, object]) -> None:
-    """Console hook: when the kernel starts to suspend, arm the gpu's captures."""
-    if SUSPEND_ENTRY in line and machine not in _ARMED:
-        _ARMED.add(machine)
+    """Console hook: when the kernel starts to suspend, arm the gpu's captures (once per run)."""
+    if SUSPEND_ENTRY in line and not state.get("captures-armed"):
+        state["captures-armed"] = True
         for f in machine.functions:
             if isinstance(f.device, FreezeGpu):
                 f.device.arm()
@@ -384,14 +369,15 @@ def display_kept_checks(r: RunResult, kept: bool = True) -> list[Check]:
 
 
 def inflight_checks(r: RunResult) -> list[Check]:
-    """Every gpu request in flight when the guest went to sleep was answered before the freeze's reset (the
-    driver drains), and what the rng held is reported (Linux's virtio-rng abandons its buffer: §2.4 the reset
-    makes the device forget it)."""
+    """Every request in flight when the guest went to sleep (the hwrng reader's, the framebuffer loop's) was
+    answered before the device's freeze reset: the device held nothing it had taken (the gpu drains its queues;
+    the rng's reader is answered before the freezer stops it)."""
     p_s = mark_pos(r, "suspend") or 0
     out = []
-    held = [int(e.detail.get("inflight", -1)) for e in device_events(r, "gpu", "reset_inflight", p_s)]
-    out.append(Check("gpu: requests in flight completed: nothing left unanswered at the freeze's reset",
-                     bool(held) and held[0] == 0, f"held at the resets: {held}"))
+    for dev in ("rng", "gpu"):
+        held = [int(e.detail.get("inflight", -1)) for e in device_events(r, dev, "reset_inflight", p_s)]
+        out.append(Check(f"{dev}: requests in flight completed: nothing left unanswered at the freeze's reset",
+                         bool(held) and held[0] == 0, f"held at the resets: {held}"))
     return out
 
 
