@@ -17,7 +17,9 @@ the model is configured as that kernel (:func:`model_setup`): Linux 6.12 plus th
 build plan (the kernel's SUSPEND use or freeze_mode, the drivers' extra features, the gpu driver flavour), and the
 model drivers accept exactly what the patched kernel accepts (SUSPEND from virtio-rng and virtio-gpu with the
 suspend-bit patch). A scenario's host event while the guest sleeps (``while_asleep``) runs between the model
-guest's suspend and resume, ``asleep_after`` ns after the suspend.
+guest's suspend and resume, ``asleep_after`` ns after the suspend (the model then runs :data:`RESUME_SETTLE` after its
+resume); the devices' fault switches that need no
+counting (latency, the SUSPEND faults) are armed as in the UML run.
 
 Devices without a pyvirtio driver (the test device) are probed by nobody in the model; they are left out.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from pyvirtio.clock import MS
 from pyvirtio.guest.driver import VirtioDriver
 from pyvirtio.guest.gpu.flavours import FLAVOURS, GpuDriverKind
 from pyvirtio.guest.kernel import Guest, KernelConfig
@@ -37,10 +40,15 @@ from pyvirtio.trace import TraceEvent
 from pyvirtio.uml.regtrace import Difference, Step, compare, driver_steps, side_by_side
 from pyvirtio.uml.runner import RunResult
 from pyvirtio.uml.scenarios import STEP, DeviceSpec, HostEvent, Scenario, profile_plan
+from pyvirtio.vhost_user.faults import FaultEngine
 
 #: Linux 6.12 as pyvirtio's guest models it: the No_Soft_Reset skip (6.8+), no SUSPEND, no freeze_mode.
 LINUX_612 = KernelConfig(name="linux-6.12", pm_no_reset=True)
 PHASES = ("probe", "suspend", "resume")
+#: How long the model guest runs after its resume when a host event happened while it slept: the configuration
+#: interrupt the device sends on resuming is taken, and its handling done, after the resume (Linux: in a work
+#: item), so the comparison's resume phase includes it.
+RESUME_SETTLE = 10 * MS
 #: Console lines that mark the start of the resume (printed with pm_debug_messages).
 RESUME_LINES = ("Timekeeping suspended for", "PM: noirq resume of devices")
 
@@ -93,7 +101,9 @@ def model_run(devices: Sequence[DeviceSpec], *, seed: int = 0, sleep: bool = Fal
     machine = Machine(128 << 20, seed=seed, machine_type=MachineType.Q35)
     fns: dict[str, VirtioPciFunction] = {}
     for spec in devices:
-        dev, _ = spec.build(seed)
+        dev, plan = spec.build(seed)
+        if plan.specs:  # the device's own switches (latency, SUSPEND faults); counted faults need a UML run
+            FaultEngine(plan, dev, lambda _what, _detail: None).arm()
         fns[spec.kind] = machine.plug(dev, pcie_port=spec.pcie_port, no_soft_reset=spec.no_soft_reset,
                                       freeze_mode_bit=spec.freeze_mode_bit)
     guest = Guest(machine, ms.kernel)
@@ -122,14 +132,16 @@ def model_run(devices: Sequence[DeviceSpec], *, seed: int = 0, sleep: bool = Fal
             while_asleep({k: f.device for k, f in fns.items()})
         r0 = len(t)
         guest.resume()
+        if while_asleep is not None:  # the deferred change's interrupt is taken after the resume, as in Linux
+            machine.run_for(RESUME_SETTLE)
         cuts["resume"] = (r0, len(t))
     return PhasedTrace(t.events, {k: v for k, v in fns.items() if k in ("rng", "gpu")}, cuts)
 
 
-def real_phases(r: RunResult) -> PhasedTrace:
+def real_phases(r: RunResult, resume_until: str = "resumed") -> PhasedTrace:
     """The UML run's machine trace cut at the guest's ``suspend`` mark and at the start of the resume (a resume
-    line of the kernel, else the longest quiet time after the suspend mark); without a suspend the probe ends at
-    the guest's ``probed`` mark."""
+    line of the kernel, else the longest quiet time between the suspend and ``resumed`` marks), the resume ending
+    at the guest's ``resume_until`` mark; without a suspend the probe ends at the guest's ``probed`` mark."""
     events = r.trace
     n = len(events)
     def mark(name: str) -> int | None:
@@ -140,15 +152,16 @@ def real_phases(r: RunResult) -> PhasedTrace:
     fns = {f.name: f for f in r.functions if f.name in ("rng", "gpu")}
     if suspend is None:  # the probe is what happened before the guest's first mark
         return PhasedTrace(events, fns, {"probe": (0, mark("probed") or n)})
+    resumed = mark("resumed") or n
     resume = next((pos for line, pos in zip(r.console, r.console_pos, strict=True)
                    if pos >= suspend and any(m in line for m in RESUME_LINES)), None)
-    if resume is None:
-        best, resume = -1, n
-        for i in range(max(suspend, 1), n):
+    if resume is None:  # the sleep: the longest quiet time between the guest's suspend and resumed marks
+        best, resume = -1, resumed
+        for i in range(max(suspend, 1), resumed):
             gap = events[i].t - events[i - 1].t
             if gap > best:
                 best, resume = gap, i
-    end = mark("resumed") or n
+    end = mark(resume_until) or n
     return PhasedTrace(events, fns, {"probe": (0, mark("probed") or suspend), "suspend": (suspend, resume),
                                      "resume": (resume, max(resume, end))})
 
@@ -177,7 +190,7 @@ class PhaseComparison:
 
 def compare_run(r: RunResult, scenario: Scenario) -> list[PhaseComparison]:
     """The real kernel's register-level sequence beside pyvirtio's model driver's, per device and phase."""
-    real = real_phases(r)
+    real = real_phases(r, scenario.resume_until)
     model = model_run(scenario.devices, seed=r.seed, sleep=scenario.sleeps,
                       setup=model_setup(scenario.profile, scenario.model_gpu_driver),
                       while_asleep=scenario.while_asleep, asleep_after=scenario.asleep_after)

@@ -110,7 +110,8 @@ def profile_plan(profile: str) -> BuildPlan:
 class DeviceSpec:
     """A device of a scenario: kind (``rng``, ``gpu``, ``testdev``), how it is plugged (PCIe port, No_Soft_Reset,
     the 2023 freeze_mode field behind feature bit ``freeze_mode_bit``, None: no field), how it is built (the gpu's
-    2023 FREEZING offer), its faults. :meth:`from_plan` takes the plug and build options from a profile's plan."""
+    2023 FREEZING offer, the VIRTIO_F_SUSPEND offer), its faults. :meth:`from_plan` takes the plug and build
+    options from a profile's plan."""
 
     kind: str
     pcie_port: bool = False
@@ -118,6 +119,7 @@ class DeviceSpec:
     faults: tuple[str, ...] = ()
     freeze_mode_bit: int | None = None
     offer_freezing: bool = False
+    offer_suspend: bool = True  # pyvirtio's devices offer VIRTIO_F_SUSPEND unless told not to
 
     @classmethod
     def from_plan(cls, kind: str, plan: BuildPlan, *, faults: tuple[str, ...] = (),
@@ -142,11 +144,11 @@ class DeviceSpec:
         plan = parse_fault(self.faults, allowed)
         dev: VirtioDevice
         if self.kind == "rng":
-            dev = Rng("rng", seed=seed)
+            dev = Rng("rng", seed=seed, offer_suspend=self.offer_suspend)
         elif self.kind == "gpu":
             cmd = GpuCmd[plan.error_command] if plan.error_command else None
             dev = FaultyGpu("gpu", fail_command=int(cmd) if cmd is not None else None,
-                            offer_freezing=self.offer_freezing)
+                            offer_freezing=self.offer_freezing, offer_suspend=self.offer_suspend)
         elif self.kind == "testdev":
             dev = TestDevice("testdev")
         else:
@@ -170,7 +172,10 @@ class Scenario:
     """One scenario (see the module contract). ``profile``: the pm profile (None: stock Linux 6.12);
     ``model_gpu_driver``: the gpu driver kind the model runs when it is not the plan's (a patch that gives the
     real driver other hooks than the profile's model driver has); ``on_line``: extra console-line hooks (a
-    device event while the guest sleeps, say).
+    device event while the guest sleeps, say; the scratch state's ``frames`` is the run's :data:`Frames`, where a
+    hook may store scanouts of its own); ``resume_until``: the guest mark where the register-level comparison's
+    resume phase ends (later than ``resumed`` when the kernel finishes its resume in a work item, as a deferred
+    configuration change's handling).
 
     ``while_asleep`` runs ``asleep_after`` ns of virtual time after every function behind a PCIe port reached
     D3hot (in UML: seen before the kernel's next access; in the model: after the guest's suspend, before its
@@ -189,6 +194,7 @@ class Scenario:
     on_line: tuple[LineHook, ...] = ()
     while_asleep: HostEvent | None = None
     asleep_after: int = 500 * MS
+    resume_until: str = "resumed"
 
     def __post_init__(self) -> None:
         if self.profile is not None:
@@ -610,14 +616,14 @@ def run_scenario(assets: UmlAssets, scenario: Scenario | str, directory: Path, *
             engines.append(FaultEngine(plan, dev, lambda what, detail: log(f"fault {what}: {detail}")))
     for e in engines:
         e.arm()
-    state: dict[str, object] = {}
+    frames: Frames = {}
+    state: dict[str, object] = {"frames": frames}  # a hook may capture frames of its own under other names
 
     def setup(machine: UmlMachine, bridge: Bridge) -> None:
         state["machine"] = machine
         if sc.while_asleep is not None:
             bridge.before_kick.append(lambda: _asleep_check(sc, machine, state))
 
-    frames: Frames = {}
 
     def on_line(line: str) -> None:
         machine = state.get("machine")
