@@ -172,17 +172,43 @@ class Guest:
     def _uses_no_reset(self, drv: VirtioDriver) -> bool:
         return self.kernel.pm_no_reset and drv.t.supports_pm_no_reset()
 
+    def _uses_freeze_mode(self, drv: VirtioDriver) -> bool:
+        return self.kernel.freeze_mode and drv.has(self.kernel.freeze_mode_bit)
+
+    def _set_freeze_mode(self, drv: VirtioDriver, mode: FreezeMode, pm: DevicePm | None = None) -> None:
+        """The freeze_mode handshake (reference §2.9); a device that does not report ``mode`` in time is logged and
+        the transition goes on (for FREEZE_S3: a plain freeze, whose reset loses the device state), as our Linux
+        patch does (``guest/linux/virtio-pci-freeze-mode.patch``)."""
+        try:
+            set_freeze_mode(drv, mode)
+        except DriverError as e:
+            if pm is not None:
+                pm.notes.append(f"freeze_mode {mode.name} failed ({e}); plain freeze")
+            self.trace(event="freeze_mode_failed", dev=drv.name, mode=mode.name, why=str(e))
+            return
+        if pm is not None:
+            pm.notes.append(f"freeze_mode {mode.name}")
+
     def _freeze(self, drv: VirtioDriver, pm: DevicePm) -> None:
-        if self.kernel.freeze_mode and drv.has(self.kernel.freeze_mode_bit):
+        """``virtio_pci_freeze`` (``virtio_device_freeze``); with the freeze_mode proposal, FREEZE_S3 once
+        configuration changes are held back and before the driver's ``.freeze``, withdrawn (UNFREEZE) when that
+        ``.freeze`` fails."""
+        fm = self._uses_freeze_mode(drv)
+        if fm:
             drv.config_disable()
-            set_freeze_mode(drv, FreezeMode.FREEZE_S3)
-            pm.notes.append("freeze_mode FREEZE_S3")
-        drv.freeze()
+            self._set_freeze_mode(drv, FreezeMode.FREEZE_S3, pm)
+        try:
+            drv.freeze()
+        except PyvirtioError:
+            if fm:
+                self._set_freeze_mode(drv, FreezeMode.UNFREEZE)
+            raise
 
     def _restore(self, drv: VirtioDriver) -> None:
+        """``virtio_pci_restore``; with the freeze_mode proposal, UNFREEZE as its last step."""
         drv.restore()
-        if self.kernel.freeze_mode and drv.has(self.kernel.freeze_mode_bit):
-            set_freeze_mode(drv, FreezeMode.UNFREEZE)
+        if self._uses_freeze_mode(drv):
+            self._set_freeze_mode(drv, FreezeMode.UNFREEZE)
 
     def dev_suspend(self, drv: VirtioDriver) -> DevicePm:
         """``.suspend`` for S3/s2idle (``virtio_pci_suspend``): the :class:`PmPath` this kernel and device allow —

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from pyvirtio.uml.freeze_scenarios import SCENARIOS as FREEZE_SCENARIOS
 from pyvirtio.uml.scenarios import SCENARIOS as STOCK_SCENARIOS
 from pyvirtio.uml.scenarios import STOCK_VARIANT, Scenario
 from pyvirtio.uml.suspend import SCENARIOS as SUSPEND_SCENARIOS
@@ -25,6 +26,7 @@ from pyvirtio.vm.uml_kernel import PROPOSAL_VARIANTS, STOCK, KernelVariant
 SOURCES: tuple[Mapping[str, Scenario], ...] = (
     STOCK_SCENARIOS,
     SUSPEND_SCENARIOS,
+    FREEZE_SCENARIOS,
 )
 
 

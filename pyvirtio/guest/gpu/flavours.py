@@ -95,10 +95,19 @@ class FreezingGpuDriver(BasicHooksGpuDriver):
         self.wait(self.submit(GpuCmd.STATUS_FREEZING, gpu_wire.STATUS_FREEZING_BODY.pack(int(value)), fence=True))
 
     def driver_freeze(self) -> None:
-        """STATUS_FREEZING 1 (when negotiated), then the basic ``.freeze``."""
-        if self.has(GpuFeature.FREEZING):
-            self.set_freezing(True)
-        super().driver_freeze()
+        """STATUS_FREEZING 1 (when negotiated; an error answer or none aborts the freeze), then the basic
+        ``.freeze``; if that fails (the queues did not drain), STATUS_FREEZING 0 withdraws the request, as our
+        Linux patch does (``guest/linux/virtio-gpu-freezing.patch``)."""
+        if not self.has(GpuFeature.FREEZING):
+            super().driver_freeze()
+            return
+        self.set_freezing(True)
+        try:
+            super().driver_freeze()
+        except DriverError:
+            with contextlib.suppress(DriverError):
+                self.set_freezing(False)
+            raise
 
     def before_modeset(self) -> None:
         """STATUS_FREEZING 0 (when negotiated) before the modeset replay."""

@@ -7,7 +7,8 @@
 * defined values UNFREEZE = 0 and FREEZE_S3 = 3 (others ignored);
 * a request/response handshake: the driver writes the mode, then polls the field until the device reports the
   mode reached, because freezing gigabytes of device state takes time (Parav Pandit's objection). The device
-  reads back the *previous* mode until it is done.
+  reads back the *previous* mode until it is done; writing the mode it reports withdraws a change still under
+  way (a driver that timed out waiting for FREEZE_S3 writes UNFREEZE at restore).
 
 While FREEZE_S3 is reached, a reset (the driver's, or the machine's on S3 wake) keeps the device-type state
 (virtio-gpu resources); the virtio transport state (status, queues, vectors) is still reset.
@@ -105,7 +106,14 @@ class FreezeModeDevice:
         if value not in (FreezeMode.UNFREEZE, FreezeMode.FREEZE_S3):
             dev.violation("freeze_mode: undefined value", value=value)
             return
-        if value == self.mode or value == self._pending:
+        if value == self._pending:
+            return
+        if value == self.mode:
+            # A request for the mode already reached withdraws the change still under way (a driver that gave up
+            # waiting for FREEZE_S3 and froze plainly writes UNFREEZE at restore): that change never completes.
+            if self._pending is not None:
+                self._pending = None
+                self.fn.trace.record(Kind.PM, self.fn.name, event="freeze_mode_withdrawn", mode=value)
             return
         self._pending = value
         cost = 50 * US
