@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 import signal
 import subprocess
@@ -194,6 +195,13 @@ def _no_aslr() -> None:
         libc.personality(current | ADDR_NO_RANDOMIZE)
 
 
+def _resume_gc(paused: bool) -> None:
+    """Undo the real-time run's garbage-collector pause."""
+    if paused:
+        gc.unfreeze()
+        gc.enable()
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -227,11 +235,17 @@ def run(assets: UmlAssets, plugs: Sequence[Plug], script: str, directory: Path, 
     write_atomic(directory / "cmdline.txt", b" ".join(os.fsencode(a) for a in argv) + b"\n")  # paths may not be UTF-8
     env = {**os.environ, "TMPDIR": "."}  # relative, like the command line (see kernel_command)
     t0 = time.monotonic()
+    paused_gc = mode is Mode.REALTIME and gc.isenabled()
+    if paused_gc:  # a full collection over a large heap (earlier runs' traces) can outlast the kernel's 40 ms read
+        gc.collect()
+        gc.freeze()
+        gc.disable()
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 cwd=directory, env=env, start_new_session=True, preexec_fn=_no_aslr)
     except OSError as e:
         bridge.close()
+        _resume_gc(paused_gc)
         raise VmError(f"cannot start the UML kernel {assets.kernel}: {e.strerror or e}") from None
     assert proc.stdout is not None
     console = _Console(proc.stdout.fileno(), directory / "console.log", on_line,
@@ -259,6 +273,7 @@ def run(assets: UmlAssets, plugs: Sequence[Plug], script: str, directory: Path, 
         with contextlib.suppress(OSError):
             proc.stdout.close()
         bridge.close()
+        _resume_gc(paused_gc)
     wall = time.monotonic() - t0
     notes: list[str] = []
     if any(NOHOST_MARKER in ln for ln in console.lines):
