@@ -534,35 +534,44 @@ _HOOKS = (arm_on_suspend,)
 SLOW_FREEZE_SCRIPT = sleep_script().replace("echo +2 > /sys/class/rtc/rtc0/wakealarm",
                                             "echo +20 > /sys/class/rtc/rtc0/wakealarm")
 
+#: Register-level differences from the model both freeze paths explain (the README; on top of the stock ones):
+#: drm_mode_config_helper_suspend's scanout disables before the freeze and the NO_VECTOR writes of both queues
+#: after its reset (the model has no modeset to suspend); the held display event's events_clear, written by
+#: virtio-gpu's config work item after the restore's last step (UNFREEZE), inline in the model.
+FREEZE_EXPLAINED: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("suspend", (r"(queue [01]|config) vector <- 0xffff",)),
+    ("resume", (r"common 0x40 <- 0x0", r"device config write 0x4/4")),
+)
+
 #: The freeze-mode and gpu-freezing profiles' scenarios, by name.
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("s3-freeze-mode", "freeze_mode (our patch): S3 with rng and gpu behind ports, the gpu's common config "
              "with the field at offset 64; requests in flight, a display event while asleep",
              (_FM_RNG, _FM_GPU), sleep_script(), _freeze_mode_s3, profile=FREEZE_MODE, on_line=_HOOKS,
-             while_asleep=display_event),
+             while_asleep=display_event, cell="S3", explained=FREEZE_EXPLAINED),
     Scenario("s3-freeze-mode-held", "freeze_mode (our patch): the display changes as the gpu reaches FREEZE_S3 "
              "(configuration changes held back by the virtio core): delivered once after restore",
              (_FM_RNG, replace(_FM_GPU, event_when_kept=True)), sleep_script(), _freeze_mode_s3,
-             profile=FREEZE_MODE, on_line=_HOOKS),
+             profile=FREEZE_MODE, on_line=_HOOKS, explained=FREEZE_EXPLAINED),
     Scenario("s3-freeze-mode-timeout", "freeze_mode (our patch): the gpu cannot make 64 GiB persistent within the "
              "kernel's 10 s: the kernel logs it and freezes plainly; the restore's UNFREEZE withdraws the request",
              (_FM_RNG, replace(_FM_GPU, huge_state=True)), SLOW_FREEZE_SCRIPT, _freeze_mode_timeout,
-             profile=FREEZE_MODE, on_line=_HOOKS, timeout=120.0),
+             profile=FREEZE_MODE, on_line=_HOOKS, timeout=120.0, explained=FREEZE_EXPLAINED),
     Scenario("s3-gpu-freezing", "FREEZING (our patch): S3 with rng and gpu behind ports, the gpu offering bit 5 as "
              "FREEZING; requests in flight, a display event while asleep",
              (_FZ_RNG, _FZ_GPU), sleep_script(), _gpu_freezing_s3, profile=GPU_FREEZING, on_line=_HOOKS,
-             while_asleep=display_event),
+             while_asleep=display_event, cell="S3", explained=FREEZE_EXPLAINED),
     Scenario("s3-gpu-freezing-held", "FREEZING (our patch): the display changes as the gpu takes STATUS_FREEZING 1 "
              "(configuration changes held back by the virtio core): delivered once after restore",
              (_FZ_RNG, replace(_FZ_GPU, event_when_kept=True)), sleep_script(), _gpu_freezing_s3,
-             profile=GPU_FREEZING, on_line=_HOOKS),
+             profile=GPU_FREEZING, on_line=_HOOKS, explained=FREEZE_EXPLAINED),
     Scenario("s3-gpu-freezing-collision", "FREEZING (our patch) on a gpu whose bit 5 means BLOB_ALIGNMENT: the 2023 "
              "driver takes it as FREEZING, the device refuses STATUS_FREEZING, the suspend is aborted",
              (_FZ_RNG, replace(_FZ_GPU, offer_freezing=False, offer_blob_alignment=True)), sleep_script(),
              _collision, profile=GPU_FREEZING, on_line=_HOOKS),
 )}
 
-__all__ = ["FM_PLAN", "FREEZE_MODE", "FZ_PLAN", "GPU_FREEZING", "GPU_PATCH", "SCENARIOS", "Captures",
-           "FreezeDeviceSpec", "FreezeGpu", "FreezeRng", "arm_on_suspend", "config_event_check", "display_event",
-           "display_kept_checks", "events_clear_writes", "freeze_mode_checks", "gpu_freezing_checks", "gpu_of",
-           "kernel_build", "model_deliveries", "model_suspend_refusal"]
+__all__ = ["FM_PLAN", "FREEZE_EXPLAINED", "FREEZE_MODE", "FZ_PLAN", "GPU_FREEZING", "GPU_PATCH", "SCENARIOS",
+           "Captures", "FreezeDeviceSpec", "FreezeGpu", "FreezeRng", "arm_on_suspend", "config_event_check",
+           "display_event", "display_kept_checks", "events_clear_writes", "freeze_mode_checks", "gpu_freezing_checks",
+           "gpu_of", "kernel_build", "model_deliveries", "model_suspend_refusal"]

@@ -207,12 +207,14 @@ class PhaseComparison:
         return out
 
 
-def unexplained(comparison: Sequence[PhaseComparison]) -> list[tuple[PhaseComparison, Difference]]:
-    """The differences of ``comparison`` that :data:`EXPLAINED` does not cover (every step text of a difference,
-    real and model, must match a pattern of its phase)."""
+def unexplained(comparison: Sequence[PhaseComparison], scenario: Scenario | None = None
+                ) -> list[tuple[PhaseComparison, Difference]]:
+    """The differences of ``comparison`` that :data:`EXPLAINED` (and ``scenario.explained``) do not cover (every
+    step text of a difference, real and model, must match a pattern of its phase)."""
+    extra = dict(scenario.explained) if scenario is not None else {}
     out = []
     for c in comparison:
-        allowed = EXPLAINED.get(c.phase, ())
+        allowed = EXPLAINED.get(c.phase, ()) + extra.get(c.phase, ())
         for d in c.differences:
             if not all(any(re.fullmatch(p, text) for p in allowed) for text in (*d.real, *d.model)):
                 out.append((c, d))
@@ -227,7 +229,7 @@ def cell_evidence(res: ScenarioResult, comparison: Sequence[PhaseComparison], st
     sc = res.scenario
     if sc.profile is None or sc.cell is None:
         return None
-    bad = unexplained(comparison)
+    bad = unexplained(comparison, sc)
     detail = (f"kernel variant {sc.variant}, scenario {sc.name}, {sum(c.ok for c in res.checks)}/{len(res.checks)} "
               f"checks, {len(bad)} unexplained register differences")
     return Evidence(ProvKind.UML, stack, parse_profile(sc.profile).name, sc.cell, "uml",

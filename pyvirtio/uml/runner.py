@@ -195,6 +195,18 @@ def _no_aslr() -> None:
         libc.personality(current | ADDR_NO_RANDOMIZE)
 
 
+#: How much lower the kernel's scheduling priority is than the bridge's in real time (``nice``): the kernel's
+#: posted writes fill its command queue when the bridge cannot drain it (a dropped write is a ``WARNING`` in
+#: ``virt-pci.c``), and a read is all-ones after 40 ms; on a busy machine the bridge must win the CPU.
+REALTIME_KERNEL_NICE = 10
+
+
+def _realtime_child() -> None:
+    """In the child before exec, real-time mode: no address-space randomisation, a lower priority."""
+    _no_aslr()
+    os.nice(REALTIME_KERNEL_NICE)
+
+
 def _resume_gc(paused: bool) -> None:
     """Undo the real-time run's garbage-collector pause."""
     if paused:
@@ -242,7 +254,8 @@ def run(assets: UmlAssets, plugs: Sequence[Plug], script: str, directory: Path, 
         gc.disable()
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                cwd=directory, env=env, start_new_session=True, preexec_fn=_no_aslr)
+                                cwd=directory, env=env, start_new_session=True,
+                                preexec_fn=_no_aslr if mode is Mode.TIME_TRAVEL else _realtime_child)
     except OSError as e:
         bridge.close()
         _resume_gc(paused_gc)

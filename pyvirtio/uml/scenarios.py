@@ -197,6 +197,9 @@ class Scenario:
     asleep_after: int = 500 * MS
     resume_until: str = "resumed"
     cell: str | None = None
+    #: register-level differences from the model this scenario's mechanism explains, per phase (patterns of
+    #: step texts), on top of :data:`pyvirtio.uml.model.EXPLAINED`
+    explained: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.profile is not None:

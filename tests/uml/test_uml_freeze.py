@@ -4,24 +4,26 @@ gpu through S3 (realvm).
 
 Each scenario of :data:`pyvirtio.uml.freeze_scenarios.SCENARIOS` runs once per session under time travel with
 the kernel :func:`~pyvirtio.uml.freeze_scenarios.kernel_build` names, and ``s3-gpu-freezing`` once more (the
-register-level trace must be identical). Every check a scenario makes must hold; the real kernel's
-register-level sequence must match pyvirtio's model drivers' except for the differences explained here
-(:data:`EXPLAINED`), and every violation recorded against the real kernel must be one explained here
-(:data:`EXPLAINED_VIOLATIONS`).
+register-level trace must be identical). Every check a scenario makes must hold; the real kernel's register-level
+sequence must match pyvirtio's model drivers' except for the explained differences
+(:data:`pyvirtio.uml.model.EXPLAINED`, :data:`pyvirtio.uml.freeze_scenarios.FREEZE_EXPLAINED`), and every violation
+recorded against the real kernel must be one explained here (:data:`EXPLAINED_VIOLATIONS`).
 """
 
 from __future__ import annotations
 
-import re
+from datetime import UTC, datetime
 
 import pytest
 
 from pyvirtio.errors import PyvirtioError
+from pyvirtio.provenance import record
 from pyvirtio.uml.bridge import Mode
 from pyvirtio.uml.freeze_scenarios import SCENARIOS, kernel_build
-from pyvirtio.uml.model import compare_run
+from pyvirtio.uml.model import cell_evidence, compare_run, unexplained
 from pyvirtio.uml.report import first_difference, run_report, violations, write_report
 from pyvirtio.uml.scenarios import ScenarioResult, run_scenario
+from pyvirtio.vm.stacks import UML_LINUX612
 from pyvirtio.vm.uml_kernel import UmlAssets, provision_uml
 
 pytestmark = pytest.mark.realvm
@@ -94,36 +96,23 @@ def test_every_violation_against_the_patched_kernels_is_explained(freeze_runs: d
             assert where is None or scenario in where, (name, v)
 
 
-#: Differences between the real kernel's register-level sequence and pyvirtio's model drivers' explained by the
-#: README, per phase (patterns every differing step text must match).
-EXPLAINED: dict[str, tuple[str, ...]] = {
-    # the PCI core's enumeration and pci_enable_device before pci_set_master; the hwrng core's first read
-    "probe": (r"COMMAND <- (INTX_DISABLE|0|MEMORY)", r"notify queue 0"),
-    # a reader's request before the freezer; drm_mode_config_helper_suspend's scanout disables (the model has no
-    # modeset to suspend); vp_del_vqs's NO_VECTOR writes after the reset (a finding of issue 14)
-    "suspend": (r"notify queue 0", r"(queue [01]|config) vector <- 0xffff"),
-    # pci_restore_state (COMMAND, the MSI-X table); the model re-reads the device features; the display event
-    # held during the freeze reaches virtio-gpu's config work item, which acknowledges it (events_clear) after
-    # the restore's last step (UNFREEZE) - the model's driver acknowledges it inline
-    "resume": (r"notify queue 0", r"COMMAND <- MEMORY(\|MASTER)?(\|INTX_DISABLE)?",
-               r"MSI-X control <- (0|enable\|mask-all)", r"MSI-X entry \d+ (masked|programmed|unmasked)",
-               r"device_feature\[[01]\] = 0x[0-9a-f]{8}", r"common 0x40 <- 0x0", r"device config write 0x4/4"),
-}
-
-
 @pytest.mark.parametrize("name", [n for n in SCENARIOS if "collision" not in n])
 def test_register_sequence_matches_the_model_drivers(freeze_runs: dict[str, ScenarioResult], name: str) -> None:
+    """The patched kernel's register-level sequence equals the model drivers' under the same profile, phase by
+    phase, up to the explained differences (:data:`pyvirtio.uml.model.EXPLAINED` and the freeze paths' own,
+    :data:`pyvirtio.uml.freeze_scenarios.FREEZE_EXPLAINED`). The scenarios that check a profile's S3 cell record
+    it in the ledger of real runs (``pm matrix --real``)."""
     res = freeze_runs[name]
     comparison = compare_run(res.run, res.scenario)
     assert {(c.device, c.phase) for c in comparison} >= {(d, p) for d in ("rng", "gpu")
                                                          for p in ("probe", "suspend", "resume")}
-    unexplained = []
-    for c in comparison:
-        allowed = EXPLAINED.get(c.phase, ())
-        for d in c.differences:
-            if not all(any(re.fullmatch(p, text) for p in allowed) for text in (*d.real, *d.model)):
-                unexplained.append((c.device, c.phase, d))
-    assert not unexplained, "\n".join(f"{dev}/{ph}: {d.lines()}" for dev, ph, d in unexplained)
+    bad = unexplained(comparison, res.scenario)
+    assert not bad, "\n".join(f"{c.device}/{c.phase}: {d.lines()}" for c, d in bad)
+    ev = cell_evidence(res, comparison, UML_LINUX612.name, when=datetime.now(UTC).isoformat(timespec="seconds"),
+                       report=str(res.run.directory))
+    if res.scenario.cell is not None:
+        assert ev is not None and ev.agrees, ev
+        record(ev)
 
 
 def test_the_handshakes_are_in_the_compared_sequence(freeze_runs: dict[str, ScenarioResult]) -> None:
