@@ -192,9 +192,10 @@ def compare_cmd(sleeps: tuple[str, ...], machines: tuple[str, ...], real: Path |
             out.print(f"[red]difference[/] {lit(line)}")
         if pair:
             out.print(shown(f"timelines, model | real: {pair}"), markup=False, highlight=False)
-        record(Evidence(Kind.QEMU, stack, profile, sleep.value, machine + ("+rng-port" if rp else ""),
-                        agrees=not diffs, detail=f"{len(checks)} checks, {len(diffs)} different",
-                        when=utc_now(), report=str((out_dir / "compare.json").resolve())))
+        if rcell.outcome is not Outcome.ERROR:  # a VM that crashed or never woke checked nothing
+            record(Evidence(Kind.QEMU, stack, profile, sleep.value, machine + ("+rng-port" if rp else ""),
+                            agrees=not diffs, detail=f"{len(checks)} checks, {len(diffs)} different",
+                            when=utc_now(), report=str((out_dir / "compare.json").resolve())))
         summary.append({"stack": stack, "profile": profile, "sleep": sleep.value, "machine": machine,
                         "rng_behind_port": rp, "timelines": pair,
                         "checks": [{"what": c.what, "model": c.model, "real": c.real, "ok": c.ok} for c in checks]})

@@ -6,6 +6,7 @@ The matrix table is drawn here, from the cells' data (:func:`table`); the experi
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -50,18 +51,29 @@ def _fate(f: ResourceFate | None) -> str:
     return "-" if f is None else f"[{FATE_STYLE[f]}]{f.value}[/]"
 
 
-#: How each kind of provenance is shown: the model alone plain, a real run green when it agreed, red when not.
-KIND_LABEL = {Kind.MODEL: "model", Kind.UML: "UML", Kind.QEMU: "QEMU"}
+def short_stack(stack: str) -> str:
+    """``qemu10.0-linux6.12`` -> ``QEMU 10.0+6.12``, ``uml-linux6.12`` -> ``UML 6.12`` (other names unchanged)."""
+    m = re.fullmatch(r"qemu([\d.]+)-linux([\d.]+)", stack)
+    if m:
+        return f"QEMU {m[1]}+{m[2]}"
+    m = re.fullmatch(r"uml-linux([\d.]+)", stack)
+    return f"UML {m[1]}" if m else stack
 
 
 def _checked(evidence: list[Evidence]) -> str:
+    """One entry per real stack (strongest first), its machines in brackets for QEMU; green when every run of it
+    agreed, red with DIFFERS when one did not."""
     if not evidence:
         return "model only"
-    parts = []
+    groups: dict[tuple[Kind, str], list[Evidence]] = {}
     for e in evidence:
-        colour = "green" if e.agrees else "red"
-        parts.append(f"[{colour}]{KIND_LABEL[e.kind]} {lit(e.stack)}{' ' + e.machine if e.kind is Kind.QEMU else ''}"
-                     f"{'' if e.agrees else ' DIFFERS'}[/]")
+        groups.setdefault((e.kind, e.stack), []).append(e)
+    parts = []
+    for (kind, stack), runs in groups.items():
+        agrees = all(e.agrees for e in runs)
+        where = f" ({', '.join(sorted({e.machine for e in runs}))})" if kind is Kind.QEMU else ""
+        verdict = "" if agrees else " DIFFERS"
+        parts.append(f"[{'green' if agrees else 'red'}]{lit(short_stack(stack))}{where}{verdict}[/]")
     return ", ".join(parts)
 
 
