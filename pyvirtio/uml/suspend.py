@@ -8,6 +8,11 @@ profile's plan (behind a PCIe port with No_Soft_Reset; pyvirtio's devices offer 
 * ``s3-suspend`` — S3 with a reader and a drawing loop running, the rng slowed to 30 ms a request so that one is
   in flight when SUSPEND is written, and a display event while the guest sleeps (deferred by the device,
   delivered once after the resume);
+* ``s3-suspend-held`` — a real kernel context submits to the suspended gpu: ``pvfb dirty`` leaves a frame to the
+  fbdev deferred-I/O work (non-freezable system workqueue, 50 ms) right before ``echo mem``, the slowed rng's
+  request in flight keeps the suspend going meanwhile, and the work's TRANSFER_TO_HOST_2D + RESOURCE_FLUSH are
+  held by the patch (written past the unchanged available index, no notification) and published after the
+  resume (:func:`hold_checks`);
 * ``s3-suspend-timeout`` — the rng never finishes quiescing: the patch's time-out, its freeze fallback, the
   restore on resume;
 * ``s3-suspend-needs-reset`` — the rng answers SUSPEND with DEVICE_NEEDS_RESET: the same fallback at once;
@@ -680,10 +685,28 @@ def _cmd(word: int) -> str:
         return f"{word:#x}"
 
 
+def _is_notify(e: TraceEvent, dev: str) -> bool:
+    return (e.src == dev and e.kind is Kind.BAR_WRITE and e.detail.get("bar") == QEMU_MODERN_BAR
+            and QEMU_NOTIFY_OFFSET <= int(e.detail.get("offset", 0)) < QEMU_NOTIFY_OFFSET + QEMU_REGION_SIZE)
+
+
+def held_entries(r: RunResult, dev: str) -> list[list[int]]:
+    """Per queue, the first words of the buffers ``dev``'s driver wrote into its rings while the device was
+    suspended and held back (not made available) until the resume: the candidates of :meth:`SuspendTrace.held`,
+    kept only when the driver's first access after its resume poll is the held notification (the patch's
+    ``virtqueue_unhold``): a slot whose stale descriptor changed under it is not a held buffer."""
+    st = suspend_trace(r, dev)
+    held = st.held()
+    if not any(held) or st.resumed is None:
+        return [[] for _ in held]
+    first = next((e for e in r.trace[st.resumed:] if e.src == dev and e.kind in _BAR_ACCESS
+                  and not _is_status(e, dev, Kind.BAR_READ)), None)
+    return held if first is not None and _is_notify(first, dev) else [[] for _ in held]
+
+
 def held_count(r: RunResult, dev: str) -> int:
-    """How many buffers ``dev``'s driver wrote into its rings while the device was suspended and held back (not
-    made available) until the resume (:meth:`SuspendTrace.held`)."""
-    return sum(len(q) for q in suspend_trace(r, dev).held())
+    """How many buffers ``dev``'s driver held while its device was suspended (:func:`held_entries`)."""
+    return sum(len(q) for q in held_entries(r, dev))
 
 
 def hold_checks(r: RunResult, frames: Frames, *, seed: int = HELD_SEED) -> list[Check]:
@@ -693,7 +716,7 @@ def hold_checks(r: RunResult, frames: Frames, *, seed: int = HELD_SEED) -> list[
     (pixel-exact), nothing while suspended (the gpu's scanout reads the guest's blob pages: the flush is what
     presents them)."""
     st = suspend_trace(r, "gpu")
-    held = st.held()
+    held = held_entries(r, "gpu")
     ctrl = held[0] if held else []
     names = [_cmd(w) for w in ctrl]
     out = [Check("gpu: a kernel context submitted while the gpu was suspended: at the resume's DRIVER_OK write the "
@@ -704,8 +727,7 @@ def hold_checks(r: RunResult, frames: Frames, *, seed: int = HELD_SEED) -> list[
                  f"{st.seen(_RESUMING, 'avail')} at DRIVER_OK")]
     # the first gpu accesses after the device runs again: the poll's last read, then the held kick
     after = [e for e in r.trace[st.resumed or len(r.trace):mark_pos(r, HELD_MARK)] if e.src == "gpu"]
-    notes = [i for i, e in enumerate(after) if e.kind is Kind.BAR_WRITE and e.detail.get("bar") == QEMU_MODERN_BAR
-             and QEMU_NOTIFY_OFFSET <= int(e.detail.get("offset", 0)) < QEMU_NOTIFY_OFFSET + QEMU_REGION_SIZE]
+    notes = [i for i, e in enumerate(after) if _is_notify(e, "gpu")]
     first_access = next((i for i, e in enumerate(after) if e.kind in _BAR_ACCESS
                          and not _is_status(e, "gpu", Kind.BAR_READ)), None)
     cmds = [str(e.detail.get("cmd")) for e in after if e.kind is Kind.DEVICE and e.detail.get("event") == "gpu_cmd"]
@@ -771,6 +793,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              _unoffered_checks, profile=PROFILE, on_line=_WATCH),
 )}
 
-__all__ = ["DRIVER_STATEMENTS", "PATCH_TIMEOUT", "PLAN", "PROFILE", "SCENARIOS", "TAG", "WATCH", "RoundTrip",
-           "SuspendTrace", "display_event", "kernel_lines", "round_trips", "statement_checks", "suspend_round_trip",
-           "suspend_trace", "watch_suspend"]
+__all__ = ["AHEAD", "DRIVER_STATEMENTS", "HELD_MARK", "HELD_SEED", "PATCH_TIMEOUT", "PLAN", "PROFILE", "SCENARIOS",
+           "TAG", "WATCH", "RoundTrip", "SuspendTrace", "display_event", "held_count", "held_entries", "held_script",
+           "hold_checks", "kernel_lines", "round_trips", "statement_checks", "suspend_round_trip", "suspend_trace",
+           "watch_suspend"]
