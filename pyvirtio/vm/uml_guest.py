@@ -12,7 +12,8 @@ draws :func:`pattern_pixel` into it through ``mmap`` and keeps it mapped long en
 flush. ``pvfb dirty SEED [HOLD_MS]`` draws the same picture without ``msync`` and returns at once, leaving a child
 that keeps ``/dev/fb0`` open for ``HOLD_MS`` (the last close would flush): the kernel's fbdev deferred-I/O work
 (``fb_defio``, on the non-freezable system workqueue, 50 ms later for DRM's shmem fbdev) then sends the frame on
-its own, e.g. while the guest suspends. :func:`expected_frame` computes the same picture in Python, so a scanout can be compared pixel-exact.
+its own, e.g. while the guest suspends. :func:`expected_frame` computes the same picture in Python, so a scanout
+can be compared pixel-exact.
 """
 
 from __future__ import annotations
