@@ -8,6 +8,11 @@ profile's plan (behind a PCIe port with No_Soft_Reset; pyvirtio's devices offer 
 * ``s3-suspend`` — S3 with a reader and a drawing loop running, the rng slowed to 30 ms a request so that one is
   in flight when SUSPEND is written, and a display event while the guest sleeps (deferred by the device,
   delivered once after the resume);
+* ``s3-suspend-held`` — a real kernel context submits to the suspended gpu: ``pvfb dirty`` leaves a frame to the
+  fbdev deferred-I/O work (non-freezable system workqueue, 50 ms) right before ``echo mem``, the slowed rng's
+  request in flight keeps the suspend going meanwhile, and the work's TRANSFER_TO_HOST_2D + RESOURCE_FLUSH are
+  held by the patch (written past the unchanged available index, no notification) and published after the
+  resume (:func:`hold_checks`);
 * ``s3-suspend-timeout`` — the rng never finishes quiescing: the patch's time-out, its freeze fallback, the
   restore on resume;
 * ``s3-suspend-needs-reset`` — the rng answers SUSPEND with DEVICE_NEEDS_RESET: the same fallback at once;
@@ -32,6 +37,7 @@ from pyvirtio.host.device import VirtioDevice
 from pyvirtio.host.gpu.device import Gpu
 from pyvirtio.host.lifecycle import DeviceLifecycle
 from pyvirtio.host.pci.function import VirtioPciFunction
+from pyvirtio.memory import GuestMemory
 from pyvirtio.spec.constants import (
     QEMU_COMMON_OFFSET,
     QEMU_DEVICE_OFFSET,
@@ -39,9 +45,14 @@ from pyvirtio.spec.constants import (
     QEMU_MODERN_BAR,
     QEMU_NOTIFY_OFFSET,
     QEMU_REGION_SIZE,
+    VIRTQ_AVAIL_ELEM_SIZE,
+    VIRTQ_DESC_SIZE,
+    VIRTQ_RING_ENTRIES,
     VIRTQ_RING_IDX,
     CommonCfg,
+    DescFlag,
     Feature,
+    GpuCmd,
     Status,
 )
 from pyvirtio.trace import Kind, TraceEvent
@@ -49,6 +60,7 @@ from pyvirtio.uml.platform import UmlMachine
 from pyvirtio.uml.report import violations
 from pyvirtio.uml.runner import RunResult
 from pyvirtio.uml.scenarios import (
+    PRELUDE,
     STEP,
     Check,
     DeviceSpec,
@@ -73,6 +85,8 @@ TAG = "virtio-suspend:"
 WATCH = "uml-suspend-watch"
 #: The time-out the patch polls for (``VIRTIO_SUSPEND_TIMEOUT_US``), in ns.
 PATCH_TIMEOUT = 100_000_000
+#: The guest's mark after the resume where the frame the deferred-I/O work sent while suspended must show.
+HELD_MARK = "held-shown"
 #: The gpu's ``events_clear`` in the device configuration (virtio 1.4 §5.7.4).
 EVENTS_CLEAR = 4
 _STATUS_OFFSET = QEMU_COMMON_OFFSET + CommonCfg.DEVICE_STATUS
@@ -99,9 +113,48 @@ def _indexes(fn: VirtioPciFunction) -> tuple[list[int], list[int]]:
     return avail, used
 
 
+#: How many available-ring slots past the available index :func:`watch_suspend` reads.
+AHEAD = 4
+
+
+def _first_word(mem: GuestMemory, desc_table: int, size: int, head: int) -> int:
+    """The first 32-bit word of the first buffer of the chain at ``head`` (an indirect table followed once), -1
+    when it lies outside guest memory: for a gpu request its command type (virtio 1.4 §5.7.6.7)."""
+    if not 0 <= head < size or not mem.contains(desc_table + head * VIRTQ_DESC_SIZE, VIRTQ_DESC_SIZE):
+        return -1
+    d = desc_table + head * VIRTQ_DESC_SIZE
+    addr, length, flags = mem.read_u64(d), mem.read_u32(d + 8), mem.read_u16(d + 12)
+    if flags & DescFlag.INDIRECT:
+        if length < VIRTQ_DESC_SIZE or not mem.contains(addr, VIRTQ_DESC_SIZE):
+            return -1
+        addr, length = mem.read_u64(addr), mem.read_u32(addr + 8)
+    return mem.read_u32(addr) if length >= 4 and mem.contains(addr, 4) else -1
+
+
+def _ahead(fn: VirtioPciFunction) -> list[list[list[int]]]:
+    """Per queue, the :data:`AHEAD` available-ring slots from the available index on, each ``[head, first word]``:
+    entries the driver wrote without making them available yet (empty: the queue is not enabled)."""
+    mem = fn.device.ctx.memory
+    out: list[list[list[int]]] = []
+    for q in fn.device.queues:
+        if not q.ready:
+            out.append([])
+            continue
+        idx = mem.read_u16(q.avail_ring + VIRTQ_RING_IDX)
+        slots = []
+        for k in range(AHEAD):
+            head = mem.read_u16(q.avail_ring + VIRTQ_RING_ENTRIES + ((idx + k) % q.size) * VIRTQ_AVAIL_ELEM_SIZE)
+            slots.append([head, _first_word(mem, q.desc_table, q.size, head)])
+        out.append(slots)
+    return out
+
+
 def _record(machine: UmlMachine, fn: VirtioPciFunction, at: str) -> None:
     avail, used = _indexes(fn)
-    machine.trace.record(Kind.PM, WATCH, dev=fn.name, at=at, avail=avail, used=used, taken=fn.device.inflight())
+    dev = fn.device
+    flushes = dev.scanouts[0].flushes if isinstance(dev, Gpu) else -1
+    machine.trace.record(Kind.PM, WATCH, dev=fn.name, at=at, avail=avail, used=used, taken=dev.inflight(),
+                         ahead=_ahead(fn), flushes=flushes)
 
 
 def watch_suspend(line: str, machine: UmlMachine, state: dict[str, object]) -> None:
@@ -109,7 +162,10 @@ def watch_suspend(line: str, machine: UmlMachine, state: dict[str, object]) -> N
     SUSPEND is written (SUSPENDING), when the device shows it suspended (SUSPENDED) and when DRIVER_OK is written
     again (RESUMING) it records every queue's available index (read from the kernel's memory), the device's
     used index and the requests it has taken and not yet used in the machine trace (``Kind.PM`` events of source
-    :data:`WATCH`, ``at`` the lifecycle state); at the guest's ``entropy-after`` mark once more (``at="end"``).
+    :data:`WATCH`, ``at`` the lifecycle state) with the :data:`AHEAD` ring slots past each available index
+    (:func:`_ahead`: what the driver wrote but did not make available); at the guest's ``held-shown`` mark
+    (``at="held-shown"``, scanout 0 captured as the frame ``held-shown``) and ``entropy-after`` mark
+    (``at="end"``) once more.
     When the gpu is suspended and when it runs again its scanout 0 is captured as the frames ``asleep`` and
     ``awake``."""
     if STEP not in line:
@@ -118,6 +174,15 @@ def watch_suspend(line: str, machine: UmlMachine, state: dict[str, object]) -> N
     if mark == ["entropy-after"] and state.get("watching"):
         for fn in machine.functions:
             _record(machine, fn, "end")
+        return
+    if mark == [HELD_MARK] and state.get("watching"):
+        for fn in machine.functions:
+            _record(machine, fn, HELD_MARK)
+        frames = state.get("frames")
+        gpu = next((f.device for f in machine.functions if isinstance(f.device, Gpu)), None)
+        if isinstance(frames, dict) and gpu is not None:
+            img = gpu.scanout_image(0)
+            frames[HELD_MARK] = None if img is None else img.copy()
         return
     if mark != ["suspend"] or state.get("watching"):
         return
@@ -164,6 +229,44 @@ class SuspendTrace:
         rec = self.watched.get(at)
         val = rec.get(what) if rec else None
         return [int(x) for x in val] if isinstance(val, list) else None
+
+    def ahead(self, at: str) -> list[list[tuple[int, int]]] | None:
+        """The watcher's ring slots past each queue's available index ``at`` a lifecycle state: ``(head, first
+        word)`` per slot (:func:`_ahead`)."""
+        rec = self.watched.get(at)
+        val = rec.get("ahead") if rec else None
+        if not isinstance(val, list):
+            return None
+        return [[(int(h), int(w)) for h, w in q] for q in val]
+
+    def held(self) -> list[list[int]]:
+        """Per queue, the first words of the entries the driver wrote into the available ring while the device
+        was suspended without making them available: the leading slots past the (unchanged) available index
+        whose content changed between the SUSPEND write and the resume's DRIVER_OK write. Empty lists when
+        nothing was held (or the device was not resumed)."""
+        a_s, a_r = self.seen(_SUSPENDING, "avail"), self.seen(_RESUMING, "avail")
+        s, r = self.ahead(_SUSPENDING), self.ahead(_RESUMING)
+        later = next((self.seen(at, "avail") for at in (HELD_MARK, "end") if self.seen(at, "avail")), None)
+        if a_s is None or a_r is None or s is None or r is None or later is None:
+            return []
+        out: list[list[int]] = []
+        for q, (i, j) in enumerate(zip(a_s, a_r, strict=True)):
+            words: list[int] = []
+            if i == j and i >= 0:
+                for before, after in zip(s[q], r[q], strict=True):
+                    if before == after:
+                        break
+                    words.append(after[1])
+            # slots past the held entries can look changed too (a stale slot whose descriptor a held request
+            # re-used): only as many as the driver made available after the resume count
+            out.append(words[:(later[q] - j) & 0xFFFF] if j >= 0 else [])
+        return out
+
+    def flushes(self, at: str) -> int | None:
+        """The RESOURCE_FLUSHes the gpu's scanout 0 had presented ``at`` a lifecycle state (None: not a gpu)."""
+        rec = self.watched.get(at)
+        val = rec.get("flushes") if rec else None
+        return val if isinstance(val, int) and val >= 0 else None
 
     def taken(self, at: str) -> int | None:
         """Requests the device had taken and not yet used ``at`` a lifecycle state."""
@@ -548,6 +651,117 @@ def _unoffered_checks(r: RunResult, sc: Scenario, frames: Frames) -> list[Check]
     return out
 
 
+#: The frame ``pvfb dirty`` draws right before ``echo mem`` (no msync: the fbdev deferred-I/O work sends it).
+HELD_SEED = 21
+
+
+def held_script(*, delay_ms: int = 20) -> str:
+    """S3 with a frame left to the kernel's fbdev deferred-I/O work: ``pvfb dirty`` draws it without ``msync`` and
+    keeps ``/dev/fb0`` open; ``delay_ms`` later the guest suspends. The work (on the non-freezable system
+    workqueue, 50 ms after the first write) runs while the gpu is suspended and sends TRANSFER_TO_HOST_2D +
+    RESOURCE_FLUSH to it: the patch holds them. A read of ``/dev/hwrng`` just before leaves a request in flight
+    that keeps the slowed rng quiescing meanwhile. After the resume the guest only waits (``held-shown``: the
+    held frame must be on the scanout), then reads entropy and draws a new frame."""
+    s = PRELUDE + "dd if=/dev/hwrng of=/host/entropy.bin bs=64 count=1 2>/dev/null\n"
+    s += "pvfb draw 3 300 > /dev/null 2>&1\n"
+    s += "echo 0 > /sys/class/rtc/rtc0/wakealarm\necho +2 > /sys/class/rtc/rtc0/wakealarm\n"
+    s += f"pvfb dirty {HELD_SEED} 2000 > /host/pvfb-dirty.txt 2>&1\nmark dirty rc=$?\n"
+    s += "dd if=/dev/hwrng of=/dev/null bs=64 count=1 2>/dev/null\n"
+    if delay_ms:
+        s += f"usleep {delay_ms * 1000}\n"
+    s += "mark suspend\necho mem > /sys/power/state\nmark resumed rc=$?\n"
+    s += "sleep 0.1\nmark held-shown\n"
+    s += ("timeout 5 dd if=/dev/hwrng of=/host/entropy-after.bin bs=64 count=1 2>/dev/null\n"
+          "mark entropy-after rc=$?\n")
+    s += "timeout 5 pvfb draw 11 300 > /host/pvfb-after.txt 2>&1\nmark drawn-after rc=$?\n"
+    s += "virtio_list > /host/virtio-after.txt\ncat /proc/interrupts > /host/interrupts-after.txt\nmark done\n"
+    return s
+
+
+def _cmd(word: int) -> str:
+    try:
+        return GpuCmd(word).name
+    except ValueError:
+        return f"{word:#x}"
+
+
+def _is_notify(e: TraceEvent, dev: str) -> bool:
+    return (e.src == dev and e.kind is Kind.BAR_WRITE and e.detail.get("bar") == QEMU_MODERN_BAR
+            and QEMU_NOTIFY_OFFSET <= int(e.detail.get("offset", 0)) < QEMU_NOTIFY_OFFSET + QEMU_REGION_SIZE)
+
+
+def held_entries(r: RunResult, dev: str) -> list[list[int]]:
+    """Per queue, the first words of the buffers ``dev``'s driver wrote into its rings while the device was
+    suspended and held back (not made available) until the resume: the candidates of :meth:`SuspendTrace.held`,
+    kept only when the driver's first access after its resume poll is the held notification (the patch's
+    ``virtqueue_unhold``): a slot whose stale descriptor changed under it is not a held buffer."""
+    st = suspend_trace(r, dev)
+    held = st.held()
+    if not any(held) or st.resumed is None:
+        return [[] for _ in held]
+    first = next((e for e in r.trace[st.resumed:] if e.src == dev and e.kind in _BAR_ACCESS
+                  and not _is_status(e, dev, Kind.BAR_READ)), None)
+    return held if first is not None and _is_notify(first, dev) else [[] for _ in held]
+
+
+def held_count(r: RunResult, dev: str) -> int:
+    """How many buffers ``dev``'s driver held while its device was suspended (:func:`held_entries`)."""
+    return sum(len(q) for q in held_entries(r, dev))
+
+
+def hold_checks(r: RunResult, frames: Frames, *, seed: int = HELD_SEED) -> list[Check]:
+    """The gpu's hold, seen from the device: requests a kernel context submitted while the gpu was suspended
+    were written into the ring but not made available (available index unchanged, no notification), were
+    published right after the resume was confirmed and completed, and the frame they carry is presented then
+    (pixel-exact), nothing while suspended (the gpu's scanout reads the guest's blob pages: the flush is what
+    presents them)."""
+    st = suspend_trace(r, "gpu")
+    held = held_entries(r, "gpu")
+    ctrl = held[0] if held else []
+    names = [_cmd(w) for w in ctrl]
+    out = [Check("gpu: a kernel context submitted while the gpu was suspended: at the resume's DRIVER_OK write the "
+                 "control queue held entries past its unchanged available index that were not there at the "
+                 "SUSPEND write (the fbdev deferred-I/O work's TRANSFER_TO_HOST_2D and RESOURCE_FLUSH)",
+                 names == ["TRANSFER_TO_HOST_2D", "RESOURCE_FLUSH"],
+                 f"held {names or 'nothing'}; available index {st.seen(_SUSPENDING, 'avail')} at SUSPEND, "
+                 f"{st.seen(_RESUMING, 'avail')} at DRIVER_OK")]
+    # the first gpu accesses after the device runs again: the poll's last read, then the held kick
+    after = [e for e in r.trace[st.resumed or len(r.trace):mark_pos(r, HELD_MARK)] if e.src == "gpu"]
+    notes = [i for i, e in enumerate(after) if _is_notify(e, "gpu")]
+    first_access = next((i for i, e in enumerate(after) if e.kind in _BAR_ACCESS
+                         and not _is_status(e, "gpu", Kind.BAR_READ)), None)
+    cmds = [str(e.detail.get("cmd")) for e in after if e.kind is Kind.DEVICE and e.detail.get("event") == "gpu_cmd"]
+    a_r, a_h = st.seen(_RESUMING, "avail"), st.seen(HELD_MARK, "avail")
+    u_h = st.seen(HELD_MARK, "used")
+    jump = (a_h[0] - a_r[0]) & 0xFFFF if a_r and a_h else None
+    out.append(Check("gpu: the held requests were published right after the resume was confirmed (the driver's "
+                     "first access after its status poll is the held notification: the only one; the available "
+                     "index jumps by "
+                     "what was held) and the device completed them",
+                     bool(ctrl) and len(notes) == 1 and first_access == notes[0] and jump == len(ctrl)
+                     and cmds[:len(ctrl)] == names and u_h is not None and a_h is not None and u_h[0] == a_h[0],
+                     f"{len(notes)} notification(s), the first is access {first_access} after the resume; "
+                     f"available {a_r} -> {a_h} (jump {jump}), used {u_h}; commands {cmds}"))
+    f_s, f_r, f_h = st.flushes(_SUSPENDING), st.flushes(_RESUMING), st.flushes(HELD_MARK)
+    out.append(Check("gpu: nothing was presented while the gpu was suspended, the held RESOURCE_FLUSH once after "
+                     "the resume (scanout 0's flush count)", f_s is not None and f_s == f_r and f_h == (f_r or 0) + 1,
+                     f"{f_s} at SUSPEND, {f_r} at DRIVER_OK, {f_h} at {HELD_MARK}"))
+    out.append(frame_check(frames, HELD_MARK, f"gpu: the frame the deferred-I/O work sent while the gpu was "
+                           f"suspended (pvfb dirty {seed}, no msync) reaches the scanout after the resume",
+                           seed, r.directory))
+    return out
+
+
+def _held_checks(r: RunResult, sc: Scenario, frames: Frames) -> list[Check]:
+    out = sleep_checks(r, sc, frames)
+    out += suspend_round_trip(r, "rng", "virtio_rng", slow=True)
+    out += suspend_round_trip(r, "gpu", "virtio_gpu")
+    out += hold_checks(r, frames)
+    out += _statements(r)
+    out.append(_no_violations(r))
+    return out
+
+
 def _rng(*faults: str) -> DeviceSpec:
     return DeviceSpec.from_plan("rng", PLAN, faults=faults)
 
@@ -561,6 +775,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "in flight (rng 30 ms a request), a display event while asleep", (_rng("delay=30"), _GPU),
              sleep_script(), _s3_checks, profile=PROFILE, on_line=_WATCH, while_asleep=display_event,
              resume_until="entropy-after", cell="S3"),
+    Scenario("s3-suspend-held", "SUSPEND bit (our patch): the kernel's fbdev deferred-I/O work sends a frame to "
+             "the suspended gpu; the patch holds it until the resume", (_rng("delay=80"), _GPU), held_script(),
+             _held_checks, profile=PROFILE, on_line=_WATCH),
     Scenario("s3-suspend-timeout", "SUSPEND bit (our patch): the rng never finishes quiescing; after 100 ms the "
              "patch falls back to freeze", (_rng("quiesce-never-ends"), _GPU), sleep_script(), _timeout_checks,
              profile=PROFILE, on_line=_WATCH),
@@ -576,6 +793,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              _unoffered_checks, profile=PROFILE, on_line=_WATCH),
 )}
 
-__all__ = ["DRIVER_STATEMENTS", "PATCH_TIMEOUT", "PLAN", "PROFILE", "SCENARIOS", "TAG", "WATCH", "RoundTrip",
-           "SuspendTrace", "display_event", "kernel_lines", "round_trips", "statement_checks", "suspend_round_trip",
-           "suspend_trace", "watch_suspend"]
+__all__ = ["AHEAD", "DRIVER_STATEMENTS", "HELD_MARK", "HELD_SEED", "PATCH_TIMEOUT", "PLAN", "PROFILE", "SCENARIOS",
+           "TAG", "WATCH", "RoundTrip", "SuspendTrace", "display_event", "held_count", "held_entries", "held_script",
+           "hold_checks", "kernel_lines", "round_trips", "statement_checks", "suspend_round_trip", "suspend_trace",
+           "watch_suspend"]

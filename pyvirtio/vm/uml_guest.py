@@ -9,7 +9,11 @@ anything; results come back as files under ``/host`` and lines on the console.
 ``pvfb`` (C, linked statically with ``gcc -static`` at provision time) is the helper busybox lacks: it reports
 the framebuffer's geometry, unblanks and pans ``/dev/fb0`` (what makes the DRM fbdev emulation set the mode),
 draws :func:`pattern_pixel` into it through ``mmap`` and keeps it mapped long enough for the deferred-I/O
-flush. :func:`expected_frame` computes the same picture in Python, so a scanout can be compared pixel-exact.
+flush. ``pvfb dirty SEED [HOLD_MS]`` draws the same picture without ``msync`` and returns at once, leaving a child
+that keeps ``/dev/fb0`` open for ``HOLD_MS`` (the last close would flush): the kernel's fbdev deferred-I/O work
+(``fb_defio``, on the non-freezable system workqueue, 50 ms later for DRM's shmem fbdev) then sends the frame on
+its own, e.g. while the guest suspends. :func:`expected_frame` computes the same picture in Python, so a scanout
+can be compared pixel-exact.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ static int open_fb(void) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: pvfb info | draw SEED [HOLD_MS] | loop SEED COUNT\n");
+        fprintf(stderr, "usage: pvfb info | draw SEED [HOLD_MS] | loop SEED COUNT | dirty SEED [HOLD_MS]\n");
         return 2;
     }
     int fd = open_fb();
@@ -106,9 +110,10 @@ int main(int argc, char **argv) {
     }
     uint32_t seed = argc > 2 ? (uint32_t)strtoul(argv[2], NULL, 0) : 0;
     int loop = strcmp(argv[1], "loop") == 0;
+    int dirty = strcmp(argv[1], "dirty") == 0;
     long arg3 = argc > 3 ? strtol(argv[3], NULL, 0) : (loop ? 10 : 500);
     int count = loop ? (int)arg3 : 1;
-    long hold = loop ? 100 : arg3;
+    long hold = loop ? 100 : (dirty && argc <= 3 ? 5000 : arg3);
     ioctl(fd, FBIOBLANK, FB_BLANK_UNBLANK);
     var.xoffset = var.yoffset = 0;
     if (ioctl(fd, FBIOPAN_DISPLAY, &var))
@@ -124,6 +129,21 @@ int main(int argc, char **argv) {
             uint32_t *row = (uint32_t *)(fb + (size_t)y * fix.line_length);
             for (uint32_t x = 0; x < var.xres; x++)
                 row[x] = pixel(x, y, s);
+        }
+        if (dirty) {
+            /* No msync: the pages stay on the deferred-I/O list and its work flushes them ~50 ms later. The
+             * file must stay open meanwhile (the last close flushes at once): a child keeps it open. */
+            pid_t child = fork();
+            if (child < 0) {
+                perror("pvfb: fork");
+                return 6;
+            }
+            if (child == 0) {
+                nap(hold);
+                _exit(0);
+            }
+            printf("PVFB-DIRTY %u %d\n", s, (int)child);
+            return 0;
         }
         msync(fb, fix.smem_len, MS_SYNC);
         printf("PVFB-DRAWN %u\n", s);

@@ -22,7 +22,7 @@ from pyvirtio.uml.catalog import kernel_variant
 from pyvirtio.uml.model import cell_evidence, compare_run, unexplained
 from pyvirtio.uml.report import first_difference
 from pyvirtio.uml.scenarios import ScenarioResult, run_scenario
-from pyvirtio.uml.suspend import DRIVER_STATEMENTS, SCENARIOS, round_trips, statement_checks
+from pyvirtio.uml.suspend import DRIVER_STATEMENTS, SCENARIOS, held_count, round_trips, statement_checks
 
 from .conftest import UmlKernel
 
@@ -122,14 +122,40 @@ def test_suspend_is_polled_until_acknowledged(suspend_runs: dict[str, ScenarioRe
     _kept(suspend_runs, "drv:suspend#2")
 
 
+def _something_held(runs: dict[str, ScenarioResult]) -> None:
+    """#3 and #4 are not only kept vacuously: in ``s3-suspend-held`` a kernel context (the fbdev deferred-I/O
+    work) submitted to the suspended gpu, and the patch held its two requests (written into the ring past the
+    unchanged available index, published after the resume)."""
+    held = {(n, d): held_count(runs[n].run, d) for n in _SUSPENDING for d in ("rng", "gpu")}
+    assert held[("s3-suspend-held", "gpu")] == 2, held
+    assert all(v == 0 for k, v in held.items() if k != ("s3-suspend-held", "gpu")), held
+
+
 @pytest.mark.spec("drv:suspend#3")
 def test_no_buffer_made_available_while_suspended(suspend_runs: dict[str, ScenarioResult]) -> None:
     _kept(suspend_runs, "drv:suspend#3")
+    _something_held(suspend_runs)
 
 
 @pytest.mark.spec("drv:suspend#4")
 def test_no_notification_while_suspended(suspend_runs: dict[str, ScenarioResult]) -> None:
     _kept(suspend_runs, "drv:suspend#4")
+    _something_held(suspend_runs)
+
+
+def test_the_held_kick_is_the_only_register_difference_of_the_held_resume(
+        suspend_runs: dict[str, ScenarioResult]) -> None:
+    """In ``s3-suspend-held`` the real gpu's resume differs from the model driver's by the held notification
+    only (besides pci_restore_state's MSI-X rewrite): pyvirtio's model driver refuses a submission while its
+    device is suspended instead of holding it in the ring, so no model submitter plays the deferred-I/O work;
+    every other step, the SUSPEND and DRIVER_OK writes and the polls included, is the same."""
+    res = suspend_runs["s3-suspend-held"]
+    comparison = {(c.device, c.phase): c for c in compare_run(res.run, res.scenario)}
+    gpu = comparison[("gpu", "resume")]
+    extra_real = [t for d in gpu.differences for t in d.real if not t.startswith(("MSI-X", "COMMAND"))]
+    extra_model = [t for d in gpu.differences for t in d.model]
+    assert extra_real == ["notify queue 0"] and not extra_model, gpu.lines()
+    assert not comparison[("gpu", "suspend")].differences
 
 
 @pytest.mark.spec("drv:suspend#5")
