@@ -589,6 +589,12 @@ class ScenarioResult:
         """Every check held."""
         return all(c.ok for c in self.checks)
 
+    def failure_text(self, tail: int = 25) -> str:
+        """The failed checks, then the last ``tail`` console lines and where the run's files are."""
+        lines = [c.line() for c in self.checks if not c.ok]
+        console = "\n".join(self.run.console[-tail:])
+        return "\n".join(lines) + f"\n--- console tail ({self.run.directory}):\n{console}"
+
 
 def _asleep_check(sc: Scenario, machine: UmlMachine, state: dict[str, object]) -> None:
     """Before each kernel access: once every function behind a port is in D3hot, schedule the scenario's host

@@ -55,16 +55,11 @@ def freeze_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ScenarioR
     return runs
 
 
-def _failed(res: ScenarioResult) -> str:
-    lines = [c.line() for c in res.checks if not c.ok]
-    tail = "\n".join(res.run.console[-25:])
-    return "\n".join(lines) + f"\n--- console tail ({res.run.directory}):\n{tail}"
-
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_freeze_scenario_checks_hold(freeze_runs: dict[str, ScenarioResult], name: str) -> None:
     res = freeze_runs[name]
-    assert res.ok, _failed(res)
+    assert res.ok, res.failure_text()
 
 
 def test_same_seed_same_register_trace(freeze_runs: dict[str, ScenarioResult]) -> None:

@@ -41,16 +41,11 @@ def uml_runs(uml_assets: UmlAssets, tmp_path_factory: pytest.TempPathFactory) ->
     return runs
 
 
-def _failed(res: ScenarioResult) -> str:
-    lines = [c.line() for c in res.checks if not c.ok]
-    tail = "\n".join(res.run.console[-25:])
-    return "\n".join(lines) + f"\n--- console tail ({res.run.directory}):\n{tail}"
-
 
 @pytest.mark.parametrize("name", [*SCENARIOS, "boot-realtime"])
 def test_scenario_checks_hold(uml_runs: dict[str, ScenarioResult], name: str) -> None:
     res = uml_runs[name]
-    assert res.ok, _failed(res)
+    assert res.ok, res.failure_text()
 
 
 def test_same_seed_same_register_trace(uml_runs: dict[str, ScenarioResult]) -> None:

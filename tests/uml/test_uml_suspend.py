@@ -42,17 +42,12 @@ def suspend_runs(uml_kernel: UmlKernel, tmp_path_factory: pytest.TempPathFactory
     return runs
 
 
-def _failed(res: ScenarioResult) -> str:
-    lines = [c.line() for c in res.checks if not c.ok]
-    tail = "\n".join(res.run.console[-25:])
-    return "\n".join(lines) + f"\n--- console tail ({res.run.directory}):\n{tail}"
-
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_suspend_scenario_checks_hold(suspend_runs: dict[str, ScenarioResult], name: str) -> None:
     res = suspend_runs[name]
     assert res.run.functions and res.checks
-    assert res.ok, _failed(res)
+    assert res.ok, res.failure_text()
 
 
 def test_same_seed_same_register_trace(suspend_runs: dict[str, ScenarioResult]) -> None:
