@@ -18,6 +18,7 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -57,11 +58,11 @@ class Evidence:
         return re.sub(r"[^A-Za-z0-9.+-]", "_", f"{self.kind.value}-{self.stack}-{self.profile}-{self.sleep}-"
                                                   f"{self.machine}")
 
-    def label(self) -> str:
-        """A short line for a table: ``UML 6.12 (suspend): agrees``."""
-        verdict = "agrees" if self.agrees else "DIFFERS"
-        what = f"{self.stack}{' ' + self.machine if self.kind is Kind.QEMU else ''}"
-        return f"{what}: {verdict}" + (f" ({self.detail})" if self.detail else "")
+
+
+def utc_now() -> str:
+    """Now, ISO 8601 in UTC to the second: when a real run was recorded."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def default_ledger_dir() -> Path:
@@ -120,4 +121,4 @@ def provenance_of(evidence: list[Evidence], profile: str, sleep: str) -> tuple[K
 
 
 __all__ = ["LEDGER_ENV", "LEDGER_FORMAT", "Evidence", "Kind", "default_ledger_dir", "latest", "provenance_of",
-           "record"]
+           "record", "utc_now"]

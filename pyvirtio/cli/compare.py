@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -14,7 +13,7 @@ from pyvirtio.cli.common import EXIT_RESULT, MACHINE_CHOICE, SLEEP_CHOICE, err, 
 from pyvirtio.errors import UserInputError
 from pyvirtio.fidelity import compare, differences, model_cell
 from pyvirtio.machine import MachineType
-from pyvirtio.provenance import Evidence, Kind, record
+from pyvirtio.provenance import Evidence, Kind, record, utc_now
 from pyvirtio.report import REAL_VM_PROFILE, ROOT_BUS, CellResult, Outcome, Report, SleepState, Source
 from pyvirtio.timeline import side_by_side
 from pyvirtio.vm.stacks import DEFAULT_STACK, NSR_PROFILE, STACK_NAMES, STACKS
@@ -30,11 +29,6 @@ Key = tuple[str, str, SleepState, str, bool]
 #: of the real cells that run it (without and with the gpu's No_Soft_Reset).
 GPU_MODULE = "s4-replay"
 S4_REPLAY_PROFILES = (GPU_MODULE, f"{NSR_PROFILE}+{GPU_MODULE}")
-
-
-def utc_now() -> str:
-    """Now, ISO 8601 in UTC to the second (when a real run was recorded)."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def profile_parts(profile: str) -> tuple[bool, str | None]:

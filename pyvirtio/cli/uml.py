@@ -18,9 +18,8 @@ from pathlib import Path
 import click
 
 from pyvirtio.cli.common import EXIT_RESULT, Group, err, lit, out, output_dir, shown
-from pyvirtio.cli.compare import utc_now
 from pyvirtio.pm.config import SEED_MAX
-from pyvirtio.provenance import record
+from pyvirtio.provenance import record, utc_now
 from pyvirtio.uml.bridge import Mode
 from pyvirtio.uml.catalog import CATALOG, kernel_variant
 from pyvirtio.uml.model import cell_evidence, compare_run

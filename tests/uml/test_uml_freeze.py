@@ -12,12 +12,10 @@ recorded against the real kernel must be one explained here (:data:`EXPLAINED_VI
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 
 from pyvirtio.errors import PyvirtioError
-from pyvirtio.provenance import record
+from pyvirtio.provenance import record, utc_now
 from pyvirtio.uml.bridge import Mode
 from pyvirtio.uml.freeze_scenarios import SCENARIOS, kernel_build
 from pyvirtio.uml.model import cell_evidence, compare_run, unexplained
@@ -103,7 +101,7 @@ def test_register_sequence_matches_the_model_drivers(freeze_runs: dict[str, Scen
                                                          for p in ("probe", "suspend", "resume")}
     bad = unexplained(comparison, res.scenario)
     assert not bad, "\n".join(f"{c.device}/{c.phase}: {d.lines()}" for c, d in bad)
-    ev = cell_evidence(res, comparison, UML_LINUX612.name, when=datetime.now(UTC).isoformat(timespec="seconds"),
+    ev = cell_evidence(res, comparison, UML_LINUX612.name, when=utc_now(),
                        report=str(res.run.directory))
     if res.scenario.cell is not None:
         assert ev is not None and ev.agrees, ev

@@ -11,11 +11,9 @@ every driver-side SUSPEND statement is kept by the real kernel in the runs that 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 
-from pyvirtio.provenance import record
+from pyvirtio.provenance import record, utc_now
 from pyvirtio.spec.normative import load_inventory
 from pyvirtio.uml.bridge import Mode
 from pyvirtio.uml.catalog import kernel_variant
@@ -70,7 +68,7 @@ def test_register_sequence_matches_the_model_driver(suspend_runs: dict[str, Scen
     bad = unexplained(comparison)
     assert not bad, "\n".join(f"{c.device}/{c.phase}: {d.lines()}" for c, d in bad)
     stack = uml_kernel(kernel_variant(res.scenario).name).stack
-    ev = cell_evidence(res, comparison, stack, when=datetime.now(UTC).isoformat(timespec="seconds"),
+    ev = cell_evidence(res, comparison, stack, when=utc_now(),
                        report=str(res.run.directory))
     if res.scenario.cell is not None:  # the suspend-bit profile's S3 cell, checked on a real kernel
         assert ev is not None and ev.agrees, ev
