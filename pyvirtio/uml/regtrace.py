@@ -95,6 +95,19 @@ def _pmcsr(v: int) -> str:
     return name + ("" if not extra else " " + "|".join(extra))
 
 
+#: What a driver's write to a common-config field is, as a step: its category and text (``sel`` is the
+#: field's selector: driver_feature_select for the feature word, queue_select for the queue fields).
+_COMMON_WRITES: dict[int, tuple[Cat, str]] = {
+    CommonCfg.DRIVER_FEATURE: (Cat.FEATURES, "driver_feature[{sel}] <- {value:#010x}"),
+    CommonCfg.CONFIG_MSIX_VECTOR: (Cat.MSIX, "config vector <- {value:#x}"),
+    CommonCfg.DEVICE_STATUS: (Cat.STATUS, "status <- {value:#04x}"),
+    CommonCfg.QUEUE_SIZE: (Cat.QUEUE, "queue {sel} size <- {value}"),
+    CommonCfg.QUEUE_MSIX_VECTOR: (Cat.QUEUE, "queue {sel} vector <- {value:#x}"),
+    CommonCfg.QUEUE_ENABLE: (Cat.QUEUE, "queue {sel} enable <- {value}"),
+    CommonCfg.QUEUE_RESET: (Cat.QUEUE, "queue {sel} reset <- {value}"),
+}
+
+
 def driver_steps(fn: VirtioPciFunction, events: Iterable[TraceEvent], *, since: float = -1) -> list[Step]:
     """The steps of the accesses to ``fn`` among ``events`` (see the module contract). Events at or before
     ``since`` (ns) are skipped."""
@@ -165,22 +178,11 @@ def driver_steps(fn: VirtioPciFunction, events: Iterable[TraceEvent], *, since: 
                 dfsel = value
             elif f == CommonCfg.DRIVER_FEATURE_SELECT:
                 drvsel = value
-            elif f == CommonCfg.DRIVER_FEATURE:
-                add(e.t, Cat.FEATURES, f"driver_feature[{drvsel}] <- {value:#010x}")
-            elif f == CommonCfg.CONFIG_MSIX_VECTOR:
-                add(e.t, Cat.MSIX, f"config vector <- {value:#x}")
-            elif f == CommonCfg.DEVICE_STATUS:
-                add(e.t, Cat.STATUS, f"status <- {value:#04x}")
             elif f == CommonCfg.QUEUE_SELECT:
                 qsel = value
-            elif f == CommonCfg.QUEUE_SIZE:
-                add(e.t, Cat.QUEUE, f"queue {qsel} size <- {value}")
-            elif f == CommonCfg.QUEUE_MSIX_VECTOR:
-                add(e.t, Cat.QUEUE, f"queue {qsel} vector <- {value:#x}")
-            elif f == CommonCfg.QUEUE_ENABLE:
-                add(e.t, Cat.QUEUE, f"queue {qsel} enable <- {value}")
-            elif f == CommonCfg.QUEUE_RESET:
-                add(e.t, Cat.QUEUE, f"queue {qsel} reset <- {value}")
+            elif f in _COMMON_WRITES:
+                cat, text = _COMMON_WRITES[f]
+                add(e.t, cat, text.format(sel=drvsel if f == CommonCfg.DRIVER_FEATURE else qsel, value=value))
             elif f in _ADDRESS_FIELDS:
                 addr_set.add(f)
                 if addr_set >= _ADDRESS_FIELDS:
