@@ -458,9 +458,9 @@ def _build_in_tree(tree: Path, variant: KernelVariant, stack: Stack, blog: Build
         for p in variant.patches:
             blog.run(f"patch {Path(p).name}", ["patch", "-p1", "--batch", "--forward", "--no-backup-if-mismatch",
                                                 "--reject-file=-", "-i", str(Path(p).resolve())], cwd=src, timeout=600)
-            for rel in saved + created:  # a new mtime even when a hunk leaves a file's size alone
-                if (src / rel).is_file():
-                    _touch(src / rel)
+        for rel in saved + created:  # a new mtime even when a hunk leaves a file's size alone
+            if (src / rel).is_file():
+                _touch(src / rel)
         make = ["make", "-C", str(src), f"O={out}", "ARCH=um"]
         jobs = _jobs()
         what = f"{variant.name} ({len(saved) + len(created)} patched files)" if variant.patches else variant.name
